@@ -1,0 +1,240 @@
+// fmrecall._core: the pybind11 layer only. Converts numpy arrays to the core's plain structs,
+// checks what the core would otherwise trust, and releases the GIL around long work.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include "fmrecall/parse.h"
+#include "fmrecall/train.h"
+
+namespace py = pybind11;
+using namespace fmrecall;
+
+namespace {
+
+template <class T>
+using arr = py::array_t<T, py::array::c_style>;
+
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+  auto* p = new std::vector<T>(std::move(v));
+  py::capsule owner(p, [](void* q) { delete static_cast<std::vector<T>*>(q); });
+  return py::array_t<T>({static_cast<py::ssize_t>(p->size())}, {static_cast<py::ssize_t>(sizeof(T))}, p->data(),
+                        owner);
+}
+
+int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+// CSR arrays as the core's view, after the checks that keep the core from reading out of bounds.
+Csr make_csr(const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
+             const std::optional<arr<float>>& val, const std::optional<arr<float>>& label) {
+  if (indptr.ndim() != 1 || indptr.size() < 1) throw InputError("indptr must be a 1-d array of length rows + 1");
+  const int64_t rows = indptr.size() - 1;
+  const int64_t nnz = field.size();
+  if (feat.size() != nnz) throw InputError("fields and features must have the same length");
+  if (val && val->size() != nnz) throw InputError("values must have the same length as features");
+  if (label && label->size() != rows) throw InputError("labels must have one entry per row");
+  const int64_t* ip = indptr.data();
+  if (ip[0] != 0) throw InputError("indptr[0] must be 0");
+  for (int64_t r = 0; r < rows; ++r)
+    if (ip[r + 1] < ip[r]) throw InputError("indptr must be non-decreasing (row " + std::to_string(r) + ")");
+  if (ip[rows] != nnz) throw InputError("indptr[-1] must equal the number of nodes");
+  Csr c;
+  c.indptr = ip;
+  c.field = field.data();
+  c.feat = feat.data();
+  c.val = val ? val->data() : nullptr;
+  c.label = label ? label->data() : nullptr;
+  c.rows = rows;
+  return c;
+}
+
+py::dict parsed_to_dict(Parsed&& p) {
+  py::dict d;
+  d["n_fields"] = p.max_field + 1;
+  d["n_features"] = p.max_feat + 1;
+  d["indptr"] = to_numpy(std::move(p.indptr));
+  d["fields"] = to_numpy(std::move(p.field));
+  d["features"] = to_numpy(std::move(p.feat));
+  d["values"] = to_numpy(std::move(p.val));
+  d["labels"] = to_numpy(std::move(p.label));
+  return d;
+}
+
+// Copy a padded (rows, blocks, kp) table to an unpadded (rows, blocks, k) array, or back.
+py::array_t<float> unpad(const AlignedArray<float>& src, int64_t rows, int64_t blocks, int32_t k, int32_t kp,
+                         bool with_blocks) {
+  std::vector<py::ssize_t> shape = with_blocks ? std::vector<py::ssize_t>{rows, blocks, k}
+                                               : std::vector<py::ssize_t>{rows, k};
+  py::array_t<float> out(shape);
+  float* o = out.mutable_data();
+  for (int64_t r = 0; r < rows * blocks; ++r) std::memcpy(o + r * k, src.data() + r * kp, sizeof(float) * k);
+  return out;
+}
+
+void pad_into(AlignedArray<float>& dst, const arr<float>& src, int64_t rows, int64_t blocks, int32_t k, int32_t kp,
+              const char* name) {
+  if (src.size() != rows * blocks * k)
+    throw InputError(std::string(name) + " has " + std::to_string(src.size()) + " entries, expected " +
+                     std::to_string(rows * blocks * k));
+  const float* s = src.data();
+  for (int64_t i = 0; i < src.size(); ++i)
+    if (!std::isfinite(s[i])) throw InputError(std::string(name) + " contains a non-finite value");
+  for (int64_t r = 0; r < rows * blocks; ++r) {
+    std::memcpy(dst.data() + r * kp, s + r * k, sizeof(float) * k);
+    for (int32_t d = k; d < kp; ++d) dst[r * kp + d] = 0.f;
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fmrecall C++ core (FM / FFM / hybrid training, parsing, query/item split)";
+  py::register_exception<InputError>(m, "InputError", PyExc_ValueError);
+  static py::exception<FileMissing> file_missing(m, "FileMissing", PyExc_FileNotFoundError);
+  (void)file_missing;
+
+  m.def("best_arch", &best_arch, "Instruction set the kernels run with on this CPU (generic | avx2 | avx512).");
+  m.def("max_threads", []() { return omp_get_max_threads(); });
+
+  m.def(
+      "parse_libffm",
+      [](const std::string& path) {
+        Parsed p;
+        {
+          py::gil_scoped_release nogil;
+          p = parse_libffm(path);
+        }
+        return parsed_to_dict(std::move(p));
+      },
+      py::arg("path"));
+  m.def(
+      "parse_libsvm",
+      [](const std::string& path, const arr<int32_t>& field_of_feature) {
+        Parsed p;
+        {
+          py::gil_scoped_release nogil;
+          p = parse_libsvm(path, field_of_feature.data(), field_of_feature.size());
+        }
+        return parsed_to_dict(std::move(p));
+      },
+      py::arg("path"), py::arg("field_of_feature"));
+  m.def(
+      "write_libffm",
+      [](const std::string& path, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
+         const std::optional<arr<float>>& val, const std::optional<arr<float>>& label) {
+        const Csr c = make_csr(indptr, field, feat, val, label);
+        py::gil_scoped_release nogil;
+        write_libffm(path, c);
+      },
+      py::arg("path"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"),
+      py::arg("labels"));
+  m.def(
+      "permutation",
+      [](int64_t n, uint64_t seed) {
+        py::array_t<int64_t> out(n);
+        int64_t* o = out.mutable_data();
+        py::gil_scoped_release nogil;
+        permutation(n, seed, o);
+        return out;
+      },
+      py::arg("n"), py::arg("seed"));
+
+  py::class_<Model>(m, "Model")
+      .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
+                       const std::optional<arr<int32_t>>& aware_row, int64_t rows, float init_std, uint64_t seed,
+                       bool normalize) {
+             auto M = std::make_unique<Model>();
+             std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
+             std::vector<int32_t> ar;
+             if (aware_row) {
+               ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
+               for (int32_t r : ar)
+                 if (r < -1 || r >= rows) throw InputError("aware_row entries must be -1 or a row of W");
+             }
+             M->normalize = normalize;
+             py::gil_scoped_release nogil;
+             M->allocate(n, F, k, std::move(a), std::move(ar), rows, init_std, seed);
+             return M;
+           }),
+           py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
+           py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"))
+      .def_readonly("n_features", &Model::n)
+      .def_readonly("n_fields", &Model::F)
+      .def_readonly("k", &Model::k)
+      .def_readonly("kp", &Model::kp)
+      .def_readonly("aware_rows", &Model::m)
+      .def_readonly("normalize", &Model::normalize)
+      .def(
+          "train",
+          [](Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
+             const std::optional<arr<float>>& val, const arr<float>& label, const arr<int64_t>& order, int loss,
+             float eta, float l2_lin, float l2_fac, int threads) {
+            const Csr c = make_csr(indptr, field, feat, val, label);
+            const int64_t* o = order.data();
+            for (int64_t i = 0; i < order.size(); ++i)
+              if (o[i] < 0 || o[i] >= c.rows) throw InputError("row order out of range");
+            if (loss != 0 && loss != 1) throw InputError("unknown loss");
+            const Hyper h{eta, l2_lin, l2_fac};
+            py::gil_scoped_release nogil;
+            return train_rows(M, c, o, order.size(), static_cast<Loss>(loss), h, resolve_threads(threads));
+          },
+          py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("labels"),
+          py::arg("order"), py::arg("loss"), py::arg("eta"), py::arg("l2_linear"), py::arg("l2_factors"),
+          py::arg("threads"))
+      .def(
+          "predict",
+          [](const Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
+             const std::optional<arr<float>>& val, int threads) {
+            const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
+            py::array_t<float> out(c.rows);
+            float* o = out.mutable_data();
+            py::gil_scoped_release nogil;
+            predict_rows(M, c, o, resolve_threads(threads));
+            return out;
+          },
+          py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("threads"))
+      .def("snapshot", [](Model& M) {
+        py::gil_scoped_release nogil;
+        M.snapshot();
+      })
+      .def("restore", [](Model& M) {
+        py::gil_scoped_release nogil;
+        M.restore();
+      })
+      .def("get_weights",
+           [](const Model& M) {
+             py::dict d;
+             d["bias"] = M.w0;
+             py::array_t<float> lin(M.n);
+             if (M.n) std::memcpy(lin.mutable_data(), M.w.data(), sizeof(float) * M.n);
+             d["linear"] = lin;
+             d["v"] = M.v.empty() ? py::object(py::none()) : py::object(unpad(M.v, M.n, 1, M.k, M.kp, false));
+             d["W"] = M.W.empty() ? py::object(py::none()) : py::object(unpad(M.W, M.m, M.F, M.k, M.kp, true));
+             if (M.aware_row.empty()) {
+               d["aware_row"] = py::none();
+             } else {
+               std::vector<int32_t> ar(M.aware_row);
+               d["aware_row"] = to_numpy(std::move(ar));
+             }
+             return d;
+           })
+      .def(
+          "set_weights",
+          [](Model& M, float bias, const arr<float>& linear, const std::optional<arr<float>>& v,
+             const std::optional<arr<float>>& W) {
+            if (!std::isfinite(bias)) throw InputError("bias is not finite");
+            if (linear.size() != M.n) throw InputError("linear must have n_features entries");
+            for (int64_t i = 0; i < M.n; ++i)
+              if (!std::isfinite(linear.data()[i])) throw InputError("linear contains a non-finite value");
+            if (M.v.empty() != !v) throw InputError("single-vector factors given/missing for this model type");
+            if (M.W.empty() != !W) throw InputError("field-aware factors given/missing for this model type");
+            M.w0 = bias;
+            if (M.n) std::memcpy(M.w.data(), linear.data(), sizeof(float) * M.n);
+            if (v) pad_into(M.v, *v, M.n, 1, M.k, M.kp, "factors");
+            if (W) pad_into(M.W, *W, M.m, M.F, M.k, M.kp, "field-aware factors");
+          },
+          py::arg("bias"), py::arg("linear"), py::arg("v"), py::arg("W"));
+}

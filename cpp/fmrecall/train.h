@@ -1,0 +1,35 @@
+// Hogwild AdaGrad epochs and batched prediction over a CSR dataset.
+#pragma once
+
+#include "kernel.h"
+#include "loss.h"
+
+namespace fmrecall {
+
+// Field-aware CSR rows; val == nullptr means all values are 1, label may be nullptr for predict.
+struct Csr {
+  const int64_t* indptr = nullptr;
+  const int32_t* field = nullptr;
+  const int32_t* feat = nullptr;
+  const float* val = nullptr;
+  const float* label = nullptr;
+  int64_t rows = 0;
+
+  Segment row(int64_t r) const {
+    const int64_t b = indptr[r];
+    return {field + b, feat + b, val ? val + b : nullptr, indptr[r + 1] - b};
+  }
+};
+
+// One pass of SGD over rows order[0..count) (Hogwild across `threads`). Returns the summed loss
+// of the rows at the moment they were visited (before their own update).
+double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
+                  const Hyper& h, int threads);
+
+// Raw scores of every row into out[rows].
+void predict_rows(const Model& M, const Csr& data, float* out, int threads);
+
+// A seeded permutation of 0..n-1 (Fisher–Yates with splitmix64).
+void permutation(int64_t n, uint64_t seed, int64_t* out);
+
+}  // namespace fmrecall

@@ -1,0 +1,89 @@
+#include "fmrecall/model.h"
+
+#include <omp.h>
+
+namespace fmrecall {
+
+namespace {
+// U(-a, a) per row of `cols` floats (the first `k` of each kp-block), seeded by (seed, table, row).
+void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a,
+                uint64_t seed, uint64_t table) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    Rng rng(mix_seed(seed, table, static_cast<uint64_t>(r)));
+    float* row = dst + r * blocks * kp;
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int32_t d = 0; d < k; ++d) row[b * kp + d] = a * (2.f * rng.uniform() - 1.f);
+  }
+}
+}  // namespace
+
+void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
+                     std::vector<int32_t> aware_row_, int64_t m_, float init_std, uint64_t seed) {
+  if (n_ < 0 || F_ < 0 || k_ < 1 || k_ > 512)
+    throw InputError("model sizes out of range (need n >= 0, F >= 0, 1 <= k <= 512)");
+  if (static_cast<int32_t>(aware_.size()) != F_) throw InputError("aware flags must have one entry per field");
+  n = n_;
+  F = F_;
+  k = k_;
+  kp = padded(k_);
+  aware = std::move(aware_);
+  aware_row = std::move(aware_row_);
+  m = aware_row.empty() ? (any_aware() ? n : 0) : m_;
+  if (!aware_row.empty() && static_cast<int64_t>(aware_row.size()) != n)
+    throw InputError("aware_row must have one entry per feature");
+  w0 = 0.f;
+  g0 = 1.f;
+  w.resize(n);
+  gw.resize(n);
+  gw.fill(1.f);
+  const float a = init_std * 1.7320508f;  // U(-a, a) has standard deviation init_std
+  if (any_single()) {
+    v.resize(static_cast<size_t>(n) * kp);
+    gv.resize(static_cast<size_t>(n) * kp);
+    gv.fill(1.f);
+    init_table(v.data(), n, 1, k, kp, a, seed, 1);
+  } else {
+    v.resize(0);
+    gv.resize(0);
+  }
+  if (m > 0) {
+    W.resize(static_cast<size_t>(m) * F * kp);
+    gW.resize(static_cast<size_t>(m) * F * kp);
+    gW.fill(1.f);
+    init_table(W.data(), m, F, k, kp, a, seed, 2);
+  } else {
+    W.resize(0);
+    gW.resize(0);
+  }
+  snap_w.resize(0);
+  snap_v.resize(0);
+  snap_W.resize(0);
+}
+
+namespace {
+void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
+  if (dst.size() != src.size()) dst.resize(src.size());
+  if (src.size()) std::memcpy(dst.data(), src.data(), src.size() * sizeof(float));
+}
+}  // namespace
+
+void Model::snapshot() {
+  snap_w0 = w0;
+  copy_into(snap_w, w);
+  copy_into(snap_v, v);
+  copy_into(snap_W, W);
+}
+
+void Model::restore() {
+  if (snap_w.size() != w.size()) throw std::logic_error("restore() without snapshot()");
+  w0 = snap_w0;
+  copy_into(w, snap_w);
+  copy_into(v, snap_v);
+  copy_into(W, snap_W);
+  snap_w.resize(0);
+  snap_v.resize(0);
+  snap_W.resize(0);
+}
+
+}  // namespace fmrecall

@@ -1,0 +1,97 @@
+#include "fmrecall/row.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace fmrecall {
+
+void Row::reset_slots() {
+  for (int s = 0; s < nf; ++s) slot_of_field[slot_field[s]] = -1;
+  nf = 0;
+}
+
+void Row::reserve_nodes(int64_t cap) {
+  if (static_cast<int64_t>(field.size()) >= cap) return;
+  size_t c = static_cast<size_t>(std::max<int64_t>(cap, 2 * static_cast<int64_t>(field.size())));
+  field.resize(c);
+  slot.resize(c);
+  feat.resize(c);
+  wrow.resize(c);
+  x.resize(c);
+}
+
+void Row::gather(const Model& M, const Segment* segs, int nseg) {
+  if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
+    slot_of_field.assign(M.F, -1);
+    nf = 0;
+  }
+  reset_slots();
+  int64_t cap = 0;
+  for (int s = 0; s < nseg; ++s) cap += segs[s].len;
+  reserve_nodes(cap);
+
+  n = 0;
+  double norm2 = 0.0;
+  for (int s = 0; s < nseg; ++s) {
+    const Segment& g = segs[s];
+    for (int64_t t = 0; t < g.len; ++t) {
+      const int32_t f = g.field[t];
+      const int64_t j = g.feat[t];
+      const float xv = g.val ? g.val[t] : 1.f;
+      // Indices outside the model (unseen at training time) are ignored, as are zero values.
+      if (f < 0 || f >= M.F || j < 0 || j >= M.n || xv == 0.f) continue;
+      field[n] = f;
+      feat[n] = j;
+      x[n] = xv;
+      norm2 += static_cast<double>(xv) * xv;
+      ++n;
+    }
+  }
+  if (M.normalize && norm2 > 0.0) {  // libffm's instance-wise 1/||x|| (breaks the split, DESIGN §6)
+    const float r = static_cast<float>(1.0 / std::sqrt(norm2));
+    for (int p = 0; p < n; ++p) x[p] *= r;
+  }
+
+  if (static_cast<int>(slot_field.size()) < n) {
+    slot_field.resize(n);
+    slot_aware.resize(n);
+    aw_begin.resize(n + 1);
+    aw_nodes.resize(n);
+    single.resize(n);
+    aware.resize(n);
+  }
+  int ns = 0, na = 0;
+  for (int p = 0; p < n; ++p) {
+    const int32_t f = field[p];
+    int32_t s = slot_of_field[f];
+    if (s < 0) {
+      s = nf++;
+      slot_of_field[f] = s;
+      slot_field[s] = f;
+      slot_aware[s] = M.aware[f];
+    }
+    slot[p] = s;
+    if (M.aware[f]) {
+      const int64_t r = M.row_of(feat[p]);
+      wrow[p] = r;
+      if (r >= 0) aware[na++] = p;  // a field-aware feature with no vectors contributes linearly only
+    } else {
+      wrow[p] = -1;
+      single[ns++] = p;
+    }
+  }
+  // field-aware nodes grouped by slot (counting sort)
+  std::fill(aw_begin.begin(), aw_begin.begin() + nf + 1, 0);
+  for (int a = 0; a < na; ++a) ++aw_begin[slot[aware[a]] + 1];
+  for (int s = 0; s < nf; ++s) aw_begin[s + 1] += aw_begin[s];
+  for (int a = 0; a < na; ++a) {
+    const int s = slot[aware[a]];
+    aw_nodes[aw_begin[s]++] = aware[a];
+  }
+  for (int s = nf; s > 0; --s) aw_begin[s] = aw_begin[s - 1];
+  aw_begin[0] = 0;
+  n_single = ns;
+  n_aware = na;
+}
+
+}  // namespace fmrecall

@@ -1,0 +1,12 @@
+"""fmrecall: one-stage recall with FM / FFM / hybrid models split exactly into query and item vectors."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import metrics
+from ._core import best_arch
+from .dataset import Dataset
+from .models import FFM, FM, NotFittedError
+from .persist import load
+
+__all__ = ["Dataset", "FM", "FFM", "NotFittedError", "load", "metrics", "best_arch", "__version__"]

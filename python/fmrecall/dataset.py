@@ -1,0 +1,234 @@
+"""Field-aware sparse rows (CSR) shared by training, prediction and the query/item split."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+
+ArrayLike = Union[np.ndarray, Sequence]
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _check_path(path: Union[str, os.PathLike]) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    return path
+
+
+def _index_array(a: ArrayLike, name: str) -> np.ndarray:
+    """int32 view of an index array, or ValueError naming the first bad entry."""
+    arr = np.asarray(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            pass  # integral floats are accepted
+        else:
+            raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.size:
+        bad = np.flatnonzero((arr < 0) | (arr > _INT32_MAX))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{name}[{i}] = {arr[i]} is out of range [0, 2^31)")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _float_array(a: ArrayLike, name: str, size: int) -> np.ndarray:
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    if arr.ndim != 1 or arr.size != size:
+        raise ValueError(f"{name} must be 1-d with {size} entries, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}[{i}] = {arr[i]} is not finite")
+    return arr
+
+
+class Dataset:
+    """Field-aware sparse rows: row ``r`` holds nodes ``indptr[r]:indptr[r+1]``.
+
+    Attributes
+    ----------
+    indptr : int64 (n_rows + 1,)
+    fields, features : int32 (nnz,)   global field / feature indices
+    values : float32 (nnz,) or None   None means every value is 1 (one-hot data, half the memory)
+    labels : float32 (n_rows,) or None
+    n_features, n_fields : int        at least max index + 1; larger leaves room for unseen indices
+
+    Arrays of the right dtype are used without a copy. At predict time a feature or field index
+    beyond what the model was trained with is ignored (it has no weights), not an error.
+    """
+
+    __slots__ = ("indptr", "fields", "features", "values", "labels", "n_features", "n_fields", "source")
+
+    def __init__(self, indptr: ArrayLike, fields: ArrayLike, features: ArrayLike,
+                 values: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None, *,
+                 n_features: Optional[int] = None, n_fields: Optional[int] = None,
+                 source: Optional[str] = None) -> None:
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        if indptr.ndim != 1 or indptr.size < 1:
+            raise ValueError("indptr must be 1-d with n_rows + 1 entries")
+        fields = _index_array(fields, "fields")
+        features = _index_array(features, "features")
+        nnz = features.size
+        if fields.size != nnz:
+            raise ValueError(f"fields has {fields.size} entries but features has {nnz}")
+        if indptr[0] != 0 or indptr[-1] != nnz:
+            raise ValueError(f"indptr must start at 0 and end at nnz={nnz}, got {indptr[0]}..{indptr[-1]}")
+        steps = np.flatnonzero(np.diff(indptr) < 0)
+        if steps.size:
+            raise ValueError(f"indptr decreases at row {int(steps[0])}")
+        n_rows = indptr.size - 1
+        self.indptr = indptr
+        self.fields = fields
+        self.features = features
+        self.values = None if values is None else _float_array(values, "values", nnz)
+        self.labels = None if labels is None else _float_array(labels, "labels", n_rows)
+        need_features = int(features.max()) + 1 if nnz else 0
+        need_fields = int(fields.max()) + 1 if nnz else 0
+        self.n_features = self._count(n_features, need_features, "n_features", "feature")
+        self.n_fields = self._count(n_fields, need_fields, "n_fields", "field")
+        self.source = source
+
+    @staticmethod
+    def _count(given: Optional[int], need: int, name: str, what: str) -> int:
+        if given is None:
+            return need
+        given = int(given)
+        if given < need:
+            raise ValueError(f"{name}={given} but the data has {what} index {need - 1}")
+        return given
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_arrays(cls, indptr: ArrayLike, fields: ArrayLike, features: ArrayLike,
+                    values: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None, *,
+                    n_features: Optional[int] = None, n_fields: Optional[int] = None) -> "Dataset":
+        """Build from CSR arrays (no copy when dtypes are int64 / int32 / float32 and contiguous)."""
+        return cls(indptr, fields, features, values, labels, n_features=n_features, n_fields=n_fields)
+
+    @classmethod
+    def from_libffm(cls, path: Union[str, os.PathLike], *, n_features: Optional[int] = None,
+                    n_fields: Optional[int] = None) -> "Dataset":
+        """Parse ``label field:feature:value ...`` lines (C++ parser, one pass to size, one to parse).
+
+        Labels 0/1, -1/1 or real; CRLF, multi-valued and out-of-order fields are fine; blank lines
+        are skipped. Malformed input raises ValueError naming ``path:line``.
+        """
+        path = _check_path(path)
+        d = _core.parse_libffm(path)
+        return cls._from_parsed(d, path, n_features, n_fields)
+
+    @classmethod
+    def from_libsvm(cls, path: Union[str, os.PathLike],
+                    fields: Union[Sequence[Tuple[int, int]], ArrayLike], *,
+                    n_features: Optional[int] = None, n_fields: Optional[int] = None) -> "Dataset":
+        """Parse ``label feature:value ...`` (libsvm / libfm) lines with a feature -> field map.
+
+        ``fields`` is either a list of ``[start, end)`` feature ranges (range i is field i; e.g. the
+        frappe ranges in shared/data/README.md) or an int array ``field_of_feature`` (-1 = none).
+        A feature outside every range raises ValueError naming ``path:line``.
+        """
+        path = _check_path(path)
+        fmap = field_map(fields)
+        d = _core.parse_libsvm(path, fmap)
+        if n_fields is None and fmap.size:
+            n_fields = int(fmap.max()) + 1
+        return cls._from_parsed(d, path, n_features, n_fields)
+
+    @classmethod
+    def _from_parsed(cls, d: dict, path: str, n_features: Optional[int], n_fields: Optional[int]) -> "Dataset":
+        values = d["values"]
+        if values.size and np.all(values == 1.0):
+            values = None  # one-hot: drop the array, the kernels read 1
+        return cls(d["indptr"], d["fields"], d["features"], values, d["labels"],
+                   n_features=n_features, n_fields=n_fields, source=path)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def n_rows(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.features.size)
+
+    def __repr__(self) -> str:
+        src = f", source={self.source!r}" if self.source else ""
+        return (f"Dataset(n_rows={self.n_rows}, nnz={self.nnz}, n_features={self.n_features}, "
+                f"n_fields={self.n_fields}{src})")
+
+    def values_or_ones(self) -> np.ndarray:
+        """float32 (nnz,) values, materialising ones for one-hot data."""
+        return self.values if self.values is not None else np.ones(self.nnz, dtype=np.float32)
+
+    def subset(self, rows: ArrayLike) -> "Dataset":
+        """A new Dataset with the given rows (int indices or boolean mask), in that order."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.size != self.n_rows:
+                raise ValueError(f"boolean mask has {rows.size} entries, dataset has {self.n_rows} rows")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False)
+        if rows.size and (rows.min() < -self.n_rows or rows.max() >= self.n_rows):
+            raise IndexError(f"row index out of range for {self.n_rows} rows")
+        rows = np.where(rows < 0, rows + self.n_rows, rows)
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # node positions: for each selected row, starts[r] + 0..len-1
+        pos = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
+        take = lambda a: None if a is None else a[pos]  # noqa: E731
+        return Dataset(indptr, self.fields[pos], self.features[pos], take(self.values),
+                       None if self.labels is None else self.labels[rows],
+                       n_features=self.n_features, n_fields=self.n_fields, source=self.source)
+
+    def split(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
+        """Seeded random split into (first ``fraction`` of rows, the rest)."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        perm = np.random.default_rng(seed).permutation(self.n_rows)
+        cut = int(round(fraction * self.n_rows))
+        return self.subset(np.sort(perm[:cut])), self.subset(np.sort(perm[cut:]))
+
+    def to_libffm(self, path: Union[str, os.PathLike]) -> None:
+        """Write as libffm text (shortest round-trip floats, so parsing it back is exact)."""
+        _core.write_libffm(os.fspath(path), self.indptr, self.fields, self.features, self.values, self.labels)
+
+    def core_args(self) -> tuple:
+        """(indptr, fields, features, values) as the C++ core takes them."""
+        return self.indptr, self.fields, self.features, self.values
+
+
+def field_map(fields: Union[Sequence[Tuple[int, int]], ArrayLike]) -> np.ndarray:
+    """int32 feature -> field array from ``[start, end)`` ranges or from such an array itself."""
+    arr = np.asarray(fields)
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        arr = arr.astype(np.int64)
+        if arr.size == 0:
+            raise ValueError("fields: no ranges given")
+        if np.any(arr[:, 0] < 0) or np.any(arr[:, 1] < arr[:, 0]):
+            raise ValueError("fields: every range must satisfy 0 <= start <= end")
+        fmap = np.full(int(arr[:, 1].max()), -1, dtype=np.int32)
+        for f, (s, e) in enumerate(arr):
+            if np.any(fmap[s:e] >= 0):
+                raise ValueError(f"fields: range {f} [{s}, {e}) overlaps an earlier range")
+            fmap[s:e] = f
+        return fmap
+    if arr.ndim == 1:
+        if arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"fields: a feature -> field array must be integers, got {arr.dtype}")
+        if arr.size and arr.min() < -1:
+            raise ValueError("fields: field_of_feature entries must be >= -1")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+    raise ValueError("fields must be a list of [start, end) ranges or a feature -> field array")

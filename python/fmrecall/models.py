@@ -1,0 +1,356 @@
+"""FM and FFM estimators (sklearn-style) over the C++ core."""
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import _core
+from .dataset import Dataset
+from .metrics import auc, logloss_from_scores, mse
+
+_LOSSES = {"logistic": 0, "squared": 1}
+_CHUNK_ROWS = 1 << 18  # rows per call into C++: progress bar granularity and Ctrl-C latency
+
+
+class NotFittedError(RuntimeError):
+    """The model has no weights yet: call fit() or from_weights() first."""
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-t.astype(np.float64)))
+
+
+class _FactorizationModel:
+    """Shared estimator machinery: parameters, fit loop, prediction, weights, persistence.
+
+    Subclasses only say which fields are field-aware (`_aware_flags`) and which features of
+    those fields get field-aware vectors (`_aware_rows`); the C++ core runs one kernel for all.
+    """
+
+    def __init__(self, k: int = 4, *, loss: str = "logistic", epochs: int = 10,
+                 learning_rate: float = 0.2, reg_linear: float = 2e-5, reg_factors: float = 2e-5,
+                 init_std: float = 0.05, normalize: bool = False, patience: Optional[int] = 2,
+                 threads: int = 0, seed: int = 0, n_features: Optional[int] = None,
+                 n_fields: Optional[int] = None, verbose: bool = False) -> None:
+        self.k = k
+        self.loss = loss
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.reg_linear = reg_linear
+        self.reg_factors = reg_factors
+        self.init_std = init_std
+        self.normalize = normalize
+        self.patience = patience
+        self.threads = threads
+        self.seed = seed
+        self.n_features = n_features
+        self.n_fields = n_fields
+        self.verbose = verbose
+        self._core: Optional[_core.Model] = None
+        self.history_: List[Dict[str, Any]] = []
+        self.best_epoch_: Optional[int] = None
+
+    # ------------------------------------------------------------------ sklearn conventions
+    @classmethod
+    def _param_names(cls) -> List[str]:
+        names = []
+        for klass in cls.__mro__:
+            if "__init__" in klass.__dict__:
+                sig = inspect.signature(klass.__init__)
+                names += [p for p in sig.parameters if p != "self" and p not in names
+                          and sig.parameters[p].kind != inspect.Parameter.VAR_KEYWORD]
+        return names
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "_FactorizationModel":
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_params(self) -> None:
+        if not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= 512:
+            raise ValueError(f"k must be an integer in [1, 512], got {self.k!r}")
+        if self.loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {sorted(_LOSSES)}, got {self.loss!r}")
+        if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        for name in ("learning_rate",):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("reg_linear", "reg_factors", "init_std"):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
+            raise ValueError(f"patience must be None or a positive integer, got {self.patience!r}")
+        if not isinstance(self.threads, (int, np.integer)) or self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads!r}")
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _aware_flags(self, n_fields: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _aware_rows(self, data: Dataset, n_features: int, flags: np.ndarray):
+        """(aware_row int32 (n_features,) or None for identity, number of W rows)."""
+        return None, (n_features if flags.any() else 0)
+
+    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training
+    def _check_labels(self, data: Dataset, name: str) -> None:
+        if data.labels is None:
+            raise ValueError(f"{name} has no labels")
+        if self.loss == "logistic" and data.labels.size:
+            bad = np.flatnonzero(~np.isin(data.labels, (-1.0, 0.0, 1.0)))
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"logistic loss needs labels in {{0, 1}} or {{-1, 1}}; {name} row {i} "
+                                 f"has label {data.labels[i]!r}")
+
+    def _new_core(self, train: Dataset, valid: Optional[Dataset]) -> _core.Model:
+        n_features = max(train.n_features, self.n_features or 0)
+        n_fields = max(train.n_fields, self.n_fields or 0)
+        for name, given, need in (("n_features", self.n_features, train.n_features),
+                                  ("n_fields", self.n_fields, train.n_fields)):
+            if given is not None and given < need:
+                raise ValueError(f"{name}={given} is smaller than the training data needs ({need})")
+        flags = self._aware_flags(n_fields)
+        aware_row, m = self._aware_rows(train, n_features, flags)
+        return _core.Model(n_features, n_fields, int(self.k), flags, aware_row, m,
+                           float(self.init_std), int(self.seed), bool(self.normalize))
+
+    def _eval(self, data: Dataset) -> Dict[str, float]:
+        scores = self.decision_function(data)
+        if self.loss == "logistic":
+            return {"loss": logloss_from_scores(data.labels, scores), "auc": auc(data.labels, scores)}
+        return {"loss": mse(data.labels, scores), "auc": float("nan")}
+
+    def fit(self, train: Dataset, valid: Optional[Dataset] = None) -> "_FactorizationModel":
+        """Train with AdaGrad SGD (Hogwild over `threads`), rows reshuffled every epoch.
+
+        With `valid`, each epoch is scored on it; training stops once the validation loss has
+        not improved for `patience` epochs and the best epoch's weights are restored (a copy of
+        the weights only, never of the AdaGrad state). Returns self.
+        """
+        self._check_params()
+        self._check_labels(train, "train")
+        if valid is not None:
+            self._check_labels(valid, "valid")
+        if train.n_rows == 0:
+            raise ValueError("train has no rows")
+        self._core = self._new_core(train, valid)
+        self.history_ = []
+        self.best_epoch_ = None
+        args = train.core_args()
+        loss_id = _LOSSES[self.loss]
+        best = np.inf
+        since_best = 0
+        n = train.n_rows
+        bar = None
+        if self.verbose and n * self.epochs >= 4 * _CHUNK_ROWS:
+            try:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=n * self.epochs, unit="row", unit_scale=True, leave=False)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                bar = None
+        try:
+            for epoch in range(1, self.epochs + 1):
+                t0 = time.perf_counter()
+                order = _core.permutation(n, (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF)
+                total = 0.0
+                for start in range(0, n, _CHUNK_ROWS):
+                    part = order[start:start + _CHUNK_ROWS]
+                    total += self._core.train(*args, train.labels, part, loss_id, float(self.learning_rate),
+                                              float(self.reg_linear), float(self.reg_factors), int(self.threads))
+                    if bar is not None:
+                        bar.update(part.size)
+                record: Dict[str, Any] = {"epoch": epoch, "train_loss": total / n}
+                if valid is not None:
+                    ev = self._eval(valid)
+                    record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
+                record["seconds"] = time.perf_counter() - t0
+                self.history_.append(record)
+                if self.verbose:
+                    self._print_epoch(record)
+                if valid is None:
+                    continue
+                if record["valid_loss"] < best:
+                    best = record["valid_loss"]
+                    self.best_epoch_ = epoch
+                    since_best = 0
+                    if self.patience is not None and epoch < self.epochs:
+                        self._core.snapshot()
+                else:
+                    since_best += 1
+                    if self.patience is not None and since_best >= self.patience:
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        if valid is not None and self.patience is not None and self.best_epoch_ != self.history_[-1]["epoch"]:
+            self._core.restore()
+            if self.verbose:
+                print(f"restored epoch {self.best_epoch_} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
+        return self
+
+    def partial_fit(self, train: Dataset) -> "_FactorizationModel":
+        """One more epoch over `train`, continuing from the current weights and AdaGrad state
+        (a fresh model is created first if there is none). For incremental daily updates."""
+        self._check_params()
+        self._check_labels(train, "train")
+        if self._core is None:
+            self._core = self._new_core(train, None)
+            self.history_ = []
+        core = self._core
+        if train.n_features > core.n_features or train.n_fields > core.n_fields:
+            raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
+                             f"n_fields={core.n_fields}); they would be ignored - refit instead")
+        epoch = len(self.history_) + 1
+        t0 = time.perf_counter()
+        order = _core.permutation(train.n_rows, (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF)
+        total = core.train(*train.core_args(), train.labels, order, _LOSSES[self.loss], float(self.learning_rate),
+                           float(self.reg_linear), float(self.reg_factors), int(self.threads))
+        self.history_.append({"epoch": epoch, "train_loss": total / max(train.n_rows, 1),
+                              "seconds": time.perf_counter() - t0})
+        return self
+
+    @staticmethod
+    def _print_epoch(r: Dict[str, Any]) -> None:
+        line = f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.5f}"
+        if "valid_loss" in r:
+            line += f"  valid_loss {r['valid_loss']:.5f}  valid_auc {r['valid_auc']:.5f}"
+        line += f"  {r['seconds']:.2f}s"
+        print(line, file=sys.stdout, flush=True)
+
+    # ------------------------------------------------------------------ prediction
+    def _require_core(self) -> _core.Model:
+        if self._core is None:
+            raise NotFittedError(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
+        return self._core
+
+    def decision_function(self, data: Dataset) -> np.ndarray:
+        """Raw model scores, float32 (n_rows,). Indices beyond the model are ignored."""
+        core = self._require_core()
+        return core.predict(*data.core_args(), int(self.threads))
+
+    def predict(self, data: Dataset) -> np.ndarray:
+        """Probabilities σ(score) for the logistic loss, raw scores for squared. float (n_rows,)."""
+        s = self.decision_function(data)
+        return _sigmoid(s) if self.loss == "logistic" else s
+
+    # ------------------------------------------------------------------ weights and persistence
+    @property
+    def n_features_(self) -> int:
+        return self._require_core().n_features
+
+    @property
+    def n_fields_(self) -> int:
+        return self._require_core().n_fields
+
+    def weights(self) -> Dict[str, Any]:
+        """Copies of the weights as numpy arrays (see the subclass for the factor shapes)."""
+        w = self._require_core().get_weights()
+        out = {"bias": float(w["bias"]), "linear": w["linear"]}
+        out.update(self._weights_from_core(w))
+        return out
+
+    @classmethod
+    def from_weights(cls, weights: Dict[str, Any], **hyper: Any) -> "_FactorizationModel":
+        """A model with the given weights (as returned by weights()) and hyper-parameters."""
+        model = cls(**hyper)
+        model._check_params()
+        if "bias" not in weights or "linear" not in weights:
+            raise ValueError("weights need 'bias' and 'linear'")
+        linear = np.ascontiguousarray(weights["linear"], dtype=np.float32)
+        if linear.ndim != 1:
+            raise ValueError(f"linear must be 1-d, got shape {linear.shape}")
+        n_features = linear.size
+        n_fields, flags, aware_row, m, v, W = cls._core_arrays_from_weights(weights, model.get_params())
+        k = (v if v is not None else W).shape[-1]
+        if k != model.k:
+            if "k" in hyper:
+                raise ValueError(f"k={model.k} but the factors have size {k}")
+            model.k = int(k)
+        model._check_params()
+        model.n_features, model.n_fields = n_features, n_fields
+        model._core = _core.Model(n_features, n_fields, int(model.k), flags, aware_row, m,
+                                  float(model.init_std), int(model.seed), bool(model.normalize))
+        model._core.set_weights(float(weights["bias"]), linear, v, W)
+        return model
+
+    def save(self, path) -> None:
+        """Write the model to one versioned .npz file, atomically (see fmrecall.persist)."""
+        from .persist import save_model
+        save_model(self, path)
+
+
+def _check_factors(arr: Any, ndim: int, name: str, n_features: Optional[int] = None) -> np.ndarray:
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-d, got shape {a.shape}")
+    if n_features is not None and a.shape[0] != n_features:
+        raise ValueError(f"{name} has {a.shape[0]} rows but linear has {n_features}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains a non-finite value")
+    return a
+
+
+class FM(_FactorizationModel):
+    """Factorization Machine: score = w0 + Σ w_j x_j + Σ_{i<j} <v_i, v_j> x_i x_j.
+
+    weights(): {"bias": float, "linear": (n,), "factors": (n, k)} (float32).
+    Fields do not change the score; they only say which side a feature is on for the split.
+    """
+
+    def _aware_flags(self, n_fields: int) -> np.ndarray:
+        return np.zeros(n_fields, dtype=np.uint8)
+
+    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+        return {"factors": w["v"]}
+
+    @classmethod
+    def _core_arrays_from_weights(cls, weights, hyper):
+        n = np.asarray(weights["linear"]).size
+        v = _check_factors(weights.get("factors"), 2, "factors", n)
+        n_fields = hyper.get("n_fields") or weights.get("n_fields")
+        if n_fields is None:
+            raise ValueError("FM.from_weights needs n_fields (fields beyond it would be ignored)")
+        return int(n_fields), np.zeros(int(n_fields), np.uint8), None, 0, v, None
+
+
+class FFM(_FactorizationModel):
+    """Field-aware FM: score = w0 + Σ w_j x_j + Σ_{i<j} <w_{i,f(j)}, w_{j,f(i)}> x_i x_j.
+
+    Every feature keeps one vector per field, its own field included (libffm convention).
+    weights(): {"bias": float, "linear": (n,), "factors": (n, F, k)} (float32).
+    """
+
+    def _aware_flags(self, n_fields: int) -> np.ndarray:
+        return np.ones(n_fields, dtype=np.uint8)
+
+    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+        return {"factors": w["W"]}
+
+    @classmethod
+    def _core_arrays_from_weights(cls, weights, hyper):
+        n = np.asarray(weights["linear"]).size
+        W = _check_factors(weights.get("factors"), 3, "factors", n)
+        n_fields = W.shape[1]
+        return n_fields, np.ones(n_fields, np.uint8), None, n, None, W
