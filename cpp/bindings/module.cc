@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include "fmrecall/parse.h"
+#include "fmrecall/split.h"
 #include "fmrecall/train.h"
 
 namespace py = pybind11;
@@ -142,6 +143,25 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("n"), py::arg("seed"));
 
+  py::class_<SplitLayout>(m, "SplitLayout")
+      .def_readonly("dim", &SplitLayout::dim)
+      .def_readonly("k", &SplitLayout::k)
+      .def("blocks",
+           [](const SplitLayout& L) {
+             // (offset, kind, query field or -1, item field or -1), in vector order
+             std::vector<std::tuple<int64_t, std::string, int32_t, int32_t>> out;
+             if (L.off_ss >= 0) out.emplace_back(L.off_ss, "ss", -1, -1);
+             for (int32_t f = 0; f < L.F; ++f) {
+               if (L.off_sa[f] >= 0) out.emplace_back(L.off_sa[f], "sa", f, -1);
+               if (L.off_bs[f] >= 0) out.emplace_back(L.off_bs[f], "bs", -1, f);
+               for (int32_t g = 0; g < L.F; ++g)
+                 if (L.off_ab[static_cast<size_t>(f) * L.F + g] >= 0)
+                   out.emplace_back(L.off_ab[static_cast<size_t>(f) * L.F + g], "ab", f, g);
+             }
+             std::sort(out.begin(), out.end());
+             return out;
+           });
+
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
                        const std::optional<arr<int32_t>>& aware_row, int64_t rows, float init_std, uint64_t seed,
@@ -196,6 +216,47 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("threads"))
+      .def(
+          "split_layout",
+          [](const Model& M, const arr<uint8_t>& side) {
+            if (side.size() != M.F) throw InputError("side must have one entry per field");
+            return make_layout(M, side.data());
+          },
+          py::arg("side"))
+      .def(
+          "query_vectors",
+          [](const Model& M, const SplitLayout& L, const arr<int64_t>& indptr, const arr<int32_t>& field,
+             const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
+            const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
+            if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
+            py::array_t<float> q({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
+            py::array_t<float> b(c.rows);
+            float* qp = q.mutable_data();
+            float* bp = b.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              query_vectors(M, L, c, qp, bp, resolve_threads(threads));
+            }
+            return py::make_tuple(q, b);
+          },
+          py::arg("layout"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"),
+          py::arg("threads"))
+      .def(
+          "item_vectors",
+          [](const Model& M, const SplitLayout& L, const arr<int64_t>& indptr, const arr<int32_t>& field,
+             const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
+            const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
+            if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
+            py::array_t<float> p({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
+            float* pp = p.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              item_vectors(M, L, c, pp, resolve_threads(threads));
+            }
+            return p;
+          },
+          py::arg("layout"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"),
+          py::arg("threads"))
       .def("snapshot", [](Model& M) {
         py::gil_scoped_release nogil;
         M.snapshot();

@@ -12,6 +12,10 @@
 #include <string>
 #include <utility>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace fmrecall {
 
 // Input that the user can fix (bad file, bad array): surfaces as Python ValueError.
@@ -36,9 +40,16 @@ class AlignedArray {
     p_.reset();
     n_ = 0;
     if (n == 0) return;
-    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
-    void* q = std::aligned_alloc(64, bytes);
+    // Large tables (model parameters) go on 2 MiB transparent huge pages where the OS offers them:
+    // training touches feature blocks at random, and 4 KiB pages would make most of those a TLB miss.
+    const bool huge = n * sizeof(T) >= (size_t(4) << 20);
+    const size_t align = huge ? (size_t(2) << 20) : 64;
+    size_t bytes = (n * sizeof(T) + align - 1) / align * align;
+    void* q = std::aligned_alloc(align, bytes);
     if (!q) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(q, bytes, MADV_HUGEPAGE);
+#endif
     std::memset(q, 0, bytes);
     p_.reset(static_cast<T*>(q));
     n_ = n;

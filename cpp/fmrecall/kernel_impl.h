@@ -6,14 +6,16 @@
 //          + ½ Σ_d [(Σ_{single i} x_i v_id)² − Σ_{single i} x_i² v_id²]          single×single (§2)
 //          + Σ_{aware j} x_j Σ_{single slot a} <w_{j,a}, S_a>,  S_a = Σ_{i∈a} x_i v_i   single×aware (§4)
 //          + Σ_{aware i<j} x_i x_j <w_{i,f(j)}, w_{j,f(i)}>                        aware×aware (§3)
-// The lane loops `for (d < kp)` have a compile-time trip count K (0 = run-time kp), so they
-// unroll and vectorise to the target's width; no allocation, strings or virtual calls inside.
+// Lane loops step over fixed-width vectors (lanes.h); K is the compile-time padded latent size
+// (0 = run-time kp). No allocation, strings or virtual calls inside a row.
 #ifndef FMR_ARCH
 #error "define FMR_ARCH before including kernel_impl.h"
 #endif
 
 namespace fmrecall {
 namespace FMR_ARCH {
+
+#include "lanes.h"
 
 constexpr int kMaxLanes = 512;  // run-time kp is capped at this (checked when a model is made)
 
@@ -27,12 +29,59 @@ inline void prepare(const Model& M, Row& r) {
   grow(r.Q, kp);
   grow(r.Sa, static_cast<size_t>(r.nf) * kp);
   grow(r.Ca, static_cast<size_t>(r.nf) * kp);
-  grow(r.grad, static_cast<size_t>(r.n_aware) * r.nf * kp);
+  grow(r.grad, (static_cast<size_t>(r.n_aware) * r.nf + r.n_single) * kp);
+  grow(r.lin, static_cast<size_t>(r.n));
   if (r.used.size() < static_cast<size_t>(r.n_aware) * r.nf) r.used.resize(static_cast<size_t>(r.n_aware) * r.nf);
+}
+
+// acc += x * a ⊙ b over one latent vector
+template <int K>
+inline void fma_dot(float* __restrict acc, float x, const float* a, const float* b, int kp_rt) {
+  using T = Chunk<K>;
+  const int kp = K ? K : kp_rt;
+  const T xv = splat<T>(x);
+  for (int d = 0; d < kp; d += width<T>()) store(acc + d, load<T>(acc + d) + xv * load<T>(a + d) * load<T>(b + d));
+}
+
+// acc += Σ_c xb x_c <Wb[afo_c], Wfb[aoff_c]>: one node against the later ones (forward pair loop)
+template <int K>
+inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const float* Wfb, const int64_t* aoff,
+                      const int32_t* afo, const float* ax, int count, int kp_rt) {
+  using T = Chunk<K>;
+  constexpr int L = width<T>();
+  if (K) {  // compile-time size: one chunk at a time, accumulated in a register
+    for (int i = 0; i < (K ? K : L); i += L) {
+      T a = load<T>(acc + i);
+      const float* p = Wb + i;
+      const float* q = Wfb + i;
+      for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);
+      store(acc + i, a);
+    }
+  } else {
+    for (int c = 0; c < count; ++c) fma_dot<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);
+  }
+}
+
+// dst = 0
+template <int K>
+inline void zero(float* dst, int kp_rt) {
+  const int kp = K ? K : kp_rt;
+  for (int d = 0; d < kp; ++d) dst[d] = 0.f;
+}
+
+// dst += x * a
+template <int K>
+inline void axpy(float* __restrict dst, float x, const float* __restrict a, int kp_rt) {
+  using T = Chunk<K>;
+  const int kp = K ? K : kp_rt;
+  const T xv = splat<T>(x);
+  for (int d = 0; d < kp; d += width<T>()) store(dst + d, load<T>(dst + d) + xv * load<T>(a + d));
 }
 
 template <int K>
 float forward(const Model& M, Row& r) {
+  using T = Chunk<K>;
+  constexpr int L = width<T>();
   const int kp = K ? K : M.kp;
   prepare<K>(M, r);
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
@@ -40,13 +89,14 @@ float forward(const Model& M, Row& r) {
   float t = M.w0;  // w0 + Σ w_j x_j
   for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];
 
-  float acc[K ? K : kMaxLanes];  // lane-wise accumulator, summed once at the end
-  for (int d = 0; d < kp; ++d) acc[d] = 0.f;
+  alignas(64) float acc[K ? K : kMaxLanes];  // lane-wise accumulator, summed once at the end
+  zero<K>(acc, kp);
 
   if (ns) {  // FM sum trick: ½(‖S‖² − Σ x²‖v‖²)
     float* S = r.S.data();
-    float Q[K ? K : kMaxLanes];
-    for (int d = 0; d < kp; ++d) S[d] = Q[d] = 0.f;
+    alignas(64) float Q[K ? K : kMaxLanes];
+    zero<K>(S, kp);
+    zero<K>(Q, kp);
     float* Sa = r.Sa.data();
     if (na)
       for (int i = 0; i < nf * kp; ++i) Sa[i] = 0.f;
@@ -54,148 +104,298 @@ float forward(const Model& M, Row& r) {
       const int p = r.single[a];
       const float xi = r.x[p];
       const float* vi = M.vec(r.feat[p]);
-      for (int d = 0; d < kp; ++d) {
-        S[d] += xi * vi[d];
-        Q[d] += xi * xi * vi[d] * vi[d];
-      }
-      if (na) {
-        float* sa = Sa + r.slot[p] * kp;
-        for (int d = 0; d < kp; ++d) sa[d] += xi * vi[d];
-      }
+      axpy<K>(S, xi, vi, kp);
+      fma_dot<K>(Q, xi * xi, vi, vi, kp);
+      if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);
     }
-    for (int d = 0; d < kp; ++d) acc[d] += 0.5f * (S[d] * S[d] - Q[d]);
+    for (int d = 0; d < kp; d += L) {
+      const T s = load<T>(S + d);
+      store(acc + d, load<T>(acc + d) + splat<T>(0.5f) * (s * s - load<T>(Q + d)));
+    }
   }
   if (na) {
     if (ns) {  // single×aware: x_j <w_{j,a}, S_a>
       for (int b = 0; b < na; ++b) {
         const int p = r.aware[b];
-        const float xp = r.x[p];
         for (int s = 0; s < nf; ++s) {
           if (r.slot_aware[s]) continue;
-          const float* wj = M.wvec(r.wrow[p], r.slot_field[s]);
-          const float* sa = r.Sa.data() + s * kp;
-          for (int d = 0; d < kp; ++d) acc[d] += xp * wj[d] * sa[d];
+          fma_dot<K>(acc, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);
         }
       }
     }
-    for (int b = 0; b < na; ++b) {  // aware×aware pairs: x_i x_j <w_{i,f(j)}, w_{j,f(i)}>
-      const int p = r.aware[b];
-      const int32_t fp = r.field[p];
-      const int64_t rp = r.wrow[p];
-      const float xp = r.x[p];
-      for (int c = b + 1; c < na; ++c) {
-        const int q = r.aware[c];
-        const float xx = xp * r.x[q];
-        const float* wi = M.wvec(rp, r.field[q]);
-        const float* wj = M.wvec(r.wrow[q], fp);
-        for (int d = 0; d < kp; ++d) acc[d] += xx * wi[d] * wj[d];
-      }
+    // aware×aware pairs: x_i x_j <w_{i,f(j)}, w_{j,f(i)}>
+    const float* W = M.W.data();
+    const int64_t* aoff = r.aoff.data();
+    const int32_t* afo = r.afo.data();
+    const float* ax = r.ax.data();
+    for (int b = 0; b < na; ++b) {
+      const float* Wb = W + aoff[b];
+      const int32_t fb = afo[b];
+      const float xb = ax[b];
+      pair_dots<K>(acc, xb, Wb, W + fb, aoff + b + 1, afo + b + 1, ax + b + 1, na - b - 1, kp);
     }
   }
   float sum = 0.f;
-  for (int d = 0; d < kp; ++d) sum += acc[d];
+  for (int d = 0; d < kp; d += L) sum += hsum(load<T>(acc + d));
   r.score = t + sum;
   return r.score;
 }
 
 // AdaGrad on one vector: g = kappa * dscore + l2 * w;  G += g²;  w -= eta * g / sqrt(G)
 template <int K>
-inline void adagrad(float* w, float* G, const float* dscore, float kappa, float eta, float l2, int kp_rt) {
+inline void adagrad(float* __restrict w, float* __restrict G, const float* __restrict dscore, float kappa, float eta,
+                    float l2, int kp_rt) {
+  using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
-  for (int d = 0; d < kp; ++d) {
-    const float g = kappa * dscore[d] + l2 * w[d];
-    G[d] += g * g;
-    w[d] -= eta * g / std::sqrt(G[d]);
+  const T kv = splat<T>(kappa), ev = splat<T>(eta), lv = splat<T>(l2);
+  for (int d = 0; d < kp; d += width<T>()) {
+    const T wv = load<T>(w + d);
+    const T g = kv * load<T>(dscore + d) + lv * wv;
+    const T Gv = load<T>(G + d) + g * g;
+    store(G + d, Gv);
+    store(w + d, wv - ev * g * vrsqrt(Gv));
   }
+}
+
+// Both vectors of one pair (libffm's update): g1 = kx w2 + l2 w1, g2 = kx w1 + l2 w2, AdaGrad on each.
+template <int K>
+inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restrict G1, float* __restrict G2,
+                      float kx, Chunk<K> ev, Chunk<K> lv, int kp_rt) {
+  using T = Chunk<K>;
+  const int kp = K ? K : kp_rt;
+  const T kv = splat<T>(kx);
+  for (int d = 0; d < kp; d += width<T>()) {
+    const T a = load<T>(w1 + d), b = load<T>(w2 + d);
+    const T g1 = kv * b + lv * a;
+    const T g2 = kv * a + lv * b;
+    const T G1v = load<T>(G1 + d) + g1 * g1;
+    const T G2v = load<T>(G2 + d) + g2 * g2;
+    store(G1 + d, G1v);
+    store(G2 + d, G2v);
+    store(w1 + d, a - ev * g1 * vrsqrt(G1v));
+    store(w2 + d, b - ev * g2 * vrsqrt(G2v));
+  }
+}
+
+// Rows in which a feature occurs in more than one node share parameters between those nodes:
+// every gradient is taken from the old weights, summed per parameter, then one AdaGrad step is
+// made per parameter. Exact but slower; such rows are rare (a hash collision inside a field).
+template <int K>
+void backward_shared(Model& M, Row& r, float kappa, const Hyper& h) {
+  using T = Chunk<K>;
+  const int kp = K ? K : M.kp;
+  const int n = r.n, ns = r.n_single, na = r.n_aware, nf = r.nf;
+  float* Ca = r.Ca.data();
+  float* ga = r.grad.data();                                  // (na, nf, kp) field-aware grads
+  float* gs = ga + static_cast<size_t>(na) * nf * kp;         // (ns, kp) single grads
+  uint8_t* used = r.used.data();
+  float* lin = r.lin.data();
+  auto first_of = [&](const int32_t* list, int idx) {  // first position in list with the same feature
+    const int64_t j = r.feat[list ? list[idx] : idx];
+    for (int c = 0; c < idx; ++c)
+      if (r.feat[list ? list[c] : c] == j) return c;
+    return idx;
+  };
+
+  if (ns && na) {  // C_a = Σ_p x_p w_{p,a} (old weights)
+    for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
+    for (int b = 0; b < na; ++b)
+      for (int s = 0; s < nf; ++s)
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.wrow[r.aware[b]], r.slot_field[s]), kp);
+  }
+  for (int b = 0; b < na; ++b) {  // d/dw_{p,f} for every field slot of the row
+    const int p = r.aware[b];
+    const float xp = r.x[p];
+    for (int s = 0; s < nf; ++s) {
+      float* g = ga + (static_cast<size_t>(b) * nf + s) * kp;
+      zero<K>(g, kp);
+      uint8_t& u = used[b * nf + s];
+      u = 0;
+      if (!r.slot_aware[s]) {
+        axpy<K>(g, xp, r.Sa.data() + s * kp, kp);
+        u = 1;
+        continue;
+      }
+      for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
+        const int q = r.aw_nodes[c];
+        if (q == p) continue;
+        axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);
+        u = 1;
+      }
+    }
+  }
+  for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
+    const int p = r.single[a];
+    const T xi = splat<T>(r.x[p]);
+    const float* vi = M.vec(r.feat[p]);
+    const float* ca = na ? Ca + r.slot[p] * kp : nullptr;
+    for (int d = 0; d < kp; d += width<T>()) {
+      T inner = load<T>(r.S.data() + d) - xi * load<T>(vi + d);
+      if (ca) inner += load<T>(ca + d);
+      store(gs + static_cast<size_t>(a) * kp + d, xi * inner);
+    }
+  }
+  for (int p = 0; p < n; ++p) lin[p] = r.x[p];
+
+  // merge repeats into their first occurrence, then one step per parameter
+  for (int p = 0; p < n; ++p) {
+    const int f = first_of(nullptr, p);
+    if (f != p) {
+      lin[f] += lin[p];
+      lin[p] = 0.f;
+      continue;
+    }
+  }
+  for (int p = 0; p < n; ++p) {
+    if (first_of(nullptr, p) != p) continue;
+    const int64_t j = r.feat[p];
+    const float g = kappa * lin[p] + h.l2_lin * M.w[j];
+    M.gw[j] += g * g;
+    M.w[j] -= h.eta * g / std::sqrt(M.gw[j]);
+  }
+  for (int a = 0; a < ns; ++a) {
+    const int f = first_of(r.single.data(), a);
+    if (f != a) axpy<K>(gs + static_cast<size_t>(f) * kp, 1.f, gs + static_cast<size_t>(a) * kp, kp);
+  }
+  for (int a = 0; a < ns; ++a) {
+    if (first_of(r.single.data(), a) != a) continue;
+    const int64_t j = r.feat[r.single[a]];
+    adagrad<K>(M.vec(j), M.gv.data() + j * kp, gs + static_cast<size_t>(a) * kp, kappa, h.eta, h.l2_fac, kp);
+  }
+  for (int b = 0; b < na; ++b) {
+    const int f = first_of(r.aware.data(), b);
+    if (f == b) continue;
+    for (int s = 0; s < nf; ++s) {
+      if (!used[b * nf + s]) continue;
+      axpy<K>(ga + (static_cast<size_t>(f) * nf + s) * kp, 1.f, ga + (static_cast<size_t>(b) * nf + s) * kp, kp);
+      used[f * nf + s] = 1;
+      used[b * nf + s] = 0;
+    }
+  }
+  for (int b = 0; b < na; ++b) {
+    const int64_t rp = r.wrow[r.aware[b]];
+    for (int s = 0; s < nf; ++s) {
+      if (!used[b * nf + s]) continue;
+      const size_t off = (static_cast<size_t>(rp) * M.F + r.slot_field[s]) * kp;
+      adagrad<K>(M.W.data() + off, M.gW.data() + off, ga + (static_cast<size_t>(b) * nf + s) * kp, kappa, h.eta,
+                 h.l2_fac, kp);
+    }
+  }
+  M.g0 += kappa * kappa;
+  M.w0 -= h.eta * kappa / std::sqrt(M.g0);
 }
 
 template <int K>
 void backward(Model& M, Row& r, float kappa, const Hyper& h) {
+  if (r.shared) return backward_shared<K>(M, r, kappa, h);
+  using T = Chunk<K>;
   const int kp = K ? K : M.kp;
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
   const float eta = h.eta, l2f = h.l2_fac;
-
-  // 1) d score / d w_{p,a} for every field-aware vector the row touches, from the old weights.
-  float* grad = r.grad.data();
-  uint8_t* used = r.used.data();
   float* Ca = r.Ca.data();
-  if (na) {
-    if (ns)
-      for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
+  auto woff = [&](int64_t row, int32_t f) { return (static_cast<size_t>(row) * M.F + f) * kp; };
+
+  // 1) single×aware: C_a = Σ_p x_p w_{p,a} from the old weights, then d/dw_{p,a} = x_p S_a.
+  //    (w_{p,a} with a single field a appears in no other term, so it can be updated at once.)
+  if (ns && na) {
+    for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
+    for (int b = 0; b < na; ++b) {
+      const int p = r.aware[b];
+      for (int s = 0; s < nf; ++s)
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), kp);
+    }
+    alignas(64) float g[K ? K : kMaxLanes];
+    for (int b = 0; b < na; ++b) {
+      const int p = r.aware[b];
+      for (int s = 0; s < nf; ++s) {
+        if (r.slot_aware[s]) continue;
+        zero<K>(g, kp);
+        axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);
+        const size_t off = woff(r.wrow[p], r.slot_field[s]);
+        adagrad<K>(M.W.data() + off, M.gW.data() + off, g, kappa, eta, l2f, kp);
+      }
+    }
+  }
+
+  // 2) aware×aware: d/dw_{p,f(q)} = Σ_{q≠p, f(q)=that field} x_p x_q w_{q,f(p)}
+  if (na > 1 && r.one_per_slot) {
+    // One node per field: every vector w_{p,f(q)} belongs to exactly one pair, so the pair loop
+    // updates both of its vectors in place (libffm's loop) and is still the exact gradient step.
+    float* W = M.W.data();
+    float* G = M.gW.data();
+    const int64_t* aoff = r.aoff.data();
+    const int32_t* afo = r.afo.data();
+    const float* ax = r.ax.data();
+    const T ev = splat<T>(eta), lv = splat<T>(l2f);
+    for (int b = 0; b < na; ++b) {
+      const int64_t ob = aoff[b];
+      const int32_t fb = afo[b];
+      const float kxb = kappa * ax[b];
+      for (int c = b + 1; c < na; ++c) {
+        const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;
+        pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);
+      }
+    }
+  } else if (na > 1) {
+    // Multi-valued fields: gather every gradient from the old weights first, then apply.
+    float* grad = r.grad.data();
+    uint8_t* used = r.used.data();
     for (int b = 0; b < na; ++b) {
       const int p = r.aware[b];
       const float xp = r.x[p];
       const int32_t fp = r.field[p];
       for (int s = 0; s < nf; ++s) {
-        float* g = grad + (static_cast<size_t>(b) * nf + s) * kp;
         uint8_t& u = used[b * nf + s];
-        if (!r.slot_aware[s]) {  // single slot a: d/dw_{p,a} = x_p S_a;  C_a += x_p w_{p,a}
-          const float* sa = r.Sa.data() + s * kp;
-          const float* wpa = M.wvec(r.wrow[p], r.slot_field[s]);
-          float* ca = Ca + s * kp;
-          for (int d = 0; d < kp; ++d) {
-            g[d] = xp * sa[d];
-            ca[d] += xp * wpa[d];
-          }
+        u = 0;
+        if (!r.slot_aware[s]) continue;
+        float* g = grad + (static_cast<size_t>(b) * nf + s) * kp;
+        zero<K>(g, kp);
+        for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
+          const int q = r.aw_nodes[c];
+          if (q == p) continue;
+          axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], fp), kp);
           u = 1;
-        } else {  // aware slot b: d/dw_{p,f(q)} = Σ_{q in slot, q≠p} x_p x_q w_{q,f(p)}
-          for (int d = 0; d < kp; ++d) g[d] = 0.f;
-          u = 0;
-          for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
-            const int q = r.aw_nodes[c];
-            if (q == p) continue;
-            const float xx = xp * r.x[q];
-            const float* wq = M.wvec(r.wrow[q], fp);
-            for (int d = 0; d < kp; ++d) g[d] += xx * wq[d];
-            u = 1;
-          }
         }
       }
     }
-  }
-
-  // 2) bias and linear weights: d score / d w_j = x_j
-  {
-    const float g = kappa;
-    M.g0 += g * g;
-    M.w0 -= eta * g / std::sqrt(M.g0);
-  }
-  for (int p = 0; p < r.n; ++p) {
-    const int64_t j = r.feat[p];
-    const float g = kappa * r.x[p] + h.l2_lin * M.w[j];
-    M.gw[j] += g * g;
-    M.w[j] -= eta * g / std::sqrt(M.gw[j]);
+    for (int b = 0; b < na; ++b) {
+      const int64_t rp = r.wrow[r.aware[b]];
+      for (int s = 0; s < nf; ++s) {
+        if (!used[b * nf + s]) continue;
+        const size_t off = woff(rp, r.slot_field[s]);
+        adagrad<K>(M.W.data() + off, M.gW.data() + off, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa,
+                   eta, l2f, kp);
+      }
+    }
   }
 
   // 3) single vectors: d score / d v_i = x_i (S − x_i v_i + C_{f(i)})
   if (ns) {
     const float* S = r.S.data();
-    float dv[K ? K : kMaxLanes];
+    alignas(64) float dv[K ? K : kMaxLanes];
     for (int a = 0; a < ns; ++a) {
       const int p = r.single[a];
-      const float xi = r.x[p];
+      const T xi = splat<T>(r.x[p]);
       const int64_t j = r.feat[p];
       float* vi = M.vec(j);
-      if (na) {
-        const float* ca = Ca + r.slot[p] * kp;
-        for (int d = 0; d < kp; ++d) dv[d] = xi * (S[d] - xi * vi[d] + ca[d]);
-      } else {
-        for (int d = 0; d < kp; ++d) dv[d] = xi * (S[d] - xi * vi[d]);
+      const float* ca = na ? Ca + r.slot[p] * kp : nullptr;
+      for (int d = 0; d < kp; d += width<T>()) {
+        T inner = load<T>(S + d) - xi * load<T>(vi + d);
+        if (ca) inner += load<T>(ca + d);
+        store(dv + d, xi * inner);
       }
       adagrad<K>(vi, M.gv.data() + j * kp, dv, kappa, eta, l2f, kp);
     }
   }
 
-  // 4) field-aware vectors
-  for (int b = 0; b < na; ++b) {
-    const int p = r.aware[b];
-    const int64_t rp = r.wrow[p];
-    for (int s = 0; s < nf; ++s) {
-      if (!used[b * nf + s]) continue;
-      const size_t off = (static_cast<size_t>(rp) * M.F + r.slot_field[s]) * kp;
-      adagrad<K>(M.W.data() + off, M.gW.data() + off, grad + (static_cast<size_t>(b) * nf + s) * kp,
-                 kappa, eta, l2f, kp);
-    }
+  // 4) bias and linear weights: d score / d w_j = x_j
+  M.g0 += kappa * kappa;
+  M.w0 -= eta * kappa / std::sqrt(M.g0);
+  for (int p = 0; p < r.n; ++p) {
+    const int64_t j = r.feat[p];
+    const float g = kappa * r.x[p] + h.l2_lin * M.w[j];
+    M.gw[j] += g * g;
+    M.w[j] -= eta * g / std::sqrt(M.gw[j]);
   }
 }
 

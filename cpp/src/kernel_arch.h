@@ -4,7 +4,12 @@
 // function gets an AVX copy that the linker could hand to baseline code.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "fmrecall/kernel.h"
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -130,7 +131,13 @@ class LineParser {
     if (s < te && *s == '+') ++s;
     float v = 0.f;
     auto res = std::from_chars(s, te, v);
-    if (res.ec == std::errc::result_out_of_range) fail(std::string(what) + " out of float range", tok, e);
+    if (res.ec == std::errc::result_out_of_range) {  // underflow reads as 0, overflow is an error
+      double dv = 0.0;
+      auto rd = std::from_chars(s, te, dv);
+      if (rd.ec != std::errc() || std::fabs(dv) >= 1.0) fail(std::string(what) + " out of float range", tok, e);
+      p = te;
+      return 0.f;
+    }
     if (res.ec != std::errc() || res.ptr != te || s == te) fail(std::string("bad ") + what, tok, e);
     if (!std::isfinite(v)) fail(std::string("non-finite ") + what, tok, e);
     p = te;

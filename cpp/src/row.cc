@@ -11,13 +11,43 @@ void Row::reset_slots() {
 }
 
 void Row::reserve_nodes(int64_t cap) {
+  cap = std::max<int64_t>(cap, 1);
   if (static_cast<int64_t>(field.size()) >= cap) return;
-  size_t c = static_cast<size_t>(std::max<int64_t>(cap, 2 * static_cast<int64_t>(field.size())));
-  field.resize(c);
-  slot.resize(c);
+  const size_t c = static_cast<size_t>(std::max<int64_t>(cap, 2 * static_cast<int64_t>(field.size())));
+  for (auto* v : {&field, &slot, &slot_field, &single, &aware, &aw_nodes, &afo}) v->resize(c);
+  aw_begin.resize(c + 1);
   feat.resize(c);
   wrow.resize(c);
+  aoff.resize(c);
   x.resize(c);
+  ax.resize(c);
+  slot_aware.resize(c);
+}
+
+bool Row::any_repeated_feature() {
+  size_t cap = 64;
+  while (cap < 2 * static_cast<size_t>(n)) cap *= 2;
+  if (hkey_.size() != cap) {
+    hkey_.assign(cap, 0);
+    hstamp_.assign(cap, 0);
+    stamp_ = 0;
+  }
+  if (++stamp_ == 0) {  // wrapped: clear once every 2^32 rows
+    std::fill(hstamp_.begin(), hstamp_.end(), 0u);
+    stamp_ = 1;
+  }
+  const size_t mask = cap - 1;
+  for (int p = 0; p < n; ++p) {
+    const int64_t j = feat[p];
+    size_t h = static_cast<size_t>((static_cast<uint64_t>(j) * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+    while (hstamp_[h] == stamp_) {
+      if (hkey_[h] == j) return true;
+      h = (h + 1) & mask;
+    }
+    hstamp_[h] = stamp_;
+    hkey_[h] = j;
+  }
+  return false;
 }
 
 void Row::gather(const Model& M, const Segment* segs, int nseg) {
@@ -52,14 +82,6 @@ void Row::gather(const Model& M, const Segment* segs, int nseg) {
     for (int p = 0; p < n; ++p) x[p] *= r;
   }
 
-  if (static_cast<int>(slot_field.size()) < n) {
-    slot_field.resize(n);
-    slot_aware.resize(n);
-    aw_begin.resize(n + 1);
-    aw_nodes.resize(n);
-    single.resize(n);
-    aware.resize(n);
-  }
   int ns = 0, na = 0;
   for (int p = 0; p < n; ++p) {
     const int32_t f = field[p];
@@ -74,7 +96,12 @@ void Row::gather(const Model& M, const Segment* segs, int nseg) {
     if (M.aware[f]) {
       const int64_t r = M.row_of(feat[p]);
       wrow[p] = r;
-      if (r >= 0) aware[na++] = p;  // a field-aware feature with no vectors contributes linearly only
+      if (r >= 0) {  // a field-aware feature with no vectors contributes linearly only
+        aoff[na] = r * static_cast<int64_t>(M.F) * M.kp;
+        afo[na] = f * M.kp;
+        ax[na] = x[p];
+        aware[na++] = p;
+      }
     } else {
       wrow[p] = -1;
       single[ns++] = p;
@@ -92,6 +119,10 @@ void Row::gather(const Model& M, const Segment* segs, int nseg) {
   aw_begin[0] = 0;
   n_single = ns;
   n_aware = na;
+  int aware_slots = 0;
+  for (int s = 0; s < nf; ++s) aware_slots += aw_begin[s + 1] > aw_begin[s];
+  one_per_slot = aware_slots == na;
+  shared = any_repeated_feature();
 }
 
 }  // namespace fmrecall

@@ -4,6 +4,36 @@
 
 namespace fmrecall {
 
+namespace {
+constexpr int64_t kAhead = 8;  // rows of look-ahead for prefetching
+
+// Ask for the parameter blocks of a row that will be processed soon: training is bound by memory
+// latency on large models (a feature's field-aware block is F·kp floats plus as many AdaGrad floats).
+inline void prefetch_row(const Model& M, const Segment& s) {
+  const int64_t wblock = static_cast<int64_t>(M.F) * M.kp;
+  for (int64_t t = 0; t < s.len; ++t) {
+    const int64_t j = s.feat[t];
+    const int32_t f = s.field[t];
+    if (j < 0 || j >= M.n || f < 0 || f >= M.F) continue;
+    __builtin_prefetch(M.w.data() + j, 1);
+    __builtin_prefetch(M.gw.data() + j, 1);
+    if (M.aware[f]) {
+      const int64_t r = M.row_of(j);
+      if (r < 0) continue;
+      const char* a = reinterpret_cast<const char*>(M.W.data() + r * wblock);
+      const char* g = reinterpret_cast<const char*>(M.gW.data() + r * wblock);
+      for (int64_t b = 0; b < wblock * 4; b += 64) {
+        __builtin_prefetch(a + b, 1);
+        __builtin_prefetch(g + b, 1);
+      }
+    } else {
+      __builtin_prefetch(M.v.data() + j * M.kp, 1);
+      __builtin_prefetch(M.gv.data() + j * M.kp, 1);
+    }
+  }
+}
+}  // namespace
+
 double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
                   const Hyper& h, int threads) {
   const KernelFns K = select_kernels(M.kp);
@@ -14,6 +44,7 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = order[i];
+      if (i + kAhead < count) prefetch_row(M, data.row(order[i + kAhead]));
       const Segment seg = data.row(r);
       row.gather(M, &seg, 1);
       const float t = K.forward(M, row);

@@ -11,6 +11,7 @@ import numpy as np
 from . import _core
 from .dataset import Dataset
 from .metrics import auc, logloss_from_scores, mse
+from .sides import Sides
 
 _LOSSES = {"logistic": 0, "squared": 1}
 _CHUNK_ROWS = 1 << 18  # rows per call into C++: progress bar granularity and Ctrl-C latency
@@ -57,12 +58,13 @@ class _FactorizationModel:
     # ------------------------------------------------------------------ sklearn conventions
     @classmethod
     def _param_names(cls) -> List[str]:
-        names = []
+        names: List[str] = []
+        skip = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         for klass in cls.__mro__:
-            if "__init__" in klass.__dict__:
-                sig = inspect.signature(klass.__init__)
-                names += [p for p in sig.parameters if p != "self" and p not in names
-                          and sig.parameters[p].kind != inspect.Parameter.VAR_KEYWORD]
+            if klass is object or "__init__" not in klass.__dict__:
+                continue
+            params = inspect.signature(klass.__init__).parameters
+            names += [p for p, spec in params.items() if p != "self" and p not in names and spec.kind not in skip]
         return names
 
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
@@ -118,11 +120,12 @@ class _FactorizationModel:
         if data.labels is None:
             raise ValueError(f"{name} has no labels")
         if self.loss == "logistic" and data.labels.size:
-            bad = np.flatnonzero(~np.isin(data.labels, (-1.0, 0.0, 1.0)))
+            allowed = (-1.0, 1.0) if np.any(data.labels == -1.0) else (0.0, 1.0)
+            bad = np.flatnonzero(~np.isin(data.labels, allowed))
             if bad.size:
                 i = int(bad[0])
-                raise ValueError(f"logistic loss needs labels in {{0, 1}} or {{-1, 1}}; {name} row {i} "
-                                 f"has label {data.labels[i]!r}")
+                raise ValueError(f"logistic loss needs labels all in {{0, 1}} or all in {{-1, 1}}; {name} row "
+                                 f"{i} has label {float(data.labels[i])!r}")
 
     def _new_core(self, train: Dataset, valid: Optional[Dataset]) -> _core.Model:
         n_features = max(train.n_features, self.n_features or 0)
@@ -295,6 +298,12 @@ class _FactorizationModel:
         model._core.set_weights(float(weights["bias"]), linear, v, W)
         return model
 
+    def split(self, sides: Sides) -> "Split":
+        """The exact query/item split of this model for `sides` (DESIGN.md §2–4):
+        score(query row ⊕ item row) = b_q + <q, p>. See fmrecall.split.Split."""
+        from .split import Split
+        return Split(self, sides)
+
     def save(self, path) -> None:
         """Write the model to one versioned .npz file, atomically (see fmrecall.persist)."""
         from .persist import save_model
@@ -354,3 +363,70 @@ class FFM(_FactorizationModel):
         W = _check_factors(weights.get("factors"), 3, "factors", n)
         n_fields = W.shape[1]
         return n_fields, np.ones(n_fields, np.uint8), None, n, None, W
+
+
+class HybridFM(_FactorizationModel):
+    """Field-aware on one side only (DESIGN.md §4): the features of the `field_aware` side keep one
+    vector per field (FFM rule among themselves), the other side's features keep one vector (FM
+    rule among themselves), and a cross pair scores <v_i, w_{j,f(i)}>. The split is exact with
+    dim |F_query|·k + 1 (field_aware="item") or |F_item|·k + 1 (field_aware="query").
+    Put high-cardinality id fields on the single-vector side.
+
+    weights(): {"bias", "linear": (n,), "factors": (n, k) single vectors,
+                "field_factors": (m, F, k) field-aware vectors, "field_rows": (n,) int32 row of
+                field_factors for each feature (-1: none; such a feature in a field-aware field
+                contributes only its linear weight)}.
+    """
+
+    def __init__(self, k: int = 4, *, field_aware: str = "item", sides: Optional[Sides] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(k, **kwargs)
+        self.field_aware = field_aware
+        self.sides = sides
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.field_aware not in ("item", "query"):
+            raise ValueError(f"field_aware must be 'item' or 'query', got {self.field_aware!r}")
+        if not isinstance(self.sides, Sides):
+            raise ValueError("HybridFM needs sides=fmrecall.Sides(user=..., context=..., item=...)")
+
+    def _aware_flags(self, n_fields: int) -> np.ndarray:
+        item = self.sides.item_mask(n_fields)
+        return item if self.field_aware == "item" else (1 - item).astype(np.uint8)
+
+    def _aware_rows(self, data: Dataset, n_features: int, flags: np.ndarray):
+        in_model = data.fields < flags.size
+        aware_nodes = np.zeros(data.nnz, dtype=bool)
+        aware_nodes[in_model] = flags[data.fields[in_model]].astype(bool)
+        feats = np.unique(data.features[aware_nodes])
+        rows = np.full(n_features, -1, dtype=np.int32)
+        rows[feats] = np.arange(feats.size, dtype=np.int32)
+        return rows, int(feats.size)
+
+    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+        return {"factors": w["v"], "field_factors": w["W"], "field_rows": w["aware_row"]}
+
+    @classmethod
+    def _core_arrays_from_weights(cls, weights, hyper):
+        n = np.asarray(weights["linear"]).size
+        sides, aware_side = hyper.get("sides"), hyper.get("field_aware", "item")
+        if not isinstance(sides, Sides):
+            raise ValueError("HybridFM.from_weights needs sides=fmrecall.Sides(...)")
+        v = _check_factors(weights.get("factors"), 2, "factors", n)
+        W = _check_factors(weights.get("field_factors"), 3, "field_factors")
+        rows = np.ascontiguousarray(weights.get("field_rows"), dtype=np.int32)
+        if rows.shape != (n,):
+            raise ValueError(f"field_rows must have shape ({n},), got {rows.shape}")
+        if rows.size and (rows.min() < -1 or rows.max() >= W.shape[0]):
+            raise ValueError(f"field_rows entries must be -1 or < {W.shape[0]}")
+        n_fields = W.shape[1]
+        item = sides.item_mask(n_fields)
+        flags = item if aware_side == "item" else (1 - item).astype(np.uint8)
+        return n_fields, flags, rows, W.shape[0], v, W
+
+    def split(self, sides: Optional[Sides] = None) -> "Split":
+        """The exact query/item split; `sides` defaults to (and must match) the model's own."""
+        if sides is not None and sides != self.sides:
+            raise ValueError(f"a HybridFM is field-aware by side: split it with its own sides {self.sides}")
+        return super().split(self.sides)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any, Callable, Dict, IO, Union
 
 import numpy as np
@@ -30,6 +31,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -37,6 +39,16 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _file_mode(path: str) -> int:
+    """The mode of the file being replaced, or 0666 minus the process umask for a new file."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def encode_meta(meta: Dict[str, Any]) -> np.ndarray:
@@ -63,9 +75,12 @@ def load_arrays(path: PathLike, expected_format: str, max_version: int):
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file", path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with z:
             arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not an fmrecall file ({e})") from None
     if "meta" not in arrays:
         raise ValueError(f"{path}: not an fmrecall file (no metadata)")

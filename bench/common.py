@@ -1,0 +1,57 @@
+"""Benchmark configurations and definitions shared by the bench files and the training child."""
+from __future__ import annotations
+
+import os
+
+N_FIELDS = 39
+PAIRS_PER_ROW = N_FIELDS * (N_FIELDS - 1) // 2  # 741 field pairs per one-hot Criteo-shaped row
+
+# (model kind, k): the training configurations, each run with every thread count below
+MODELS = [("ffm", 4), ("ffm", 8), ("fm", 16)]
+THREADS = [1, 2]
+
+# Hyper-parameters of the training benchmarks. The library default learning_rate=0.2 (libffm's,
+# which assumes libffm's instance normalisation) diverges into memorisation on 39 unnormalised
+# one-hot fields (train loss -> 0.01, valid loss above the base rate after one epoch); 0.02 is the
+# best of {0.02, 0.05, 0.2} on this data for FFM k=4 and is used for every model. normalize=False
+# keeps the query/item split exact (DESIGN.md §6).
+HYPER = dict(learning_rate=0.02, reg_linear=2e-5, reg_factors=2e-5, init_std=0.05, normalize=False, seed=0)
+
+EPOCH_ROUNDS = int(os.environ.get("FMRECALL_BENCH_ROUNDS", 2))   # timed epochs per in-process config
+FIT_EPOCHS = int(os.environ.get("FMRECALL_BENCH_EPOCHS", 3))     # epochs of the subprocess fit
+NUMPY_ROWS = int(os.environ.get("FMRECALL_BENCH_NUMPY_ROWS", 2000))  # rows timed for the numpy reference
+
+# Targets to report against (never asserted)
+TARGET_EPOCH_S_FFM4_T2 = 3.5      # s/epoch, FFM k=4, 2 threads, 1M-row data (900k train rows)
+LIBFFM_EPOCH_S = "4.4-4.8"        # libffm on this machine, same data
+TARGET_PEAK_RSS_GB = 1.0
+LIBFFM_PEAK_RSS_GB = 1.73
+TARGET_PARSE_MB_S = 100.0
+
+
+def config_id(kind: str, k: int, threads: int) -> str:
+    return f"{kind}-k{k}-t{threads}"
+
+
+def model_label(kind: str, k: int) -> str:
+    return f"{kind.upper()} k={k}"
+
+
+def ns_per_pair(seconds_per_epoch: float, threads: int, train_rows: int) -> float:
+    """Core-nanoseconds per pair update: (s/epoch * threads) / (train rows * 39*38/2).
+
+    Every one-hot row has 741 field pairs; an FFM SGD step reads both vectors of every pair and
+    updates both (1,482 AdaGrad vector updates per row). FM is counted with the same 741 pairs
+    per row although its kernel is O(39 k) per row (sum trick), so its figure is per *equivalent*
+    pair and not comparable in cost with FFM's.
+    """
+    return seconds_per_epoch * threads * 1e9 / (train_rows * PAIRS_PER_ROW)
+
+
+def new_model(kind: str, k: int, threads: int, **extra):
+    import fmrecall
+
+    cls = fmrecall.FFM if kind == "ffm" else fmrecall.FM
+    params = dict(HYPER)
+    params.update(extra)
+    return cls(k=k, threads=threads, **params)

@@ -1,0 +1,164 @@
+"""Training throughput, memory and accuracy on the Criteo-shaped data (bench/synth.py).
+
+* test_numpy_reference  — the plain-numpy per-row SGD (bench/reference.py) on a small slice, after
+                          checking it computes the same updates as fmrecall (so the ratio compares
+                          like with like).
+* test_epoch            — one epoch (`partial_fit`) of FFM k=4, FFM k=8, FM k=16 with 1 and 2 threads
+                          on the 900k train rows, rows/s ratio against the numpy reference.
+* test_fit_subprocess   — a separate process per config: load the libffm file, fit a few epochs with
+                          validation; peak RSS, s/epoch, validation logloss vs the planted floor.
+
+    PYTHONPATH=python python3 -m pytest bench/test_train.py --benchmark-only
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+import reference  # noqa: E402
+import report  # noqa: E402
+
+import fmrecall  # noqa: E402
+
+CONFIGS = [(kind, k, t) for kind, k in common.MODELS for t in common.THREADS]
+IDS = [common.config_id(*c) for c in CONFIGS]
+
+_numpy_rate = {}  # (kind, k) -> rows/s of the numpy reference, measured once per session
+
+
+def _empty(ds):
+    return ds.subset(np.arange(0))
+
+
+def _reference_from(model, kind):
+    w = model.weights()
+    cls = reference.NumpyFFM if kind == "ffm" else reference.NumpyFM
+    hyper = {k: common.HYPER[k] for k in ("learning_rate", "reg_linear", "reg_factors")}
+    return cls(w["bias"], w["linear"], w["factors"], **hyper)
+
+
+def _check_reference_matches(kind, k, train, n_rows=100):
+    """The numpy reference and fmrecall (1 thread) make the same updates on the first rows.
+
+    Uses a compact copy of the first rows (feature ids renumbered) so the weights are small; the
+    fmrecall model gets its initial weights from partial_fit on zero rows and is then fed one row
+    per partial_fit call (the row order of a 1-row epoch is trivially that row).
+    """
+    rows = np.arange(n_rows)
+    small = train.subset(rows)
+    uniq, inv = np.unique(small.features, return_inverse=True)
+    small = fmrecall.Dataset(small.indptr, small.fields, inv.astype(np.int32), small.values, small.labels,
+                             n_fields=train.n_fields)
+    reference.check_one_hot(small, rows)
+    model = common.new_model(kind, k, threads=1).partial_fit(_empty(small))
+    ref = _reference_from(model, kind)
+    for r in rows:
+        model.partial_fit(small.subset([r]))
+    ref.train_rows(small, rows)
+    got, want = model.weights(), ref.weights()
+    np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["linear"], want["linear"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["factors"], want["factors"], rtol=1e-4, atol=1e-6)
+
+
+def _numpy_reference(kind, k, train):
+    """(reference model, rows) ready to time: full-size tables initialised like fmrecall's."""
+    reference.check_one_hot(train, np.arange(common.NUMPY_ROWS))
+    model = common.new_model(kind, k, threads=1).partial_fit(_empty(train))
+    return _reference_from(model, kind), np.arange(min(common.NUMPY_ROWS, train.n_rows))
+
+
+def numpy_rate(kind, k, train):
+    """rows/s of the numpy reference (measured here if test_numpy_reference did not run)."""
+    if (kind, k) not in _numpy_rate:
+        ref, rows = _numpy_reference(kind, k, train)
+        t0 = time.perf_counter()
+        ref.train_rows(train, rows)
+        _numpy_rate[(kind, k)] = rows.size / (time.perf_counter() - t0)
+    return _numpy_rate[(kind, k)]
+
+
+@pytest.mark.parametrize("kind,k", common.MODELS, ids=[f"{kind}-k{k}" for kind, k in common.MODELS])
+def test_numpy_reference(benchmark, synth_data, kind, k):
+    train, valid, meta = synth_data
+    _check_reference_matches(kind, k, train)
+    ref, rows = _numpy_reference(kind, k, train)
+    benchmark.pedantic(ref.train_rows, args=(train, rows), rounds=1, iterations=1)
+    secs = benchmark.stats.stats.min
+    _numpy_rate[(kind, k)] = rows.size / secs
+    benchmark.extra_info.update(rows=int(rows.size), rows_per_s=rows.size / secs)
+    report.record("numpy_reference", f"{kind}-k{k}", {
+        "model": common.model_label(kind, k), "rows": int(rows.size), "seconds": secs,
+        "rows_per_s": rows.size / secs})
+
+
+@pytest.mark.parametrize("kind,k,threads", CONFIGS, ids=IDS)
+def test_epoch(benchmark, synth_data, kind, k, threads):
+    train, valid, meta = synth_data
+    model = common.new_model(kind, k, threads)
+    model.partial_fit(_empty(train))  # allocate and initialise the weights outside the timing
+    benchmark.pedantic(model.partial_fit, args=(train,), rounds=common.EPOCH_ROUNDS, iterations=1)
+    st = benchmark.stats.stats
+    rate = train.n_rows / st.min
+    ref_rate = numpy_rate(kind, k, train)
+    row = {
+        "model": common.model_label(kind, k), "threads": threads, "train_rows": train.n_rows,
+        "rounds": common.EPOCH_ROUNDS, "seconds_min": st.min, "seconds_mean": st.mean,
+        "rows_per_s": rate, "ns_per_pair": common.ns_per_pair(st.min, threads, train.n_rows),
+        "numpy_rows_per_s": ref_rate, "ratio_vs_numpy": rate / ref_rate,
+        "train_loss_last_epoch": model.history_[-1]["train_loss"],
+    }
+    benchmark.extra_info.update(row)
+    report.record("train_epoch", common.config_id(kind, k, threads), row)
+    assert np.isfinite(row["train_loss_last_epoch"])
+
+
+def _child_env():
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def run_child(kind, k, threads, epochs, path):
+    cmd = [sys.executable, os.path.join(HERE, "train_child.py"), "--kind", kind, "--k", str(k),
+           "--threads", str(threads), "--epochs", str(epochs), "--data", path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind,k,threads", CONFIGS, ids=IDS)
+def test_fit_subprocess(benchmark, synth_file, kind, k, threads):
+    path, meta = synth_file
+    out = {}
+    benchmark.pedantic(lambda: out.update(run_child(kind, k, threads, common.FIT_EPOCHS, path)),
+                       rounds=1, iterations=1)
+    row = {
+        "model": common.model_label(kind, k), "threads": threads, "epochs": common.FIT_EPOCHS,
+        "train_rows": out["train_rows"], "load_seconds": out["load_seconds"],
+        "train_seconds_per_epoch": out["train_seconds_per_epoch"],
+        "ns_per_pair": common.ns_per_pair(out["train_seconds_per_epoch"], threads, out["train_rows"]),
+        "eval_seconds": out["eval_seconds"], "rss_after_load_mb": out["rss_after_load_mb"],
+        "peak_rss_after_load_mb": out["peak_rss_after_load_mb"], "peak_rss_mb": out["peak_rss_mb"],
+        "rss_end_mb": out["rss_end_mb"], "ru_maxrss_mb": out["ru_maxrss_mb"],
+        "best_valid_logloss": out["best_valid_logloss"], "best_epoch": out["best_epoch"],
+        "best_valid_auc": out["best_valid_auc"], "final_valid_logloss": out["final_valid_logloss"],
+        "floor_logloss": meta["floor_logloss_valid"], "base_rate_logloss": meta["base_rate_logloss_valid"],
+        "history": out["history"],
+    }
+    benchmark.extra_info.update({k_: v for k_, v in row.items() if k_ != "history"})
+    report.record("train_fit", common.config_id(kind, k, threads), row)
+    assert np.isfinite(row["best_valid_logloss"])

@@ -1,0 +1,57 @@
+// Fixed-width float vectors for the kernel's lane loops (GCC/Clang vector extensions), included by
+// kernel_impl.h inside the per-instruction-set namespace. kp is a multiple of 4 and every latent
+// vector starts 16-byte aligned, so a vector of K floats is K/4 (or K/8 with FMR_WIDE) chunks.
+#pragma once
+
+typedef float f4 __attribute__((vector_size(16)));
+typedef float f8 __attribute__((vector_size(32)));
+
+#ifndef FMR_WIDE
+#define FMR_WIDE 0
+#endif
+
+// The chunk type for a compile-time size K (K = 0: run-time kp, chunks of 4).
+template <int K>
+using Chunk = typename std::conditional<(FMR_WIDE && K > 0 && K % 8 == 0), f8, f4>::type;
+
+template <class T>
+constexpr int width() { return static_cast<int>(sizeof(T) / sizeof(float)); }
+
+template <class T>
+inline T load(const float* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <class T>
+inline void store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+template <class T>
+inline T splat(float x) {
+  T v = {};
+  return v + x;
+}
+template <class T>
+inline float hsum(T v) {
+  float s = 0.f;
+  for (int i = 0; i < width<T>(); ++i) s += v[i];
+  return s;
+}
+
+// 1/sqrt(v): the hardware estimate (12 bits) refined by one Newton step to ~2e-7 relative error;
+// 3-4x cheaper than sqrt + divide, which would bound AdaGrad's throughput. (The estimate differs
+// between CPU vendors, so results are reproducible per machine, not bit-identical across them.)
+template <class T>
+inline T newton_rsqrt(T v, T y) {
+  return y * (splat<T>(1.5f) - splat<T>(0.5f) * v * y * y);
+}
+inline f4 vrsqrt(f4 v) {
+#if defined(__x86_64__) || defined(__i386__)
+  return newton_rsqrt(v, reinterpret_cast<f4>(_mm_rsqrt_ps(reinterpret_cast<__m128>(v))));
+#else
+  for (int i = 0; i < 4; ++i) v[i] = 1.f / std::sqrt(v[i]);
+  return v;
+#endif
+}
+#if FMR_WIDE
+inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }
+#endif

@@ -1,0 +1,124 @@
+#include "fmrecall/split.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <omp.h>
+
+namespace fmrecall {
+
+SplitLayout make_layout(const Model& M, const uint8_t* side) {
+  if (M.normalize)
+    throw InputError(
+        "this model was trained with normalize=True (whole-row 1/||x|| scaling couples the query and item "
+        "sides), so it cannot be split exactly; retrain with normalize=False (DESIGN.md §6)");
+  SplitLayout L;
+  L.F = M.F;
+  L.k = M.k;
+  L.side.assign(side, side + M.F);
+  std::vector<int32_t> SQ, AQ, SI, AI;
+  for (int32_t f = 0; f < M.F; ++f) {
+    const bool item = L.side[f] != 0, aware = M.aware[f] != 0;
+    (item ? L.i_fields : L.q_fields).push_back(f);
+    (item ? (aware ? AI : SI) : (aware ? AQ : SQ)).push_back(f);
+  }
+  L.off_sa.assign(M.F, -1);
+  L.off_bs.assign(M.F, -1);
+  L.off_ab.assign(static_cast<size_t>(M.F) * M.F, -1);
+  int64_t next = 0;
+  if (!SQ.empty() && !SI.empty()) {
+    L.off_ss = next;
+    next += M.k;
+  }
+  if (!AI.empty())
+    for (int32_t a : SQ) {
+      L.off_sa[a] = next;
+      next += M.k;
+    }
+  if (!AQ.empty())
+    for (int32_t b : SI) {
+      L.off_bs[b] = next;
+      next += M.k;
+    }
+  for (int32_t a : AQ)
+    for (int32_t b : AI) {
+      L.off_ab[static_cast<size_t>(a) * M.F + b] = next;
+      next += M.k;
+    }
+  L.dim = next + 1;
+  return L;
+}
+
+namespace {
+
+inline void add(float* __restrict dst, float x, const float* __restrict src, int k) {
+  for (int d = 0; d < k; ++d) dst[d] += x * src[d];
+}
+
+// Shared row loop: gather, score the side's own row, then add each node's cross-pair blocks.
+template <class Fill>
+void build(const Model& M, const SplitLayout& L, const Csr& rows, float* out, int threads, Fill&& fill) {
+  const KernelFns K = select_kernels(M.kp);
+#pragma omp parallel num_threads(threads)
+  {
+    Row row;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows.rows; ++r) {
+      const Segment seg = rows.row(r);
+      row.gather(M, &seg, 1);
+      float* v = out + r * L.dim;
+      std::memset(v, 0, sizeof(float) * L.dim);
+      const float own = K.forward(M, row);
+      fill(row, v, own, r);
+    }
+  }
+}
+
+}  // namespace
+
+void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* q, float* b, int threads) {
+  const int k = L.k;
+  build(M, L, rows, q, threads, [&](const Row& row, float* v, float own, int64_t r) {
+    for (int p = 0; p < row.n; ++p) {
+      const int32_t f = row.field[p];
+      const float x = row.x[p];
+      if (L.side[f]) continue;  // not a query field (callers check; ignore defensively)
+      if (!M.aware[f]) {
+        const float* vi = M.vec(row.feat[p]);
+        if (L.off_ss >= 0) add(v + L.off_ss, x, vi, k);
+        if (L.off_sa[f] >= 0) add(v + L.off_sa[f], x, vi, k);
+      } else if (row.wrow[p] >= 0) {
+        for (int32_t g : L.i_fields) {
+          const int64_t o = M.aware[g] ? L.off_ab[static_cast<size_t>(f) * L.F + g] : L.off_bs[g];
+          if (o >= 0) add(v + o, x, M.wvec(row.wrow[p], g), k);
+        }
+      }
+    }
+    v[L.dim - 1] = 1.f;
+    b[r] = own;
+  });
+}
+
+void item_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* p, int threads) {
+  const int k = L.k;
+  build(M, L, rows, p, threads, [&](const Row& row, float* v, float own, int64_t) {
+    for (int t = 0; t < row.n; ++t) {
+      const int32_t g = row.field[t];
+      const float x = row.x[t];
+      if (!L.side[g]) continue;  // not an item field
+      if (!M.aware[g]) {
+        const float* vj = M.vec(row.feat[t]);
+        if (L.off_ss >= 0) add(v + L.off_ss, x, vj, k);
+        if (L.off_bs[g] >= 0) add(v + L.off_bs[g], x, vj, k);
+      } else if (row.wrow[t] >= 0) {
+        for (int32_t a : L.q_fields) {
+          const int64_t o = M.aware[a] ? L.off_ab[static_cast<size_t>(a) * L.F + g] : L.off_sa[a];
+          if (o >= 0) add(v + o, x, M.wvec(row.wrow[t], a), k);
+        }
+      }
+    }
+    v[L.dim - 1] = own - M.w0;
+  });
+}
+
+}  // namespace fmrecall

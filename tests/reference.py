@@ -1,0 +1,274 @@
+"""A deliberately plain numpy reference of the fmrecall math (DESIGN.md §2-§4), in float64.
+
+Nothing here is fast or clever: scores are sums over explicit node pairs, gradients are sums
+over explicit ordered pairs, and one AdaGrad step is written out parameter by parameter. The
+library's kernels use the FM sum trick, per-slot accumulators and float32 SIMD lanes; this file
+uses none of that, so agreement between the two is evidence that both are right.
+
+Parameters are a dict ``{"bias": float, "linear": (n,), "v": (n, k) or None, "W": (n, F, k) or None}``
+and ``aware`` is a bool array (F,) saying which fields are field-aware. A node p is the triple
+(field f_p, feature j_p, value x_p). Its vector towards a partner in field b is
+
+    vec(p, b) = W[j_p, b]   if aware[f_p]       (one vector per field, libffm convention)
+              = v[j_p]      otherwise            (one vector, FM rule)
+
+and a pair (p, q) scores x_p x_q <vec(p, f_q), vec(q, f_p)>. This gives all three rules at once:
+both single -> <v_i, v_j>; both aware -> <w_{i,f(j)}, w_{j,f(i)}>; i single, j aware ->
+<v_i, w_{j,f(i)}>. FM = no aware field, FFM = every field aware, the hybrid = one side aware.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Tuple
+
+import numpy as np
+
+Params = Dict[str, object]
+
+
+# ---------------------------------------------------------------------------- parameters
+def make_params(bias: float, linear, v=None, W=None) -> Params:
+    return {
+        "bias": float(bias),
+        "linear": np.array(linear, dtype=np.float64),
+        "v": None if v is None else np.array(v, dtype=np.float64),
+        "W": None if W is None else np.array(W, dtype=np.float64),
+    }
+
+
+def fm_aware(n_fields: int) -> np.ndarray:
+    return np.zeros(n_fields, dtype=bool)
+
+
+def ffm_aware(n_fields: int) -> np.ndarray:
+    return np.ones(n_fields, dtype=bool)
+
+
+def params_from_model_weights(kind: str, w: dict) -> Params:
+    """Reference params from ``model.weights()`` of an FM ("fm") or FFM ("ffm")."""
+    if kind == "fm":
+        return make_params(w["bias"], w["linear"], v=w["factors"])
+    if kind == "ffm":
+        return make_params(w["bias"], w["linear"], W=w["factors"])
+    raise ValueError(kind)
+
+
+def fresh_state(params: Params) -> Params:
+    """AdaGrad accumulators, every one initialised to 1.0 (libffm convention)."""
+    return {
+        "bias": 1.0,
+        "linear": np.ones_like(params["linear"]),
+        "v": None if params["v"] is None else np.ones_like(params["v"]),
+        "W": None if params["W"] is None else np.ones_like(params["W"]),
+    }
+
+
+# ---------------------------------------------------------------------------- rows
+def row_nodes(fields, features, values, n_features: int, n_fields: int, normalize: bool = False):
+    """The row's in-model nodes (f, j, x) as float64 / int64 arrays.
+
+    Nodes with feature >= n_features, field >= n_fields or value 0 are dropped; with `normalize`
+    every remaining value is multiplied by 1 / ||x||_2 over the remaining nodes.
+    """
+    fields = np.asarray(fields, dtype=np.int64)
+    features = np.asarray(features, dtype=np.int64)
+    if values is None:
+        values = np.ones(features.size, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = ((features >= 0) & (features < n_features) & (fields >= 0) & (fields < n_fields)
+            & (values != 0.0))
+    f, j, x = fields[keep], features[keep], values[keep]
+    if normalize and x.size:
+        x = x / np.sqrt(np.sum(x * x))
+    return f, j, x
+
+
+def dataset_row(ds, r: int, n_features: int, n_fields: int, normalize: bool = False):
+    """row_nodes of row r of an fmrecall.Dataset."""
+    s, e = int(ds.indptr[r]), int(ds.indptr[r + 1])
+    vals = None if ds.values is None else ds.values[s:e]
+    return row_nodes(ds.fields[s:e], ds.features[s:e], vals, n_features, n_fields, normalize)
+
+
+# ---------------------------------------------------------------------------- score
+def _vec(params: Params, aware: np.ndarray, j: int, own_field: int, partner_field: int) -> np.ndarray:
+    if aware[own_field]:
+        return params["W"][j, partner_field]
+    return params["v"][j]
+
+
+def score(params: Params, aware: np.ndarray, f, j, x) -> float:
+    """w0 + sum_p w_{j_p} x_p + sum_{p<q} x_p x_q <vec(p, f_q), vec(q, f_p)>."""
+    t = params["bias"]
+    for p in range(len(j)):
+        t += params["linear"][j[p]] * x[p]
+    for p in range(len(j)):
+        for q in range(p + 1, len(j)):
+            a = _vec(params, aware, j[p], f[p], f[q])
+            b = _vec(params, aware, j[q], f[q], f[p])
+            t += x[p] * x[q] * float(np.dot(a, b))
+    return float(t)
+
+
+def score_terms_abs(params: Params, aware: np.ndarray, f, j, x) -> float:
+    """|w0| + sum |w_j x_j| + sum |pair terms|: the scale float32 rounding errors are relative to."""
+    t = abs(params["bias"])
+    for p in range(len(j)):
+        t += abs(params["linear"][j[p]] * x[p])
+    for p in range(len(j)):
+        for q in range(p + 1, len(j)):
+            a = _vec(params, aware, j[p], f[p], f[q])
+            b = _vec(params, aware, j[q], f[q], f[p])
+            t += float(np.sum(np.abs(x[p] * x[q] * a * b)))
+    return float(t)
+
+
+def score_grad(params: Params, aware: np.ndarray, f, j, x) -> Tuple[Params, Params]:
+    """(d score / d theta for every parameter, touched masks).
+
+    Touched: the bias; linear weights of the row's features; v_j of every single node (even one
+    with no partner: it still gets its L2 step); W[j_p, b] of an aware node p only if some other
+    node q != p of the row is in field b.
+    """
+    g = {
+        "bias": 1.0,
+        "linear": np.zeros_like(params["linear"]),
+        "v": None if params["v"] is None else np.zeros_like(params["v"]),
+        "W": None if params["W"] is None else np.zeros_like(params["W"]),
+    }
+    touched = {
+        "bias": True,
+        "linear": np.zeros(params["linear"].shape, dtype=bool),
+        "v": None if params["v"] is None else np.zeros(params["v"].shape[0], dtype=bool),
+        "W": None if params["W"] is None else np.zeros(params["W"].shape[:2], dtype=bool),
+    }
+    n = len(j)
+    for p in range(n):
+        g["linear"][j[p]] += x[p]
+        touched["linear"][j[p]] = True
+        if not aware[f[p]]:
+            touched["v"][j[p]] = True
+    for p in range(n):
+        for q in range(n):
+            if p == q:
+                continue
+            partner = _vec(params, aware, j[q], f[q], f[p])
+            if aware[f[p]]:
+                g["W"][j[p], f[q]] += x[p] * x[q] * partner
+                touched["W"][j[p], f[q]] = True
+            else:
+                g["v"][j[p]] += x[p] * x[q] * partner
+    # expand the per-vector masks to per-entry masks
+    if touched["v"] is not None:
+        touched["v"] = np.repeat(touched["v"][:, None], params["v"].shape[1], axis=1)
+    if touched["W"] is not None:
+        touched["W"] = np.repeat(touched["W"][:, :, None], params["W"].shape[2], axis=2)
+    return g, touched
+
+
+# ---------------------------------------------------------------------------- losses
+def _positive(y: float) -> float:
+    return 1.0 if y > 0 else 0.0
+
+
+def loss_value(t: float, y: float, loss: str) -> float:
+    """The loss as reported: logistic log(1+e^t) - y t (y in {0,1}, y>0 positive); squared (t-y)^2."""
+    if loss == "logistic":
+        return float(np.logaddexp(0.0, t) - _positive(y) * t)
+    if loss == "squared":
+        return float((t - y) ** 2)
+    raise ValueError(loss)
+
+
+def objective(t: float, y: float, loss: str) -> float:
+    """The function whose derivative the optimiser uses: as reported for logistic, ½(t-y)² for squared."""
+    if loss == "logistic":
+        return loss_value(t, y, loss)
+    if loss == "squared":
+        return 0.5 * float((t - y) ** 2)
+    raise ValueError(loss)
+
+
+def loss_grad(t: float, y: float, loss: str) -> float:
+    """kappa = d objective / d t: sigmoid(t) - y for logistic, t - y for squared."""
+    if loss == "logistic":
+        return float(1.0 / (1.0 + np.exp(-t)) - _positive(y))
+    if loss == "squared":
+        return float(t - y)
+    raise ValueError(loss)
+
+
+def sigmoid(t):
+    return 1.0 / (1.0 + np.exp(-np.asarray(t, dtype=np.float64)))
+
+
+# ---------------------------------------------------------------------------- optimiser
+def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: float, *, loss: str,
+                 lr: float, reg_linear: float, reg_factors: float):
+    """One row of libffm-style AdaGrad: (new params, new state, reported loss of the row).
+
+    For every touched parameter theta, from the weights *before* the update:
+        g = kappa * dscore/dtheta + lambda * theta   (lambda: reg_linear, reg_factors, 0 for the bias)
+        G += g^2;  theta -= lr * g / sqrt(G)
+    """
+    t = score(params, aware, f, j, x)
+    kappa = loss_grad(t, y, loss)
+    ds, touched = score_grad(params, aware, f, j, x)
+    new = copy.deepcopy(params)
+    st = copy.deepcopy(state)
+
+    g = kappa * ds["bias"]
+    st["bias"] += g * g
+    new["bias"] = params["bias"] - lr * g / np.sqrt(st["bias"])
+
+    for name, lam in (("linear", reg_linear), ("v", reg_factors), ("W", reg_factors)):
+        if params[name] is None:
+            continue
+        m = touched[name]
+        g = kappa * ds[name] + lam * params[name]
+        st[name][m] += g[m] ** 2
+        new[name][m] = params[name][m] - lr * g[m] / np.sqrt(st[name][m])
+    return new, st, loss_value(t, y, loss)
+
+
+def touched_mask(params: Params, aware: np.ndarray, f, j, x) -> Params:
+    return score_grad(params, aware, f, j, x)[1]
+
+
+# ---------------------------------------------------------------------------- checks
+def finite_difference_grad(params: Params, aware: np.ndarray, f, j, x, y: float, loss: str,
+                           h: float = 1e-6) -> Params:
+    """Central differences of objective(score(theta)) w.r.t. every parameter entry (float64)."""
+    out = {"bias": None, "linear": None, "v": None, "W": None}
+
+    def obj(p):
+        return objective(score(p, aware, f, j, x), y, loss)
+
+    p = copy.deepcopy(params)
+    p["bias"] = params["bias"] + h
+    up = obj(p)
+    p["bias"] = params["bias"] - h
+    down = obj(p)
+    out["bias"] = (up - down) / (2 * h)
+    for name in ("linear", "v", "W"):
+        if params[name] is None:
+            continue
+        arr = params[name]
+        grad = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            p = copy.deepcopy(params)
+            p[name][idx] = arr[idx] + h
+            up = obj(p)
+            p[name][idx] = arr[idx] - h
+            down = obj(p)
+            grad[idx] = (up - down) / (2 * h)
+        out[name] = grad
+    return out
+
+
+def fm_score_sum_trick(params: Params, j, x) -> float:
+    """FM score by the O(nk) identity of DESIGN.md §2 (an independent check of `score`)."""
+    v = params["v"][j] * x[:, None]
+    inter = 0.5 * (np.sum(np.sum(v, axis=0) ** 2) - np.sum(v * v))
+    return float(params["bias"] + np.dot(params["linear"][j], x) + inter)
+
