@@ -180,3 +180,130 @@ def run_isolated(code: str, timeout: float = 120.0):
                     f"{proc.stderr[-3000:]}", pytrace=False)
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines else None
+
+
+# ---------------------------------------------------------------------------- split / hybrid helpers
+# (numpy only: nothing here calls the code under test except to build Datasets)
+FRAPPE_FIELD_RANGES = [(0, 957), (957, 5039), (5039, 5046), (5046, 5053), (5053, 5055), (5055, 5058),
+                       (5058, 5060), (5060, 5069), (5069, 5149), (5149, 5382)]
+FRAPPE_SIDES = dict(user=[0], item=[1], context=[2, 3, 4, 5, 6, 7, 8, 9])
+
+
+@pytest.fixture(scope="session")
+def frappe_data(data_dir):
+    """(train 80%, holdout 20%) of frappe, seeded split (the same as test_real_data.py)."""
+    ds = fmrecall.Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_FIELD_RANGES)
+    return ds.split(0.8, seed=0)
+
+
+def aware_flags(sides_dict: dict, field_aware: str, n_fields: int) -> np.ndarray:
+    """Reference `aware` flags of a HybridFM: the fields of the field-aware side ("item" or "query")."""
+    item = np.isin(np.arange(n_fields), list(sides_dict.get("item", ())))
+    return item if field_aware == "item" else ~item
+
+
+def random_hybrid_weights(rng: np.random.Generator, n_features: int, n_fields: int, k: int, *,
+                          scale: float = 0.3, aware_features=None, missing: float = 0.0) -> dict:
+    """Weights in the layout of HybridFM.weights(): every feature of `aware_features` (default: all)
+    gets a row of field_factors, in a shuffled order; a fraction `missing` of them gets -1 instead."""
+    feats = np.arange(n_features) if aware_features is None else np.unique(np.asarray(aware_features))
+    feats = feats[rng.random(feats.size) >= missing]
+    rows = np.full(n_features, -1, dtype=np.int32)
+    rows[feats] = rng.permutation(feats.size).astype(np.int32)
+    return {
+        "bias": float(np.float32(rng.normal(0.0, scale))),
+        "linear": rng.normal(0.0, scale, size=n_features).astype(np.float32),
+        "factors": rng.normal(0.0, scale, size=(n_features, k)).astype(np.float32),
+        "field_factors": rng.normal(0.0, scale, size=(feats.size, n_fields, k)).astype(np.float32),
+        "field_rows": rows,
+    }
+
+
+def hybrid_ref_params(w: dict):
+    """reference.py params of HybridFM weights: v = factors; W[j] = field_factors[field_rows[j]],
+    or zeros for field_rows[j] = -1 (such a feature's pairs vanish: only its linear term is left)."""
+    import reference as ref
+    rows = np.asarray(w["field_rows"])
+    F, k = w["field_factors"].shape[1:]
+    W = np.zeros((rows.size, F, k))
+    W[rows >= 0] = w["field_factors"][rows[rows >= 0]]
+    return ref.make_params(w["bias"], w["linear"], v=w["factors"], W=W)
+
+
+def ref_params_and_aware(kind: str, w: dict, n_fields: int, sides_dict=None):
+    """(reference params, aware flags) of weights of kind fm / ffm / hybrid-item / hybrid-query."""
+    import reference as ref
+    if kind == "fm":
+        return ref.make_params(w["bias"], w["linear"], v=w["factors"]), ref.fm_aware(n_fields)
+    if kind == "ffm":
+        return ref.make_params(w["bias"], w["linear"], W=w["factors"]), ref.ffm_aware(n_fields)
+    return hybrid_ref_params(w), aware_flags(sides_dict, kind.split("-")[1], n_fields)
+
+
+def side_rows(rng: np.random.Generator, n_rows: int, fields, pools: dict, *, max_per_field: int = 3,
+              field_prob: float = 0.8, dup_prob: float = 0.3):
+    """Rows (list of (fields, features, values) int/int/float32 arrays) over `fields` only: a random
+    subset of the fields per row, 1..max_per_field features of each (drawn from pools[f]), sometimes
+    one of them twice (same feature twice in one field), real values of both signs, nodes shuffled
+    so fields are out of order. At least one node per row."""
+    out = []
+    fields = list(fields)
+    for _ in range(n_rows):
+        rf, rj = [], []
+        for f in fields:
+            if rng.random() > field_prob:
+                continue
+            cnt = int(rng.integers(1, max_per_field + 1))
+            js = rng.choice(pools[f], size=cnt).tolist()
+            if rng.random() < dup_prob:
+                js.append(js[0])
+            rj += js
+            rf += [f] * len(js)
+        if not rj:
+            f = fields[int(rng.integers(0, len(fields)))]
+            rf, rj = [f], [int(rng.choice(pools[f]))]
+        x = rng.uniform(0.2, 1.5, size=len(rj)) * np.where(rng.random(len(rj)) < 0.2, -1.0, 1.0)
+        order = rng.permutation(len(rj))
+        out.append((np.asarray(rf, np.int64)[order], np.asarray(rj, np.int64)[order],
+                    x.astype(np.float32)[order]))
+    return out
+
+
+def rows_dataset(rows, *, n_features: int, n_fields: int, labels=None) -> fmrecall.Dataset:
+    """A Dataset of (fields, features, values) rows."""
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(r[1]) for r in rows])
+    cat = lambda i, dt: (np.concatenate([np.asarray(r[i]) for r in rows]).astype(dt)  # noqa: E731
+                         if indptr[-1] else np.zeros(0, dt))
+    return fmrecall.Dataset(indptr, cat(0, np.int32), cat(1, np.int32), cat(2, np.float32),
+                            None if labels is None else np.asarray(labels, np.float32),
+                            n_features=n_features, n_fields=n_fields)
+
+
+def dataset_rows(ds: fmrecall.Dataset, rows=None):
+    """The (fields, features, values) rows of a Dataset (values of one-hot data = 1)."""
+    vals = ds.values_or_ones()
+    rows = range(ds.n_rows) if rows is None else rows
+    out = []
+    for r in rows:
+        s, e = int(ds.indptr[r]), int(ds.indptr[r + 1])
+        out.append((ds.fields[s:e].astype(np.int64), ds.features[s:e].astype(np.int64), vals[s:e]))
+    return out
+
+
+def keep_fields(row, fields):
+    """The nodes of a (fields, features, values) row whose field is in `fields`."""
+    f, j, x = row
+    m = np.isin(f, list(fields))
+    return f[m], j[m], x[m]
+
+
+def join_rows(a, b, rng: Optional[np.random.Generator] = None):
+    """Query row ⊕ item row as one row (nodes interleaved at random when rng is given)."""
+    f = np.concatenate([a[0], b[0]])
+    j = np.concatenate([a[1], b[1]])
+    x = np.concatenate([a[2], b[2]]).astype(np.float32)
+    if rng is not None:
+        o = rng.permutation(f.size)
+        f, j, x = f[o], j[o], x[o]
+    return f, j, x
