@@ -165,7 +165,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
                        const std::optional<arr<int32_t>>& aware_row, int64_t rows, float init_std, uint64_t seed,
-                       bool normalize) {
+                       bool normalize, const std::optional<arr<uint8_t>>& seen) {
              auto M = std::make_unique<Model>();
              std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
              std::vector<int32_t> ar;
@@ -176,11 +176,18 @@ PYBIND11_MODULE(_core, m) {
              }
              M->normalize = normalize;
              py::gil_scoped_release nogil;
+             if (seen && seen->size() != n) throw InputError("seen must have one entry per feature");
              M->allocate(n, F, k, std::move(a), std::move(ar), rows, init_std, seed);
+             if (seen && !M->v.empty()) {  // single vectors of features absent from training start at 0
+               const uint8_t* s = seen->data();
+               for (int64_t j = 0; j < n; ++j)
+                 if (!s[j]) std::memset(M->vec(j), 0, sizeof(float) * M->kp);
+             }
              return M;
            }),
            py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
-           py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"))
+           py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
+           py::arg("seen") = py::none())
       .def_readonly("n_features", &Model::n)
       .def_readonly("n_fields", &Model::F)
       .def_readonly("k", &Model::k)

@@ -105,8 +105,17 @@ class _FactorizationModel:
         raise NotImplementedError
 
     def _aware_rows(self, data: Dataset, n_features: int, flags: np.ndarray):
-        """(aware_row int32 (n_features,) or None for identity, number of W rows)."""
-        return None, (n_features if flags.any() else 0)
+        """(aware_row int32 (n_features,), number of W rows): field-aware vectors exist only for the
+        features that occur in field-aware fields of the training data (others stay neutral)."""
+        if not flags.any():
+            return None, 0
+        in_model = data.fields < flags.size
+        aware_nodes = np.zeros(data.nnz, dtype=bool)
+        aware_nodes[in_model] = flags[data.fields[in_model]].astype(bool)
+        feats = np.unique(data.features[aware_nodes])
+        rows = np.full(n_features, -1, dtype=np.int32)
+        rows[feats] = np.arange(feats.size, dtype=np.int32)
+        return rows, int(feats.size)
 
     def _weights_from_core(self, w: dict) -> Dict[str, Any]:
         raise NotImplementedError
@@ -136,8 +145,10 @@ class _FactorizationModel:
                 raise ValueError(f"{name}={given} is smaller than the training data needs ({need})")
         flags = self._aware_flags(n_fields)
         aware_row, m = self._aware_rows(train, n_features, flags)
+        seen = np.zeros(n_features, dtype=np.uint8)  # features absent from train keep zero weights
+        seen[train.features] = 1
         return _core.Model(n_features, n_fields, int(self.k), flags, aware_row, m,
-                           float(self.init_std), int(self.seed), bool(self.normalize))
+                           float(self.init_std), int(self.seed), bool(self.normalize), seen)
 
     def _eval(self, data: Dataset) -> Dict[str, float]:
         scores = self.decision_function(data)
@@ -304,6 +315,34 @@ class _FactorizationModel:
         from .split import Split
         return Split(self, sides)
 
+    def _core_state(self) -> Dict[str, Any]:
+        """The core's own arrays (compact field-aware table + its row map), for persistence."""
+        return self._require_core().get_weights()
+
+    @classmethod
+    def _from_core_state(cls, state: Dict[str, Any], **hyper: Any) -> "_FactorizationModel":
+        """Inverse of _core_state (hyper must include n_fields): bit-identical weights, same layout."""
+        model = cls(**hyper)
+        n_fields = hyper["n_fields"]
+        model._check_params()
+        linear = np.ascontiguousarray(state["linear"], dtype=np.float32)
+        v = state.get("v")
+        W = state.get("W")
+        rows = state.get("aware_row")
+        v = None if v is None else np.ascontiguousarray(v, dtype=np.float32)
+        W = None if W is None else np.ascontiguousarray(W, dtype=np.float32)
+        rows = None if rows is None else np.ascontiguousarray(rows, dtype=np.int32)
+        k = (v if v is not None else W).shape[-1]
+        if k != model.k:
+            raise ValueError(f"k={model.k} but the stored factors have size {k}")
+        model.n_features, model.n_fields = linear.size, int(n_fields)
+        flags = model._aware_flags(int(n_fields))
+        model._core = _core.Model(linear.size, int(n_fields), int(k), flags, rows,
+                                  0 if W is None else W.shape[0], float(model.init_std), int(model.seed),
+                                  bool(model.normalize))
+        model._core.set_weights(float(state["bias"]), linear, v, W)
+        return model
+
     def save(self, path) -> None:
         """Write the model to one versioned .npz file, atomically (see fmrecall.persist)."""
         from .persist import save_model
@@ -355,7 +394,13 @@ class FFM(_FactorizationModel):
         return np.ones(n_fields, dtype=np.uint8)
 
     def _weights_from_core(self, w: dict) -> Dict[str, Any]:
-        return {"factors": w["W"]}
+        rows = w["aware_row"]
+        if rows is None:
+            return {"factors": w["W"]}
+        full = np.zeros((rows.size,) + w["W"].shape[1:], dtype=np.float32)  # unseen features: zeros
+        has = rows >= 0
+        full[has] = w["W"][rows[has]]
+        return {"factors": full}
 
     @classmethod
     def _core_arrays_from_weights(cls, weights, hyper):
@@ -394,15 +439,6 @@ class HybridFM(_FactorizationModel):
     def _aware_flags(self, n_fields: int) -> np.ndarray:
         item = self.sides.item_mask(n_fields)
         return item if self.field_aware == "item" else (1 - item).astype(np.uint8)
-
-    def _aware_rows(self, data: Dataset, n_features: int, flags: np.ndarray):
-        in_model = data.fields < flags.size
-        aware_nodes = np.zeros(data.nnz, dtype=bool)
-        aware_nodes[in_model] = flags[data.fields[in_model]].astype(bool)
-        feats = np.unique(data.features[aware_nodes])
-        rows = np.full(n_features, -1, dtype=np.int32)
-        rows[feats] = np.arange(feats.size, dtype=np.int32)
-        return rows, int(feats.size)
 
     def _weights_from_core(self, w: dict) -> Dict[str, Any]:
         return {"factors": w["v"], "field_factors": w["W"], "field_rows": w["aware_row"]}

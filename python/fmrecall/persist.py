@@ -126,13 +126,14 @@ def _restore_params(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def model_to_arrays(model):
+    """(meta, arrays) of a model: its hyper-parameters and the core's own (compact) arrays."""
     from . import __version__
-    w = model.weights()
+    state = model._core_state()
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
             "params": _json_params(model), "fmrecall": __version__,
             "n_features": int(model.n_features_), "n_fields": int(model.n_fields_)}
-    arrays = {"bias": np.asarray([w.pop("bias")], dtype=np.float32)}
-    arrays.update({k: np.asarray(v) for k, v in w.items() if v is not None})
+    arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
+    arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
     return meta, arrays
 
 
@@ -144,9 +145,9 @@ def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path:
     params = _restore_params(meta.get("params", {}))
     params["n_fields"] = meta["n_fields"]
     params["n_features"] = meta["n_features"]
-    weights: Dict[str, Any] = {k: v for k, v in arrays.items()}
-    weights["bias"] = np.float32(arrays["bias"][0])
-    return cls.from_weights(weights, **params)
+    state: Dict[str, Any] = dict(arrays)
+    state["bias"] = np.float32(arrays["bias"][0])
+    return cls._from_core_state(state, **params)
 
 
 def save_model(model, path: PathLike) -> None:
