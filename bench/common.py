@@ -55,3 +55,43 @@ def new_model(kind: str, k: int, threads: int, **extra):
     params = dict(HYPER)
     params.update(extra)
     return cls(k=k, threads=threads, **params)
+
+
+class ForeignLoad:
+    """Share of the machine's CPU used by *other* processes while a benchmark ran (0..1).
+
+    From /proc/stat (all CPUs, busy = everything but idle and iowait) minus this process's and its
+    waited-for children's CPU time (os.times). Timings taken while this is well above 0 were
+    competing for the 2 cores; the benchmark tables print it next to the numbers.
+    """
+
+    def __init__(self) -> None:
+        self.share = None
+
+    @staticmethod
+    def _stat():
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        total = sum(vals[:8]) / hz  # user nice system idle iowait irq softirq steal
+        idle = (vals[3] + vals[4]) / hz
+        t = os.times()
+        return total, total - idle, t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        try:
+            self._start = self._stat()
+        except (OSError, ValueError, IndexError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is not None:
+            try:
+                total, busy, own = self._stat()
+            except (OSError, ValueError, IndexError):
+                return False
+            d_total = total - self._start[0]
+            if d_total > 0:
+                self.share = max(0.0, (busy - self._start[1]) - (own - self._start[2])) / d_total
+        return False

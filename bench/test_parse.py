@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import common  # noqa: E402
 import report  # noqa: E402
 
 from fmrecall import Dataset  # noqa: E402
@@ -68,12 +69,13 @@ def slice_file(synth_file):
 def test_parse_full(benchmark, synth_file):
     path, meta = synth_file
     size = os.path.getsize(path)
-    ds = benchmark.pedantic(Dataset.from_libffm, args=(path,), rounds=PARSE_ROUNDS, iterations=1,
-                            warmup_rounds=1)
+    with common.ForeignLoad() as load:
+        ds = benchmark.pedantic(Dataset.from_libffm, args=(path,), rounds=PARSE_ROUNDS, iterations=1,
+                                warmup_rounds=1)
     assert ds.n_rows == meta["rows"] and ds.nnz == meta["rows"] * meta["n_fields"]
     secs = benchmark.stats.stats.min
     row = {"what": "fmrecall `Dataset.from_libffm`, whole file", "bytes": size, "seconds": secs,
-           "mb_per_s": size / 1e6 / secs, "rows": ds.n_rows}
+           "mb_per_s": size / 1e6 / secs, "rows": ds.n_rows, "other_load": load.share}
     _fmrecall_full.update(row)
     benchmark.extra_info.update(row)
     report.record("parse", "fmrecall_full", row)
@@ -90,8 +92,9 @@ def _best_of(fn, n):
 
 def test_parse_python_baseline(benchmark, slice_file):
     size = os.path.getsize(slice_file)
-    indptr, fields, feats, vals, labels = benchmark.pedantic(parse_python, args=(slice_file,), rounds=1,
-                                                             iterations=1, warmup_rounds=0)
+    with common.ForeignLoad() as load:
+        indptr, fields, feats, vals, labels = benchmark.pedantic(parse_python, args=(slice_file,), rounds=1,
+                                                                 iterations=1, warmup_rounds=0)
     py_secs = benchmark.stats.stats.min
     # same result as fmrecall's parser
     ds = Dataset.from_libffm(slice_file)
@@ -101,11 +104,13 @@ def test_parse_python_baseline(benchmark, slice_file):
     np.testing.assert_array_equal(ds.values_or_ones(), vals)
     np.testing.assert_array_equal(ds.labels, labels)
     # fmrecall on the same slice, same process
-    fm_secs = _best_of(lambda: Dataset.from_libffm(slice_file), 5)
+    with common.ForeignLoad() as load_fm:
+        fm_secs = _best_of(lambda: Dataset.from_libffm(slice_file), 5)
     py_rate, fm_rate = size / 1e6 / py_secs, size / 1e6 / fm_secs
-    py_row = {"what": "pure Python `str.split`, slice", "bytes": size, "seconds": py_secs, "mb_per_s": py_rate}
+    py_row = {"what": "pure Python `str.split`, slice", "bytes": size, "seconds": py_secs, "mb_per_s": py_rate,
+              "other_load": load.share}
     fm_row = {"what": "fmrecall `Dataset.from_libffm`, same slice", "bytes": size, "seconds": fm_secs,
-              "mb_per_s": fm_rate, "ratio_vs_python": fm_rate / py_rate}
+              "mb_per_s": fm_rate, "ratio_vs_python": fm_rate / py_rate, "other_load": load_fm.share}
     benchmark.extra_info.update(python_mb_per_s=py_rate, fmrecall_mb_per_s=fm_rate, ratio=fm_rate / py_rate)
     report.record("parse", "python_slice", py_row)
     report.record("parse", "fmrecall_slice", fm_row)

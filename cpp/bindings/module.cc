@@ -65,13 +65,14 @@ py::dict parsed_to_dict(Parsed&& p) {
 }
 
 // Copy a padded (rows, blocks, kp) table to an unpadded (rows, blocks, k) array, or back.
+// (stored vectors are [w (kp) | AdaGrad (kp)]: the weights are the first k floats of every 2 kp)
 py::array_t<float> unpad(const AlignedArray<float>& src, int64_t rows, int64_t blocks, int32_t k, int32_t kp,
                          bool with_blocks) {
   std::vector<py::ssize_t> shape = with_blocks ? std::vector<py::ssize_t>{rows, blocks, k}
                                                : std::vector<py::ssize_t>{rows, k};
   py::array_t<float> out(shape);
   float* o = out.mutable_data();
-  for (int64_t r = 0; r < rows * blocks; ++r) std::memcpy(o + r * k, src.data() + r * kp, sizeof(float) * k);
+  for (int64_t r = 0; r < rows * blocks; ++r) std::memcpy(o + r * k, src.data() + r * 2 * kp, sizeof(float) * k);
   return out;
 }
 
@@ -84,8 +85,8 @@ void pad_into(AlignedArray<float>& dst, const arr<float>& src, int64_t rows, int
   for (int64_t i = 0; i < src.size(); ++i)
     if (!std::isfinite(s[i])) throw InputError(std::string(name) + " contains a non-finite value");
   for (int64_t r = 0; r < rows * blocks; ++r) {
-    std::memcpy(dst.data() + r * kp, s + r * k, sizeof(float) * k);
-    for (int32_t d = k; d < kp; ++d) dst[r * kp + d] = 0.f;
+    std::memcpy(dst.data() + r * 2 * kp, s + r * k, sizeof(float) * k);
+    for (int32_t d = k; d < kp; ++d) dst[r * 2 * kp + d] = 0.f;
   }
 }
 

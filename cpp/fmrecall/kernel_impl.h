@@ -260,7 +260,7 @@ void backward_shared(Model& M, Row& r, float kappa, const Hyper& h) {
   for (int a = 0; a < ns; ++a) {
     if (first_of(r.single.data(), a) != a) continue;
     const int64_t j = r.feat[r.single[a]];
-    adagrad<K>(M.vec(j), M.gv.data() + j * kp, gs + static_cast<size_t>(a) * kp, kappa, h.eta, h.l2_fac, kp);
+    adagrad<K>(M.vec(j), M.vec(j) + kp, gs + static_cast<size_t>(a) * kp, kappa, h.eta, h.l2_fac, kp);
   }
   for (int b = 0; b < na; ++b) {
     const int f = first_of(r.aware.data(), b);
@@ -276,8 +276,8 @@ void backward_shared(Model& M, Row& r, float kappa, const Hyper& h) {
     const int64_t rp = r.wrow[r.aware[b]];
     for (int s = 0; s < nf; ++s) {
       if (!used[b * nf + s]) continue;
-      const size_t off = (static_cast<size_t>(rp) * M.F + r.slot_field[s]) * kp;
-      adagrad<K>(M.W.data() + off, M.gW.data() + off, ga + (static_cast<size_t>(b) * nf + s) * kp, kappa, h.eta,
+      const size_t off = (static_cast<size_t>(rp) * M.F + r.slot_field[s]) * M.vs;
+      adagrad<K>(M.W.data() + off, M.W.data() + off + kp, ga + (static_cast<size_t>(b) * nf + s) * kp, kappa, h.eta,
                  h.l2_fac, kp);
     }
   }
@@ -293,7 +293,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
   const float eta = h.eta, l2f = h.l2_fac;
   float* Ca = r.Ca.data();
-  auto woff = [&](int64_t row, int32_t f) { return (static_cast<size_t>(row) * M.F + f) * kp; };
+  auto woff = [&](int64_t row, int32_t f) { return (static_cast<size_t>(row) * M.F + f) * M.vs; };
 
   // 1) single×aware: C_a = Σ_p x_p w_{p,a} from the old weights, then d/dw_{p,a} = x_p S_a.
   //    (w_{p,a} with a single field a appears in no other term, so it can be updated at once.)
@@ -312,7 +312,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         zero<K>(g, kp);
         axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);
         const size_t off = woff(r.wrow[p], r.slot_field[s]);
-        adagrad<K>(M.W.data() + off, M.gW.data() + off, g, kappa, eta, l2f, kp);
+        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);
       }
     }
   }
@@ -322,7 +322,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     // One node per field: every vector w_{p,f(q)} belongs to exactly one pair, so the pair loop
     // updates both of its vectors in place (libffm's loop) and is still the exact gradient step.
     float* W = M.W.data();
-    float* G = M.gW.data();
+    float* G = W + kp;  // AdaGrad state sits right after each vector
     const int64_t* aoff = r.aoff.data();
     const int32_t* afo = r.afo.data();
     const float* ax = r.ax.data();
@@ -363,7 +363,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       for (int s = 0; s < nf; ++s) {
         if (!used[b * nf + s]) continue;
         const size_t off = woff(rp, r.slot_field[s]);
-        adagrad<K>(M.W.data() + off, M.gW.data() + off, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa,
+        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa,
                    eta, l2f, kp);
       }
     }
@@ -384,7 +384,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         if (ca) inner += load<T>(ca + d);
         store(dv + d, xi * inner);
       }
-      adagrad<K>(vi, M.gv.data() + j * kp, dv, kappa, eta, l2f, kp);
+      adagrad<K>(vi, vi + kp, dv, kappa, eta, l2f, kp);
     }
   }
 

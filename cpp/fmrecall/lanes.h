@@ -26,9 +26,9 @@ inline T load(const float* p) {
 template <class T>
 inline void store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
 template <class T>
-inline T splat(float x) {
-  T v = {};
-  return v + x;
+inline T splat(float x) {  // broadcast: x − 0 is exactly x (unlike x + 0 for −0.0), so it folds away
+  const T zero = {};
+  return x - zero;
 }
 template <class T>
 inline float hsum(T v) {
@@ -42,7 +42,7 @@ inline float hsum(T v) {
 // between CPU vendors, so results are reproducible per machine, not bit-identical across them.)
 template <class T>
 inline T newton_rsqrt(T v, T y) {
-  return y * (splat<T>(1.5f) - splat<T>(0.5f) * v * y * y);
+  return y * (1.5f - 0.5f * v * y * y);
 }
 inline f4 vrsqrt(f4 v) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -23,8 +23,11 @@ struct Model {
 
   float w0 = 0.f, g0 = 1.f;         // bias and its AdaGrad accumulator
   AlignedArray<float> w, gw;        // (n)             linear weights
-  AlignedArray<float> v, gv;        // (n, kp)         single vectors (empty if no single field)
-  AlignedArray<float> W, gW;        // (m, F, kp)      field-aware vectors (empty if none)
+  // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
+  // vector and its state share cache lines (the forward pass brings in what the update needs).
+  int32_t vs = 0;                   // 2 * kp: floats per stored vector
+  AlignedArray<float> v;            // (n, 2, kp)      single vectors (empty if no single field)
+  AlignedArray<float> W;            // (m, F, 2, kp)   field-aware vectors (empty if none)
   std::vector<uint8_t> aware;       // (F)             1 = field is field-aware
   std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (m == n)
   int64_t m = 0;                    // rows of W
@@ -44,10 +47,10 @@ struct Model {
     return false;
   }
   int64_t row_of(int64_t j) const { return aware_row.empty() ? j : aware_row[j]; }
-  float* vec(int64_t j) { return v.data() + j * kp; }
-  const float* vec(int64_t j) const { return v.data() + j * kp; }
-  float* wvec(int64_t row, int32_t f) { return W.data() + (row * F + f) * kp; }
-  const float* wvec(int64_t row, int32_t f) const { return W.data() + (row * F + f) * kp; }
+  float* vec(int64_t j) { return v.data() + j * vs; }
+  const float* vec(int64_t j) const { return v.data() + j * vs; }
+  float* wvec(int64_t row, int32_t f) { return W.data() + (row * F + f) * vs; }
+  const float* wvec(int64_t row, int32_t f) const { return W.data() + (row * F + f) * vs; }
 
   static int32_t padded(int32_t k) { return (k + 3) / 4 * 4; }
 

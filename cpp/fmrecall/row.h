@@ -32,7 +32,7 @@ struct Row {
   bool shared = false;       // some feature occurs in two nodes (its parameters are shared)
   std::vector<int32_t> single, aware;  // node ids of single nodes / field-aware nodes with a W row
   std::vector<int32_t> aw_begin, aw_nodes;  // field-aware nodes grouped by slot (CSR over slots)
-  // per field-aware node b (in `aware` order): offset of its W block, field * kp, value
+  // per field-aware node b (in `aware` order): offset of its W block, field * vs, value
   std::vector<int64_t> aoff;
   std::vector<int32_t> afo;
   std::vector<float> ax;

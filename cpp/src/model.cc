@@ -5,15 +5,30 @@
 namespace fmrecall {
 
 namespace {
-// U(-a, a) per row of `cols` floats (the first `k` of each kp-block), seeded by (seed, table, row).
-void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a,
-                uint64_t seed, uint64_t table) {
+// rows x blocks stored vectors [w | G] of vs = 2 kp floats: w ~ U(-a, a) in its first k lanes
+// (seeded by (seed, table, row), so independent of the thread count), G = 1 (libffm's start).
+void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a, uint64_t seed,
+                uint64_t table) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     Rng rng(mix_seed(seed, table, static_cast<uint64_t>(r)));
-    float* row = dst + r * blocks * kp;
-    for (int64_t b = 0; b < blocks; ++b)
-      for (int32_t d = 0; d < k; ++d) row[b * kp + d] = a * (2.f * rng.uniform() - 1.f);
+    float* row = dst + r * blocks * 2 * kp;
+    for (int64_t b = 0; b < blocks; ++b) {
+      float* w = row + b * 2 * kp;
+      for (int32_t d = 0; d < k; ++d) w[d] = a * (2.f * rng.uniform() - 1.f);
+      for (int32_t d = 0; d < kp; ++d) w[kp + d] = 1.f;
+    }
+  }
+}
+
+// Copy the weight half of every stored vector (stride 2 kp) into a compact (count, kp) array, or back.
+void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool to_compact) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) {
+    if (to_compact)
+      std::memcpy(compact + i * kp, stored + i * 2 * kp, sizeof(float) * kp);
+    else
+      std::memcpy(stored + i * 2 * kp, compact + i * kp, sizeof(float) * kp);
   }
 }
 }  // namespace
@@ -37,25 +52,12 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   w.resize(n);
   gw.resize(n);
   gw.fill(1.f);
+  vs = 2 * kp;
   const float a = init_std * 1.7320508f;  // U(-a, a) has standard deviation init_std
-  if (any_single()) {
-    v.resize(static_cast<size_t>(n) * kp);
-    gv.resize(static_cast<size_t>(n) * kp);
-    gv.fill(1.f);
-    init_table(v.data(), n, 1, k, kp, a, seed, 1);
-  } else {
-    v.resize(0);
-    gv.resize(0);
-  }
-  if (m > 0) {
-    W.resize(static_cast<size_t>(m) * F * kp);
-    gW.resize(static_cast<size_t>(m) * F * kp);
-    gW.fill(1.f);
-    init_table(W.data(), m, F, k, kp, a, seed, 2);
-  } else {
-    W.resize(0);
-    gW.resize(0);
-  }
+  v.resize(any_single() ? static_cast<size_t>(n) * vs : 0);
+  if (!v.empty()) init_table(v.data(), n, 1, k, kp, a, seed, 1);
+  W.resize(m > 0 ? static_cast<size_t>(m) * F * vs : 0);
+  if (!W.empty()) init_table(W.data(), m, F, k, kp, a, seed, 2);
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
@@ -71,16 +73,18 @@ void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
 void Model::snapshot() {
   snap_w0 = w0;
   copy_into(snap_w, w);
-  copy_into(snap_v, v);
-  copy_into(snap_W, W);
+  snap_v.resize(v.size() / 2);
+  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, true);
+  snap_W.resize(W.size() / 2);
+  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, true);
 }
 
 void Model::restore() {
   if (snap_w.size() != w.size()) throw std::logic_error("restore() without snapshot()");
   w0 = snap_w0;
   copy_into(w, snap_w);
-  copy_into(v, snap_v);
-  copy_into(W, snap_W);
+  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, false);
+  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, false);
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);

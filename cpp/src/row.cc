@@ -97,8 +97,8 @@ void Row::gather(const Model& M, const Segment* segs, int nseg) {
       const int64_t r = M.row_of(feat[p]);
       wrow[p] = r;
       if (r >= 0) {  // a field-aware feature with no vectors contributes linearly only
-        aoff[na] = r * static_cast<int64_t>(M.F) * M.kp;
-        afo[na] = f * M.kp;
+        aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
+        afo[na] = f * M.vs;
         ax[na] = x[p];
         aware[na++] = p;
       }

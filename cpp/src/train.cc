@@ -5,12 +5,12 @@
 namespace fmrecall {
 
 namespace {
-constexpr int64_t kAhead = 8;  // rows of look-ahead for prefetching
+constexpr int64_t kAhead = 2;  // rows of look-ahead for prefetching
 
 // Ask for the parameter blocks of a row that will be processed soon: training is bound by memory
 // latency on large models (a feature's field-aware block is F·kp floats plus as many AdaGrad floats).
 inline void prefetch_row(const Model& M, const Segment& s) {
-  const int64_t wblock = static_cast<int64_t>(M.F) * M.kp;
+  const int64_t block = static_cast<int64_t>(M.F) * M.vs * static_cast<int64_t>(sizeof(float));
   for (int64_t t = 0; t < s.len; ++t) {
     const int64_t j = s.feat[t];
     const int32_t f = s.field[t];
@@ -20,15 +20,10 @@ inline void prefetch_row(const Model& M, const Segment& s) {
     if (M.aware[f]) {
       const int64_t r = M.row_of(j);
       if (r < 0) continue;
-      const char* a = reinterpret_cast<const char*>(M.W.data() + r * wblock);
-      const char* g = reinterpret_cast<const char*>(M.gW.data() + r * wblock);
-      for (int64_t b = 0; b < wblock * 4; b += 64) {
-        __builtin_prefetch(a + b, 1);
-        __builtin_prefetch(g + b, 1);
-      }
+      const char* a = reinterpret_cast<const char*>(M.wvec(r, 0));
+      for (int64_t b = 0; b < block; b += 64) __builtin_prefetch(a + b, 1);
     } else {
-      __builtin_prefetch(M.v.data() + j * M.kp, 1);
-      __builtin_prefetch(M.gv.data() + j * M.kp, 1);
+      __builtin_prefetch(M.vec(j), 1);
     }
   }
 }
