@@ -13,9 +13,13 @@ struct Hyper {
 
 // forward: score of the gathered row (keeps the sums backward needs in the row's scratch).
 // backward: one AdaGrad step on every parameter the row touches, for dLoss/dScore = kappa.
+// collect + apply: the same step with gradients summed per parameter over one or more rows first
+// (exact when rows share parameters, e.g. the positive and negative rows of a BPR pair).
 struct KernelFns {
   float (*forward)(const Model&, Row&);
   void (*backward)(Model&, Row&, float kappa, const Hyper&);
+  void (*collect)(Model&, Row&, float kappa, const Hyper&, GradAcc&);
+  void (*apply)(GradAcc&, const Hyper&);
   const char* arch;
 };
 

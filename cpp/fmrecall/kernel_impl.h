@@ -30,7 +30,6 @@ inline void prepare(const Model& M, Row& r) {
   grow(r.Sa, static_cast<size_t>(r.nf) * kp);
   grow(r.Ca, static_cast<size_t>(r.nf) * kp);
   grow(r.grad, (static_cast<size_t>(r.n_aware) * r.nf + r.n_single) * kp);
-  grow(r.lin, static_cast<size_t>(r.n));
   if (r.used.size() < static_cast<size_t>(r.n_aware) * r.nf) r.used.resize(static_cast<size_t>(r.n_aware) * r.nf);
 }
 
@@ -177,117 +176,75 @@ inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restr
   }
 }
 
-// Rows in which a feature occurs in more than one node share parameters between those nodes:
-// every gradient is taken from the old weights, summed per parameter, then one AdaGrad step is
-// made per parameter. Exact but slower; such rows are rare (a hash collision inside a field).
+// Every gradient of one row, scaled by kappa and taken from the current (old) weights, summed
+// per parameter into `acc`; apply() then makes one AdaGrad step per parameter. The exact step for
+// rows whose nodes share parameters (a feature repeated in a row) and for BPR pairs (two rows
+// sharing the user and context parameters). Slower than backward's fused loops.
 template <int K>
-void backward_shared(Model& M, Row& r, float kappa, const Hyper& h) {
-  using T = Chunk<K>;
+void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
   const int kp = K ? K : M.kp;
   const int n = r.n, ns = r.n_single, na = r.n_aware, nf = r.nf;
   float* Ca = r.Ca.data();
-  float* ga = r.grad.data();                                  // (na, nf, kp) field-aware grads
-  float* gs = ga + static_cast<size_t>(na) * nf * kp;         // (ns, kp) single grads
-  uint8_t* used = r.used.data();
-  float* lin = r.lin.data();
-  auto first_of = [&](const int32_t* list, int idx) {  // first position in list with the same feature
-    const int64_t j = r.feat[list ? list[idx] : idx];
-    for (int c = 0; c < idx; ++c)
-      if (r.feat[list ? list[c] : c] == j) return c;
-    return idx;
-  };
-
-  if (ns && na) {  // C_a = Σ_p x_p w_{p,a} (old weights)
+  acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += kappa;
+  for (int p = 0; p < n; ++p) {
+    const int64_t j = r.feat[p];
+    acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];
+  }
+  if (ns && na) {  // C_a = Σ_p x_p w_{p,a}
     for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
     for (int b = 0; b < na; ++b)
       for (int s = 0; s < nf; ++s)
         if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.wrow[r.aware[b]], r.slot_field[s]), kp);
   }
+  for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
+    const int p = r.single[a];
+    float* vi = M.vec(r.feat[p]);
+    float* g = acc.slot(vi, vi + kp, kp, h.l2_fac);
+    const float xi = r.x[p];
+    for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));
+  }
   for (int b = 0; b < na; ++b) {  // d/dw_{p,f} for every field slot of the row
     const int p = r.aware[b];
-    const float xp = r.x[p];
+    const float kx = kappa * r.x[p];
     for (int s = 0; s < nf; ++s) {
-      float* g = ga + (static_cast<size_t>(b) * nf + s) * kp;
-      zero<K>(g, kp);
-      uint8_t& u = used[b * nf + s];
-      u = 0;
+      float* w = M.wvec(r.wrow[p], r.slot_field[s]);
       if (!r.slot_aware[s]) {
-        axpy<K>(g, xp, r.Sa.data() + s * kp, kp);
-        u = 1;
+        axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);
         continue;
       }
+      float* g = nullptr;
       for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
         const int q = r.aw_nodes[c];
         if (q == p) continue;
-        axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);
-        u = 1;
+        if (!g) g = acc.slot(w, w + kp, kp, h.l2_fac);  // only vectors that meet a partner are touched
+        axpy<K>(g, kx * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);
       }
     }
   }
-  for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
-    const int p = r.single[a];
-    const T xi = splat<T>(r.x[p]);
-    const float* vi = M.vec(r.feat[p]);
-    const float* ca = na ? Ca + r.slot[p] * kp : nullptr;
-    for (int d = 0; d < kp; d += width<T>()) {
-      T inner = load<T>(r.S.data() + d) - xi * load<T>(vi + d);
-      if (ca) inner += load<T>(ca + d);
-      store(gs + static_cast<size_t>(a) * kp + d, xi * inner);
-    }
-  }
-  for (int p = 0; p < n; ++p) lin[p] = r.x[p];
+}
 
-  // merge repeats into their first occurrence, then one step per parameter
-  for (int p = 0; p < n; ++p) {
-    const int f = first_of(nullptr, p);
-    if (f != p) {
-      lin[f] += lin[p];
-      lin[p] = 0.f;
-      continue;
+// One AdaGrad step per accumulated parameter: g = grad + l2 w;  G += g²;  w -= eta g / sqrt(G).
+void apply(GradAcc& acc, const Hyper& h) {
+  for (int32_t e = 0; e < acc.count; ++e) {
+    const GradAcc::Entry& en = acc.entries[e];
+    const float* g = acc.grad.data() + static_cast<size_t>(e) * acc.stride;
+    for (int32_t d = 0; d < en.len; ++d) {
+      const float gd = g[d] + en.l2 * en.w[d];
+      en.G[d] += gd * gd;
+      en.w[d] -= h.eta * gd / std::sqrt(en.G[d]);
     }
   }
-  for (int p = 0; p < n; ++p) {
-    if (first_of(nullptr, p) != p) continue;
-    const int64_t j = r.feat[p];
-    const float g = kappa * lin[p] + h.l2_lin * M.w[j];
-    M.gw[j] += g * g;
-    M.w[j] -= h.eta * g / std::sqrt(M.gw[j]);
-  }
-  for (int a = 0; a < ns; ++a) {
-    const int f = first_of(r.single.data(), a);
-    if (f != a) axpy<K>(gs + static_cast<size_t>(f) * kp, 1.f, gs + static_cast<size_t>(a) * kp, kp);
-  }
-  for (int a = 0; a < ns; ++a) {
-    if (first_of(r.single.data(), a) != a) continue;
-    const int64_t j = r.feat[r.single[a]];
-    adagrad<K>(M.vec(j), M.vec(j) + kp, gs + static_cast<size_t>(a) * kp, kappa, h.eta, h.l2_fac, kp);
-  }
-  for (int b = 0; b < na; ++b) {
-    const int f = first_of(r.aware.data(), b);
-    if (f == b) continue;
-    for (int s = 0; s < nf; ++s) {
-      if (!used[b * nf + s]) continue;
-      axpy<K>(ga + (static_cast<size_t>(f) * nf + s) * kp, 1.f, ga + (static_cast<size_t>(b) * nf + s) * kp, kp);
-      used[f * nf + s] = 1;
-      used[b * nf + s] = 0;
-    }
-  }
-  for (int b = 0; b < na; ++b) {
-    const int64_t rp = r.wrow[r.aware[b]];
-    for (int s = 0; s < nf; ++s) {
-      if (!used[b * nf + s]) continue;
-      const size_t off = (static_cast<size_t>(rp) * M.F + r.slot_field[s]) * M.vs;
-      adagrad<K>(M.W.data() + off, M.W.data() + off + kp, ga + (static_cast<size_t>(b) * nf + s) * kp, kappa, h.eta,
-                 h.l2_fac, kp);
-    }
-  }
-  M.g0 += kappa * kappa;
-  M.w0 -= h.eta * kappa / std::sqrt(M.g0);
 }
 
 template <int K>
 void backward(Model& M, Row& r, float kappa, const Hyper& h) {
-  if (r.shared) return backward_shared<K>(M, r, kappa, h);
+  if (r.shared) {
+    GradAcc& acc = r.acc;
+    acc.reset(K ? K : M.kp);
+    collect<K>(M, r, kappa, h, acc);
+    apply(acc, h);
+    return;
+  }
   using T = Chunk<K>;
   const int kp = K ? K : M.kp;
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
@@ -402,12 +359,12 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
 KernelFns kernels(int32_t kp) {
   const char* name = FMR_ARCH_NAME;
   switch (kp) {
-    case 4: return {&forward<4>, &backward<4>, name};
-    case 8: return {&forward<8>, &backward<8>, name};
-    case 16: return {&forward<16>, &backward<16>, name};
-    case 32: return {&forward<32>, &backward<32>, name};
-    case 64: return {&forward<64>, &backward<64>, name};
-    default: return {&forward<0>, &backward<0>, name};
+    case 4: return {&forward<4>, &backward<4>, &collect<4>, &apply, name};
+    case 8: return {&forward<8>, &backward<8>, &collect<8>, &apply, name};
+    case 16: return {&forward<16>, &backward<16>, &collect<16>, &apply, name};
+    case 32: return {&forward<32>, &backward<32>, &collect<32>, &apply, name};
+    case 64: return {&forward<64>, &backward<64>, &collect<64>, &apply, name};
+    default: return {&forward<0>, &backward<0>, &collect<0>, &apply, name};
   }
 }
 

@@ -2,6 +2,7 @@
 // per-thread scratch the kernels reuse row after row (grow-only: no allocation once warmed up).
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "model.h"
@@ -14,6 +15,74 @@ struct Segment {
   const int32_t* feat;
   const float* val;
   int64_t len;
+};
+
+// Gradients summed per parameter (keyed by the parameter's address) before one AdaGrad step each:
+// the exact step when parameters are shared between nodes of a row or between the two rows of a
+// BPR pair. Grow-only storage, stamped hash table (no clearing, no allocation once warmed up).
+struct GradAcc {
+  struct Entry {
+    float* w;
+    float* G;
+    int32_t len;
+    float l2;
+  };
+  std::vector<Entry> entries;
+  std::vector<float> grad;  // entries.size() * stride
+  int32_t stride = 0;
+  int32_t count = 0;
+
+  void reset(int32_t kp) {
+    stride = kp;
+    count = 0;
+    if (++stamp_ == 0) {
+      std::fill(hstamp_.begin(), hstamp_.end(), 0u);
+      stamp_ = 1;
+    }
+  }
+  // The gradient slot of parameter w (len floats, accumulator G, L2 l2), zeroed on first use.
+  float* slot(float* w, float* G, int32_t len, float l2) {
+    if (2 * (count + 1) > static_cast<int32_t>(hkey_.size())) grow();
+    const size_t mask = hkey_.size() - 1;
+    size_t h = (reinterpret_cast<uintptr_t>(w) >> 2) * 0x9E3779B97F4A7C15ull >> 20 & mask;
+    while (hstamp_[h] == stamp_) {
+      if (hkey_[h] == w) return grad.data() + static_cast<size_t>(hval_[h]) * stride;
+      h = (h + 1) & mask;
+    }
+    if (static_cast<size_t>(count) >= entries.size()) {
+      entries.resize(2 * entries.size() + 16);
+      grad.resize(entries.size() * stride);
+    }
+    if (grad.size() < entries.size() * stride) grad.resize(entries.size() * stride);
+    hstamp_[h] = stamp_;
+    hkey_[h] = w;
+    hval_[h] = count;
+    entries[count] = {w, G, len, l2};
+    float* g = grad.data() + static_cast<size_t>(count) * stride;
+    std::fill(g, g + stride, 0.f);
+    ++count;
+    return g;
+  }
+
+ private:
+  void grow() {  // rehash into a table twice as large
+    const size_t cap = std::max<size_t>(64, 2 * hkey_.size());
+    hkey_.assign(cap, nullptr);
+    hval_.assign(cap, 0);
+    hstamp_.assign(cap, 0u);
+    stamp_ = 1;
+    for (int32_t i = 0; i < count; ++i) {
+      size_t h = (reinterpret_cast<uintptr_t>(entries[i].w) >> 2) * 0x9E3779B97F4A7C15ull >> 20 & (cap - 1);
+      while (hstamp_[h] == stamp_) h = (h + 1) & (cap - 1);
+      hstamp_[h] = stamp_;
+      hkey_[h] = entries[i].w;
+      hval_[h] = i;
+    }
+  }
+  std::vector<float*> hkey_;
+  std::vector<int32_t> hval_;
+  std::vector<uint32_t> hstamp_;
+  uint32_t stamp_ = 0;
 };
 
 struct Row {
@@ -40,7 +109,7 @@ struct Row {
   // kernel scratch (sized by prepare())
   std::vector<float> S, Q, Sa, Ca, grad;
   std::vector<uint8_t> used;
-  std::vector<float> lin;      // shared rows: summed d score / d w_j per first occurrence
+  GradAcc acc;                 // rows with shared parameters: per-parameter gradient sums
   float score = 0.f;
 
   // Gather the nodes of up to a few segments (e.g. user + context + item) into this row.
