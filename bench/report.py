@@ -76,22 +76,30 @@ def environment() -> Dict[str, str]:
                         break
         except OSError:
             pass
-        try:
+        try:  # the commit of the fmrecall actually imported (may be a clean checkout elsewhere)
+            import fmrecall
+            root = os.path.dirname(os.path.abspath(fmrecall.__file__))
+        except Exception:  # pragma: no cover
             root = os.path.dirname(HERE)
+        try:
             commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True, timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "cpp", "python"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", top or root, "status", "--porcelain", "--", "cpp", "python",
+                                    "CMakeLists.txt"], capture_output=True, text=True, timeout=10).stdout.strip()
             commit = (commit or "?") + ("+dirty" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             commit = "?"
         try:
             import fmrecall
             arch = fmrecall.best_arch()
+            so = fmrecall._core.__file__
+            built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(so)))
         except Exception:  # pragma: no cover - report must render without the extension
-            arch = "?"
+            arch, built = "?", "?"
         import numpy
-        _ENV = {"cpu": cpu, "cores": str(os.cpu_count()), "arch": arch, "commit": commit,
+        _ENV = {"cpu": cpu, "cores": str(os.cpu_count()), "arch": arch, "commit": commit, "extension_built": built,
                 "python": platform.python_version(), "numpy": numpy.__version__}
     return _ENV
 
@@ -243,7 +251,7 @@ def render(path: str = RESULTS_MD, n_rows: Optional[int] = None) -> str:
         e = json.loads(e)
         if e:
             lines.append(f"- {e.get('cpu')}, {e.get('cores')} cores, kernels `{e.get('arch')}`, commit "
-                         f"`{e.get('commit')}`, Python {e.get('python')}, numpy {e.get('numpy')}")
+                         f"`{e.get('commit')}` (extension built {e.get('extension_built', '?')}), Python {e.get('python')}, numpy {e.get('numpy')}")
     lines.append(f"- measured in session(s): {', '.join(sessions)}")
     lines.append("")
     text = "\n".join(lines)

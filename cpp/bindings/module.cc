@@ -6,6 +6,7 @@
 
 #include <omp.h>
 
+#include "fmrecall/interactions.h"
 #include "fmrecall/parse.h"
 #include "fmrecall/split.h"
 #include "fmrecall/train.h"
@@ -90,6 +91,33 @@ void pad_into(AlignedArray<float>& dst, const arr<float>& src, int64_t rows, int
   }
 }
 
+using CsrArgs = std::tuple<arr<int64_t>, arr<int32_t>, arr<int32_t>, std::optional<arr<float>>>;
+
+// Factored training data with its numpy arrays kept alive (the core only holds pointers).
+struct FactoredData {
+  std::vector<py::object> keep;
+  Factored D;
+  std::unique_ptr<AliasTable> sampler;
+  const int64_t* pos_ptr = nullptr;
+  const int32_t* pos_items = nullptr;
+};
+
+Csr csr_of(const CsrArgs& a, std::vector<py::object>& keep) {
+  keep.push_back(std::get<0>(a));
+  keep.push_back(std::get<1>(a));
+  keep.push_back(std::get<2>(a));
+  if (std::get<3>(a)) keep.push_back(*std::get<3>(a));
+  return make_csr(std::get<0>(a), std::get<1>(a), std::get<2>(a), std::get<3>(a), std::nullopt);
+}
+
+void check_range(const arr<int32_t>& a, int64_t n, const char* what) {
+  const int32_t* p = a.data();
+  for (int64_t i = 0; i < a.size(); ++i)
+    if (p[i] < 0 || p[i] >= n)
+      throw InputError(std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                       " is out of range [0, " + std::to_string(n) + ")");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -143,6 +171,70 @@ PYBIND11_MODULE(_core, m) {
         return out;
       },
       py::arg("n"), py::arg("seed"));
+
+  py::class_<FactoredData>(m, "FactoredData")
+      .def(py::init([](const CsrArgs& users, const CsrArgs& items, const std::optional<CsrArgs>& context,
+                       const arr<int32_t>& ev_user, const arr<int32_t>& ev_item,
+                       const std::optional<arr<float>>& labels, const std::optional<arr<double>>& sample_weights,
+                       const std::optional<arr<int64_t>>& pos_ptr, const std::optional<arr<int32_t>>& pos_items,
+                       int32_t hist_field, const std::optional<arr<int32_t>>& hist_feat) {
+             auto fd = std::make_unique<FactoredData>();
+             Factored& D = fd->D;
+             D.users = csr_of(users, fd->keep);
+             D.items = csr_of(items, fd->keep);
+             if (context) D.context = csr_of(*context, fd->keep);
+             D.n_events = ev_user.size();
+             if (ev_item.size() != D.n_events) throw InputError("event user and item arrays differ in length");
+             if (context && D.context.rows != D.n_events)
+               throw InputError("context must have one row per event");
+             check_range(ev_user, D.users.rows, "event user");
+             check_range(ev_item, D.items.rows, "event item");
+             fd->keep.push_back(ev_user);
+             fd->keep.push_back(ev_item);
+             D.ev_user = ev_user.data();
+             D.ev_item = ev_item.data();
+             if (labels) {
+               if (labels->size() != D.n_events) throw InputError("labels must have one entry per event");
+               fd->keep.push_back(*labels);
+               D.label = labels->data();
+             }
+             if (sample_weights) {
+               if (sample_weights->size() != D.items.rows)
+                 throw InputError("sampling weights must have one entry per item row");
+               fd->sampler = std::make_unique<AliasTable>(sample_weights->data(), sample_weights->size());
+             }
+             if (pos_ptr && pos_items) {
+               if (pos_ptr->size() != D.users.rows + 1) throw InputError("pos_ptr must have users + 1 entries");
+               fd->keep.push_back(*pos_ptr);
+               fd->keep.push_back(*pos_items);
+               fd->pos_ptr = pos_ptr->data();
+               fd->pos_items = pos_items->data();
+             }
+             if (hist_feat) {
+               if (hist_feat->size() != D.items.rows) throw InputError("hist_feat must have one entry per item row");
+               fd->keep.push_back(*hist_feat);
+               D.hist_field = hist_field;
+               D.hist_feat = hist_feat->data();
+             }
+             return fd;
+           }),
+           py::arg("users"), py::arg("items"), py::arg("context"), py::arg("ev_user"), py::arg("ev_item"),
+           py::arg("labels"), py::arg("sample_weights"), py::arg("pos_ptr"), py::arg("pos_items"),
+           py::arg("hist_field") = -1, py::arg("hist_feat") = py::none())
+      .def_property_readonly("n_events", [](const FactoredData& f) { return f.D.n_events; });
+
+  m.def(
+      "sample_items",
+      [](const arr<double>& weights, int64_t n, uint64_t seed) {
+        AliasTable t(weights.data(), weights.size());
+        py::array_t<int32_t> out(n);
+        int32_t* o = out.mutable_data();
+        py::gil_scoped_release nogil;
+        Rng rng(seed);
+        for (int64_t i = 0; i < n; ++i) o[i] = t.sample(rng);
+        return out;
+      },
+      py::arg("weights"), py::arg("n"), py::arg("seed"), "Draws from the alias table training samples with.");
 
   py::class_<SplitLayout>(m, "SplitLayout")
       .def_readonly("dim", &SplitLayout::dim)
@@ -204,7 +296,7 @@ PYBIND11_MODULE(_core, m) {
             const int64_t* o = order.data();
             for (int64_t i = 0; i < order.size(); ++i)
               if (o[i] < 0 || o[i] >= c.rows) throw InputError("row order out of range");
-            if (loss != 0 && loss != 1) throw InputError("unknown loss");
+            if (loss != 0 && loss != 1) throw InputError("this loss needs factored (Interactions) data");
             const Hyper h{eta, l2_lin, l2_fac};
             py::gil_scoped_release nogil;
             return train_rows(M, c, o, order.size(), static_cast<Loss>(loss), h, resolve_threads(threads));
@@ -265,6 +357,52 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("layout"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"),
           py::arg("threads"))
+      .def(
+          "train_factored",
+          [](Model& M, const FactoredData& fd, const arr<int64_t>& order, int loss, int negatives, int candidates,
+             uint64_t seed, float eta, float l2_lin, float l2_fac, int threads) {
+            const int64_t* o = order.data();
+            for (int64_t i = 0; i < order.size(); ++i)
+              if (o[i] < 0 || o[i] >= fd.D.n_events) throw InputError("event order out of range");
+            if (loss < 0 || loss > 2) throw InputError("unknown loss");
+            if (negatives < 0) throw InputError("negatives must be >= 0");
+            if (negatives > 0 && !fd.sampler) throw InputError("negative sampling needs sampling weights");
+            if (static_cast<Loss>(loss) == Loss::bpr && negatives == 0)
+              throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
+            if (negatives == 0 && !fd.D.label) throw InputError("labelled training needs labels");
+            Sampling S;
+            S.negatives = negatives;
+            S.candidates = std::max(candidates, 1);
+            S.sampler = fd.sampler.get();
+            S.pos_ptr = fd.pos_ptr;
+            S.pos_items = fd.pos_items;
+            S.seed = seed;
+            const Hyper h{eta, l2_lin, l2_fac};
+            EpochStats st;
+            {
+              py::gil_scoped_release nogil;
+              st = train_factored(M, fd.D, o, order.size(), static_cast<Loss>(loss), S, h, resolve_threads(threads));
+            }
+            return py::make_tuple(st.loss, st.terms);
+          },
+          py::arg("data"), py::arg("order"), py::arg("loss"), py::arg("negatives"), py::arg("candidates"),
+          py::arg("seed"), py::arg("eta"),
+          py::arg("l2_linear"), py::arg("l2_factors"), py::arg("threads"))
+      .def(
+          "score_factored",
+          [](const Model& M, const FactoredData& fd, const std::optional<arr<int32_t>>& items, int threads) {
+            if (items) {
+              if (items->size() != fd.D.n_events) throw InputError("items must have one entry per event");
+              check_range(*items, fd.D.items.rows, "items");
+            }
+            py::array_t<float> out(fd.D.n_events);
+            float* o = out.mutable_data();
+            const int32_t* it = items ? items->data() : nullptr;
+            py::gil_scoped_release nogil;
+            score_factored(M, fd.D, it, o, resolve_threads(threads));
+            return out;
+          },
+          py::arg("data"), py::arg("items"), py::arg("threads"))
       .def("snapshot", [](Model& M) {
         py::gil_scoped_release nogil;
         M.snapshot();

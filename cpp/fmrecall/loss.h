@@ -5,7 +5,8 @@
 
 namespace fmrecall {
 
-enum class Loss : int { logistic = 0, squared = 1 };
+// bpr is pairwise (positive vs sampled negative): only for implicit factored data.
+enum class Loss : int { logistic = 0, squared = 1, bpr = 2 };
 
 struct LossGrad {
   double loss;

@@ -112,8 +112,9 @@ struct Row {
   GradAcc acc;                 // rows with shared parameters: per-parameter gradient sums
   float score = 0.f;
 
-  // Gather the nodes of up to a few segments (e.g. user + context + item) into this row.
-  void gather(const Model& M, const Segment* segs, int nseg);
+  // Gather the nodes of up to a few segments (e.g. user + context + item) into this row, leaving
+  // out node (skip_field, skip_feat) if given (an event's own item in the user's history).
+  void gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field = -1, int64_t skip_feat = -1);
 
  private:
   void reset_slots();

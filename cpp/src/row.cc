@@ -50,7 +50,7 @@ bool Row::any_repeated_feature() {
   return false;
 }
 
-void Row::gather(const Model& M, const Segment* segs, int nseg) {
+void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field, int64_t skip_feat) {
   if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
     slot_of_field.assign(M.F, -1);
     nf = 0;
@@ -70,6 +70,7 @@ void Row::gather(const Model& M, const Segment* segs, int nseg) {
       const float xv = g.val ? g.val[t] : 1.f;
       // Indices outside the model (unseen at training time) are ignored, as are zero values.
       if (f < 0 || f >= M.F || j < 0 || j >= M.n || xv == 0.f) continue;
+      if (f == skip_field && j == skip_feat) continue;
       field[n] = f;
       feat[n] = j;
       x[n] = xv;

@@ -6,10 +6,12 @@ __version__ = "0.1.0"
 from . import metrics
 from ._core import best_arch
 from .dataset import Dataset
+from .interactions import Interactions
+from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
 from .models import FFM, FM, HybridFM, NotFittedError
 from .sides import Sides
 from .split import Split
 from .recall import Recaller, SearchResult
 from .persist import load
 
-__all__ = ["Dataset", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "NotFittedError", "load", "metrics", "best_arch", "__version__"]
+__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "NotFittedError", "load", "metrics", "best_arch", "__version__"]

@@ -47,3 +47,28 @@ def logloss_from_scores(y_true: np.ndarray, scores: np.ndarray) -> float:
 def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     d = np.asarray(y_pred, dtype=np.float64).ravel() - np.asarray(y_true, dtype=np.float64).ravel()
     return float(np.mean(d * d))
+
+
+def recall_at_k(recommended: np.ndarray, relevant, k: int) -> float:
+    """Mean over queries of |top-k ∩ relevant| / |relevant| (queries without relevant items skipped).
+    recommended: int (m, >=k) item ids, best first; relevant: sequence of m id collections."""
+    hits, n = 0.0, 0
+    for rec, rel in zip(recommended, relevant):
+        rel = set(np.asarray(list(rel)).tolist())
+        if not rel:
+            continue
+        hits += len(rel.intersection(np.asarray(rec[:k]).tolist())) / len(rel)
+        n += 1
+    return hits / n if n else float("nan")
+
+
+def precision_at_k(recommended: np.ndarray, relevant, k: int) -> float:
+    """Mean over queries (with relevant items) of |top-k ∩ relevant| / k."""
+    hits, n = 0.0, 0
+    for rec, rel in zip(recommended, relevant):
+        rel = set(np.asarray(list(rel)).tolist())
+        if not rel:
+            continue
+        hits += len(rel.intersection(np.asarray(rec[:k]).tolist())) / k
+        n += 1
+    return hits / n if n else float("nan")

@@ -4,16 +4,17 @@ from __future__ import annotations
 import inspect
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from . import _core
 from .dataset import Dataset
+from .interactions import Interactions
 from .metrics import auc, logloss_from_scores, mse
 from .sides import Sides
 
-_LOSSES = {"logistic": 0, "squared": 1}
+_LOSSES = {"logistic": 0, "squared": 1, "bpr": 2}  # bpr: pairwise, implicit Interactions only
 _CHUNK_ROWS = 1 << 18  # rows per call into C++: progress bar granularity and Ctrl-C latency
 
 
@@ -52,6 +53,7 @@ class _FactorizationModel:
         self.n_fields = n_fields
         self.verbose = verbose
         self._core: Optional[_core.Model] = None
+        self.schema_ = None  # the Schema of the Interactions it was fit on (saved with the model)
         self.history_: List[Dict[str, Any]] = []
         self.best_epoch_: Optional[int] = None
 
@@ -125,7 +127,18 @@ class _FactorizationModel:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training
-    def _check_labels(self, data: Dataset, name: str) -> None:
+    def _check_labels(self, data, name: str) -> None:
+        if isinstance(data, Interactions):
+            if self.loss == "bpr" and data.negatives < 1:
+                raise ValueError(f"loss='bpr' needs sampled negatives: build {name} with negatives >= 1")
+            if data.negatives > 0:
+                if self.loss == "squared":
+                    raise ValueError("implicit feedback (negatives > 0) needs loss='logistic' or 'bpr'")
+                return
+            if data.labels is None:
+                raise ValueError(f"{name} has neither labels nor negatives: give label= or negatives=")
+        elif self.loss == "bpr":
+            raise ValueError("loss='bpr' is pairwise: train it on fmrecall.Interactions with negatives >= 1")
         if data.labels is None:
             raise ValueError(f"{name} has no labels")
         if self.loss == "logistic" and data.labels.size:
@@ -136,7 +149,9 @@ class _FactorizationModel:
                 raise ValueError(f"logistic loss needs labels all in {{0, 1}} or all in {{-1, 1}}; {name} row "
                                  f"{i} has label {float(data.labels[i])!r}")
 
-    def _new_core(self, train: Dataset, valid: Optional[Dataset]) -> _core.Model:
+    def _new_core(self, train, valid) -> _core.Model:
+        if isinstance(train, Interactions):
+            train = train.feature_nodes()
         n_features = max(train.n_features, self.n_features or 0)
         n_fields = max(train.n_fields, self.n_fields or 0)
         for name, given, need in (("n_features", self.n_features, train.n_features),
@@ -150,14 +165,21 @@ class _FactorizationModel:
         return _core.Model(n_features, n_fields, int(self.k), flags, aware_row, m,
                            float(self.init_std), int(self.seed), bool(self.normalize), seen)
 
-    def _eval(self, data: Dataset) -> Dict[str, float]:
+    def _eval(self, data) -> Dict[str, float]:
+        if isinstance(data, Interactions) and (data.labels is None or data.negatives > 0):
+            return self._eval_implicit(data)
         scores = self.decision_function(data)
         if self.loss == "logistic":
             return {"loss": logloss_from_scores(data.labels, scores), "auc": auc(data.labels, scores)}
         return {"loss": mse(data.labels, scores), "auc": float("nan")}
 
-    def fit(self, train: Dataset, valid: Optional[Dataset] = None) -> "_FactorizationModel":
+    def fit(self, train: Union[Dataset, Interactions], valid: Union[Dataset, Interactions, None] = None
+            ) -> "_FactorizationModel":
         """Train with AdaGrad SGD (Hogwild over `threads`), rows reshuffled every epoch.
+
+        `train` is a Dataset of labelled rows, or fmrecall.Interactions (users, items and events
+        kept apart; the rows are assembled in C++): labelled events, or implicit feedback with
+        `negatives` items sampled per positive per epoch (logistic loss, or loss="bpr").
 
         With `valid`, each epoch is scored on it; training stops once the validation loss has
         not improved for `patience` epochs and the best epoch's weights are restored (a copy of
@@ -167,16 +189,15 @@ class _FactorizationModel:
         self._check_labels(train, "train")
         if valid is not None:
             self._check_labels(valid, "valid")
-        if train.n_rows == 0:
+        if (train.n_events if isinstance(train, Interactions) else train.n_rows) == 0:
             raise ValueError("train has no rows")
         self._core = self._new_core(train, valid)
+        self.schema_ = train.schema if isinstance(train, Interactions) else None
         self.history_ = []
         self.best_epoch_ = None
-        args = train.core_args()
-        loss_id = _LOSSES[self.loss]
         best = np.inf
         since_best = 0
-        n = train.n_rows
+        n = train.n_events if isinstance(train, Interactions) else train.n_rows
         bar = None
         if self.verbose and n * self.epochs >= 4 * _CHUNK_ROWS:
             try:
@@ -187,15 +208,16 @@ class _FactorizationModel:
         try:
             for epoch in range(1, self.epochs + 1):
                 t0 = time.perf_counter()
-                order = _core.permutation(n, (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF)
-                total = 0.0
+                order = _core.permutation(n, self._epoch_seed(epoch))
+                total, terms = 0.0, 0
                 for start in range(0, n, _CHUNK_ROWS):
                     part = order[start:start + _CHUNK_ROWS]
-                    total += self._core.train(*args, train.labels, part, loss_id, float(self.learning_rate),
-                                              float(self.reg_linear), float(self.reg_factors), int(self.threads))
+                    loss_sum, count = self._train_part(train, part, epoch)
+                    total += loss_sum
+                    terms += count
                     if bar is not None:
                         bar.update(part.size)
-                record: Dict[str, Any] = {"epoch": epoch, "train_loss": total / n}
+                record: Dict[str, Any] = {"epoch": epoch, "train_loss": total / max(terms, 1)}
                 if valid is not None:
                     ev = self._eval(valid)
                     record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
@@ -224,26 +246,57 @@ class _FactorizationModel:
                 print(f"restored epoch {self.best_epoch_} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
         return self
 
-    def partial_fit(self, train: Dataset) -> "_FactorizationModel":
+    def partial_fit(self, train: Union[Dataset, Interactions]) -> "_FactorizationModel":
         """One more epoch over `train`, continuing from the current weights and AdaGrad state
         (a fresh model is created first if there is none). For incremental daily updates."""
         self._check_params()
         self._check_labels(train, "train")
         if self._core is None:
             self._core = self._new_core(train, None)
+            self.schema_ = train.schema if isinstance(train, Interactions) else None
             self.history_ = []
         core = self._core
-        if train.n_features > core.n_features or train.n_fields > core.n_fields:
+        need = train.schema if isinstance(train, Interactions) else train
+        if need.n_features > core.n_features or need.n_fields > core.n_fields:
             raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
                              f"n_fields={core.n_fields}); they would be ignored - refit instead")
         epoch = len(self.history_) + 1
         t0 = time.perf_counter()
-        order = _core.permutation(train.n_rows, (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF)
-        total = core.train(*train.core_args(), train.labels, order, _LOSSES[self.loss], float(self.learning_rate),
-                           float(self.reg_linear), float(self.reg_factors), int(self.threads))
-        self.history_.append({"epoch": epoch, "train_loss": total / max(train.n_rows, 1),
+        n = train.n_events if isinstance(train, Interactions) else train.n_rows
+        total, terms = self._train_part(train, _core.permutation(n, self._epoch_seed(epoch)), epoch)
+        self.history_.append({"epoch": epoch, "train_loss": total / max(terms, 1),
                               "seconds": time.perf_counter() - t0})
         return self
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
+
+    def _train_part(self, train, order: np.ndarray, epoch: int):
+        """One chunk of an epoch in C++: (summed loss, number of loss terms)."""
+        args = (float(self.learning_rate), float(self.reg_linear), float(self.reg_factors), int(self.threads))
+        if isinstance(train, Interactions):
+            seed = self._epoch_seed(epoch) ^ 0x5DEECE66D  # negative draws: seeded per epoch and event
+            return self._core.train_factored(train.core(), order, _LOSSES[self.loss], train.negatives,
+                                             train.hard_negatives, seed, *args)
+        total = self._core.train(*train.core_args(), train.labels, order, _LOSSES[self.loss], *args)
+        return total, order.size
+
+    def _eval_implicit(self, data: Interactions) -> Dict[str, float]:
+        """Each event against one sampled negative (fixed seed, the same every epoch): BPR loss or
+        logloss of positives and negatives, and AUC = P(score(positive) > score(negative))."""
+        core = self._require_core()
+        rng = np.random.default_rng(int(self.seed) + 7919)
+        w = data.sample_weights()
+        neg = rng.choice(w.size, size=data.n_events, p=w / w.sum()).astype(np.int32)
+        fd = data.core()
+        pos_s = core.score_factored(fd, None, int(self.threads)).astype(np.float64)
+        neg_s = core.score_factored(fd, neg, int(self.threads)).astype(np.float64)
+        d = pos_s - neg_s
+        auc_pairs = float(np.mean(d > 0) + 0.5 * np.mean(d == 0))
+        if self.loss == "bpr":
+            return {"loss": float(np.mean(np.logaddexp(0.0, -d))), "auc": auc_pairs}
+        y = np.r_[np.ones(d.size), np.zeros(d.size)]
+        return {"loss": logloss_from_scores(y, np.r_[pos_s, neg_s]), "auc": auc_pairs}
 
     @staticmethod
     def _print_epoch(r: Dict[str, Any]) -> None:
@@ -259,13 +312,17 @@ class _FactorizationModel:
             raise NotFittedError(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
         return self._core
 
-    def decision_function(self, data: Dataset) -> np.ndarray:
-        """Raw model scores, float32 (n_rows,). Indices beyond the model are ignored."""
+    def decision_function(self, data: Union[Dataset, Interactions]) -> np.ndarray:
+        """Raw model scores, float32 (n_rows,) — or (n_events,) for Interactions. Indices beyond the
+        model are ignored."""
         core = self._require_core()
+        if isinstance(data, Interactions):
+            return core.score_factored(data.core(), None, int(self.threads))
         return core.predict(*data.core_args(), int(self.threads))
 
-    def predict(self, data: Dataset) -> np.ndarray:
-        """Probabilities σ(score) for the logistic loss, raw scores for squared. float (n_rows,)."""
+    def predict(self, data: Union[Dataset, Interactions]) -> np.ndarray:
+        """Probabilities σ(score) for the logistic loss, raw scores for squared and BPR (whose scores
+        only rank). float (n_rows,)."""
         s = self.decision_function(data)
         return _sigmoid(s) if self.loss == "logistic" else s
 

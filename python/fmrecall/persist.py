@@ -131,7 +131,8 @@ def model_to_arrays(model):
     state = model._core_state()
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
             "params": _json_params(model), "fmrecall": __version__,
-            "n_features": int(model.n_features_), "n_fields": int(model.n_fields_)}
+            "n_features": int(model.n_features_), "n_fields": int(model.n_fields_),
+            "schema": model.schema_.to_dict() if getattr(model, "schema_", None) is not None else None}
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
     return meta, arrays
@@ -147,7 +148,11 @@ def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path:
     params["n_features"] = meta["n_features"]
     state: Dict[str, Any] = dict(arrays)
     state["bias"] = np.float32(arrays["bias"][0])
-    return cls._from_core_state(state, **params)
+    model = cls._from_core_state(state, **params)
+    if meta.get("schema"):
+        from .schema import Schema
+        model.schema_ = Schema.from_dict(meta["schema"])
+    return model
 
 
 def save_model(model, path: PathLike) -> None:

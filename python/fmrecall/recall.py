@@ -19,6 +19,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .persist import atomic_write, load_arrays, model_from_arrays, model_to_arrays, save_arrays
+from .schema import Schema
 from .sides import Sides
 
 RECALLER_FORMAT = "fmrecall.recaller"
@@ -193,7 +194,8 @@ class Recaller:
     Parameters
     ----------
     model : a fitted FM, FFM or HybridFM
-    sides : fmrecall.Sides (defaults to a HybridFM's own)
+    sides : fmrecall.Sides, or a fitted fmrecall.Schema (then items and queries may be given as
+        DataFrames / dict rows and are encoded with it); defaults to the model's schema or sides
     index : "exact" (faiss IndexFlatIP, BLAS-tuned), "hnsw" (IndexHNSWFlat on L2-augmented vectors),
         "ivf" (IndexIVFFlat, inner product) or any faiss index_factory string (inner product metric)
     segments : split q / p into this many contiguous parts, one index each; candidates are merged and
@@ -205,12 +207,16 @@ class Recaller:
     threads : threads for faiss and the vector builders (0 = all)
     """
 
-    def __init__(self, model, sides: Optional[Sides] = None, index: str = "exact", *, segments: int = 1,
+    def __init__(self, model, sides: Union[Sides, Schema, None] = None, index: str = "exact", *, segments: int = 1,
                  candidates: Optional[int] = None, hnsw_m: int = 32, ef_construction: int = 80,
                  ef_search: int = 128, nlist: Optional[int] = None, nprobe: int = 32, pad: bool = True,
                  threads: int = 0) -> None:
+        self.schema: Optional[Schema] = None
         if sides is None:
-            sides = getattr(model, "sides", None)
+            sides = getattr(model, "schema_", None) or getattr(model, "sides", None)
+        if isinstance(sides, Schema):
+            self.schema = sides
+            sides = sides.sides
         if sides is None:
             raise ValueError("Recaller needs sides=fmrecall.Sides(user=..., context=..., item=...)")
         if not isinstance(index, str) or not index:
@@ -272,9 +278,24 @@ class Recaller:
         found = (pos < keys.size) & (keys[pos_c] == ids) if keys.size else np.zeros(ids.size, bool)
         return np.where(found, rows[pos_c] if keys.size else -1, -1)
 
-    def add_items(self, item_ds: Dataset, ids: Sequence[int]) -> "Recaller":
-        """Index the item rows of `item_ds` under int64 `ids` (one per row). Ids already indexed are
-        replaced (their old vectors removed). Returns self."""
+    def _encode(self, data, side: str) -> Dataset:
+        if isinstance(data, Dataset):
+            return data
+        if self.schema is None:
+            raise ValueError("give a Dataset, or build the Recaller with a Schema to pass DataFrames")
+        return self.schema.transform(data, side=side)
+
+    def add_items(self, items, ids: Union[Sequence[int], str]) -> "Recaller":
+        """Index item rows under int64 `ids` (one per row). `items` is a Dataset of item rows, or a
+        DataFrame / dict rows encoded with the schema (then `ids` may name its id column). Ids
+        already indexed are replaced (their old vectors removed). Returns self."""
+        if isinstance(ids, str):
+            if isinstance(items, Dataset):
+                raise ValueError("ids as a column name needs items as a DataFrame")
+            from .schema import _frame
+            items = _frame(items)
+            ids = items[ids].to_numpy()
+        item_ds = self._encode(items, "item")
         ids = np.asarray(ids)
         if ids.ndim != 1 or ids.size != item_ds.n_rows:
             raise ValueError(f"ids must be 1-d with one id per item row ({item_ds.n_rows}), got shape {ids.shape}")
@@ -388,9 +409,10 @@ class Recaller:
             out[s:s + step] = np.einsum("md,mcd->mc", q[s:s + step], self._vecs[safe[s:s + step]])
         return out
 
-    def search(self, query_ds: Dataset, k: int = 10, *, exclude: Union[None, np.ndarray, Sequence[IdList]] = None,
+    def search(self, query_ds, k: int = 10, *, exclude: Union[None, np.ndarray, Sequence[IdList]] = None,
                restrict: Union[None, np.ndarray, Sequence[IdList]] = None, certify: bool = False) -> SearchResult:
-        """Top-k items for each query row of `query_ds` (user + context fields).
+        """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or a
+        DataFrame / dict rows when the Recaller has a schema).
 
         exclude : ids to leave out, one array for all queries or one per query (e.g. seen items)
         restrict : only rank these ids, one array for all queries or one per query (exact scan)
@@ -399,7 +421,7 @@ class Recaller:
         """
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        q, b = self.split.query_vectors(query_ds)
+        q, b = self.split.query_vectors(self._encode(query_ds, "query"))
         m = q.shape[0]
         loss = getattr(self.model, "loss", "logistic")
         if m == 0 or len(self) == 0:
@@ -531,7 +553,8 @@ class Recaller:
             meta = {"format": RECALLER_FORMAT, "version": RECALLER_VERSION, "sides": self.sides.to_dict(),
                     "index": self.index_kind, "segments": self.segments, "candidates": self.candidates,
                     "threads": self.threads, "params": self.params, "dead": self._dead,
-                    "max_norms": [seg.max_norm for seg in self._segs]}
+                    "max_norms": [seg.max_norm for seg in self._segs],
+                    "schema": self.schema.to_dict() if self.schema is not None else None}
             save_arrays(os.path.join(tmp, "items.npz"), meta, {"ids": self._ids, "vectors": self._vecs})
             for s, seg in enumerate(self._segs):
                 if seg.index is not None:
@@ -558,7 +581,8 @@ class Recaller:
         model = model_from_arrays(meta_m, arrays_m, os.path.join(directory, "model.npz"))
         meta, arrays = load_arrays(os.path.join(directory, "items.npz"), RECALLER_FORMAT, RECALLER_VERSION)
         p = meta["params"]
-        rec = cls(model, Sides.from_dict(meta["sides"]), meta["index"], segments=meta["segments"],
+        sides = Schema.from_dict(meta["schema"]) if meta.get("schema") else Sides.from_dict(meta["sides"])
+        rec = cls(model, sides, meta["index"], segments=meta["segments"],
                   candidates=meta["candidates"], threads=meta["threads"], **p)
         rec._ids = arrays["ids"].astype(np.int64)
         rec._vecs = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)

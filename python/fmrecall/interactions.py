@@ -1,0 +1,213 @@
+"""Factored interaction data: users and items encoded once, events referencing them.
+
+The C++ core assembles each training row (user + context + item) on the fly, so user and item
+features are stored once, not once per event, and implicit feedback gets its negatives sampled
+inside the training loop.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+from .dataset import Dataset
+from .schema import Categorical, Frame, Schema, _frame
+
+
+class Interactions:
+    """Users, items and events, encoded with a schema.
+
+    Parameters
+    ----------
+    users : frame with one row per user: ``user_key`` and the user-side columns
+    items : frame with one row per item: ``item_key`` and the item-side columns
+    events : frame with ``user_key``, ``item_key``, the context-side columns and, for explicit
+        feedback, the ``label`` column
+    schema : the Schema (fitted here on users / items / events if it is not fitted yet)
+    label : label column of events; None means implicit feedback (every event is a positive)
+    negatives : items sampled per positive per epoch (implicit feedback; needed by loss="bpr")
+    alpha : negatives are drawn ∝ count^alpha, count = the item's number of events here
+        (alpha=0: uniform over all items; alpha>0: items without events are never drawn)
+    exclude_positives : never draw (up to 32 retries) an item the user has an event with here
+    hard_negatives : draw this many candidates per negative and train on the one the model scores
+        highest (dynamic negative sampling; like WARP it focuses on mis-ranked items). 1 = plain draws
+    history : name of a user-side field listing the user's items (values = item keys), e.g. the
+        items of the training events: the collaborative-filtering channel as a feature. When an
+        event's row is built, its own item is left out of that field (leave-one-out), so the model
+        cannot learn "the item is in the history" (FISM / SVD++ style).
+    """
+
+    def __init__(self, users: Frame, items: Frame, events: Frame, schema: Schema, *, user_key: str = "user_id",
+                 item_key: str = "item_id", label: Optional[str] = None, negatives: int = 0, alpha: float = 0.0,
+                 exclude_positives: bool = True, hard_negatives: int = 1, history: Optional[str] = None) -> None:
+        if not isinstance(negatives, (int, np.integer)) or negatives < 0:
+            raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        users, items, events = _frame(users), _frame(items), _frame(events)
+        for frame, key, what in ((users, user_key, "users"), (items, item_key, "items"),
+                                 (events, user_key, "events"), (events, item_key, "events")):
+            if key not in frame.columns:
+                raise ValueError(f"Interactions: {what} has no key column {key!r}")
+        if not schema.fitted:
+            schema.fit([users, items, events])
+        self.schema = schema
+        self.user_key, self.item_key, self.label = user_key, item_key, label
+        if not isinstance(hard_negatives, (int, np.integer)) or hard_negatives < 1:
+            raise ValueError(f"hard_negatives must be an integer >= 1, got {hard_negatives!r}")
+        self.negatives, self.alpha, self.exclude_positives = int(negatives), float(alpha), bool(exclude_positives)
+        self.hard_negatives = int(hard_negatives)
+        self.user_ids = _unique_keys(users[user_key], "users", user_key)
+        self.item_ids = _unique_keys(items[item_key], "items", item_key)
+        self.users = schema.transform(users, side="user")
+        self.items = schema.transform(items, side="item")
+        ctx = schema.side_fields("context")
+        self.context = schema.transform(events, side="context") if ctx else None
+        self.ev_user = _rows_of(self.user_ids, events[user_key], "user", user_key)
+        self.ev_item = _rows_of(self.item_ids, events[item_key], "item", item_key)
+        self.labels = None
+        if label is not None:
+            if label not in events.columns:
+                raise ValueError(f"Interactions: events has no label column {label!r}")
+            self.labels = events[label].to_numpy(dtype=np.float32)
+            if not np.all(np.isfinite(self.labels)):
+                i = int(np.flatnonzero(~np.isfinite(self.labels))[0])
+                raise ValueError(f"Interactions: label {self.labels[i]!r} at event {i} is not finite")
+        if self.labels is None and self.negatives == 0:
+            pass  # allowed for scoring / evaluation; training needs labels or negatives
+        self.history = history
+        self.hist_field, self.hist_feat = -1, None
+        if history is not None:
+            f = schema.field(history)
+            if f.side != "user" or not isinstance(f, Categorical):
+                raise ValueError(f"history field {history!r} must be a user-side (multi-)categorical field")
+            self.hist_field = schema.index(history)
+            local = f.local(self.item_ids.to_numpy())
+            self.hist_feat = np.where(local >= 2, schema.offsets[self.hist_field] + local, -1).astype(np.int32)
+        self._fd = None
+
+    # ---------------------------------------------------------------- views
+    @property
+    def n_events(self) -> int:
+        return int(self.ev_user.size)
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def __repr__(self) -> str:
+        kind = f"label={self.label!r}" if self.label else f"implicit, negatives={self.negatives}, alpha={self.alpha}"
+        return (f"Interactions(users={self.users.n_rows}, items={self.items.n_rows}, events={self.n_events}, "
+                f"{kind})")
+
+    def item_counts(self) -> np.ndarray:
+        """Events per item row, int64 (n_items,)."""
+        return np.bincount(self.ev_item, minlength=self.items.n_rows)
+
+    def sample_weights(self) -> np.ndarray:
+        """float64 (n_items,): the negative-sampling law, ∝ count^alpha (uniform for alpha = 0)."""
+        if self.alpha == 0.0:
+            return np.ones(self.items.n_rows)
+        return self.item_counts().astype(np.float64) ** self.alpha
+
+    def positives(self):
+        """(pos_ptr int64 (n_users+1,), pos_items int32) per user row, sorted item rows."""
+        order = np.lexsort((self.ev_item, self.ev_user))
+        u, i = self.ev_user[order], self.ev_item[order]
+        keep = np.r_[True, (u[1:] != u[:-1]) | (i[1:] != i[:-1])] if u.size else np.zeros(0, bool)
+        u, i = u[keep], i[keep]
+        ptr = np.zeros(self.users.n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(u, minlength=self.users.n_rows), out=ptr[1:])
+        return ptr, i.astype(np.int32)
+
+    def with_events(self, events: Frame, *, label: Optional[str] = None, **kwargs: Any) -> "Interactions":
+        """New Interactions over the same users, items and schema with other events (e.g. a test split)."""
+        new = Interactions.__new__(Interactions)
+        new.__dict__.update(self.__dict__)
+        events = _frame(events)
+        new.label = label if label is not None else (self.label if self.label in events.columns else None)
+        for k, v in kwargs.items():
+            if k not in ("negatives", "alpha", "exclude_positives", "hard_negatives"):
+                raise TypeError(f"with_events got an unexpected argument {k!r}")
+            setattr(new, k, v)
+        ctx = self.schema.side_fields("context")
+        new.context = self.schema.transform(events, side="context") if ctx else None
+        new.ev_user = _rows_of(self.user_ids, events[self.user_key], "user", self.user_key)
+        new.ev_item = _rows_of(self.item_ids, events[self.item_key], "item", self.item_key)
+        new.labels = events[new.label].to_numpy(dtype=np.float32) if new.label else None
+        new._fd = None
+        return new
+
+    def materialize(self, items: Optional[np.ndarray] = None) -> Dataset:
+        """The joined rows (user + context + item) of every event as one Dataset (for checks and
+        small data; training never needs this). `items` replaces each event's item row."""
+        it = self.ev_item if items is None else np.asarray(items, dtype=np.int64)
+        parts = [(self.users, self.ev_user)]
+        if self.context is not None:
+            parts.append((self.context, np.arange(self.n_events)))
+        parts.append((self.items, it))
+        lens = sum(np.diff(ds.indptr)[rows] for ds, rows in parts)
+        indptr = np.zeros(self.n_events + 1, dtype=np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        nnz = int(indptr[-1])
+        fields = np.empty(nnz, np.int32)
+        feats = np.empty(nnz, np.int32)
+        vals = np.empty(nnz, np.float32)
+        at = indptr[:-1].copy()
+        for ds, rows in parts:
+            ln = np.diff(ds.indptr)[rows]
+            within = np.arange(ln.sum()) - np.repeat(np.cumsum(ln) - ln, ln)
+            dst = np.repeat(at, ln) + within
+            src = np.repeat(ds.indptr[rows], ln) + within
+            fields[dst], feats[dst], vals[dst] = ds.fields[src], ds.features[src], ds.values_or_ones()[src]
+            at += ln
+        if self.hist_feat is not None:  # leave each event's own item out of the user's history
+            own = np.repeat(self.hist_feat[self.ev_item], np.diff(indptr))
+            keep = ~((fields == self.hist_field) & (feats == own))
+            counts = np.add.reduceat(keep, indptr[:-1]) if nnz else np.zeros(self.n_events, np.int64)
+            counts = np.where(np.diff(indptr) > 0, counts, 0)
+            indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+            fields, feats, vals = fields[keep], feats[keep], vals[keep]
+        return Dataset(indptr, fields, feats, vals, self.labels if items is None else None,
+                       n_features=self.schema.n_features, n_fields=self.schema.n_fields)
+
+    def feature_nodes(self) -> Dataset:
+        """Every (field, feature) node of the user, item and context tables, as one row (to find the
+        features a model must hold)."""
+        parts = [self.users, self.items] + ([self.context] if self.context is not None else [])
+        fields = np.concatenate([p.fields for p in parts])
+        feats = np.concatenate([p.features for p in parts])
+        return Dataset([0, fields.size], fields, feats, n_features=self.schema.n_features,
+                       n_fields=self.schema.n_fields)
+
+    def core(self) -> "_core.FactoredData":
+        """The C++ view (built once; keeps the arrays alive)."""
+        if self._fd is None:
+            def csr(ds):
+                return (ds.indptr, ds.fields, ds.features, ds.values)
+            weights = self.sample_weights() if self.items.n_rows else None
+            ptr, pos = self.positives() if self.exclude_positives else (None, None)
+            self._fd = _core.FactoredData(csr(self.users), csr(self.items),
+                                          csr(self.context) if self.context is not None else None,
+                                          self.ev_user.astype(np.int32), self.ev_item.astype(np.int32),
+                                          self.labels, weights, ptr, pos, self.hist_field, self.hist_feat)
+        return self._fd
+
+
+def _unique_keys(keys, what: str, column: str):
+    import pandas as pd
+    idx = pd.Index(keys)
+    if idx.hasnans:
+        raise ValueError(f"Interactions: {what}.{column} has a missing key")
+    dup = idx[idx.duplicated()]
+    if len(dup):
+        raise ValueError(f"Interactions: {what}.{column} has duplicate key {dup[0]!r}")
+    return idx
+
+
+def _rows_of(index, keys, what: str, column: str) -> np.ndarray:
+    rows = index.get_indexer(keys)
+    if (rows < 0).any():
+        bad = keys.iloc[int(np.flatnonzero(rows < 0)[0])]
+        raise ValueError(f"Interactions: event {column} {bad!r} is not in the {what} table")
+    return rows.astype(np.int32)
