@@ -177,7 +177,8 @@ PYBIND11_MODULE(_core, m) {
                        const arr<int32_t>& ev_user, const arr<int32_t>& ev_item,
                        const std::optional<arr<float>>& labels, const std::optional<arr<double>>& sample_weights,
                        const std::optional<arr<int64_t>>& pos_ptr, const std::optional<arr<int32_t>>& pos_items,
-                       int32_t hist_field, const std::optional<arr<int32_t>>& hist_feat) {
+                       int32_t hist_field, const std::optional<arr<int32_t>>& hist_feat,
+                       const std::vector<std::tuple<int32_t, int64_t, float>>& cold) {
              auto fd = std::make_unique<FactoredData>();
              Factored& D = fd->D;
              D.users = csr_of(users, fd->keep);
@@ -216,11 +217,19 @@ PYBIND11_MODULE(_core, m) {
                D.hist_field = hist_field;
                D.hist_feat = hist_feat->data();
              }
+             if (cold.size() > 8) throw InputError("at most 8 cold-start fields");
+             for (const auto& [f, j, rate] : cold) {
+               if (!(rate >= 0.f && rate <= 1.f)) throw InputError("cold-start rates must be in [0, 1]");
+               D.cold_field.push_back(f);
+               D.cold_feat.push_back(j);
+               D.cold_rate.push_back(rate);
+             }
              return fd;
            }),
            py::arg("users"), py::arg("items"), py::arg("context"), py::arg("ev_user"), py::arg("ev_item"),
            py::arg("labels"), py::arg("sample_weights"), py::arg("pos_ptr"), py::arg("pos_items"),
-           py::arg("hist_field") = -1, py::arg("hist_feat") = py::none())
+           py::arg("hist_field") = -1, py::arg("hist_feat") = py::none(),
+           py::arg("cold") = std::vector<std::tuple<int32_t, int64_t, float>>{})
       .def_property_readonly("n_events", [](const FactoredData& f) { return f.D.n_events; });
 
   m.def(

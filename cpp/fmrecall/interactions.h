@@ -21,6 +21,21 @@ struct Factored {
   int32_t hist_field = -1;
   const int32_t* hist_feat = nullptr;
 
+  // Cold-start training: with probability cold_rate[c] a training row's value of cold_field[c]
+  // becomes cold_feat[c], the field's reserved "unseen" feature, which so learns how to score an
+  // item (or user) the model has never seen, from its other features.
+  std::vector<int32_t> cold_field;
+  std::vector<int64_t> cold_feat;
+  std::vector<float> cold_rate;
+
+  // The swaps drawn for one training row (at most 8 cold fields).
+  int draw_swaps(Rng& rng, Swap* out) const {
+    int k = 0;
+    for (size_t c = 0; c < cold_field.size() && k < 8; ++c)
+      if (rng.uniform() < cold_rate[c]) out[k++] = {cold_field[c], cold_feat[c]};
+    return k;
+  }
+
   int32_t skip_field() const { return hist_feat ? hist_field : -1; }
   int64_t skip_feat(int64_t e) const { return hist_feat ? hist_feat[ev_item[e]] : -1; }
 

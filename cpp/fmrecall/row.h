@@ -85,6 +85,12 @@ struct GradAcc {
   uint32_t stamp_ = 0;
 };
 
+// During training, the value of `field` is replaced by `feat` (its reserved "unseen" feature).
+struct Swap {
+  int32_t field;
+  int64_t feat;
+};
+
 struct Row {
   // nodes (filtered: 0 <= feature < n, 0 <= field < F, value != 0)
   int n = 0;
@@ -113,8 +119,10 @@ struct Row {
   float score = 0.f;
 
   // Gather the nodes of up to a few segments (e.g. user + context + item) into this row, leaving
-  // out node (skip_field, skip_feat) if given (an event's own item in the user's history).
-  void gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field = -1, int64_t skip_feat = -1);
+  // out node (skip_field, skip_feat) if given (an event's own item in the user's history) and
+  // replacing the feature of every node in a swapped field (cold-start training).
+  void gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field = -1, int64_t skip_feat = -1,
+              const Swap* swaps = nullptr, int nswap = 0);
 
  private:
   void reset_slots();

@@ -50,19 +50,19 @@ int32_t Sampling::draw(int32_t user, Rng& rng) const {
 namespace {
 // Gathers a sampled negative row for event e into `neg`: the best-scored of S.candidates draws.
 void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, int64_t e, Rng& rng,
-                     Row& neg, Segment* segs, int32_t sf, int64_t sj) {
+                     Row& neg, Segment* segs, int32_t sf, int64_t sj, const Swap* sw, int nsw) {
   const int32_t u = D.ev_user[e];
   int32_t pick = S.draw(u, rng);
   if (S.candidates > 1) {
     float best = -std::numeric_limits<float>::infinity();
     for (int c = 0; c < S.candidates; ++c) {
       const int32_t j = c ? S.draw(u, rng) : pick;
-      neg.gather(M, segs, D.segments(e, j, segs), sf, sj);
+      neg.gather(M, segs, D.segments(e, j, segs), sf, sj, sw, nsw);
       const float s = K.forward(M, neg);
       if (s > best) best = s, pick = j;
     }
   }
-  neg.gather(M, segs, D.segments(e, pick, segs), sf, sj);
+  neg.gather(M, segs, D.segments(e, pick, segs), sf, sj, sw, nsw);
 }
 }  // namespace
 
@@ -82,7 +82,10 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
       const int32_t u = D.ev_user[e];
       const int32_t sf = D.skip_field();
       const int64_t sj = D.skip_feat(e);
-      pos.gather(M, segs, D.segments(e, D.ev_item[e], segs), sf, sj);
+      Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
+      Swap sw[8];
+      const int nsw = D.draw_swaps(rng, sw);
+      pos.gather(M, segs, D.segments(e, D.ev_item[e], segs), sf, sj, sw, nsw);
       if (S.negatives == 0) {  // labelled events, pointwise
         const LossGrad lg = loss_grad(loss, K.forward(M, pos), D.label ? D.label[e] : 1.f);
         total += lg.loss;
@@ -90,10 +93,9 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
         K.backward(M, pos, lg.kappa, h);
         continue;
       }
-      Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
       if (loss == Loss::bpr) {
         for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj);
+          sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj, sw, nsw);
           const double d = static_cast<double>(K.forward(M, pos)) - K.forward(M, neg);
           // loss = log(1 + e^{-d}),  dloss/ds+ = -σ(-d) = -dloss/ds-
           total += d > 0 ? std::log1p(std::exp(-d)) : -d + std::log1p(std::exp(d));
@@ -111,7 +113,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
       ++terms;
       K.backward(M, pos, lg.kappa, h);
       for (int t = 0; t < S.negatives; ++t) {
-        sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj);
+        sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj, sw, nsw);
         lg = loss_grad(loss, K.forward(M, neg), 0.f);
         total += lg.loss;
         ++terms;

@@ -50,7 +50,8 @@ bool Row::any_repeated_feature() {
   return false;
 }
 
-void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field, int64_t skip_feat) {
+void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field, int64_t skip_feat,
+                 const Swap* swaps, int nswap) {
   if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
     slot_of_field.assign(M.F, -1);
     nf = 0;
@@ -66,7 +67,9 @@ void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_fie
     const Segment& g = segs[s];
     for (int64_t t = 0; t < g.len; ++t) {
       const int32_t f = g.field[t];
-      const int64_t j = g.feat[t];
+      int64_t j = g.feat[t];
+      for (int w = 0; w < nswap; ++w)
+        if (swaps[w].field == f) j = swaps[w].feat;
       const float xv = g.val ? g.val[t] : 1.f;
       // Indices outside the model (unseen at training time) are ignored, as are zero values.
       if (f < 0 || f >= M.F || j < 0 || j >= M.n || xv == 0.f) continue;

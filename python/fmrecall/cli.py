@@ -116,7 +116,15 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Generate a click log, train, index every item, recommend, and check exactness and quality."""
+    """Generate a click log, train, index every item, recommend, and check exactness and quality;
+    or, with --movielens PATH, the MovieLens-100K comparison against classic recall channels."""
+    if args.movielens:
+        from . import movielens
+        models = {"fm": ("FM",), "hybrid": ("HybridFM",), "ffm": ("FFM",)}.get(args.model, ("FM",))
+        if args.all_models:
+            models = ("FM", "HybridFM", "FFM")
+        movielens.run(args.movielens, split=args.split, models=models, threads=args.threads, seed=args.seed)
+        return 0
     from .datasets import synthetic
     t0 = time.perf_counter()
     log = synthetic(n_users=args.users, n_items=args.items, seed=args.seed)
@@ -206,6 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--threads", type=int, default=0)
     d.add_argument("--out", help="save the Recaller to this directory")
     d.add_argument("--verbose", action="store_true")
+    d.add_argument("--movielens", metavar="PATH", help="run the MovieLens-100K comparison on the ml-100k folder")
+    d.add_argument("--split", default="u1", help="MovieLens split (u1..u5, ua, ub)")
+    d.add_argument("--all-models", action="store_true", help="MovieLens: FM, HybridFM and FFM")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a libffm / libsvm file")

@@ -6,7 +6,7 @@ inside the training loop.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -36,11 +36,16 @@ class Interactions:
         items of the training events: the collaborative-filtering channel as a feature. When an
         event's row is built, its own item is left out of that field (leave-one-out), so the model
         cannot learn "the item is in the history" (FISM / SVD++ style).
+    cold_start : {categorical field name: rate}: in each training row, with that probability the
+        field's value is replaced by its reserved "unseen" feature, which so learns to stand for
+        a value never seen in training (e.g. {"item_id": 0.1}: new items are then scored from their
+        other features instead of lacking the id term every trained item has; DropoutNet-style)
     """
 
     def __init__(self, users: Frame, items: Frame, events: Frame, schema: Schema, *, user_key: str = "user_id",
                  item_key: str = "item_id", label: Optional[str] = None, negatives: int = 0, alpha: float = 0.0,
-                 exclude_positives: bool = True, hard_negatives: int = 1, history: Optional[str] = None) -> None:
+                 exclude_positives: bool = True, hard_negatives: int = 1, history: Optional[str] = None,
+                 cold_start: Optional[Dict[str, float]] = None) -> None:
         if not isinstance(negatives, (int, np.integer)) or negatives < 0:
             raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
         if not np.isfinite(alpha) or alpha < 0:
@@ -85,6 +90,16 @@ class Interactions:
             self.hist_field = schema.index(history)
             local = f.local(self.item_ids.to_numpy())
             self.hist_feat = np.where(local >= 2, schema.offsets[self.hist_field] + local, -1).astype(np.int32)
+        self.cold_start = dict(cold_start or {})
+        self._cold = []
+        for name, rate in self.cold_start.items():
+            f = schema.field(name)
+            if not isinstance(f, Categorical):
+                raise ValueError(f"cold_start field {name!r} must be categorical (it needs a reserved unseen value)")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"cold_start rate of {name!r} must be in [0, 1], got {rate!r}")
+            i = schema.index(name)
+            self._cold.append((i, int(schema.offsets[i] + Categorical.UNSEEN), float(rate)))
         self._fd = None
 
     # ---------------------------------------------------------------- views
@@ -190,7 +205,8 @@ class Interactions:
             self._fd = _core.FactoredData(csr(self.users), csr(self.items),
                                           csr(self.context) if self.context is not None else None,
                                           self.ev_user.astype(np.int32), self.ev_item.astype(np.int32),
-                                          self.labels, weights, ptr, pos, self.hist_field, self.hist_feat)
+                                          self.labels, weights, ptr, pos, self.hist_field, self.hist_feat,
+                                          self._cold)
         return self._fd
 
 
