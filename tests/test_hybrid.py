@@ -154,6 +154,21 @@ def _params_of(model):
     return hybrid_ref_params(model.weights())
 
 
+def _grow_for(model, aware, fields, feats):
+    """Give field-aware rows to the row's aware-field features without one, as partial_fit does
+    first; returns (weights, field_rows) afterwards. Checks the growth itself: exactly those
+    features get new rows, appended after the existing ones."""
+    before = model.weights()["field_rows"]
+    need = np.unique(feats[aware[fields].astype(bool)])
+    new = need[before[need] < 0]
+    model._core.grow_rows(need.astype(np.int32), model.init_std, model.seed)
+    w = model.weights()
+    rows = w["field_rows"].copy()
+    np.testing.assert_array_equal(np.delete(rows, new), np.delete(before, new))
+    assert sorted(rows[new]) == list(range(before.max() + 1, before.max() + 1 + new.size))
+    return w, rows
+
+
 def _compare(model, want, old, touched, rows, *, rtol=1e-5, atol=1e-6):
     """Library weights vs the reference step: bias, linear, v everywhere; W on the features that have
     a field-aware row (the library stores no others). Untouched entries are bit-for-bit unchanged."""
@@ -174,15 +189,17 @@ def _compare(model, want, old, touched, rows, *, rtol=1e-5, atol=1e-6):
 def test_one_adagrad_step_matches_reference(rng, arch, field_aware, loss, label, k, missing):
     lr, reg_l, reg_f = 0.1, 0.05, 0.1  # large L2 so its part of the gradient is visible
     w = random_hybrid_weights(rng, N, F, k, missing=missing)
-    rows = w["field_rows"].copy()
     model = _hybrid(w, field_aware, loss=loss, learning_rate=lr, reg_linear=reg_l, reg_factors=reg_f)
     aware = aware_flags(SIDES, field_aware, F)
-    p0 = hybrid_ref_params(w)
-    st0 = ref.fresh_state(p0)
 
     fields, feats, values = _step_row(rng)
     ds = one_row_dataset(fields, feats, values, label, n_features=N, n_fields=F)
     f, j, x = ref.dataset_row(ds, 0, N, F)
+    # partial_fit first gives field-aware rows to the row's aware-field features that have none (new
+    # features); do that growth here so the reference starts from the same weights
+    w, rows = _grow_for(model, aware, fields, feats)
+    p0 = hybrid_ref_params(w)
+    st0 = ref.fresh_state(p0)
     p1, st1, loss1, t1 = _ref_step(p0, st0, aware, rows, f, j, x, label, loss=loss, lr=lr, reg_linear=reg_l,
                                    reg_factors=reg_f)
     model.partial_fit(ds)
@@ -193,11 +210,14 @@ def test_one_adagrad_step_matches_reference(rng, arch, field_aware, loss, label,
     assert after["field_factors"].shape == w["field_factors"].shape
 
     # step 2 on a row sharing three features: the AdaGrad state carries over
-    p1 = _params_of(model)
     fields2, _, values2 = _step_row(rng, n_nodes=6)
     others = rng.permutation(np.setdiff1d(np.arange(N), feats[:3]))[:3]
     feats2 = np.concatenate([feats[:3], others])
     ds2 = one_row_dataset(fields2, feats2, values2, label, n_features=N, n_fields=F)
+    old_rows = rows
+    _, rows = _grow_for(model, aware, fields2, feats2)
+    np.testing.assert_array_equal(rows[old_rows >= 0], old_rows[old_rows >= 0])  # growth never moves rows
+    p1 = _params_of(model)
     f2, j2, x2 = ref.dataset_row(ds2, 0, N, F)
     # the accumulators of W rows the library does not store do not matter: those entries are never compared
     p2, _, loss2, t2 = _ref_step(p1, st1, aware, rows, f2, j2, x2, label, loss=loss, lr=lr, reg_linear=reg_l,
@@ -227,27 +247,33 @@ def test_one_step_with_feature_in_a_single_and_an_aware_field(rng, field_aware):
 
 
 @pytest.mark.parametrize("field_aware", ORIENT)
-def test_training_a_feature_without_field_row_moves_only_its_linear_weight(rng, field_aware):
+def test_partial_fit_gives_a_new_feature_field_aware_vectors(rng, field_aware):
+    """A feature without a field-aware row (new to the model) gets one, appended, when partial_fit
+    meets it in a field-aware field, and is then trained like any other: the step equals the
+    reference step from the grown weights. Existing rows never move."""
     w = random_hybrid_weights(rng, N, F, 4)
     j0 = 9
     w["field_rows"][j0] = -1
     model = _hybrid(w, field_aware, learning_rate=0.1, reg_linear=0.1, reg_factors=0.1)
-    fa = [f for f in range(F) if aware_flags(SIDES, field_aware, F)[f]][0]
-    fs = [f for f in range(F) if not aware_flags(SIDES, field_aware, F)[f]][0]
+    aware = aware_flags(SIDES, field_aware, F)
+    fa = [f for f in range(F) if aware[f]][0]
+    fs = [f for f in range(F) if not aware[f]][0]
     ds = one_row_dataset([fs, fa, fa], [2, j0, 4], [1.0, 1.0, 1.0], 1.0, n_features=N, n_fields=F)
+    before = model.weights()
+    # a feature without a row contributes only its linear term until then
+    f, j, x = ref.dataset_row(ds, 0, N, F)
+    assert model.decision_function(ds)[0] == pytest.approx(
+        ref.score(hybrid_ref_params(before), aware, f, j, x), rel=1e-5, abs=1e-6)
+    grown, rows = _grow_for(model, aware, np.array([fs, fa, fa]), np.array([2, j0, 4]))
+    assert rows[j0] == before["field_rows"].max() + 1
+    p0 = hybrid_ref_params(grown)
+    p1, _, _, t1 = _ref_step(p0, ref.fresh_state(p0), aware, rows, f, j, x, 1.0, loss="logistic",
+                             lr=0.1, reg_linear=0.1, reg_factors=0.1)
     model.partial_fit(ds)
     got = model.weights()
-    assert got["linear"][j0] != w["linear"][j0]
-    np.testing.assert_array_equal(got["factors"][j0], w["factors"][j0])  # v of an aware node: unused
-    np.testing.assert_array_equal(got["field_rows"], w["field_rows"])
-    # every other parameter moves exactly as the reference step says (j0 enters them only through
-    # the score, via its linear weight)
-    aware = aware_flags(SIDES, field_aware, F)
-    p0 = hybrid_ref_params(w)
-    f, j, x = ref.dataset_row(ds, 0, N, F)
-    p1, _, _, t1 = _ref_step(p0, ref.fresh_state(p0), aware, w["field_rows"], f, j, x, 1.0, loss="logistic",
-                             lr=0.1, reg_linear=0.1, reg_factors=0.1)
-    _compare(model, p1, p0, t1, w["field_rows"])
+    np.testing.assert_array_equal(got["field_rows"], rows)
+    assert not np.array_equal(got["field_factors"][rows[j0]], grown["field_factors"][rows[j0]])  # trained
+    _compare(model, p1, p0, t1, rows)
 
 
 # ---------------------------------------------------------------------------- field_rows at fit time
@@ -384,7 +410,7 @@ def test_get_params():
     p = fmrecall.HybridFM().get_params()
     assert p["field_aware"] == "item" and p["sides"] is None
     assert {n: p[n] for n in ("k", "loss", "epochs", "learning_rate", "normalize", "patience", "threads",
-                                "seed")} == {"k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.2,
+                                "seed")} == {"k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.05,
                                              "normalize": False, "patience": 2, "threads": 0, "seed": 0}
     sides = fmrecall.Sides(**SIDES)
     m = fmrecall.HybridFM(k=3, field_aware="query", sides=sides, epochs=2)

@@ -326,7 +326,7 @@ def test_gradient_matches_finite_differences(rng, kind, loss, normalize):
 @pytest.mark.parametrize("cls", [fmrecall.FM, fmrecall.FFM], ids=["FM", "FFM"])
 def test_get_params_defaults(cls):
     assert cls().get_params() == {
-        "k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.2, "reg_linear": 2e-5,
+        "k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.05, "reg_linear": 2e-5,
         "reg_factors": 2e-5, "init_std": 0.05, "normalize": False, "patience": 2, "threads": 0, "seed": 0,
         "n_features": None, "n_fields": None, "verbose": False,
     }

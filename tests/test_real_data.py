@@ -92,7 +92,7 @@ def _check_restored_best(model, valid):
 @pytest.mark.parametrize("name, make, threshold", [
     ("FFM", lambda: fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=1),
      0.95),
-    ("FM", lambda: fmrecall.FM(k=8, epochs=30, threads=1), 0.93),
+    ("FM", lambda: fmrecall.FM(k=8, learning_rate=0.2, epochs=30, threads=1), 0.93),
 ], ids=["FFM", "FM"])
 def test_frappe_holdout_auc(frappe_split, name, make, threshold):
     """Seeded 80/20 split, early stopping on the 20%; one thread so the result is reproducible

@@ -412,6 +412,13 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           py::arg("data"), py::arg("items"), py::arg("threads"))
+      .def(
+          "grow_rows",
+          [](Model& M, const arr<int32_t>& features, float init_std, uint64_t seed) {
+            py::gil_scoped_release nogil;
+            return M.grow_rows(features.data(), features.size(), init_std, seed);
+          },
+          py::arg("features"), py::arg("init_std"), py::arg("seed"))
       .def("snapshot", [](Model& M) {
         py::gil_scoped_release nogil;
         M.snapshot();

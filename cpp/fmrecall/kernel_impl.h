@@ -48,6 +48,23 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
                       const int32_t* afo, const float* ax, int count, int kp_rt) {
   using T = Chunk<K>;
   constexpr int L = width<T>();
+#if FMR_WIDE
+  if (K == 4) {  // two pairs per 256-bit register
+    __m256 a = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 1 < count; c += 2) {
+      const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));
+      const __m256 p = _mm256_loadu2_m128(Wb + afo[c + 1], Wb + afo[c]);
+      const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c + 1], Wfb + aoff[c]);
+      a = _mm256_fmadd_ps(_mm256_mul_ps(x, p), q, a);
+    }
+    __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    if (c < count)
+      a4 = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(xb * ax[c]), _mm_loadu_ps(Wb + afo[c])), _mm_loadu_ps(Wfb + aoff[c]), a4);
+    _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), a4));
+    return;
+  }
+#endif
   if (K) {  // compile-time size: one chunk at a time, accumulated in a register
     for (int i = 0; i < (K ? K : L); i += L) {
       T a = load<T>(acc + i);
@@ -236,6 +253,38 @@ void apply(GradAcc& acc, const Hyper& h) {
   }
 }
 
+#if FMR_WIDE
+inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
+  const __m256 y = _mm256_rsqrt_ps(v);
+  return _mm256_mul_ps(y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y),
+                                           _mm256_set1_ps(1.5f)));
+}
+
+// K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
+// AdaGrad states. Returns the first c not done (the caller finishes an odd one).
+inline int pair_steps4(float* W, int64_t ob, int32_t fb, const int64_t* aoff, const int32_t* afo, const float* ax,
+                       int c, int na, float kxb, float eta, float l2) {
+  const __m256 ev = _mm256_set1_ps(eta), lv = _mm256_set1_ps(l2);
+  for (; c + 1 < na; c += 2) {
+    float* w1a = W + ob + afo[c];
+    float* w1b = W + ob + afo[c + 1];
+    float* w2a = W + aoff[c] + fb;
+    float* w2b = W + aoff[c + 1] + fb;
+    const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));
+    const __m256 a = _mm256_loadu2_m128(w1b, w1a), bq = _mm256_loadu2_m128(w2b, w2a);
+    const __m256 g1 = _mm256_fmadd_ps(kx, bq, _mm256_mul_ps(lv, a));
+    const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, bq));
+    const __m256 G1 = _mm256_fmadd_ps(g1, g1, _mm256_loadu2_m128(w1b + 4, w1a + 4));
+    const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));
+    _mm256_storeu2_m128(w1b + 4, w1a + 4, G1);
+    _mm256_storeu2_m128(w2b + 4, w2a + 4, G2);
+    _mm256_storeu2_m128(w1b, w1a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g1), rsqrt8(G1), a));
+    _mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));
+  }
+  return c;
+}
+#endif
+
 template <int K>
 void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   if (r.shared) {
@@ -288,7 +337,11 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       const int64_t ob = aoff[b];
       const int32_t fb = afo[b];
       const float kxb = kappa * ax[b];
-      for (int c = b + 1; c < na; ++c) {
+      int c = b + 1;
+#if FMR_WIDE
+      if (K == 4) c = pair_steps4(W, ob, fb, aoff, afo, ax, c, na, kxb, eta, l2f);
+#endif
+      for (; c < na; ++c) {
         const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;
         pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);
       }

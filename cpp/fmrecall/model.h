@@ -61,6 +61,10 @@ struct Model {
 
   void snapshot();
   void restore();
+
+  // Give field-aware vectors (random init, AdaGrad state 1) to the listed features that have none,
+  // growing W: how partial_fit takes in features a model has not seen before. Returns rows added.
+  int64_t grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed);
 };
 
 }  // namespace fmrecall

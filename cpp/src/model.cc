@@ -70,6 +70,37 @@ void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
 }
 }  // namespace
 
+int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed) {
+  if (aware_row.empty() || !any_aware()) return 0;  // identity layout: every feature has a row
+  std::vector<int32_t> fresh;
+  for (int64_t i = 0; i < count; ++i) {
+    const int32_t j = features[i];
+    if (j < 0 || j >= n) throw InputError("feature index out of range");
+    if (aware_row[j] < 0) {
+      aware_row[j] = static_cast<int32_t>(m + static_cast<int64_t>(fresh.size()));
+      fresh.push_back(j);
+    }
+  }
+  if (fresh.empty()) return 0;
+  const size_t block = static_cast<size_t>(F) * vs;
+  AlignedArray<float> bigger(static_cast<size_t>(m + static_cast<int64_t>(fresh.size())) * block);
+  if (m) std::memcpy(bigger.data(), W.data(), sizeof(float) * static_cast<size_t>(m) * block);
+  const float a = init_std * 1.7320508f;
+  for (size_t t = 0; t < fresh.size(); ++t) {  // seeded by (seed, feature): independent of batch order
+    Rng rng(mix_seed(seed, 3, static_cast<uint64_t>(fresh[t])));
+    float* row = bigger.data() + (static_cast<size_t>(m) + t) * block;
+    for (int32_t b = 0; b < F; ++b) {
+      for (int32_t d = 0; d < k; ++d) row[b * vs + d] = a * (2.f * rng.uniform() - 1.f);
+      for (int32_t d = 0; d < kp; ++d) row[b * vs + kp + d] = 1.f;
+    }
+  }
+  W = std::move(bigger);
+  m += static_cast<int64_t>(fresh.size());
+  snap_W.resize(0);  // a snapshot no longer matches
+  snap_w.resize(0);
+  return static_cast<int64_t>(fresh.size());
+}
+
 void Model::snapshot() {
   snap_w0 = w0;
   copy_into(snap_w, w);

@@ -227,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t.add_argument("--k", type=int, default=4)
     t.add_argument("--loss", choices=["logistic", "squared"], default="logistic")
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--learning-rate", type=float, default=0.2)
+    t.add_argument("--learning-rate", type=float, default=0.05)
     t.add_argument("--reg-linear", type=float, default=2e-5)
     t.add_argument("--reg-factors", type=float, default=2e-5)
     t.add_argument("--field-aware", choices=["item", "query"], default="item")

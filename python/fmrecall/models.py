@@ -34,7 +34,7 @@ class _FactorizationModel:
     """
 
     def __init__(self, k: int = 4, *, loss: str = "logistic", epochs: int = 10,
-                 learning_rate: float = 0.2, reg_linear: float = 2e-5, reg_factors: float = 2e-5,
+                 learning_rate: float = 0.05, reg_linear: float = 2e-5, reg_factors: float = 2e-5,
                  init_std: float = 0.05, normalize: bool = False, patience: Optional[int] = 2,
                  threads: int = 0, seed: int = 0, n_features: Optional[int] = None,
                  n_fields: Optional[int] = None, verbose: bool = False) -> None:
@@ -260,6 +260,15 @@ class _FactorizationModel:
         if need.n_features > core.n_features or need.n_fields > core.n_fields:
             raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
                              f"n_fields={core.n_fields}); they would be ignored - refit instead")
+        # features new to the model get their field-aware vectors now (fit only allocates seen ones)
+        nodes = train.feature_nodes() if isinstance(train, Interactions) else train
+        flags = self._aware_flags(core.n_fields)
+        in_model = nodes.fields < flags.size
+        aware_nodes = np.zeros(nodes.nnz, dtype=bool)
+        aware_nodes[in_model] = flags[nodes.fields[in_model]].astype(bool)
+        if aware_nodes.any():
+            core.grow_rows(np.unique(nodes.features[aware_nodes]).astype(np.int32), float(self.init_std),
+                           int(self.seed))
         epoch = len(self.history_) + 1
         t0 = time.perf_counter()
         n = train.n_events if isinstance(train, Interactions) else train.n_rows
@@ -452,6 +461,8 @@ class FFM(_FactorizationModel):
 
     def _weights_from_core(self, w: dict) -> Dict[str, Any]:
         rows = w["aware_row"]
+        if w["W"] is None:  # no feature has field-aware vectors (nothing trained yet)
+            return {"factors": np.zeros((w["linear"].size, self._require_core().n_fields, self.k), np.float32)}
         if rows is None:
             return {"factors": w["W"]}
         full = np.zeros((rows.size,) + w["W"].shape[1:], dtype=np.float32)  # unseen features: zeros
