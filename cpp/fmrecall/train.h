@@ -29,6 +29,24 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 // Raw scores of every row into out[rows].
 void predict_rows(const Model& M, const Csr& data, float* out, int threads);
 
+// fn(row, score, r) for every row r of `data`, gathered and scored, over `threads` (the shared loop
+// of prediction and the query / item vector builders).
+template <class Fn>
+void for_each_scored_row(const Model& M, const Csr& data, int threads, Fn&& fn) {
+  const KernelFns K = select_kernels(M.kp);
+#pragma omp parallel num_threads(threads)
+  {
+    Row row;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < data.rows; ++r) {
+      const Segment seg = data.row(r);
+      row.gather(M, &seg, 1);
+      const float score = K.forward(M, row);
+      fn(row, score, r);
+    }
+  }
+}
+
 // A seeded permutation of 0..n-1 (Fisher–Yates with splitmix64).
 void permutation(int64_t n, uint64_t seed, int64_t* out);
 

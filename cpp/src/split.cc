@@ -55,23 +55,14 @@ inline void add(float* __restrict dst, float x, const float* __restrict src, int
   for (int d = 0; d < k; ++d) dst[d] += x * src[d];
 }
 
-// Shared row loop: gather, score the side's own row, then add each node's cross-pair blocks.
+// Each row: its own score (b_q, or the item's bias slot), then every node's cross-pair blocks.
 template <class Fill>
 void build(const Model& M, const SplitLayout& L, const Csr& rows, float* out, int threads, Fill&& fill) {
-  const KernelFns K = select_kernels(M.kp);
-#pragma omp parallel num_threads(threads)
-  {
-    Row row;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows.rows; ++r) {
-      const Segment seg = rows.row(r);
-      row.gather(M, &seg, 1);
-      float* v = out + r * L.dim;
-      std::memset(v, 0, sizeof(float) * L.dim);
-      const float own = K.forward(M, row);
-      fill(row, v, own, r);
-    }
-  }
+  for_each_scored_row(M, rows, threads, [&](const Row& row, float own, int64_t r) {
+    float* v = out + r * L.dim;
+    std::memset(v, 0, sizeof(float) * L.dim);
+    fill(row, v, own, r);
+  });
 }
 
 }  // namespace

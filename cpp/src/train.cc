@@ -52,17 +52,7 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 }
 
 void predict_rows(const Model& M, const Csr& data, float* out, int threads) {
-  const KernelFns K = select_kernels(M.kp);
-#pragma omp parallel num_threads(threads)
-  {
-    Row row;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < data.rows; ++r) {
-      const Segment seg = data.row(r);
-      row.gather(M, &seg, 1);
-      out[r] = K.forward(M, row);
-    }
-  }
+  for_each_scored_row(M, data, threads, [out](const Row&, float score, int64_t r) { out[r] = score; });
 }
 
 void permutation(int64_t n, uint64_t seed, int64_t* out) {
