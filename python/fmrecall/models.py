@@ -106,15 +106,20 @@ class _FactorizationModel:
     def _aware_flags(self, n_fields: int) -> np.ndarray:
         raise NotImplementedError
 
+    @staticmethod
+    def _aware_features(data: Dataset, flags: np.ndarray) -> np.ndarray:
+        """Sorted int32 features that occur in field-aware fields of `data`."""
+        in_model = data.fields < flags.size
+        aware_nodes = np.zeros(data.nnz, dtype=bool)
+        aware_nodes[in_model] = flags[data.fields[in_model]].astype(bool)
+        return np.unique(data.features[aware_nodes]).astype(np.int32)
+
     def _aware_rows(self, data: Dataset, n_features: int, flags: np.ndarray):
         """(aware_row int32 (n_features,), number of W rows): field-aware vectors exist only for the
         features that occur in field-aware fields of the training data (others stay neutral)."""
         if not flags.any():
             return None, 0
-        in_model = data.fields < flags.size
-        aware_nodes = np.zeros(data.nnz, dtype=bool)
-        aware_nodes[in_model] = flags[data.fields[in_model]].astype(bool)
-        feats = np.unique(data.features[aware_nodes])
+        feats = self._aware_features(data, flags)
         rows = np.full(n_features, -1, dtype=np.int32)
         rows[feats] = np.arange(feats.size, dtype=np.int32)
         return rows, int(feats.size)
@@ -262,13 +267,9 @@ class _FactorizationModel:
                              f"n_fields={core.n_fields}); they would be ignored - refit instead")
         # features new to the model get their field-aware vectors now (fit only allocates seen ones)
         nodes = train.feature_nodes() if isinstance(train, Interactions) else train
-        flags = self._aware_flags(core.n_fields)
-        in_model = nodes.fields < flags.size
-        aware_nodes = np.zeros(nodes.nnz, dtype=bool)
-        aware_nodes[in_model] = flags[nodes.fields[in_model]].astype(bool)
-        if aware_nodes.any():
-            core.grow_rows(np.unique(nodes.features[aware_nodes]).astype(np.int32), float(self.init_std),
-                           int(self.seed))
+        fresh = self._aware_features(nodes, self._aware_flags(core.n_fields))
+        if fresh.size:
+            core.grow_rows(fresh, float(self.init_std), int(self.seed))
         epoch = len(self.history_) + 1
         t0 = time.perf_counter()
         n = train.n_events if isinstance(train, Interactions) else train.n_rows
