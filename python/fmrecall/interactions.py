@@ -187,11 +187,20 @@ class Interactions:
                        n_features=self.schema.n_features, n_fields=self.schema.n_fields)
 
     def feature_nodes(self) -> Dataset:
-        """Every (field, feature) node of the user, item and context tables, as one row (to find the
-        features a model must hold)."""
-        parts = [self.users, self.items] + ([self.context] if self.context is not None else [])
-        fields = np.concatenate([p.fields for p in parts])
-        feats = np.concatenate([p.features for p in parts])
+        """Every (field, feature) node that can occur in a training row, as one row (to size the model):
+        the rows of users with events, the context rows, the rows of items that are in events or can
+        be drawn as negatives, and the reserved values of cold_start fields. Features of users or
+        items that can never occur stay neutral, as with materialised rows."""
+        users = np.unique(self.ev_user)
+        items = np.unique(self.ev_item)
+        if self.negatives > 0:
+            items = np.union1d(items, np.flatnonzero(self.sample_weights() > 0))
+        parts = [self.users.subset(users), self.items.subset(items)]
+        if self.context is not None:
+            parts.append(self.context)
+        fields = [p.fields for p in parts] + [np.asarray([f for f, _, _ in self._cold], dtype=np.int32)]
+        feats = [p.features for p in parts] + [np.asarray([j for _, j, _ in self._cold], dtype=np.int32)]
+        fields, feats = np.concatenate(fields), np.concatenate(feats)
         return Dataset([0, fields.size], fields, feats, n_features=self.schema.n_features,
                        n_fields=self.schema.n_fields)
 

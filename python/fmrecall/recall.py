@@ -243,12 +243,26 @@ class Recaller:
         bounds = np.linspace(0, d, self.segments + 1).round().astype(int)
         self._segs = [_Segment(index, int(bounds[s]), int(bounds[s + 1]), self.params)
                       for s in range(self.segments)]
-        self._vecs = np.zeros((0, d), dtype=np.float32)   # exact item vectors, row = position
+        # Exact item vectors, row = position. A single exact segment reads them from faiss's own
+        # flat storage (no second copy); other indexes keep this float32 copy for re-scoring.
+        self._own = not (self.exact and self.segments == 1)
+        self._vecs = np.zeros((0, d), dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)            # item id per row, -1 = removed
         self._dead = 0                                     # removed rows still in the indexes
         self._lookup: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     # ------------------------------------------------------------------ items
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 (rows, dim) exact item vectors by row (a view into faiss's storage for "exact")."""
+        if self._own:
+            return self._vecs
+        index = self._segs[0].index
+        if index is None or index.ntotal == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
+        return flat.reshape(index.ntotal, index.d)[:, :self.dim]
+
     @property
     def dim(self) -> int:
         return self.split.dim
@@ -312,13 +326,14 @@ class Recaller:
         if old.size:
             self.remove_items(old)
         first = self._ids.size
-        self._vecs = np.concatenate([self._vecs, vecs]) if first else vecs
+        if self._own:
+            self._vecs = np.concatenate([self._vecs, vecs]) if first else vecs
         self._ids = np.concatenate([self._ids, ids]) if first else ids
         self._lookup = None
         with faiss_settings(self.threads):
             for seg in self._segs:
                 if seg.index is None or seg.needs_rebuild(vecs):
-                    seg.build(self._vecs)
+                    seg.build(self._vecs if self._own else vecs)
                 else:
                     seg.add(vecs, first)
         return self
@@ -339,20 +354,22 @@ class Recaller:
 
     def _compact(self) -> None:
         keep = self._ids >= 0
-        self._vecs = np.ascontiguousarray(self._vecs[keep])
+        live = np.ascontiguousarray(self.vectors[keep])  # a copy: the rebuild frees faiss's storage
+        if self._own:
+            self._vecs = live
         self._ids = self._ids[keep]
         self._dead = 0
         self._lookup = None
         with faiss_settings(self.threads):
             for seg in self._segs:
-                seg.build(self._vecs)
+                seg.build(live)
 
     def item_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The stored exact item vectors p (float32 (n, dim)) of the given ids."""
         rows = self._rows_of(np.asarray(ids))
         if np.any(rows < 0):
             raise KeyError(f"id {int(np.asarray(ids).ravel()[np.argmax(rows < 0)])} is not indexed")
-        return self._vecs[rows]
+        return self.vectors[rows]
 
     # ------------------------------------------------------------------ search
     def _exclude_keys(self, exclude, m: int) -> Optional[Tuple[np.ndarray, int]]:
@@ -403,10 +420,11 @@ class Recaller:
     def _rescore(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact <q, p> for candidate rows (m, c), chunked to bound memory."""
         out = np.empty(rows.shape, dtype=np.float32)
+        vecs = self.vectors
         safe = np.where(rows >= 0, rows, 0)
         step = max(1, (1 << 22) // max(rows.shape[1] * q.shape[1], 1))
         for s in range(0, rows.shape[0], step):
-            out[s:s + step] = np.einsum("md,mcd->mc", q[s:s + step], self._vecs[safe[s:s + step]])
+            out[s:s + step] = np.einsum("md,mcd->mc", q[s:s + step], vecs[safe[s:s + step]])
         return out
 
     def search(self, query_ds, k: int = 10, *, exclude: Union[None, np.ndarray, Sequence[IdList]] = None,
@@ -521,7 +539,7 @@ class Recaller:
             rows = self._rows_of(np.asarray(per_query[0]))
             rows = np.unique(rows[rows >= 0])
             cand = np.broadcast_to(rows, (m, rows.size))
-            ip = q @ self._vecs[rows].T if rows.size else np.zeros((m, 0), np.float32)
+            ip = q @ self.vectors[rows].T if rows.size else np.zeros((m, 0), np.float32)
             return self._finish(np.ascontiguousarray(cand), ip, b, k, excl)
         for i, r in enumerate(per_query):
             if r is None or len(r) == 0:
@@ -530,7 +548,7 @@ class Recaller:
             rows = np.unique(rows[rows >= 0])
             if rows.size == 0:
                 continue
-            ip = (self._vecs[rows] @ q[i])[None, :]
+            ip = (self.vectors[rows] @ q[i])[None, :]
             sub = None
             if excl is not None and excl[0].size:
                 n = max(self._ids.size, 1)
@@ -555,7 +573,10 @@ class Recaller:
                     "threads": self.threads, "params": self.params, "dead": self._dead,
                     "max_norms": [seg.max_norm for seg in self._segs],
                     "schema": self.schema.to_dict() if self.schema is not None else None}
-            save_arrays(os.path.join(tmp, "items.npz"), meta, {"ids": self._ids, "vectors": self._vecs})
+            arrays = {"ids": self._ids}
+            if self._own:  # an exact index holds the vectors itself
+                arrays["vectors"] = self._vecs
+            save_arrays(os.path.join(tmp, "items.npz"), meta, arrays)
             for s, seg in enumerate(self._segs):
                 if seg.index is not None:
                     faiss.write_index(seg.index, os.path.join(tmp, f"index{s}.faiss"))
@@ -585,11 +606,11 @@ class Recaller:
         rec = cls(model, sides, meta["index"], segments=meta["segments"],
                   candidates=meta["candidates"], threads=meta["threads"], **p)
         rec._ids = arrays["ids"].astype(np.int64)
-        rec._vecs = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
+        if rec._own:
+            if "vectors" not in arrays:
+                raise ValueError(f"{directory}: missing item vectors")
+            rec._vecs = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
         rec._dead = int(meta["dead"])
-        if rec._vecs.shape != (rec._ids.size, rec.dim):
-            raise ValueError(f"{directory}: item vectors have shape {rec._vecs.shape}, expected "
-                             f"({rec._ids.size}, {rec.dim})")
         for s, seg in enumerate(rec._segs):
             seg.max_norm = float(meta["max_norms"][s])
             path = os.path.join(directory, f"index{s}.faiss")
@@ -597,6 +618,9 @@ class Recaller:
                 seg.index = faiss.read_index(path)
             elif rec._ids.size:
                 raise ValueError(f"{directory}: missing {os.path.basename(path)}")
+        if rec.vectors.shape != (rec._ids.size, rec.dim):
+            raise ValueError(f"{directory}: item vectors have shape {rec.vectors.shape}, expected "
+                             f"({rec._ids.size}, {rec.dim})")
         return rec
 
     def __repr__(self) -> str:
