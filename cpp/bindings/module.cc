@@ -60,7 +60,7 @@ py::dict parsed_to_dict(Parsed&& p) {
   d["indptr"] = to_numpy(std::move(p.indptr));
   d["fields"] = to_numpy(std::move(p.field));
   d["features"] = to_numpy(std::move(p.feat));
-  d["values"] = to_numpy(std::move(p.val));
+  d["values"] = p.has_values ? py::object(to_numpy(std::move(p.val))) : py::object(py::none());
   d["labels"] = to_numpy(std::move(p.label));
   return d;
 }

@@ -12,7 +12,8 @@ namespace fmrecall {
 struct Parsed {
   std::vector<int64_t> indptr{0};
   std::vector<int32_t> field, feat;
-  std::vector<float> val, label;
+  std::vector<float> val, label;  // val stays empty while every value is 1 (one-hot data)
+  bool has_values = false;
   int64_t max_field = -1, max_feat = -1;
 };
 

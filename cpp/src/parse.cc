@@ -168,7 +168,12 @@ class LineParser {
       const float v = number(p, e, tok, "value");
       out_.field.push_back(static_cast<int32_t>(f));
       out_.feat.push_back(static_cast<int32_t>(j));
-      out_.val.push_back(v);
+      if (v != 1.f && !out_.has_values) {  // first value other than 1: materialise the ones so far
+        out_.has_values = true;
+        out_.val.reserve(out_.feat.capacity());
+        out_.val.assign(out_.feat.size() - 1, 1.f);  // (this node is already in feat)
+      }
+      if (out_.has_values) out_.val.push_back(v);
       if (f > out_.max_field) out_.max_field = f;
       if (j > out_.max_feat) out_.max_feat = j;
     }
@@ -194,7 +199,6 @@ Parsed parse(const std::string& path, const int32_t* fmap, int64_t nmap) {
   out.label.reserve(static_cast<size_t>(c.lines));
   out.field.reserve(static_cast<size_t>(nodes));
   out.feat.reserve(static_cast<size_t>(nodes));
-  out.val.reserve(static_cast<size_t>(nodes));
   LineParser lp(path, out);
   for_each_line(file, path, [&](const char* b, const char* e) { lp.template line<FFM>(b, e, fmap, nmap); });
   if (out.label.empty()) throw InputError(path + ": empty file (no rows)");

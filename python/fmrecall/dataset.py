@@ -144,9 +144,7 @@ class Dataset:
 
     @classmethod
     def _from_parsed(cls, d: dict, path: str, n_features: Optional[int], n_fields: Optional[int]) -> "Dataset":
-        values = d["values"]
-        if values.size and np.all(values == 1.0):
-            values = None  # one-hot: drop the array, the kernels read 1
+        values = d["values"]  # None when every value is 1 (one-hot): the kernels read 1
         return cls(d["indptr"], d["fields"], d["features"], values, d["labels"],
                    n_features=n_features, n_fields=n_fields, source=path)
 
