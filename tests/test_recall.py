@@ -146,8 +146,12 @@ def _random_id_lists(rng, world, m, *, size_max, extra_unknown=True, with_none=T
 def test_exact_search_is_brute_force_top_k(rng, kind):
     world = World(rng, kind)
     rec = world.recaller()
-    assert len(rec) == world.n and rec.dim == world.model.split(fmrecall.Sides(**SD)).dim
+    split = world.model.split(fmrecall.Sides(**SD))
+    assert len(rec) == world.n and rec.dim == split.dim
     np.testing.assert_array_equal(rec.ids, world.ids)
+    # the stored vectors are the split's item vectors (whatever padding the index uses)
+    perm = rng.permutation(world.n)
+    np.testing.assert_array_equal(rec.item_vectors(world.ids[perm]), split.item_vectors(world.items)[perm])
     for k in (1, 7, 40):
         res = rec.search(world.queries, k)
         check_top(world, res, k)
@@ -365,6 +369,60 @@ def test_add_items_validation(rng):
     assert len(rec) == 0  # nothing was added by the failed calls
 
 
+@pytest.mark.parametrize("index,kw", [("IVF16,Flat", {}), ("ivf", {"nlist": 32})])
+def test_ivf_first_batch_smaller_than_nlist(rng, index, kw):
+    """An IVF index is trained on the first batch. A first batch with fewer items than lists either
+    works or fails cleanly (the Recaller unchanged); either way every item the Recaller then holds
+    is found by an exhaustive probe (nprobe >= nlist): none is registered but missing from faiss."""
+    world = World(rng, "fm", m=8, n=100)
+    rec = fmrecall.Recaller(world.model, fmrecall.Sides(**SD), index, nprobe=64, threads=1, **kw)
+    first_ok = True
+    try:
+        rec.add_items(world.items.subset(np.arange(5)), world.ids[:5])
+    except (RuntimeError, ValueError):
+        first_ok = False
+        assert len(rec) == 0 and rec.ids.size == 0, (
+            f"a failed add_items left {len(rec)} items registered (ids {rec.ids.tolist()})")
+    rec.add_items(world.items.subset(np.arange(5, 100)), world.ids[5:])
+    n = 100 if first_ok else 95
+    assert len(rec) == n
+    res = rec.search(world.queries, 100)
+    for row in res.ids:
+        assert set(row[row >= 0].tolist()) == set(rec.ids.tolist()), (
+            f"{len(rec)} items registered, {int((row >= 0).sum())} findable")
+
+
+def test_vectors_array_stays_valid_after_changes():
+    """rec.vectors is a numpy array: one obtained earlier must keep its values (own or keep alive
+    its memory) when the Recaller later grows or shrinks (run in a subprocess: reading freed memory
+    may crash)."""
+    code = """
+    import json, numpy as np, fmrecall
+    rng = np.random.default_rng(0)
+    n_f = 40
+    w = {"bias": 0.1, "linear": rng.normal(size=n_f).astype(np.float32),
+         "factors": rng.normal(size=(n_f, 8)).astype(np.float32)}
+    model = fmrecall.FM.from_weights(w, n_fields=2)
+    def items(n):
+        return fmrecall.Dataset(np.arange(n + 1), np.ones(n, np.int32), rng.integers(20, 40, n),
+                                rng.uniform(0.5, 2, n).astype(np.float32), n_features=n_f, n_fields=2)
+    out = {}
+    for index in ("exact", "hnsw"):
+        rec = fmrecall.Recaller(model, fmrecall.Sides(user=[0], item=[1]), index)
+        rec.add_items(items(30000), np.arange(30000))
+        v = rec.vectors
+        snap = np.array(v, copy=True)
+        rec.add_items(items(30000), np.arange(30000, 60000))
+        same_after_add = bool(np.array_equal(v, snap))
+        rec.remove_items(np.arange(0, 60000, 2))
+        out[index] = [same_after_add, bool(np.array_equal(v, snap))]
+    print(json.dumps(out))
+    """
+    from conftest import run_isolated
+    got = run_isolated(code)
+    assert got == {"exact": [True, True], "hnsw": [True, True]}, got
+
+
 # ---------------------------------------------------------------------------- ANN
 @pytest.mark.parametrize("index", ANN)
 @pytest.mark.parametrize("kind", ["ffm", "hybrid-query"])
@@ -482,10 +540,6 @@ def test_failed_save_leaves_the_previous_directory_intact(rng, tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------------------- segmented search
-def _exact_reference(world, rec_exact, k, **kw):
-    return rec_exact.search(world.queries, k, **kw)
-
-
 @pytest.mark.parametrize("segments", [2, 3, 4])
 @pytest.mark.parametrize("kind", ["ffm", "hybrid-item"])
 def test_segmented_certificate_is_honest(rng, kind, segments):

@@ -152,6 +152,19 @@ def test_min_count_boundary(min_count):
     np.testing.assert_array_equal(loc, want)
 
 
+def test_unobserved_category_of_a_categorical_dtype_is_unseen():
+    """A pandas "category" column (e.g. pd.cut output) may declare categories that never occur in
+    the fit data: such a value was never seen, so it maps to the reserved unseen feature 0, not to
+    "other" (1, values seen fewer than min_count times)."""
+    col = pd.Categorical(["a", "b", "a"], categories=["a", "b", "c"])
+    s = _solo(Categorical("x", "user"), pd.DataFrame({"x": col}))
+    assert s.field("x").vocab == ["a", "b"]
+    for frame in (pd.DataFrame({"x": ["a", "b", "c", "d"]}),
+                  pd.DataFrame({"x": pd.Categorical(["a", "b", "c", "d"])})):
+        loc = (_enc(s, frame).features - s.offsets[0]).tolist()
+        assert loc == [2, 3, 0, 0], f"value 'c' (0 occurrences in fit) encoded as {loc[2]} (1 = other)"
+
+
 def test_categorical_integers_and_integral_floats():
     s = _solo(Categorical("h", "context"), pd.DataFrame({"h": [3, 3, 7, 1, 3, 7]}))
     assert s.field("h").vocab == [3, 7, 1]

@@ -1,0 +1,86 @@
+"""One Recaller built in a fresh process: peak RSS (VmHWM), build time; optionally saved for reuse.
+
+    python bench/recall_child.py --model-file M.npz --spec ffm4 --items I.npy --queries Q.npy \
+        --index hnsw [--save DIR] [--pad 1] [--threads 0]
+
+Prints one JSON line: RSS after imports / after loading the model and the item rows (the
+baseline), VmHWM after building the index and after one batched search of the query rows, build
+and search seconds, and the bytes of the exact item vectors and of the faiss index. Used by
+bench/test_recall.py (memory table; the 1M-item HNSW indexes are built here once and loaded by
+the search benchmarks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-file", required=True)
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--queries", required=True)
+    ap.add_argument("--index", default="exact")
+    ap.add_argument("--pad", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--save", default="")
+    a = ap.parse_args()
+
+    import numpy as np
+
+    import fmrecall
+    import recall_data as rd
+
+    out = {"rss_imports_mb": status_mb("VmRSS")}
+    model = fmrecall.load(a.model_file)
+    model.threads = a.threads
+    spec = rd.ModelSpec(a.spec)
+    I = np.load(a.items)
+    Q = np.load(a.queries)
+    items = spec.items(I)
+    queries = spec.queries(Q)
+    out["rss_baseline_mb"] = status_mb("VmRSS")
+    out["hwm_baseline_mb"] = status_mb("VmHWM")
+    rec = fmrecall.Recaller(model, spec.sides, index=a.index, pad=bool(a.pad), threads=a.threads)
+    t0 = time.perf_counter()
+    rec.add_items(items, np.arange(items.n_rows, dtype=np.int64))
+    out["build_seconds"] = time.perf_counter() - t0
+    out["rss_built_mb"] = status_mb("VmRSS")
+    out["hwm_built_mb"] = status_mb("VmHWM")
+    t0 = time.perf_counter()
+    res = rec.search(queries, a.k)
+    out["search_seconds"] = time.perf_counter() - t0
+    out["queries"] = int(queries.n_rows)
+    out["hwm_mb"] = status_mb("VmHWM")
+    out["rss_end_mb"] = status_mb("VmRSS")
+    seg = rec._segs[0]
+    out["n_items"] = int(items.n_rows)
+    out["dim"] = int(rec.dim)
+    out["index_dim"] = int(seg.dim)
+    out["vectors_mb"] = rec._vecs.nbytes / 2**20
+    out["index_vectors_mb"] = seg.index.ntotal * seg.dim * 4 / 2**20
+    out["ids_ok"] = bool((res.ids >= 0).all())
+    if a.save:
+        t0 = time.perf_counter()
+        rec.save(a.save)
+        out["save_seconds"] = time.perf_counter() - t0
+        out["saved_bytes"] = sum(os.path.getsize(os.path.join(a.save, f)) for f in os.listdir(a.save))
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
