@@ -21,7 +21,6 @@ struct Model {
   int32_t kp = 0;  // k padded to a multiple of 4 (padding lanes stay exactly 0)
   bool normalize = false;  // scale every row to unit L2 norm (libffm's default; breaks the split)
 
-  float w0 = 0.f, g0 = 1.f;         // bias and its AdaGrad accumulator
   AlignedArray<float> w, gw;        // (n)             linear weights
   // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
   // vector and its state share cache lines (the forward pass brings in what the update needs).
@@ -31,6 +30,13 @@ struct Model {
   std::vector<uint8_t> aware;       // (F)             1 = field is field-aware
   std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (m == n)
   int64_t m = 0;                    // rows of W
+
+  // Bias and its AdaGrad accumulator: written by every training row of every thread, so they get
+  // a cache line of their own (sharing one with the fields above, which every row reads, would make
+  // the other thread re-fetch that line after each of these writes).
+  alignas(64) float w0 = 0.f;
+  float g0 = 1.f;
+  alignas(64) char pad_after_bias_ = 0;
 
   // Early-stopping snapshot of the weights only (never of the AdaGrad state).
   float snap_w0 = 0.f;

@@ -207,7 +207,7 @@ def movielens100k(path: Union[str, "os.PathLike"], split: str = "u1") -> MovieLe
                          names=["user_id", "item_id", "rating", "timestamp"])
         t = pd.to_datetime(ev["timestamp"], unit="s", utc=True)
         ev["hour"] = t.dt.hour.astype(int)
-        ev["weekday"] = t.dt.weekday.astype(int)
+        ev["weekday"] = t.dt.day_of_week.astype(int)
         return ev
     train, test = events(f"{split}.base"), events(f"{split}.test")
     counts = train["item_id"].value_counts().reindex(items["item_id"], fill_value=0).to_numpy()

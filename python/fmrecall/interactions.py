@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core
 from .dataset import Dataset
-from .schema import Categorical, Frame, Schema, _frame
+from .schema import Categorical, Frame, Schema, _frame, _jsonable
 
 
 class Interactions:
@@ -226,7 +226,7 @@ def _unique_keys(keys, what: str, column: str):
         raise ValueError(f"Interactions: {what}.{column} has a missing key")
     dup = idx[idx.duplicated()]
     if len(dup):
-        raise ValueError(f"Interactions: {what}.{column} has duplicate key {dup[0]!r}")
+        raise ValueError(f"Interactions: {what}.{column} has duplicate key {_jsonable(dup[0])!r}")
     return idx
 
 
@@ -234,5 +234,5 @@ def _rows_of(index, keys, what: str, column: str) -> np.ndarray:
     rows = index.get_indexer(keys)
     if (rows < 0).any():
         bad = keys.iloc[int(np.flatnonzero(rows < 0)[0])]
-        raise ValueError(f"Interactions: event {column} {bad!r} is not in the {what} table")
+        raise ValueError(f"Interactions: event {column} {_jsonable(bad)!r} is not in the {what} table")
     return rows.astype(np.int32)

@@ -252,9 +252,9 @@ class Recaller:
         self._lookup: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     # ------------------------------------------------------------------ items
-    @property
-    def vectors(self) -> np.ndarray:
-        """float32 (rows, dim) exact item vectors by row (a view into faiss's storage for "exact")."""
+    def _vectors_view(self) -> np.ndarray:
+        """float32 (rows, dim) exact item vectors by row. For "exact" a view into faiss's own storage,
+        valid only until the index changes: use within one call, never hand it out."""
         if self._own:
             return self._vecs
         index = self._segs[0].index
@@ -262,6 +262,12 @@ class Recaller:
             return np.zeros((0, self.dim), dtype=np.float32)
         flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
         return flat.reshape(index.ntotal, index.d)[:, :self.dim]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """A copy of the exact item vectors, float32 (rows, dim), row = insertion position (removed
+        items' rows included until compaction; see `ids` for the live ones)."""
+        return np.array(self._vectors_view(), dtype=np.float32, copy=True)
 
     @property
     def dim(self) -> int:
@@ -326,16 +332,29 @@ class Recaller:
         if old.size:
             self.remove_items(old)
         first = self._ids.size
+        old_vecs, old_ids = self._vecs, self._ids
         if self._own:
             self._vecs = np.concatenate([self._vecs, vecs]) if first else vecs
         self._ids = np.concatenate([self._ids, ids]) if first else ids
         self._lookup = None
-        with faiss_settings(self.threads):
-            for seg in self._segs:
-                if seg.index is None or seg.needs_rebuild(vecs):
-                    seg.build(self._vecs if self._own else vecs)
-                else:
-                    seg.add(vecs, first)
+        try:
+            with faiss_settings(self.threads):
+                for seg in self._segs:
+                    if seg.index is None or seg.needs_rebuild(vecs):
+                        seg.build(self._vecs if self._own else vecs)
+                    else:
+                        seg.add(vecs, first)
+        except RuntimeError as e:  # e.g. an IVF index with fewer training items than lists
+            self._vecs, self._ids, self._lookup = old_vecs, old_ids, None
+            with faiss_settings(self.threads):
+                for seg in self._segs:  # put every index back as it was
+                    if self._own and old_ids.size:
+                        seg.build(old_vecs)
+                    elif self._own or not old_ids.size:
+                        seg.index = None
+            raise ValueError(f"faiss could not index these {ids.size} items ({e}); nothing was added. "
+                             f"An IVF index trains on its first batch: give it at least as many items "
+                             f"as it has lists") from None
         return self
 
     def remove_items(self, ids: Sequence[int]) -> "Recaller":
@@ -354,7 +373,7 @@ class Recaller:
 
     def _compact(self) -> None:
         keep = self._ids >= 0
-        live = np.ascontiguousarray(self.vectors[keep])  # a copy: the rebuild frees faiss's storage
+        live = np.ascontiguousarray(self._vectors_view()[keep])  # a copy: the rebuild frees faiss's storage
         if self._own:
             self._vecs = live
         self._ids = self._ids[keep]
@@ -369,7 +388,7 @@ class Recaller:
         rows = self._rows_of(np.asarray(ids))
         if np.any(rows < 0):
             raise KeyError(f"id {int(np.asarray(ids).ravel()[np.argmax(rows < 0)])} is not indexed")
-        return self.vectors[rows]
+        return self._vectors_view()[rows]
 
     # ------------------------------------------------------------------ search
     def _exclude_keys(self, exclude, m: int) -> Optional[Tuple[np.ndarray, int]]:
@@ -420,7 +439,7 @@ class Recaller:
     def _rescore(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact <q, p> for candidate rows (m, c), chunked to bound memory."""
         out = np.empty(rows.shape, dtype=np.float32)
-        vecs = self.vectors
+        vecs = self._vectors_view()
         safe = np.where(rows >= 0, rows, 0)
         step = max(1, (1 << 22) // max(rows.shape[1] * q.shape[1], 1))
         for s in range(0, rows.shape[0], step):
@@ -433,7 +452,8 @@ class Recaller:
         DataFrame / dict rows when the Recaller has a schema).
 
         exclude : ids to leave out, one array for all queries or one per query (e.g. seen items)
-        restrict : only rank these ids, one array for all queries or one per query (exact scan)
+        restrict : only rank these ids, one array for all queries or one per query (exact scan; a
+            None entry leaves that query unrestricted)
         certify : with segments > 1 and exact segment indexes, widen the per-segment K' until
             every query's top k is certified exact (DESIGN.md §5)
         """
@@ -534,21 +554,37 @@ class Recaller:
             per_query = list(restrict)
         ids = np.full((m, k), -1, np.int64)
         scores = np.full((m, k), -np.inf, np.float32)
+        free = np.array([r is None for r in per_query])
+        if free.any():  # None: no restriction for that query (as in exclude)
+            sub = None
+            if excl is not None and excl[0].size:
+                n = max(self._ids.size, 1)
+                qi, rr = np.divmod(excl[0], n)
+                keep = free[qi]
+                remap = np.cumsum(free) - 1
+                sub = (np.sort(remap[qi[keep]] * n + rr[keep]), excl[1])
+            with faiss_settings(self.threads, EXACT_BLAS if self.exact else None):
+                search = self._search_single if self.segments == 1 else (
+                    lambda q_, b_, k_, e_: self._search_segmented(q_, b_, k_, e_, False))
+                got_ids, got_scores, _ = search(q[free], b[free], k, sub)
+            ids[free], scores[free] = got_ids, got_scores
+            if free.all():
+                return ids, scores
         shared = per_query and all(r is per_query[0] for r in per_query)
         if shared:
             rows = self._rows_of(np.asarray(per_query[0]))
             rows = np.unique(rows[rows >= 0])
             cand = np.broadcast_to(rows, (m, rows.size))
-            ip = q @ self.vectors[rows].T if rows.size else np.zeros((m, 0), np.float32)
+            ip = q @ self._vectors_view()[rows].T if rows.size else np.zeros((m, 0), np.float32)
             return self._finish(np.ascontiguousarray(cand), ip, b, k, excl)
         for i, r in enumerate(per_query):
-            if r is None or len(r) == 0:
+            if r is None or len(r) == 0:  # None: searched above; empty: nothing qualifies
                 continue
             rows = self._rows_of(np.asarray(r))
             rows = np.unique(rows[rows >= 0])
             if rows.size == 0:
                 continue
-            ip = (self.vectors[rows] @ q[i])[None, :]
+            ip = (self._vectors_view()[rows] @ q[i])[None, :]
             sub = None
             if excl is not None and excl[0].size:
                 n = max(self._ids.size, 1)
@@ -618,8 +654,8 @@ class Recaller:
                 seg.index = faiss.read_index(path)
             elif rec._ids.size:
                 raise ValueError(f"{directory}: missing {os.path.basename(path)}")
-        if rec.vectors.shape != (rec._ids.size, rec.dim):
-            raise ValueError(f"{directory}: item vectors have shape {rec.vectors.shape}, expected "
+        if rec._vectors_view().shape != (rec._ids.size, rec.dim):
+            raise ValueError(f"{directory}: item vectors have shape {rec._vectors_view().shape}, expected "
                              f"({rec._ids.size}, {rec.dim})")
         return rec
 

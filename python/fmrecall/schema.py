@@ -89,8 +89,8 @@ class Field:
         return {"kind": self.kind, "name": self.name, "side": self.side, "column": self.column}
 
     def _fail(self, what: str, value: Any, row: Any = None) -> None:
-        at = f" (row {row!r})" if row is not None else ""
-        raise ValueError(f"field {self.name!r}: {what}: {value!r}{at}")
+        at = f" (row {_jsonable(row)!r})" if row is not None else ""
+        raise ValueError(f"field {self.name!r}: {what}: {_jsonable(value)!r}{at}")
 
 
 def _hash(values) -> np.ndarray:
@@ -151,6 +151,7 @@ class Categorical(Field):
         self._check(values)
         values = self._normal(values)
         counts = values.value_counts(sort=False)
+        counts = counts[counts > 0]  # a categorical dtype lists its unused categories with count 0
         c = counts.to_numpy()
         keep = c >= self.min_count
         order = np.lexsort((np.arange(int(keep.sum())), -c[keep]))  # frequent first, stable

@@ -89,8 +89,9 @@ class Sides:
     def from_dict(cls, d: Dict[str, List[FieldRef]]) -> "Sides":
         return cls(user=d.get("user", ()), context=d.get("context", ()), item=d.get("item", ()))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sides) and self.to_dict() == other.to_dict()
+    def __eq__(self, other: object) -> bool:  # the same assignment, whatever the listing order
+        return isinstance(other, Sides) and all(
+            sorted(map(str, getattr(self, s))) == sorted(map(str, getattr(other, s))) for s in SIDES)
 
     def __repr__(self) -> str:
         return f"Sides(user={list(self.user)}, context={list(self.context)}, item={list(self.item)})"
