@@ -30,11 +30,14 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 void predict_rows(const Model& M, const Csr& data, float* out, int threads);
 
 // fn(row, score, r) for every row r of `data`, gathered and scored, over `threads` (the shared loop
-// of prediction and the query / item vector builders).
+// of prediction and the query / item vector builders). Small batches (a single request) run on the
+// calling thread: waking the OpenMP team would leave its idle threads spinning while faiss searches.
+constexpr int64_t kParallelRows = 64;
+
 template <class Fn>
 void for_each_scored_row(const Model& M, const Csr& data, int threads, Fn&& fn) {
   const KernelFns K = select_kernels(M.kp);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (data.rows >= kParallelRows)
   {
     Row row;
 #pragma omp for schedule(static)
