@@ -28,16 +28,21 @@ def status_mb(key: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model-file", required=True)
+    ap.add_argument("--model-file", default="")
     ap.add_argument("--spec", required=True)
-    ap.add_argument("--items", required=True)
+    ap.add_argument("--items", default="")
     ap.add_argument("--queries", required=True)
     ap.add_argument("--index", default="exact")
     ap.add_argument("--pad", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--save", default="")
+    ap.add_argument("--chunk", type=int, default=0, help="add_items in chunks of this many rows")
+    ap.add_argument("--load", default="", help="measure a saved Recaller instead of building one")
+    ap.add_argument("--latency", type=int, default=200, help="single-query samples (with --load)")
     a = ap.parse_args()
+    if a.load:
+        return latency(a)
 
     import numpy as np
 
@@ -56,7 +61,12 @@ def main() -> None:
     out["hwm_baseline_mb"] = status_mb("VmHWM")
     rec = fmrecall.Recaller(model, spec.sides, index=a.index, pad=bool(a.pad), threads=a.threads)
     t0 = time.perf_counter()
-    rec.add_items(items, np.arange(items.n_rows, dtype=np.int64))
+    if a.chunk:  # one add_items call per slice (add_items also slices internally: ADD_CHUNK)
+        for s in range(0, items.n_rows, a.chunk):
+            rows = np.arange(s, min(s + a.chunk, items.n_rows))
+            rec.add_items(items.subset(rows), rows.astype(np.int64))
+    else:
+        rec.add_items(items, np.arange(items.n_rows, dtype=np.int64))
     out["build_seconds"] = time.perf_counter() - t0
     out["rss_built_mb"] = status_mb("VmRSS")
     out["hwm_built_mb"] = status_mb("VmHWM")
@@ -70,7 +80,7 @@ def main() -> None:
     out["n_items"] = int(items.n_rows)
     out["dim"] = int(rec.dim)
     out["index_dim"] = int(seg.dim)
-    out["vectors_mb"] = rec._vecs.nbytes / 2**20
+    out["vectors_mb"] = rec._vecs.nbytes / 2**20 if getattr(rec, "_own", True) else 0.0  # exact: faiss's copy only
     out["index_vectors_mb"] = seg.index.ntotal * seg.dim * 4 / 2**20
     out["ids_ok"] = bool((res.ids >= 0).all())
     if a.save:
@@ -79,6 +89,39 @@ def main() -> None:
         out["save_seconds"] = time.perf_counter() - t0
         out["saved_bytes"] = sum(os.path.getsize(os.path.join(a.save, f)) for f in os.listdir(a.save))
     print(json.dumps(out), flush=True)
+
+
+def latency(a) -> None:
+    """Single-query latency and batched q/s of a saved Recaller (the process's OMP settings apply)."""
+    import numpy as np
+
+    import fmrecall
+    import recall_data as rd
+
+    spec = rd.ModelSpec(a.spec)
+    rec = fmrecall.Recaller.load(a.load)
+    Q = np.load(a.queries)
+    queries = spec.queries(Q)
+    singles = [spec.queries(Q[i:i + 1]) for i in range(min(a.latency, Q.shape[0]))]
+    for x in singles[:5]:
+        rec.search(x, a.k)
+    ts = np.empty(a.latency)
+    for i in range(a.latency):
+        x = singles[i % len(singles)]
+        t0 = time.perf_counter()
+        rec.search(x, a.k)
+        ts[i] = time.perf_counter() - t0
+    ts *= 1e3
+    rec.search(queries, a.k)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        rec.search(queries, a.k)
+        best = min(best, time.perf_counter() - t0)
+    print(json.dumps({"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "n": int(a.latency),
+                      "p50_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)),
+                      "mean_ms": float(ts.mean()), "min_ms": float(ts.min()),
+                      "batch_qps": queries.n_rows / best, "queries": int(queries.n_rows)}), flush=True)
 
 
 if __name__ == "__main__":

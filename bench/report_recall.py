@@ -3,24 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from report import _f, _table  # noqa: F401  (report imports this module lazily, in render())
+
 TARGET_ANN_QPS = 600.0       # ≥ 600 queries/s at 1M items, d≈300, recall@100 ≥ 0.95
 TARGET_ANN_RECALL = 0.95
 TARGET_EXACT_VS_NUMPY = 0.80  # exact batched ≥ 80% of the numpy sgemm rate
-
-
-def _f(x: Any, fmt: str = "{:.2f}") -> str:
-    if x is None:
-        return "–"
-    try:
-        return fmt.format(x)
-    except (ValueError, TypeError):
-        return str(x)
-
-
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
 
 
 def _pct(x: Optional[float]) -> str:
@@ -81,7 +68,6 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
         setting_order = {"faiss-default": 0, "EXACT_BLAS": 1, "tuned": 2}
         for r in sorted(exact.values(), key=lambda r: (r["dim"], r["n_items"], setting_order.get(r["setting"], 9))):
             dflt = exact.get(f"{_key(models, r)}-{r['n_items']}-faiss-default")
-            l = lat.get(f"{_key(models, r)}-{r['n_items']}-{r['setting']}")
             target = ""
             if r["setting"] == "tuned":
                 target = f"≥ {TARGET_EXACT_VS_NUMPY:.0%} numpy" + _met(r["ratio_vs_numpy_padded"] >= TARGET_EXACT_VS_NUMPY)
@@ -90,12 +76,10 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                          f"{b['distance_compute_blas_threshold']}/{b['distance_compute_blas_query_bs']}/{b['distance_compute_blas_database_bs']}",
                          _f(r["qps"], "{:,.0f}"), _f(r["faiss_only_qps"], "{:,.0f}"), _f(r["numpy_qps_padded"], "{:,.0f}"),
                          _pct(r["ratio_vs_numpy_padded"]), _pct(r["faiss_only_ratio_vs_numpy_padded"]),
-                         _f(r["qps"] / dflt["qps"], "{:.2f}×") if dflt else "–",
-                         _f(l["p50_ms"]) if l else "", _f(l["p99_ms"]) if l else "",
-                         _f(l["faiss_only"]["p50_ms"]) if l else "", _pct(r.get("other_load")), target])
+                         _f(r["qps"] / dflt["qps"], "{:.2f}×") if dflt else "–", _pct(r.get("other_load")), target])
         out += _table(["vectors", "items", "BLAS setting", "threshold/query_bs/db_bs", "q/s Recaller", "q/s faiss only",
                        "numpy sgemm q/s", "Recaller / numpy", "faiss / numpy", "vs faiss default",
-                       "1-query p50 ms", "p99 ms", "faiss-only p50 ms", "other load", "target"], rows)
+                       "other load", "target"], rows)
         numpy = data.get("recall_numpy", {})
         nt = next((r.get("numpy_threads") for r in numpy.values()), None)
         out += ["", "q/s Recaller = `Recaller.search(queries, 100)` end to end (query vectors from the rows, faiss, "
@@ -103,14 +87,26 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 f"numpy sgemm = `Q @ P.T` (float32, numpy's OpenBLAS, {nt or '?'} threads; output chunked to ≤ 512 MB) at the "
                 "index's (padded) dimension — the matrix product alone, without any top-k selection. BLAS setting "
                 "*faiss-default* leaves faiss's globals alone, *EXACT_BLAS* is `fmrecall.recall.EXACT_BLAS` as shipped, "
-                "*tuned* the values recommended below. Latency: one query per `search` call, p50 / p99 over up to 200 "
-                "different queries.", ""]
+                "*tuned* the values recommended below.", ""]
         if numpy:
             rows = [[f"d={r['dim']}", _n(r["n_items"]), _f(r["numpy_qps_raw"], "{:,.0f}"), _f(r["gflops_raw"], "{:.0f}"),
                      f"{r['dim_padded']}", _f(r["numpy_qps_padded"], "{:,.0f}"), _f(r["gflops_padded"], "{:.0f}"),
                      _pct(r.get("other_load"))] for r in _by_model_n(numpy)]
             out += _table(["vectors", "items", "numpy q/s (raw d)", "GFLOP/s", "padded d", "numpy q/s (padded)",
                            "GFLOP/s", "other load"], rows) + [""]
+
+    if lat:
+        out += ["#### Exact single-query latency (one query per `Recaller.search` call)", ""]
+        order = {"faiss-default": 0, "tuned": 1}
+        rows = [[f"d={r['dim']}", _n(r["n_items"]), r["setting"], _f(r["p50_ms"]), _f(r["p99_ms"]), str(r["n"]),
+                 _f(r["faiss_only"]["p50_ms"]), _f(r["faiss_only"]["p99_ms"]), _pct(r.get("other_load"))]
+                for r in sorted(lat.values(), key=lambda r: (r["dim"], r["n_items"], order.get(r["setting"], 9)))]
+        out += _table(["vectors", "items", "setting", "p50 ms", "p99 ms", "queries", "faiss-only p50 ms",
+                       "faiss-only p99 ms", "other load"], rows)
+        out += ["", "p50 / p99 over up to 200 different queries (fewer when one takes long: a ~6 s budget). "
+                "*faiss-only* = `index.search` of the same single query vector in the same process. "
+                "Requests under 64 rows build their query vectors on one thread (train.h, `for_each_scored_row`), "
+                "so a single request leaves no fmrecall OpenMP thread spinning while faiss scans.", ""]
 
     sweep = data.get("recall_blas_sweep", {})
     if sweep:
@@ -120,9 +116,11 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
             dbbs = sorted({b["database_bs"] for b in r["blocks"]})
             cell = {(b["query_bs"], b["database_bs"]): b["qps"] for b in r["blocks"]}
             out += [f"**d={r['dim']} (→{r['index_dim']}), {_n(r['n_items'])} items** — q/s by query_bs (rows) × "
-                    f"database_bs (columns); faiss defaults {r['faiss_default_qps']:,.0f} q/s, tuned "
-                    f"{r['tuned_qps']:,.0f} q/s, numpy sgemm {r['numpy_qps_padded']:,.0f} q/s, other load "
-                    f"{_pct(r.get('other_load'))}", ""]
+                    f"database_bs (columns), threshold 0, best of {r.get('rounds', '?')} interleaved rounds; faiss "
+                    f"defaults {r['faiss_default_qps']:,.0f} q/s, tuned {r['tuned_qps']:,.0f} q/s, numpy sgemm "
+                    f"{r['numpy_qps_padded']:,.0f} q/s; k=100 top-k by faiss's reservoir (default for k ≥ 100) "
+                    f"{_f(r.get('reservoir_qps'), '{:,.0f}')} q/s vs heap {_f(r.get('heap_qps'), '{:,.0f}')} q/s; "
+                    f"other load {_pct(r.get('other_load'))}", ""]
             out += _table(["query_bs \\ database_bs"] + [f"{d:,}" for d in dbbs],
                           [[f"{q:,}"] + [_f(cell.get((q, d)), "{:,.0f}") for d in dbbs] for q in qbs]) + [""]
             if r.get("crossover"):
@@ -137,12 +135,16 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
              "Build = `add_items` (item vectors + augmentation + HNSW insertion, efConstruction 80). The 1M-item "
              "indexes are built in a subprocess (its peak RSS is in the memory table) and loaded with "
              "`Recaller.load`. candidates = rows fetched from the index before exact re-scoring (the Recaller's "
-             "default for k=100 is 400); faiss searches with ef = max(ef_search, candidates), so ef_search below "
-             "the candidate count (the default 128 for k ≥ 32) has no effect."),
-            ("recall_hnsw_raw_ip", "HNSW on the raw inner product: `Recaller(index=\"HNSW32,Flat\")` (no augmentation)",
-             "Same vectors, faiss `IndexHNSWFlat` with METRIC_INNER_PRODUCT, efConstruction set to 80 like \"hnsw\" "
-             "(by monkeypatching: the Recaller passes its ef_construction / ef_search to index=\"hnsw\" only). "
-             "Inner product is not a metric: the graph's neighbourhoods are built around large-norm items."),
+             "default for k=100 is max(4k, 100) = 400); ef_search = HNSW's search breadth (default 128). faiss "
+             "stops the graph walk after efSearch nodes, so the Recaller searches with max(ef_search, candidates): "
+             "the default row walks 400 deep."),
+            ("recall_hnsw_raw_ip", "HNSW on the raw inner product: `Recaller(index=\"HNSW32,Flat\")`, the same index as `index=\"hnsw-ip\"` (no augmentation)",
+             "Same vectors, faiss `IndexHNSWFlat` with METRIC_INNER_PRODUCT, with the Recaller's efConstruction (80) "
+             "and ef_search rule, like \"hnsw\". Inner product is not a metric, yet on these learned vectors "
+             "(item norms within a factor of ~2 of the median) the raw-IP graph recalls more than the "
+             "L2-augmented one at every search depth, and builds in half the time; the augmentation "
+             "(all items pushed onto one sphere of radius 1.2·max‖p‖, the query far from all of them) "
+             "matters when norms are heavy-tailed."),
             ("recall_ivf", "IVF: `Recaller(index=\"ivf\")` (IndexIVFFlat, inner product, nlist = 4·√N)",
              "Build = k-means training (faiss: 10 iterations on up to `max_points_per_centroid`·nlist rows) + "
              "adding. At 1M items the training sample is cut to the shown points per centroid by monkeypatching "
@@ -160,7 +162,7 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                     params = [str(r["nlist"]), str(r["train_points_per_centroid"]), f"nprobe {pt}"]
                 else:
                     cand, ef = pt
-                    params = [str(cand), f"{ef} (→{max(ef, cand)})"]
+                    params = [str(cand) if cand else "400 (default)", f"{ef} (walk {max(ef, cand or 400)})"]
                 target = ""
                 if r["n_items"] >= 1_000_000 and r["dim"] >= 250:
                     target = _met(s["qps"] >= TARGET_ANN_QPS and s["recall"] >= TARGET_ANN_RECALL)
@@ -168,7 +170,7 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                             [f"{s['recall']:.4f}", _f(s["qps"], "{:,.0f}"), _f(s["p50_ms"]), _f(s["p99_ms"]),
                              _pct(r.get("other_load")), target])
         head = ["vectors", "items", "build s"]
-        head += (["nlist", "train pts/centroid", "probe"] if section == "recall_ivf" else ["candidates", "ef_search (effective)"])
+        head += (["nlist", "train pts/centroid", "probe"] if section == "recall_ivf" else ["candidates", "ef_search"])
         head += ["recall@100", "batched q/s", "1-query p50 ms", "p99 ms", "other load",
                  f"≥ {TARGET_ANN_QPS:.0f} q/s & recall ≥ {TARGET_ANN_RECALL} (1M, d≈300)"]
         out += _table(head, rows) + ["", note, ""]
@@ -177,8 +179,9 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
     if pad:
         out += ["### Padding to a multiple of 16 floats (`pad=True`, the default) vs `pad=False`", ""]
         rows = []
-        for r in sorted(pad.values(), key=lambda r: (r["dim"], r["index"], not r["pad"])):
-            other = next((o for o in pad.values() if o["dim"] == r["dim"] and o["index"] == r["index"] and o["pad"] != r["pad"]), None)
+        for r in sorted(pad.values(), key=lambda r: (r["dim"], r["index"], r["n_items"], not r["pad"])):
+            other = next((o for o in pad.values() if o["dim"] == r["dim"] and o["index"] == r["index"]
+                          and o["n_items"] == r["n_items"] and o["pad"] != r["pad"]), None)
             rows.append([f"d={r['dim']}", r["index"], "pad" if r["pad"] else "no pad", str(r["index_dim"]), _n(r["n_items"]),
                          _f(r["qps"], "{:,.0f}"), _f(r["qps"] / other["qps"], "{:.2f}×") if other else "–",
                          _f(r["p50_ms"]), _f(r["p99_ms"]), f"{r['recall']:.4f}", _f(r["build_seconds"], "{:.1f}"),
@@ -187,6 +190,29 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                        "p99 ms", "recall@100", "build s", "other load"], rows)
         out += ["", "Exact rows with the tuned BLAS settings; HNSW with the Recaller defaults (400 candidates). "
                 "The HNSW dimension includes the augmentation coordinate (d+1).", ""]
+
+    wp = data.get("recall_wait_policy", {})
+    if wp:
+        out += ["### OpenMP wait policy: single-query latency in a fresh process", ""]
+        rows = []
+        for r in sorted(wp.values(), key=lambda r: (r["dim"], r["index"], r.get("background", "idle") != "idle",
+                                                    r["policy"] != "default")):
+            bg = r.get("background", "idle")
+            other = next((o for o in wp.values() if o["dim"] == r["dim"] and o["index"] == r["index"]
+                          and o["policy"] != r["policy"] and o.get("background", "idle") == bg), None)
+            rows.append([f"d={r['dim']}", r["index"], _n(r["n_items"]),
+                         "1 busy process" if bg == "busy" else "idle",
+                         "libgomp default" if r["policy"] == "default" else f"OMP_WAIT_POLICY={r['policy']}",
+                         _f(r["p50_ms"], "{:.3f}"), _f(r["p99_ms"], "{:.3f}"), _f(r["mean_ms"], "{:.3f}"),
+                         _f(other["p50_ms"] / r["p50_ms"], "{:.2f}×") if other else "–",
+                         _f(r["batch_qps"], "{:,.0f}"), _pct(r.get("other_load"))])
+        out += _table(["vectors", "index", "items", "background", "OpenMP", "1-query p50 ms", "p99 ms", "mean ms",
+                       "other p50 / this p50", "batched q/s", "other load"], rows)
+        out += ["", "`bench/recall_child.py --load`: the Recaller saved by the main process (exact with "
+                "`EXACT_BLAS` as shipped; hnsw with its defaults), one query per `search` call. fmrecall's C++ core and "
+                "faiss each bring their own libgomp; with the default policy the idle threads of one runtime spin "
+                "while the other runtime's threads need the same 2 cores. *1 busy process*: a `while True: pass` "
+                "Python process runs alongside (other load ≈ 50% means one of the 2 cores).", ""]
 
     sp = data.get("recall_split", {})
     if sp:
@@ -212,7 +238,8 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
         out += ["### Memory: a 1M-item Recaller in a fresh process", ""]
         rows = []
         for r in sorted(mem.values(), key=lambda r: r["index"]):
-            rows.append([r["model"], f"{r['n_items']:,}", r["index"], str(r["index_dim"]), _f(r["rss_baseline_mb"], "{:,.0f}"),
+            label = r["index"] + (f" (add_items in {r['add_chunk']:,}-row slices)" if r.get("add_chunk") else "")
+            rows.append([r["model"], f"{r['n_items']:,}", label, str(r["index_dim"]), _f(r["rss_baseline_mb"], "{:,.0f}"),
                          _f(r["hwm_built_mb"], "{:,.0f}"), _f(r["hwm_mb"], "{:,.0f}"), _f(r["recaller_peak_mb"], "{:,.0f}"),
                          _f(r["rss_end_mb"] - r["rss_baseline_mb"], "{:,.0f}"),
                          _f(r["vectors_mb"], "{:,.0f}"), _f(r["index_vectors_mb"], "{:,.0f}"), _f(r["build_seconds"], "{:.1f}")])
@@ -220,8 +247,8 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                        "peak after 1,000-query search MiB", "peak − before MiB", "resident − before MiB",
                        "exact vectors MiB", "vectors in index MiB", "build s"], rows)
         out += ["", "`bench/recall_child.py`: load the model and the 1M item rows (RSS before), `Recaller(...)"
-                ".add_items(items, ids)`, one batched search; peak = VmHWM of that process. The Recaller keeps the "
-                "exact float32 item vectors for re-scoring next to the index's own copy.", ""]
+                ".add_items(items, ids)`, one batched search; peak = VmHWM of that process. *Exact vectors* = the "
+                "Recaller's own float32 copy kept for re-scoring (an exact Recaller reads faiss's storage instead: 0).", ""]
 
     lf = data.get("recall_lightfm", {}).get("u1")
     if lf:

@@ -35,7 +35,8 @@ Environment (defaults = the full run, ~25 min on 2 cores):
     FMRECALL_BENCH_RECALL_TRAIN_ROWS / _EPOCHS    model training (see recall_data.py)
     FMRECALL_BENCH_RECALL_IVF_MPPC=32             IVF k-means points per centroid at N >= 1M
                                                   (0 = faiss default 256; slow: minutes at d=301)
-    FMRECALL_BENCH_RECALL_RAW_IP_ALL=0            1 = raw-IP HNSW also at the larger sizes
+    FMRECALL_BENCH_RECALL_RAW_IP_ALL=0            1 = raw-IP HNSW also at the larger sizes (+4 min
+                                                  per 1M-item build)
 A quick run: FMRECALL_BENCH_ROWS=100000 FMRECALL_BENCH_RECALL_SIZES=20000,50000.
 """
 from __future__ import annotations
@@ -78,14 +79,16 @@ MODEL_NAMES = list(rd.MODELS)
 
 BLAS_KEYS = ("distance_compute_blas_threshold", "distance_compute_blas_query_bs", "distance_compute_blas_database_bs")
 FAISS_DEFAULT_BLAS = {k: int(getattr(faiss.cvar, k)) for k in BLAS_KEYS}  # read at import: untouched
-# Recommended recall.EXACT_BLAS (from test_blas_sweep on this machine; see results.md)
-TUNED_BLAS = {"distance_compute_blas_threshold": 16 * 64,
+# Recommended recall.EXACT_BLAS (from test_blas_sweep on this machine; see results.md): the shipped
+# block sizes are within noise of the best cell; BLAS pays off from nq·d ≈ 1,000 (4 queries at d=304).
+TUNED_BLAS = {"distance_compute_blas_threshold": 1024,
               "distance_compute_blas_query_bs": 4096,
-              "distance_compute_blas_database_bs": 4096}
+              "distance_compute_blas_database_bs": 16384}
 BLAS_SETTINGS = {"faiss-default": {}, "EXACT_BLAS": None, "tuned": TUNED_BLAS}  # None = as shipped
 
-HNSW_SWEEP = [(100, 100), (100, 200), (100, 400), (200, 200), (400, 128), (400, 800)]  # (candidates, ef_search)
-RAW_IP_SWEEP = [(100, 100), (100, 400), (400, 400), (400, 800)]
+# (candidates, ef_search); None = the Recaller's default candidates (max(4k, 100) = 400 for k = 100)
+# (the walk is max(ef_search, candidates): the default (None, 128) searches 400 deep for k = 100)
+HNSW_SWEEP = [(None, 128), (100, 100), (100, 200), (100, 400), (100, 800), (400, 800)]
 IVF_NPROBE = [8, 16, 32, 64, 128, 256]
 
 
@@ -122,6 +125,11 @@ class blas:
         for k, v in self.old.items():
             setattr(faiss.cvar, k, v)
         return False
+
+
+def _rounds(seconds_one: float) -> int:
+    """Timed rounds: ROUNDS, but one round (no warm-up) when a single call takes over 4 s."""
+    return 1 if seconds_one > 4.0 else ROUNDS
 
 
 def _best_of(fn, reps: int) -> float:
@@ -256,6 +264,7 @@ def R(synth_file):
         report.record("recall_models", name, info)
     yield st
     st.drop(lambda k: True)
+    shutil.rmtree(os.path.join(rd.CACHE, f"recall_child_{os.getpid()}"), ignore_errors=True)
 
 
 def _grid(sizes=None):
@@ -299,9 +308,12 @@ def _numpy_threads() -> Optional[int]:
         for i in threadpool_info():
             if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", ""):
                 return int(i["num_threads"])
-    except Exception:  # pragma: no cover
-        return None
-    return None
+    except Exception:  # threadpoolctl absent: OpenBLAS uses its environment variable or every core
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return os.cpu_count()
 
 
 # ------------------------------------------------------------------------------------- exact
@@ -320,11 +332,13 @@ def test_numpy_sgemm(benchmark, R, name, n):
             c = min(chunk, n_q - s)
             np.matmul(qq[s:s + c], PP.T, out=buf[:c])
 
+    t0 = time.perf_counter()
     run(qp, Pp)
+    rounds = min(ROUNDS, 2) if time.perf_counter() - t0 > 2.0 else ROUNDS
     with common.ForeignLoad() as load:
-        benchmark.pedantic(run, args=(qp, Pp), rounds=ROUNDS, iterations=1)
+        benchmark.pedantic(run, args=(qp, Pp), rounds=rounds, iterations=1)
         padded = n_q / benchmark.stats.stats.min
-        raw = n_q / _best_of(lambda: run(q, P), ROUNDS) if dp != d else padded
+        raw = n_q / _best_of(lambda: run(q, P), rounds) if dp != d else padded
     _numpy_rates[(name, n)] = {"numpy_qps_raw": raw, "numpy_qps_padded": padded, "dim": d, "dim_padded": dp}
     row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "dim_padded": dp, "queries": n_q,
            "numpy_qps_padded": padded, "numpy_qps_raw": raw,
@@ -345,14 +359,17 @@ def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
     used.update(frecall.EXACT_BLAS)
     qds = R.qds[name]
     with common.ForeignLoad() as load:
-        res = benchmark.pedantic(rec.search, args=(qds, K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        t0 = time.perf_counter()
+        rec.search(qds, K)  # warm-up, and the round count
+        rounds = _rounds(time.perf_counter() - t0)
+        res = benchmark.pedantic(rec.search, args=(qds, K), rounds=rounds, iterations=1)
         secs = benchmark.stats.stats.min
         # the faiss index alone, same settings and vectors (what the Recaller adds: query vectors,
         # masking, the final top-k cut)
         seg = rec._segs[0]
         qp = seg.queries(R.q[name])
         with blas(frecall.EXACT_BLAS):
-            raw_secs = _best_of(lambda: seg.index.search(qp, K), max(1, ROUNDS - 1))
+            raw_secs = _best_of(lambda: seg.index.search(qp, K), max(1, rounds - 1))
     ref = numpy_rates(R, name, n)
     nq = qds.n_rows
     qps = nq / secs
@@ -397,7 +414,9 @@ def test_exact_latency(benchmark, R, monkeypatch, name, n, setting):
 
 @pytest.mark.parametrize("name,n", _grid())
 def test_blas_sweep(benchmark, R, name, n):
-    """faiss IndexFlatIP on the padded vectors: block sizes at 1,000 queries; seq vs BLAS by batch size."""
+    """faiss IndexFlatIP on the padded vectors: BLAS block sizes at 1,000 queries (rounds interleaved
+    over the grid, so intermittent load hits every cell alike; best round kept); reservoir vs heap
+    top-k; sequential path vs BLAS by batch size (for the threshold)."""
     d = R.P[name].shape[1]
     dp = _pad_dim(d)
     P = _pad_to(R.P[name][:n], dp)
@@ -407,46 +426,59 @@ def test_blas_sweep(benchmark, R, name, n):
     del P
     nq = qp.shape[0]
     small = n == SIZES[0]
-    reps = 2 if small else 1
-    qbs_grid = [256, 1024, 4096] if small else [1024, 4096]
-    dbbs_grid = [1024, 4096, 16384, 65536]
-    blocks = []
+    reps = 3 if small else 1
+    grid = [(qb, db) for qb in ([256, 1024, 4096] if small else [4096]) for db in [1024, 4096, 16384, 65536]]
+    best = {g: float("inf") for g in grid}
+    best_default = float("inf")
+    heap = {"reservoir": float("inf"), "heap": float("inf")}
     with common.ForeignLoad() as load:
-        with blas(FAISS_DEFAULT_BLAS | {"distance_compute_blas_threshold": 0}):
+        with blas(TUNED_BLAS):
             index.search(qp, K)  # warm
-        for qbs in qbs_grid:
-            for dbbs in dbbs_grid:
+        for _ in range(reps):
+            for qbs, dbbs in grid:
                 s = {"distance_compute_blas_threshold": 0, "distance_compute_blas_query_bs": qbs,
                      "distance_compute_blas_database_bs": dbbs}
                 with blas(s):
-                    t = _best_of(lambda: index.search(qp, K), reps)
-                blocks.append({"query_bs": qbs, "database_bs": dbbs, "qps": nq / t})
-        with blas(FAISS_DEFAULT_BLAS):
-            t_default = _best_of(lambda: index.search(qp, K), reps)
+                    best[(qbs, dbbs)] = min(best[(qbs, dbbs)], _best_of(lambda: index.search(qp, K), 1))
+            with blas(FAISS_DEFAULT_BLAS):
+                best_default = min(best_default, _best_of(lambda: index.search(qp, K), 1))
+            # k=100 uses faiss's reservoir top-k (k >= distance_compute_min_k_reservoir = 100); heap otherwise
+            old = faiss.cvar.distance_compute_min_k_reservoir
+            try:
+                for kind, mk in (("reservoir", old), ("heap", K + 1)):
+                    faiss.cvar.distance_compute_min_k_reservoir = mk
+                    with blas(TUNED_BLAS):
+                        heap[kind] = min(heap[kind], _best_of(lambda: index.search(qp, K), 1))
+            finally:
+                faiss.cvar.distance_compute_min_k_reservoir = old
+        blocks = [{"query_bs": qb, "database_bs": db, "qps": nq / best[(qb, db)]} for qb, db in grid]
         # crossover: sequential path (threshold = inf) vs BLAS (threshold = 0), tuned block sizes
         cross = []
-        if small:
-            for m in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-                row = {"nq": m}
+        for m in ((1, 2, 4, 8, 16, 32, 64, 128, 256) if small else (1, 4, 16)):
+            x = qp[:m]
+            row = {"nq": m}
+            times = {"seq": float("inf"), "blas": float("inf")}
+            for path, thr in (("seq", 1 << 30), ("blas", 0)):
+                with blas(dict(TUNED_BLAS, distance_compute_blas_threshold=thr)):
+                    index.search(x, K)
+            t1 = time.perf_counter()
+            index.search(x, K)
+            one = time.perf_counter() - t1
+            reps_m = int(min(30, max(3, 0.3 / max(one, 1e-6))))
+            for _ in range(reps_m):  # interleaved
                 for path, thr in (("seq", 1 << 30), ("blas", 0)):
-                    s = dict(TUNED_BLAS, distance_compute_blas_threshold=thr)
-                    with blas(s):
-                        x = qp[:m]
-                        index.search(x, K)
-                        t1 = time.perf_counter()
-                        index.search(x, K)
-                        one = time.perf_counter() - t1
-                        reps_m = int(min(50, max(2, 0.4 / max(one, 1e-6))))
-                        t = _best_of(lambda: index.search(x, K), reps_m)
-                    row[f"{path}_qps"] = m / t
-                row["blas_over_seq"] = row["blas_qps"] / row["seq_qps"]
-                cross.append(row)
+                    with blas(dict(TUNED_BLAS, distance_compute_blas_threshold=thr)):
+                        times[path] = min(times[path], _best_of(lambda: index.search(x, K), 1))
+            row.update(seq_qps=m / times["seq"], blas_qps=m / times["blas"],
+                       blas_over_seq=times["seq"] / times["blas"], reps=reps_m)
+            cross.append(row)
         with blas(TUNED_BLAS):
             benchmark.pedantic(index.search, args=(qp, K), rounds=reps, iterations=1)
-    best = max(blocks, key=lambda r: r["qps"])
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "index_dim": dp, "queries": nq,
-           "blocks": blocks, "best": best, "faiss_default_qps": nq / t_default,
-           "tuned_qps": nq / benchmark.stats.stats.min, "crossover": cross,
+    top = max(blocks, key=lambda r: r["qps"])
+    row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "index_dim": dp, "queries": nq, "rounds": reps,
+           "blocks": blocks, "best": top, "faiss_default_qps": nq / best_default,
+           "tuned_qps": nq / benchmark.stats.stats.min, "reservoir_qps": nq / heap["reservoir"],
+           "heap_qps": nq / heap["heap"], "crossover": cross,
            "numpy_qps_padded": numpy_rates(R, name, n)["numpy_qps_padded"], "other_load": load.share}
     benchmark.extra_info.update({k: v for k, v in row.items() if k not in ("blocks", "crossover")})
     report.record("recall_blas_sweep", f"{name}-{n}", row)
@@ -463,10 +495,10 @@ def _child_env():
 _child_results: Dict[Tuple[str, int, str], Dict] = {}
 
 
-def run_child(R: State, name: str, n: int, index: str, save: bool) -> Dict:
+def run_child(R: State, name: str, n: int, index: str, save: bool, chunk: int = 0) -> Dict:
     """Build a Recaller in a fresh process (bench/recall_child.py); returns its JSON report and,
     with save, the directory it was saved to."""
-    key = (name, n, index)
+    key = (name, n, index + (f"-chunk{chunk}" if chunk else ""))
     if key in _child_results and (not save or os.path.isdir(_child_results[key].get("saved_dir", ""))):
         return _child_results[key]
     work = os.path.join(rd.CACHE, f"recall_child_{os.getpid()}")
@@ -480,6 +512,8 @@ def run_child(R: State, name: str, n: int, index: str, save: bool) -> Dict:
         np.save(queries, R.qrows[name])
     cmd = [sys.executable, os.path.join(HERE, "recall_child.py"), "--model-file", model_file, "--spec", name,
            "--items", items, "--queries", queries, "--index", index]
+    if chunk:
+        cmd += ["--chunk", str(chunk)]
     saved = os.path.join(work, f"rec_{name}_{n}_{index}") if save else ""
     if saved:
         cmd += ["--save", saved]
@@ -553,35 +587,20 @@ def test_hnsw(benchmark, R, name, n):
     report.record("recall_hnsw", f"{name}-{n}", row)
 
 
-def _raw_ip_sizes():
-    return SIZES if RAW_IP_ALL else SIZES[:1]
+def _raw_ip_grid():
+    return _grid() if RAW_IP_ALL else _grid(SIZES[:1])
 
 
-def _set_factory_hnsw(rec, pt):
-    cand, ef = pt
-    rec.candidates = cand
-    faiss.downcast_index(rec._segs[0].index).hnsw.efSearch = ef  # Recaller's ef_search is ignored here
-
-
-@pytest.mark.parametrize("name,n", _grid(_raw_ip_sizes()))
-def test_hnsw_raw_ip(benchmark, R, monkeypatch, name, n):
-    # Recaller(index="HNSW32,Flat") builds faiss's inner-product HNSW with efConstruction 40 (its
-    # ef_construction / ef_search parameters apply to index="hnsw" only): set 80 like "hnsw".
-    orig = frecall._Segment._new_index
-
-    def new_index(self, n_hint):
-        index = orig(self, n_hint)
-        h = faiss.downcast_index(index)
-        if hasattr(h, "hnsw"):
-            h.hnsw.efConstruction = 80
-        return index
-
-    monkeypatch.setattr(frecall._Segment, "_new_index", new_index)
+@pytest.mark.parametrize("name,n", _raw_ip_grid())
+def test_hnsw_raw_ip(benchmark, R, name, n):
+    # Recaller(index="HNSW32,Flat"): faiss's inner-product HNSW, with the Recaller's efConstruction
+    # (80) and search rule max(ef_search, candidates), like "hnsw"
+    R.drop(lambda k: k[1] >= CHILD_MIN_N)
     rec, build_s = R.recaller(name, n, "HNSW32,Flat", keep=False)
     with common.ForeignLoad() as load:
-        _set_factory_hnsw(rec, (None, 16))
+        _set_hnsw(rec, (None, 128))
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        sweep = _ann_sweep(R, rec, name, n, RAW_IP_SWEEP, _set_factory_hnsw)
+        sweep = _ann_sweep(R, rec, name, n, HNSW_SWEEP, _set_hnsw)
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec._segs[0].dim,
            "build_seconds": build_s, "ef_construction": 80, "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
            "sweep": sweep, "other_load": load.share}
@@ -621,17 +640,26 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
            "nlist": int(ivf.nlist), "train_points_per_centroid": mppc or 256, "build_seconds": build_s,
            "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min, "sweep": sweep, "other_load": load.share}
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
-    report.record("recall_ivf", f"{name}-{n}", row)
+    report.record("recall_ivf", f"{name}-{n}" + (f"-mppc{mppc}" if mppc else ""), row)
     del rec
     gc.collect()
 
 
-@pytest.mark.parametrize("pad", [True, False], ids=["pad", "nopad"])
-@pytest.mark.parametrize("index", ["exact", "hnsw"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_padding(benchmark, R, monkeypatch, name, index, pad):
-    n = SIZES[0]
-    R.drop(lambda k: k[1] >= CHILD_MIN_N)
+def _padding_grid():
+    out = []
+    for name in MODEL_NAMES:
+        for index, sizes in (("exact", SIZES), ("hnsw", SIZES[:1])):
+            for n in sizes:
+                for pad in (True, False):
+                    out.append(pytest.param(name, index, n, pad,
+                                            id=f"{name}-{index}-{_sizes_id(n)}-{'pad' if pad else 'nopad'}"))
+    return out
+
+
+@pytest.mark.parametrize("name,index,n,pad", _padding_grid())
+def test_padding(benchmark, R, monkeypatch, name, index, n, pad):
+    R.drop(lambda k: k[1] >= CHILD_MIN_N and k[1] != n)
+    R.drop(lambda k: k[1] >= CHILD_MIN_N and k[2] != "exact")
     monkeypatch.setattr(frecall, "EXACT_BLAS", dict(TUNED_BLAS))
     if index == "hnsw" and pad:
         rec, build_s, _ = hnsw_recaller(R, name, n)
@@ -640,13 +668,73 @@ def test_padding(benchmark, R, monkeypatch, name, index, pad):
     if index == "hnsw":
         _set_hnsw(rec, (None, 128))
     with common.ForeignLoad() as load:
-        res = benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        t0 = time.perf_counter()
+        rec.search(R.qds[name], K)
+        rounds = _rounds(time.perf_counter() - t0)
+        res = benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=rounds, iterations=1)
         lat = _latency(lambda x: rec.search(x, K), R.q1[name])
+    if not pad and n >= CHILD_MIN_N:
+        R.drop(lambda k: k[1] == n)
     row = {"model": rd.LABELS[name], "n_items": n, "index": index, "pad": pad, "dim": rec.dim,
            "index_dim": rec._segs[0].dim, "qps": R.qds[name].n_rows / benchmark.stats.stats.min,
            "build_seconds": build_s, "recall": recall_at(res.ids, R.truth(name, n)), **lat, "other_load": load.share}
     benchmark.extra_info.update(row)
-    report.record("recall_padding", f"{name}-{index}-{'pad' if pad else 'nopad'}", row)
+    report.record("recall_padding", f"{name}-{index}-{n}-{'pad' if pad else 'nopad'}", row)
+
+
+_saved_dirs: Dict[Tuple[str, str], str] = {}
+
+
+@pytest.mark.parametrize("background", ["idle", "busy"])
+@pytest.mark.parametrize("policy", ["default", "PASSIVE"])
+@pytest.mark.parametrize("index", ["exact", "hnsw"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_wait_policy(benchmark, R, name, index, policy, background):
+    """Single-query latency of the saved SIZES[0]-item Recaller in a fresh process, with libgomp's
+    default wait policy and with OMP_WAIT_POLICY=PASSIVE (fmrecall's and faiss's OpenMP runtimes
+    are separate libgomp copies: idle threads of one spin while the other works); background
+    "busy" runs one CPU-bound process next to it (a shared 2-core machine)."""
+    n = SIZES[0]
+    key = (name, index)
+    if key not in _saved_dirs or not os.path.isdir(_saved_dirs[key]):
+        rec = R.recaller(name, n, "exact")[0] if index == "exact" else hnsw_recaller(R, name, n)[0]
+        _set_hnsw(rec, (None, 128))
+        work = os.path.join(rd.CACHE, f"recall_child_{os.getpid()}")
+        os.makedirs(work, exist_ok=True)
+        _saved_dirs[key] = os.path.join(work, f"saved_{name}_{index}_{n}")
+        rec.save(_saved_dirs[key])
+    queries = os.path.join(rd.CACHE, f"recall_child_{os.getpid()}", f"queries_{name}.npy")
+    if not os.path.exists(queries):
+        np.save(queries, R.qrows[name])
+    env = _child_env()
+    env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy
+    cmd = [sys.executable, os.path.join(HERE, "recall_child.py"), "--spec", name, "--queries", queries,
+           "--load", _saved_dirs[key], "--latency", str(min(LAT_MAX, 150))]
+    out = {}
+
+    def run():
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"recall_child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    spinner = None
+    if background == "busy":
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with common.ForeignLoad() as load:
+            benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    row = {"model": rd.LABELS[name], "n_items": n, "index": index, "policy": policy, "background": background,
+           "dim": R.P[name].shape[1], **out, "other_load": load.share}
+    benchmark.extra_info.update(row)
+    report.record("recall_wait_policy", f"{name}-{index}-{policy}-{background}", row)
 
 
 # ------------------------------------------------------------------------------------- split builder
@@ -767,7 +855,8 @@ def test_memory(benchmark, R, index):
         out.update(_child_results.get((name, n, index)) or run_child(R, name, n, index, save=False))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    row = {"model": rd.LABELS[name], "index": index, **{k: v for k, v in out.items() if k != "saved_dir"}}
+    row = {"model": rd.LABELS[name], "index": index, "add_chunk": frecall.ADD_CHUNK,
+           **{k: v for k, v in out.items() if k != "saved_dir"}}
     row["recaller_peak_mb"] = row["hwm_mb"] - row["rss_baseline_mb"]
     benchmark.extra_info.update(row)
     report.record("recall_memory", f"{name}-{n}-{index}", row)

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 import fmrecall
+import fmrecall.recall as frecall
 from conftest import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_hybrid_weights, random_weights,
                       rows_dataset, side_rows)
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
 N, F = 48, 6                                   # feature j belongs to field j % F
 SD = dict(user=[3, 0], context=[5], item=[4, 1, 2])  # fields out of order, a context field
-ANN = ["hnsw", "ivf", "IVF16,Flat", "HNSW16,Flat"]
+ANN = ["hnsw", "hnsw-ip", "ivf", "IVF16,Flat", "HNSW16,Flat"]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -448,7 +449,7 @@ def test_ann_scores_are_exact(rng, index, kind):
 
 
 # ---------------------------------------------------------------------------- batches
-@pytest.mark.parametrize("index", ["exact", "hnsw", "ivf", "HNSW16,Flat"])
+@pytest.mark.parametrize("index", ["exact", "hnsw", "hnsw-ip", "ivf", "HNSW16,Flat"])
 def test_two_batches_equal_one(rng, index):
     """Exact: identical results. HNSW with the L2 augmentation and IVF (trained on the first batch)
     are not required to be identical, only exact in their scores with high recall."""
@@ -474,8 +475,67 @@ def test_two_batches_equal_one(rng, index):
         assert sum(h for h, _ in hits) / sum(t for _, t in hits) >= 0.9
 
 
+@pytest.mark.parametrize("index,segments", [("exact", 1), ("exact", 2), ("hnsw", 1), ("ivf", 1)])
+def test_add_in_slices_equals_one_slice(rng, monkeypatch, index, segments):
+    """add_items vectorises and hands items to faiss in ADD_CHUNK-row slices: with slices of 7
+    rows the stored vectors, the faiss index contents and the results are those of one slice."""
+    world = World(rng, "ffm", m=15, n=200)
+    one = world.recaller(index, segments=segments)
+    monkeypatch.setattr(frecall, "ADD_CHUNK", 7)
+    sliced = world.recaller(index, segments=segments)
+    np.testing.assert_array_equal(sliced.ids, one.ids)
+    np.testing.assert_array_equal(sliced.vectors, one.vectors)
+    np.testing.assert_array_equal(sliced.vectors, world.model.split(fmrecall.Sides(**SD)).item_vectors(world.items))
+    for a, b in zip(sliced._segs, one._segs):
+        assert a.index.ntotal == b.index.ntotal == world.n
+    r1, r2 = one.search(world.queries, 10), sliced.search(world.queries, 10)
+    np.testing.assert_array_equal(r2.scores, r1.scores)
+    check_top(world, r2, 10, exact=index == "exact" and segments == 1)
+
+
+def test_failed_add_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rng, monkeypatch):
+    """An error while the third slice of an exact add is vectorised: the slices already handed to
+    faiss are removed again, so the Recaller holds exactly what it held before."""
+    world = World(rng, "fm", m=10, n=100)
+    rec = fmrecall.Recaller(world.model, fmrecall.Sides(**SD), threads=1)
+    rec.add_items(world.items.subset(np.arange(40)), world.ids[:40])
+    before = rec.search(world.queries, 10)
+    monkeypatch.setattr(frecall, "ADD_CHUNK", 16)
+    orig, calls = rec.split.item_vectors, []
+
+    def failing(ds):
+        calls.append(ds.n_rows)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure")
+        return orig(ds)
+
+    monkeypatch.setattr(rec.split, "item_vectors", failing)
+    with pytest.raises(ValueError, match="nothing was added"):
+        rec.add_items(world.items.subset(np.arange(40, 100)), world.ids[40:])
+    assert calls == [16, 16, 16]
+    assert len(rec) == 40 and rec._segs[0].index.ntotal == 40
+    after = rec.search(world.queries, 10)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_array_equal(after.scores, before.scores)
+
+
+def test_hnsw_walk_is_at_least_the_candidate_count(rng):
+    """faiss stops the HNSW walk after efSearch nodes; the Recaller searches with
+    max(ef_search, candidates) so that every fetched candidate comes from the walk."""
+    world = World(rng, "fm", m=5, n=300)
+    rec = world.recaller("hnsw", ef_search=8, candidates=150)
+    rec.search(world.queries, 10)
+    assert rec._segs[0].index.hnsw.efSearch == 150
+    rec = world.recaller("hnsw", ef_search=200, candidates=20)
+    rec.search(world.queries, 10)
+    assert rec._segs[0].index.hnsw.efSearch == 200
+    rec = world.recaller("HNSW16,Flat", ef_search=8, candidates=120)  # a factory string too
+    rec.search(world.queries, 10)
+    assert faiss.downcast_index(rec._segs[0].index).hnsw.efSearch == 120
+
+
 # ---------------------------------------------------------------------------- persistence
-SAVE_CONFIGS = [("exact", 1), ("hnsw", 1), ("ivf", 1), ("exact", 3), ("hnsw", 2), ("IVF8,Flat", 1)]
+SAVE_CONFIGS = [("exact", 1), ("hnsw", 1), ("hnsw-ip", 1), ("ivf", 1), ("exact", 3), ("hnsw", 2), ("IVF8,Flat", 1)]
 
 
 @pytest.mark.parametrize("index,segments", SAVE_CONFIGS)
@@ -678,7 +738,7 @@ def test_frappe_retrieved_score_is_the_models_score(frappe_data, frappe_fm, rng)
     np.testing.assert_allclose(res.scores[:60, :10].ravel(), dec, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("index,kw", [("hnsw", {}), ("ivf", {}), ("ivf", {"nprobe": 8}), ("IVF16,Flat", {}),
+@pytest.mark.parametrize("index,kw", [("hnsw", {}), ("hnsw-ip", {}), ("ivf", {}), ("ivf", {"nprobe": 8}), ("IVF16,Flat", {}),
                                       ("HNSW16,Flat", {}), ("hnsw", {"ef_search": 16, "candidates": 10})])
 def test_frappe_ann_recall_against_exact(frappe_data, frappe_fm, index, kw):
     """Learned embeddings: recall@10 of the ANN indexes against exact search (ties count as hits)

@@ -205,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d = sub.add_parser("demo", help="generate a click log, train, index, recommend (no data needed)")
     d.add_argument("--model", choices=sorted(MODELS), default="ffm")
     d.add_argument("--k", type=int, default=8)
-    d.add_argument("--index", default="exact", help="exact | hnsw | ivf | faiss factory string")
+    d.add_argument("--index", default="exact", help="exact | hnsw | hnsw-ip | ivf | faiss factory string")
     d.add_argument("--users", type=int, default=2000)
     d.add_argument("--items", type=int, default=1000)
     d.add_argument("--queries", type=int, default=500)

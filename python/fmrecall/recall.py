@@ -32,6 +32,11 @@ IdList = Union[None, Sequence[int], np.ndarray]
 EXACT_BLAS = {"distance_compute_blas_threshold": 20 * 64,
               "distance_compute_blas_query_bs": 4096,
               "distance_compute_blas_database_bs": 16384}
+# Items are vectorised, padded and handed to faiss in slices of this many rows, so adding N items
+# holds one copy of their vectors (faiss's) plus a slice, not three full copies.
+ADD_CHUNK = 1 << 16
+# k-means of an IVF index trains on at most this many points per list (faiss's own cap).
+IVF_TRAIN_PER_LIST = 256
 
 
 @contextlib.contextmanager
@@ -103,15 +108,20 @@ class _Segment:
         p = self.params
         if self.kind == "exact":
             return faiss.IndexFlatIP(self.dim)
-        if self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, int(p["hnsw_m"]), faiss.METRIC_L2)
+        if self.kind in ("hnsw", "hnsw-ip"):  # L2 on augmented vectors, or the raw inner product
+            metric = faiss.METRIC_L2 if self.augment else faiss.METRIC_INNER_PRODUCT
+            index = faiss.IndexHNSWFlat(self.dim, int(p["hnsw_m"]), metric)
             index.hnsw.efConstruction = int(p["ef_construction"])
             return index
         if self.kind == "ivf":
             nlist = p["nlist"] or max(1, min(int(4 * np.sqrt(max(n_hint, 1))), n_hint // 39 or 1))
             quantizer = faiss.IndexFlatIP(self.dim)
             return faiss.IndexIVFFlat(quantizer, self.dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
-        return faiss.index_factory(self.dim, self.kind, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(self.dim, self.kind, faiss.METRIC_INNER_PRODUCT)
+        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+        if hnsw is not None:
+            hnsw.efConstruction = int(p["ef_construction"])
+        return index
 
     def _rows(self, vecs: np.ndarray) -> np.ndarray:
         """Item rows for the index: the segment's columns, augmented / padded."""
@@ -151,34 +161,56 @@ class _Segment:
         self._add(new_vecs, first_row)
 
     def _add(self, vecs: np.ndarray, first_row: int) -> None:
-        if vecs.shape[0] == 0:
+        n = vecs.shape[0]
+        if n == 0:
             return
-        rows = self._rows(vecs)
-        if not self.index.is_trained:
-            self.index.train(rows)
+        if not self.index.is_trained:  # on a seeded sample, as faiss's k-means would subsample
+            ivf = _ivf(self.index)
+            cap = IVF_TRAIN_PER_LIST * ivf.nlist if ivf is not None else n
+            sample = np.sort(np.random.default_rng(1234).choice(n, cap, replace=False)) if n > cap else slice(None)
+            self.index.train(self._rows(vecs[sample]))
         ivf = _ivf(self.index)
-        if ivf is not None:
-            ids = np.arange(first_row, first_row + rows.shape[0], dtype=np.int64)
-            self.index.add_with_ids(rows, ids)
-        else:
-            if self.index.ntotal != first_row:
-                raise RuntimeError("index out of step with the stored items")
-            self.index.add(rows)
+        if ivf is None and self.index.ntotal != first_row:
+            raise RuntimeError("index out of step with the stored items")
+        for lo in range(0, n, ADD_CHUNK):
+            rows = self._rows(vecs[lo:lo + ADD_CHUNK])
+            if ivf is not None:
+                self.index.add_with_ids(rows, np.arange(first_row + lo, first_row + lo + rows.shape[0], dtype=np.int64))
+            else:
+                self.index.add(rows)
 
-    def set_search_params(self) -> None:
+    def truncate(self, n_rows: int) -> None:
+        """Drop the rows added after the first `n_rows` (undo a failed add)."""
+        if self.index is not None and self.index.ntotal > n_rows:
+            self.index.remove_ids(faiss.IDSelectorRange(n_rows, self.index.ntotal))
+
+    def set_search_params(self, kk: int) -> None:
         p = self.params
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = int(p["ef_search"])
+        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)  # "hnsw" or an HNSW factory string
+        if hnsw is not None:  # the graph walk stops after efSearch nodes: never fetch filler
+            hnsw.efSearch = max(int(p["ef_search"]), int(kk))
         ivf = _ivf(self.index)
         if ivf is not None:
             ivf.nprobe = int(p["nprobe"])
 
     def search(self, q: np.ndarray, kk: int) -> Tuple[np.ndarray, np.ndarray]:
-        self.set_search_params()
+        self.set_search_params(kk)
         D, I = self.index.search(self.queries(q), int(kk))
         if self.augment:  # L2 distances -> -inf where nothing was found; scores are recomputed anyway
             D = np.where(I >= 0, -D, -np.inf).astype(np.float32)
         return D, I
+
+
+def _row_range(ds: Dataset, lo: int, hi: int) -> Dataset:
+    """Rows [lo, hi) of `ds` (views of its arrays; the row offsets are rebased)."""
+    if lo == 0 and hi >= ds.n_rows:
+        return ds
+    hi = min(hi, ds.n_rows)
+    a, b = int(ds.indptr[lo]), int(ds.indptr[hi])
+    view = lambda x: None if x is None else x[a:b]  # noqa: E731
+    return Dataset(ds.indptr[lo:hi + 1] - a, ds.fields[a:b], ds.features[a:b], view(ds.values),
+                   None if ds.labels is None else ds.labels[lo:hi],
+                   n_features=ds.n_features, n_fields=ds.n_fields, source=ds.source)
 
 
 def _ivf(index: faiss.Index):
@@ -197,12 +229,17 @@ class Recaller:
     sides : fmrecall.Sides, or a fitted fmrecall.Schema (then items and queries may be given as
         DataFrames / dict rows and are encoded with it); defaults to the model's schema or sides
     index : "exact" (faiss IndexFlatIP, BLAS-tuned), "hnsw" (IndexHNSWFlat on L2-augmented vectors),
+        "hnsw-ip" (IndexHNSWFlat on the raw inner product: on learned FM / FFM vectors with
+        concentrated norms it recalls more than "hnsw", see bench/results.md),
         "ivf" (IndexIVFFlat, inner product) or any faiss index_factory string (inner product metric)
     segments : split q / p into this many contiguous parts, one index each; candidates are merged and
         re-scored exactly, and exact segment indexes give a per-query exactness certificate
     candidates : candidates fetched per query from an ANN index before exact re-scoring
         (default max(4k, 100))
-    hnsw_m, ef_construction, ef_search, nlist, nprobe : index parameters
+    hnsw_m, ef_construction, ef_search, nlist, nprobe : index parameters (HNSW searches with
+        max(ef_search, candidates): faiss stops its graph walk after ef_search nodes, so a smaller
+        value would fill the candidate list with nothing; ef_construction, ef_search and nprobe also
+        apply to HNSW / IVF indexes given as factory strings)
     pad : pad vectors to a multiple of 16 floats when that adds < 25% (faiss SIMD width)
     threads : threads for faiss and the vector builders (0 = all)
     """
@@ -220,7 +257,7 @@ class Recaller:
         if sides is None:
             raise ValueError("Recaller needs sides=fmrecall.Sides(user=..., context=..., item=...)")
         if not isinstance(index, str) or not index:
-            raise ValueError(f"index must be 'exact', 'hnsw', 'ivf' or a faiss factory string, got {index!r}")
+            raise ValueError(f"index must be 'exact', 'hnsw', 'hnsw-ip', 'ivf' or a faiss factory string, got {index!r}")
         if not isinstance(segments, (int, np.integer)) or segments < 1:
             raise ValueError(f"segments must be a positive integer, got {segments!r}")
         self.model = model
@@ -235,7 +272,7 @@ class Recaller:
         d = self.split.dim
         if self.segments > d:
             raise ValueError(f"segments={segments} exceeds the vector dimension {d}")
-        if index not in ("exact", "hnsw", "ivf"):
+        if index not in ("exact", "hnsw", "hnsw-ip", "ivf"):
             try:  # validate the factory string now, not at the first add
                 faiss.index_factory(16, index, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as e:
@@ -327,7 +364,10 @@ class Recaller:
         uniq, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(f"duplicate id {int(uniq[counts > 1][0])} in one add_items call")
-        vecs = self.split.item_vectors(item_ds)
+        self.split._check_side(item_ds, want_item=True)
+        # Own copy: all vectors at once (they are kept). Exact: built and added slice by slice,
+        # faiss's storage being the only full copy.
+        vecs = self.split.item_vectors(item_ds) if self._own else None
         old = ids[self._rows_of(ids) >= 0]
         if old.size:
             self.remove_items(old)
@@ -339,19 +379,31 @@ class Recaller:
         self._lookup = None
         try:
             with faiss_settings(self.threads):
-                for seg in self._segs:
+                if not self._own:
+                    seg = self._segs[0]
+                    for lo in range(0, ids.size, ADD_CHUNK):
+                        part = self.split.item_vectors(_row_range(item_ds, lo, lo + ADD_CHUNK))
+                        if seg.index is None:
+                            seg.build(part)
+                        else:
+                            seg.add(part, first + lo)
+                for seg in self._segs if self._own else ():
                     if seg.index is None or seg.needs_rebuild(vecs):
-                        seg.build(self._vecs if self._own else vecs)
+                        seg.build(self._vecs)
                     else:
                         seg.add(vecs, first)
-        except RuntimeError as e:  # e.g. an IVF index with fewer training items than lists
+        except BaseException as e:  # e.g. an IVF index with fewer training items than lists
             self._vecs, self._ids, self._lookup = old_vecs, old_ids, None
             with faiss_settings(self.threads):
                 for seg in self._segs:  # put every index back as it was
-                    if self._own and old_ids.size:
-                        seg.build(old_vecs)
-                    elif self._own or not old_ids.size:
+                    if not old_ids.size:
                         seg.index = None
+                    elif self._own:
+                        seg.build(old_vecs)
+                    else:
+                        seg.truncate(old_ids.size)
+            if not isinstance(e, RuntimeError):
+                raise
             raise ValueError(f"faiss could not index these {ids.size} items ({e}); nothing was added. "
                              f"An IVF index trains on its first batch: give it at least as many items "
                              f"as it has lists") from None
