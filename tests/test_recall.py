@@ -519,6 +519,28 @@ def test_failed_add_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rn
     np.testing.assert_array_equal(after.scores, before.scores)
 
 
+@pytest.mark.parametrize("index", ["exact", "hnsw"])
+def test_failed_replacement_keeps_the_old_vectors(rng, monkeypatch, index):
+    """Re-adding indexed ids replaces their vectors only once the add succeeded: a failure keeps
+    the old ones, and the results are those from before."""
+    world = World(rng, "fm", m=10, n=60)
+    rec = world.recaller(index)
+    before = rec.search(world.queries, 10)
+    old = rec.item_vectors(world.ids[:30]).copy()
+
+    def failing(ds):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(rec.split, "item_vectors", failing)
+    with pytest.raises((RuntimeError, ValueError), match="injected failure"):
+        rec.add_items(world.items.subset(np.arange(30)), world.ids[:30])
+    assert len(rec) == world.n
+    np.testing.assert_array_equal(rec.item_vectors(world.ids[:30]), old)
+    after = rec.search(world.queries, 10)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_array_equal(after.scores, before.scores)
+
+
 def test_hnsw_walk_is_at_least_the_candidate_count(rng):
     """faiss stops the HNSW walk after efSearch nodes; the Recaller searches with
     max(ef_search, candidates) so that every fetched candidate comes from the walk."""

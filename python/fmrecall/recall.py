@@ -345,7 +345,8 @@ class Recaller:
     def add_items(self, items, ids: Union[Sequence[int], str]) -> "Recaller":
         """Index item rows under int64 `ids` (one per row). `items` is a Dataset of item rows, or a
         DataFrame / dict rows encoded with the schema (then `ids` may name its id column). Ids
-        already indexed are replaced (their old vectors removed). Returns self."""
+        already indexed are replaced, their old vectors dropped once the new ones are in; a failed
+        call leaves the Recaller as it was. Returns self."""
         if isinstance(ids, str):
             if isinstance(items, Dataset):
                 raise ValueError("ids as a column name needs items as a DataFrame")
@@ -368,9 +369,8 @@ class Recaller:
         # Own copy: all vectors at once (they are kept). Exact: built and added slice by slice,
         # faiss's storage being the only full copy.
         vecs = self.split.item_vectors(item_ds) if self._own else None
-        old = ids[self._rows_of(ids) >= 0]
-        if old.size:
-            self.remove_items(old)
+        replaced = self._rows_of(ids)  # rows of ids indexed already: dropped once the add succeeded
+        replaced = replaced[replaced >= 0]
         first = self._ids.size
         old_vecs, old_ids = self._vecs, self._ids
         if self._own:
@@ -407,21 +407,25 @@ class Recaller:
             raise ValueError(f"faiss could not index these {ids.size} items ({e}); nothing was added. "
                              f"An IVF index trains on its first batch: give it at least as many items "
                              f"as it has lists") from None
+        self._drop_rows(replaced)
         return self
 
     def remove_items(self, ids: Sequence[int]) -> "Recaller":
         """Remove items by id (unknown ids are ignored). Flat indexes drop them at once; ANN
         indexes skip them at search time until a quarter of their rows are removed, then rebuild."""
         rows = self._rows_of(np.asarray(ids, dtype=np.int64))
-        rows = np.unique(rows[rows >= 0])
+        self._drop_rows(rows[rows >= 0])
+        return self
+
+    def _drop_rows(self, rows: np.ndarray) -> None:
+        rows = np.unique(rows)
         if rows.size == 0:
-            return self
+            return
         self._ids[rows] = -1
         self._dead += rows.size
         self._lookup = None
         if self.exact or self._dead * 4 >= self._ids.size:
             self._compact()
-        return self
 
     def _compact(self) -> None:
         keep = self._ids >= 0
