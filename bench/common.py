@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 N_FIELDS = 39
 PAIRS_PER_ROW = N_FIELDS * (N_FIELDS - 1) // 2  # 741 field pairs per one-hot Criteo-shaped row
@@ -95,3 +96,22 @@ class ForeignLoad:
             if d_total > 0:
                 self.share = max(0.0, (busy - self._start[1]) - (own - self._start[2])) / d_total
         return False
+
+
+def best_of(fn, reps: int) -> float:
+    """Fastest of `reps` timed calls of fn(), in seconds."""
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def status_mb(key: str) -> float:
+    """A /proc/self/status memory field (VmRSS, VmHWM, ...) of this process in MiB (nan if absent)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return float("nan")

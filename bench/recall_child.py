@@ -17,13 +17,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+import common  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +45,7 @@ def main() -> None:
     import fmrecall
     import recall_data as rd
 
-    out = {"rss_imports_mb": status_mb("VmRSS")}
+    out = {"rss_imports_mb": common.status_mb("VmRSS")}
     model = fmrecall.load(a.model_file)
     model.threads = a.threads
     spec = rd.ModelSpec(a.spec)
@@ -57,8 +53,8 @@ def main() -> None:
     Q = np.load(a.queries)
     items = spec.items(I)
     queries = spec.queries(Q)
-    out["rss_baseline_mb"] = status_mb("VmRSS")
-    out["hwm_baseline_mb"] = status_mb("VmHWM")
+    out["rss_baseline_mb"] = common.status_mb("VmRSS")
+    out["hwm_baseline_mb"] = common.status_mb("VmHWM")
     rec = fmrecall.Recaller(model, spec.sides, index=a.index, pad=bool(a.pad), threads=a.threads)
     t0 = time.perf_counter()
     if a.chunk:  # one add_items call per slice (add_items also slices internally: ADD_CHUNK)
@@ -68,14 +64,14 @@ def main() -> None:
     else:
         rec.add_items(items, np.arange(items.n_rows, dtype=np.int64))
     out["build_seconds"] = time.perf_counter() - t0
-    out["rss_built_mb"] = status_mb("VmRSS")
-    out["hwm_built_mb"] = status_mb("VmHWM")
+    out["rss_built_mb"] = common.status_mb("VmRSS")
+    out["hwm_built_mb"] = common.status_mb("VmHWM")
     t0 = time.perf_counter()
     res = rec.search(queries, a.k)
     out["search_seconds"] = time.perf_counter() - t0
     out["queries"] = int(queries.n_rows)
-    out["hwm_mb"] = status_mb("VmHWM")
-    out["rss_end_mb"] = status_mb("VmRSS")
+    out["hwm_mb"] = common.status_mb("VmHWM")
+    out["rss_end_mb"] = common.status_mb("VmRSS")
     seg = rec._segs[0]
     out["n_items"] = int(items.n_rows)
     out["dim"] = int(rec.dim)
@@ -113,11 +109,7 @@ def latency(a) -> None:
         ts[i] = time.perf_counter() - t0
     ts *= 1e3
     rec.search(queries, a.k)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        rec.search(queries, a.k)
-        best = min(best, time.perf_counter() - t0)
+    best = common.best_of(lambda: rec.search(queries, a.k), 3)
     print(json.dumps({"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "n": int(a.latency),
                       "p50_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)),
                       "mean_ms": float(ts.mean()), "min_ms": float(ts.min()),
@@ -125,5 +117,4 @@ def latency(a) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

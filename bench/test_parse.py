@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -81,15 +80,6 @@ def test_parse_full(benchmark, synth_file):
     report.record("parse", "fmrecall_full", row)
 
 
-def _best_of(fn, n):
-    best = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def test_parse_python_baseline(benchmark, slice_file):
     size = os.path.getsize(slice_file)
     with common.ForeignLoad() as load:
@@ -105,7 +95,7 @@ def test_parse_python_baseline(benchmark, slice_file):
     np.testing.assert_array_equal(ds.labels, labels)
     # fmrecall on the same slice, same process
     with common.ForeignLoad() as load_fm:
-        fm_secs = _best_of(lambda: Dataset.from_libffm(slice_file), 5)
+        fm_secs = common.best_of(lambda: Dataset.from_libffm(slice_file), 5)
     py_rate, fm_rate = size / 1e6 / py_secs, size / 1e6 / fm_secs
     py_row = {"what": "pure Python `str.split`, slice", "bytes": size, "seconds": py_secs, "mb_per_s": py_rate,
               "other_load": load.share}

@@ -132,15 +132,6 @@ def _rounds(seconds_one: float) -> int:
     return 1 if seconds_one > 4.0 else ROUNDS
 
 
-def _best_of(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _latency(fn, items: List, budget_s: float = LAT_BUDGET_S, max_n: int = LAT_MAX, min_n: int = 20):
     """Single-call latencies (ms) of fn(item) cycling over items: p50, p99, mean, n."""
     fn(items[0])
@@ -171,14 +162,6 @@ def _stats_ms(benchmark) -> Dict[str, float]:
     data = np.asarray(benchmark.stats.stats.data) * 1e3
     return {"p50_ms": float(np.median(data)), "p99_ms": float(np.percentile(data, 99)), "mean_ms": float(data.mean()),
             "min_ms": float(data.min()), "n": int(data.size)}
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 # ------------------------------------------------------------------------------------- state
@@ -287,7 +270,7 @@ def _numpy_rate(q: np.ndarray, P: np.ndarray, reps: int) -> float:
             np.matmul(q[s:s + c], P.T, out=buf[:c])
 
     run()
-    return q.shape[0] / _best_of(run, reps)
+    return q.shape[0] / common.best_of(run, reps)
 
 
 def numpy_rates(R: State, name: str, n: int) -> Dict[str, float]:
@@ -338,7 +321,7 @@ def test_numpy_sgemm(benchmark, R, name, n):
     with common.ForeignLoad() as load:
         benchmark.pedantic(run, args=(qp, Pp), rounds=rounds, iterations=1)
         padded = n_q / benchmark.stats.stats.min
-        raw = n_q / _best_of(lambda: run(q, P), rounds) if dp != d else padded
+        raw = n_q / common.best_of(lambda: run(q, P), rounds) if dp != d else padded
     _numpy_rates[(name, n)] = {"numpy_qps_raw": raw, "numpy_qps_padded": padded, "dim": d, "dim_padded": dp}
     row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "dim_padded": dp, "queries": n_q,
            "numpy_qps_padded": padded, "numpy_qps_raw": raw,
@@ -369,7 +352,7 @@ def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
         seg = rec._segs[0]
         qp = seg.queries(R.q[name])
         with blas(frecall.EXACT_BLAS):
-            raw_secs = _best_of(lambda: seg.index.search(qp, K), max(1, rounds - 1))
+            raw_secs = common.best_of(lambda: seg.index.search(qp, K), max(1, rounds - 1))
     ref = numpy_rates(R, name, n)
     nq = qds.n_rows
     qps = nq / secs
@@ -397,7 +380,7 @@ def test_exact_latency(benchmark, R, monkeypatch, name, n, setting):
         state["i"] = (state["i"] + 1) % len(qs)
         return (qs[state["i"]], K), {}
 
-    est = _best_of(lambda: rec.search(qs[0], K), 2)
+    est = common.best_of(lambda: rec.search(qs[0], K), 2)
     rounds = int(min(LAT_MAX, max(20, LAT_BUDGET_S / max(est, 1e-5))))
     with common.ForeignLoad() as load:
         benchmark.pedantic(rec.search, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
@@ -439,16 +422,16 @@ def test_blas_sweep(benchmark, R, name, n):
                 s = {"distance_compute_blas_threshold": 0, "distance_compute_blas_query_bs": qbs,
                      "distance_compute_blas_database_bs": dbbs}
                 with blas(s):
-                    best[(qbs, dbbs)] = min(best[(qbs, dbbs)], _best_of(lambda: index.search(qp, K), 1))
+                    best[(qbs, dbbs)] = min(best[(qbs, dbbs)], common.best_of(lambda: index.search(qp, K), 1))
             with blas(FAISS_DEFAULT_BLAS):
-                best_default = min(best_default, _best_of(lambda: index.search(qp, K), 1))
+                best_default = min(best_default, common.best_of(lambda: index.search(qp, K), 1))
             # k=100 uses faiss's reservoir top-k (k >= distance_compute_min_k_reservoir = 100); heap otherwise
             old = faiss.cvar.distance_compute_min_k_reservoir
             try:
                 for kind, mk in (("reservoir", old), ("heap", K + 1)):
                     faiss.cvar.distance_compute_min_k_reservoir = mk
                     with blas(TUNED_BLAS):
-                        heap[kind] = min(heap[kind], _best_of(lambda: index.search(qp, K), 1))
+                        heap[kind] = min(heap[kind], common.best_of(lambda: index.search(qp, K), 1))
             finally:
                 faiss.cvar.distance_compute_min_k_reservoir = old
         blocks = [{"query_bs": qb, "database_bs": db, "qps": nq / best[(qb, db)]} for qb, db in grid]
@@ -468,7 +451,7 @@ def test_blas_sweep(benchmark, R, name, n):
             for _ in range(reps_m):  # interleaved
                 for path, thr in (("seq", 1 << 30), ("blas", 0)):
                     with blas(dict(TUNED_BLAS, distance_compute_blas_threshold=thr)):
-                        times[path] = min(times[path], _best_of(lambda: index.search(x, K), 1))
+                        times[path] = min(times[path], common.best_of(lambda: index.search(x, K), 1))
             row.update(seq_qps=m / times["seq"], blas_qps=m / times["blas"],
                        blas_over_seq=times["seq"] / times["blas"], reps=reps_m)
             cross.append(row)
@@ -555,7 +538,7 @@ def _ann_sweep(R: State, rec, name: str, n: int, points, set_params) -> List[Dic
     for pt in points:
         set_params(rec, pt)
         res = rec.search(qds, K)  # warm + result
-        secs = _best_of(lambda: rec.search(qds, K), max(1, ROUNDS - 1))
+        secs = common.best_of(lambda: rec.search(qds, K), max(1, ROUNDS - 1))
         lat = _latency(lambda x: rec.search(x, K), qs, budget_s=LAT_BUDGET_S / 2)
         rows.append({"point": pt, "qps": qds.n_rows / secs, "recall": recall_at(res.ids, truth), **lat})
     return rows

@@ -18,13 +18,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    raise KeyError(key)
+import common  # noqa: E402
 
 
 def _peak_mb() -> float:
@@ -36,7 +30,7 @@ def _peak_mb() -> float:
     reports the *parent's* peak there (measured: a 2 GB parent -> ru_maxrss 1.9 GB in a bare
     child). ru_maxrss is printed as well for reference.
     """
-    return _status_mb("VmHWM")
+    return common.status_mb("VmHWM")
 
 
 def _ru_maxrss_mb() -> float:
@@ -44,7 +38,7 @@ def _ru_maxrss_mb() -> float:
 
 
 def _current_mb() -> float:
-    return _status_mb("VmRSS")
+    return common.status_mb("VmRSS")
 
 
 def main() -> None:
@@ -58,7 +52,6 @@ def main() -> None:
 
     import numpy as np  # noqa: F401  (imported before the first RSS reading, like fmrecall)
 
-    import common
     import synth
 
     for attempt in range(4):  # the extension may be being rebuilt in place right now

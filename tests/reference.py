@@ -231,6 +231,14 @@ def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: f
     return new, st, loss_value(t, y, loss)
 
 
+def adagrad_gradient(delta, lr: float) -> np.ndarray:
+    """The gradient g of one AdaGrad step from its update delta = -lr g / sqrt(1 + g^2)
+    (accumulator starting at 1): g = r / sqrt(1 - r^2), r = -delta / lr."""
+    r = -np.asarray(delta, dtype=np.float64) / lr
+    assert np.all(np.abs(r) < 0.97), "step too close to lr: g not recoverable"
+    return r / np.sqrt(1.0 - r * r)
+
+
 def touched_mask(params: Params, aware: np.ndarray, f, j, x) -> Params:
     return score_grad(params, aware, f, j, x)[1]
 
