@@ -1,5 +1,7 @@
 // fmrecall._core: the pybind11 layer only. Converts numpy arrays to the core's plain structs,
-// checks what the core would otherwise trust, and releases the GIL around long work.
+// checks what the core would otherwise trust, and releases the GIL around long work. The GIL is
+// always released before a call into the core that takes the model's lock (Model::mu), so a thread
+// waiting for that lock never holds the GIL (no deadlock with Python threads).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -20,14 +22,12 @@ template <class T>
 using arr = py::array_t<T, py::array::c_style>;
 
 template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape = {}) {
   auto* p = new std::vector<T>(std::move(v));
   py::capsule owner(p, [](void* q) { delete static_cast<std::vector<T>*>(q); });
-  return py::array_t<T>({static_cast<py::ssize_t>(p->size())}, {static_cast<py::ssize_t>(sizeof(T))}, p->data(),
-                        owner);
+  if (shape.empty()) shape = {static_cast<py::ssize_t>(p->size())};
+  return py::array_t<T>(shape, p->data(), owner);
 }
-
-int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
 // CSR arrays as the core's view, after the checks that keep the core from reading out of bounds.
 Csr make_csr(const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
@@ -63,32 +63,6 @@ py::dict parsed_to_dict(Parsed&& p) {
   d["values"] = p.has_values ? py::object(to_numpy(std::move(p.val))) : py::object(py::none());
   d["labels"] = to_numpy(std::move(p.label));
   return d;
-}
-
-// Copy a padded (rows, blocks, kp) table to an unpadded (rows, blocks, k) array, or back.
-// (stored vectors are [w (kp) | AdaGrad (kp)]: the weights are the first k floats of every 2 kp)
-py::array_t<float> unpad(const AlignedArray<float>& src, int64_t rows, int64_t blocks, int32_t k, int32_t kp,
-                         bool with_blocks) {
-  std::vector<py::ssize_t> shape = with_blocks ? std::vector<py::ssize_t>{rows, blocks, k}
-                                               : std::vector<py::ssize_t>{rows, k};
-  py::array_t<float> out(shape);
-  float* o = out.mutable_data();
-  for (int64_t r = 0; r < rows * blocks; ++r) std::memcpy(o + r * k, src.data() + r * 2 * kp, sizeof(float) * k);
-  return out;
-}
-
-void pad_into(AlignedArray<float>& dst, const arr<float>& src, int64_t rows, int64_t blocks, int32_t k, int32_t kp,
-              const char* name) {
-  if (src.size() != rows * blocks * k)
-    throw InputError(std::string(name) + " has " + std::to_string(src.size()) + " entries, expected " +
-                     std::to_string(rows * blocks * k));
-  const float* s = src.data();
-  for (int64_t i = 0; i < src.size(); ++i)
-    if (!std::isfinite(s[i])) throw InputError(std::string(name) + " contains a non-finite value");
-  for (int64_t r = 0; r < rows * blocks; ++r) {
-    std::memcpy(dst.data() + r * 2 * kp, s + r * k, sizeof(float) * k);
-    for (int32_t d = k; d < kp; ++d) dst[r * 2 * kp + d] = 0.f;
-  }
 }
 
 using CsrArgs = std::tuple<arr<int64_t>, arr<int32_t>, arr<int32_t>, std::optional<arr<float>>>;
@@ -128,6 +102,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("best_arch", &best_arch, "Instruction set the kernels run with on this CPU (generic | avx2 | avx512).");
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  m.attr("MAX_THREADS") = kMaxThreads;
 
   m.def(
       "parse_libffm",
@@ -277,14 +252,10 @@ PYBIND11_MODULE(_core, m) {
                  if (r < -1 || r >= rows) throw InputError("aware_row entries must be -1 or a row of W");
              }
              M->normalize = normalize;
-             py::gil_scoped_release nogil;
              if (seen && seen->size() != n) throw InputError("seen must have one entry per feature");
+             py::gil_scoped_release nogil;
              M->allocate(n, F, k, std::move(a), std::move(ar), rows, init_std, seed);
-             if (seen && !M->v.empty()) {  // single vectors of features absent from training start at 0
-               const uint8_t* s = seen->data();
-               for (int64_t j = 0; j < n; ++j)
-                 if (!s[j]) std::memset(M->vec(j), 0, sizeof(float) * M->kp);
-             }
+             if (seen) M->zero_unseen(seen->data(), seen->size());  // absent from training: start at 0
              return M;
            }),
            py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
@@ -294,7 +265,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("n_fields", &Model::F)
       .def_readonly("k", &Model::k)
       .def_readonly("kp", &Model::kp)
-      .def_readonly("aware_rows", &Model::m)
+      .def_property_readonly("aware_rows",
+                             [](const Model& M) {
+                               py::gil_scoped_release nogil;
+                               return M.aware_rows();
+                             })
       .def_readonly("normalize", &Model::normalize)
       .def(
           "train",
@@ -307,8 +282,9 @@ PYBIND11_MODULE(_core, m) {
               if (o[i] < 0 || o[i] >= c.rows) throw InputError("row order out of range");
             if (loss != 0 && loss != 1) throw InputError("this loss needs factored (Interactions) data");
             const Hyper h{eta, l2_lin, l2_fac};
+            const int t = resolve_threads(threads);
             py::gil_scoped_release nogil;
-            return train_rows(M, c, o, order.size(), static_cast<Loss>(loss), h, resolve_threads(threads));
+            return train_rows(M, c, o, order.size(), static_cast<Loss>(loss), h, t);
           },
           py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("labels"),
           py::arg("order"), py::arg("loss"), py::arg("eta"), py::arg("l2_linear"), py::arg("l2_factors"),
@@ -318,10 +294,13 @@ PYBIND11_MODULE(_core, m) {
           [](const Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
              const std::optional<arr<float>>& val, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
+            const int t = resolve_threads(threads);
             py::array_t<float> out(c.rows);
             float* o = out.mutable_data();
-            py::gil_scoped_release nogil;
-            predict_rows(M, c, o, resolve_threads(threads));
+            {
+              py::gil_scoped_release nogil;
+              predict_rows(M, c, o, t);
+            }
             return out;
           },
           py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("threads"))
@@ -329,6 +308,7 @@ PYBIND11_MODULE(_core, m) {
           "split_layout",
           [](const Model& M, const arr<uint8_t>& side) {
             if (side.size() != M.F) throw InputError("side must have one entry per field");
+            py::gil_scoped_release nogil;
             return make_layout(M, side.data());
           },
           py::arg("side"))
@@ -338,13 +318,14 @@ PYBIND11_MODULE(_core, m) {
              const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
             if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
+            const int t = resolve_threads(threads);
             py::array_t<float> q({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
             py::array_t<float> b(c.rows);
             float* qp = q.mutable_data();
             float* bp = b.mutable_data();
             {
               py::gil_scoped_release nogil;
-              query_vectors(M, L, c, qp, bp, resolve_threads(threads));
+              query_vectors(M, L, c, qp, bp, t);
             }
             return py::make_tuple(q, b);
           },
@@ -356,11 +337,12 @@ PYBIND11_MODULE(_core, m) {
              const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
             if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
+            const int t = resolve_threads(threads);
             py::array_t<float> p({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
             float* pp = p.mutable_data();
             {
               py::gil_scoped_release nogil;
-              item_vectors(M, L, c, pp, resolve_threads(threads));
+              item_vectors(M, L, c, pp, t);
             }
             return p;
           },
@@ -387,10 +369,11 @@ PYBIND11_MODULE(_core, m) {
             S.pos_items = fd.pos_items;
             S.seed = seed;
             const Hyper h{eta, l2_lin, l2_fac};
+            const int t = resolve_threads(threads);
             EpochStats st;
             {
               py::gil_scoped_release nogil;
-              st = train_factored(M, fd.D, o, order.size(), static_cast<Loss>(loss), S, h, resolve_threads(threads));
+              st = train_factored(M, fd.D, o, order.size(), static_cast<Loss>(loss), S, h, t);
             }
             return py::make_tuple(st.loss, st.terms);
           },
@@ -407,8 +390,11 @@ PYBIND11_MODULE(_core, m) {
             py::array_t<float> out(fd.D.n_events);
             float* o = out.mutable_data();
             const int32_t* it = items ? items->data() : nullptr;
-            py::gil_scoped_release nogil;
-            score_factored(M, fd.D, it, o, resolve_threads(threads));
+            const int t = resolve_threads(threads);
+            {
+              py::gil_scoped_release nogil;
+              score_factored(M, fd.D, it, o, t);
+            }
             return out;
           },
           py::arg("data"), py::arg("items"), py::arg("threads"))
@@ -429,35 +415,26 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("get_weights",
            [](const Model& M) {
-             py::dict d;
-             d["bias"] = M.w0;
-             py::array_t<float> lin(M.n);
-             if (M.n) std::memcpy(lin.mutable_data(), M.w.data(), sizeof(float) * M.n);
-             d["linear"] = lin;
-             d["v"] = M.v.empty() ? py::object(py::none()) : py::object(unpad(M.v, M.n, 1, M.k, M.kp, false));
-             d["W"] = M.W.empty() ? py::object(py::none()) : py::object(unpad(M.W, M.m, M.F, M.k, M.kp, true));
-             if (M.aware_row.empty()) {
-               d["aware_row"] = py::none();
-             } else {
-               std::vector<int32_t> ar(M.aware_row);
-               d["aware_row"] = to_numpy(std::move(ar));
+             Weights w;
+             {
+               py::gil_scoped_release nogil;
+               w = M.get_weights();  // one consistent copy, under the model's shared lock
              }
+             py::dict d;
+             d["bias"] = w.bias;
+             d["linear"] = to_numpy(std::move(w.linear));
+             d["v"] = w.has_v ? py::object(to_numpy(std::move(w.v), {w.n, w.k})) : py::object(py::none());
+             d["W"] = w.has_W ? py::object(to_numpy(std::move(w.W), {w.m, w.F, w.k})) : py::object(py::none());
+             d["aware_row"] = w.has_rows ? py::object(to_numpy(std::move(w.aware_row))) : py::object(py::none());
              return d;
            })
       .def(
           "set_weights",
           [](Model& M, float bias, const arr<float>& linear, const std::optional<arr<float>>& v,
              const std::optional<arr<float>>& W) {
-            if (!std::isfinite(bias)) throw InputError("bias is not finite");
-            if (linear.size() != M.n) throw InputError("linear must have n_features entries");
-            for (int64_t i = 0; i < M.n; ++i)
-              if (!std::isfinite(linear.data()[i])) throw InputError("linear contains a non-finite value");
-            if (M.v.empty() != !v) throw InputError("single-vector factors given/missing for this model type");
-            if (M.W.empty() != !W) throw InputError("field-aware factors given/missing for this model type");
-            M.w0 = bias;
-            if (M.n) std::memcpy(M.w.data(), linear.data(), sizeof(float) * M.n);
-            if (v) pad_into(M.v, *v, M.n, 1, M.k, M.kp, "factors");
-            if (W) pad_into(M.W, *W, M.m, M.F, M.k, M.kp, "field-aware factors");
+            py::gil_scoped_release nogil;  // the arrays stay alive: the caller holds them
+            M.set_weights(bias, linear.data(), linear.size(), v ? v->data() : nullptr, v ? v->size() : 0,
+                          W ? W->data() : nullptr, W ? W->size() : 0);
           },
           py::arg("bias"), py::arg("linear"), py::arg("v"), py::arg("W"));
 }

@@ -6,13 +6,61 @@
 //   both field-aware:   <w_{i,f(j)}, w_{j,f(i)}>        (DESIGN.md §3)
 //   i single, j aware:  <v_i, w_{j,f(i)}>               (DESIGN.md §4, the hybrid)
 // so FM = no field-aware field, FFM = all fields field-aware, HybridFM = one side field-aware.
+//
+// Concurrency: a Model is shared by threads that read it (predict, split vectors, training rows —
+// Hogwild training only writes values in place) and a thread that changes its structure (grow_rows,
+// restore, set_weights). Every core routine that reads the tables holds `mu` shared for its whole
+// call; every routine that replaces / reallocates tables or writes all weights at once holds it
+// exclusively. The lock is taken once per call, never per row, and only by the core (cpp/src): the
+// binding releases the GIL first, so a Python thread waiting for the lock never blocks the others.
 #pragma once
 
+#include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "common.h"
 
 namespace fmrecall {
+
+// A readers–writer lock that does not starve writers: std::shared_mutex (glibc's rwlock) prefers
+// readers, so a stream of overlapping predict calls could keep a partial_fit's grow_rows waiting
+// forever. A writer first takes `gate_`, which new readers pass through, then waits for the readers
+// already inside. Meets the SharedMutex requirements (std::shared_lock / std::unique_lock).
+// Not recursive: a routine holding it must not call another routine that takes it.
+class RwMutex {
+ public:
+  void lock() {
+    std::lock_guard<std::mutex> g(gate_);
+    rw_.lock();
+  }
+  bool try_lock() { return rw_.try_lock(); }
+  void unlock() { rw_.unlock(); }
+  void lock_shared() {
+    { std::lock_guard<std::mutex> g(gate_); }
+    rw_.lock_shared();
+  }
+  bool try_lock_shared() { return rw_.try_lock_shared(); }
+  void unlock_shared() { rw_.unlock_shared(); }
+
+ private:
+  std::shared_mutex rw_;
+  std::mutex gate_;
+};
+
+using ReadLock = std::shared_lock<RwMutex>;
+using WriteLock = std::unique_lock<RwMutex>;
+
+// The weights without padding or AdaGrad state (bias, linear (n), v (n, k), W (m, F, k)), and the
+// field-aware row map; has_* say which tables the model has (FM: v, FFM: W, hybrid: both).
+struct Weights {
+  float bias = 0.f;
+  int64_t n = 0, m = 0;
+  int32_t F = 0, k = 0;
+  std::vector<float> linear, v, W;
+  std::vector<int32_t> aware_row;
+  bool has_v = false, has_W = false, has_rows = false;
+};
 
 struct Model {
   int64_t n = 0;   // number of features (global indices 0..n-1)
@@ -42,6 +90,13 @@ struct Model {
   float snap_w0 = 0.f;
   AlignedArray<float> snap_w, snap_v, snap_W;
 
+  mutable RwMutex mu;       // shared: routines that read the tables; exclusive: structural changes
+  mutable std::mutex snap_mu;  // two concurrent snapshot() calls (both hold mu shared) write snap_*
+
+  Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
   bool any_single() const {
     for (uint8_t a : aware)
       if (!a) return true;
@@ -65,12 +120,26 @@ struct Model {
   void allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
                 std::vector<int32_t> aware_row_, int64_t m_, float init_std, uint64_t seed);
 
-  void snapshot();
-  void restore();
+  void snapshot();  // shared lock (reads the tables; snap_* are guarded by snap_mu)
+  void restore();   // exclusive lock
 
   // Give field-aware vectors (random init, AdaGrad state 1) to the listed features that have none,
   // growing W: how partial_fit takes in features a model has not seen before. Returns rows added.
+  // Exclusive lock (W is reallocated); on an InputError nothing has changed.
   int64_t grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed);
+
+  // Copies of the weights (shared lock), and all weights at once (exclusive lock). set_weights
+  // checks everything (sizes against the model, finiteness) before it writes anything; v / W are
+  // nullptr for a table the caller does not give, which must be one the model does not have.
+  Weights get_weights() const;
+  void set_weights(float bias, const float* linear, int64_t n_linear, const float* v, int64_t n_v,
+                   const float* W, int64_t n_W);
+
+  // Zero the single vectors of features with seen[j] == 0 (absent from the training data): they
+  // stay neutral instead of adding random pairs. Exclusive lock.
+  void zero_unseen(const uint8_t* seen, int64_t count);
+
+  int64_t aware_rows() const;  // m, read under the shared lock (grow_rows changes it)
 };
 
 }  // namespace fmrecall

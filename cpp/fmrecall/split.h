@@ -27,6 +27,7 @@ struct SplitLayout {
   int64_t dim = 0;                   // total, bias slot included (the last coordinate)
 };
 
+// All three hold the model's lock shared (Model::mu).
 SplitLayout make_layout(const Model& M, const uint8_t* side);
 
 // q: (rows, dim) query vectors, b: (rows) per-query constants.

@@ -21,6 +21,17 @@ struct Csr {
   }
 };
 
+// Largest thread count a call accepts (Python: fmrecall.MAX_THREADS). OpenMP would try to start
+// any number asked for, and a huge team (threads=100000) dies on the first call.
+constexpr int kMaxThreads = 1024;
+
+// The OpenMP team size of a call: threads > 0 as given, 0 = all cores (at most kMaxThreads);
+// InputError for a negative count or one above kMaxThreads.
+int resolve_threads(int threads);
+
+// The routines below hold the model's lock shared for their whole call (Model::mu): they read the
+// tables and (training, Hogwild) write values in place, never reallocating anything.
+
 // One pass of SGD over rows order[0..count) (Hogwild across `threads`). Returns the summed loss
 // of the rows at the moment they were visited (before their own update).
 double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,

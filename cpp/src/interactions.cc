@@ -68,6 +68,7 @@ void sample_negative(const Model& M, const Factored& D, const Sampling& S, const
 
 EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int64_t count, Loss loss,
                           const Sampling& S, const Hyper& h, int threads) {
+  ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
   int64_t terms = 0;
@@ -125,6 +126,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
 }
 
 void score_factored(const Model& M, const Factored& D, const int32_t* items, float* out, int threads) {
+  ReadLock lock(M.mu);
   const KernelFns K = select_kernels(M.kp);
 #pragma omp parallel num_threads(threads)
   {

@@ -35,6 +35,7 @@ void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool
 
 void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
                      std::vector<int32_t> aware_row_, int64_t m_, float init_std, uint64_t seed) {
+  WriteLock lock(mu);
   if (n_ < 0 || F_ < 0 || k_ < 1 || k_ > 512)
     throw InputError("model sizes out of range (need n >= 0, F >= 0, 1 <= k <= 512)");
   if (static_cast<int32_t>(aware_.size()) != F_) throw InputError("aware flags must have one entry per field");
@@ -71,17 +72,23 @@ void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
 }  // namespace
 
 int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed) {
+  WriteLock lock(mu);
   if (aware_row.empty() || !any_aware()) return 0;  // identity layout: every feature has a row
+  for (int64_t i = 0; i < count; ++i)  // check all before changing anything
+    if (features[i] < 0 || features[i] >= n)
+      throw InputError("feature index " + std::to_string(features[i]) + " out of range [0, " + std::to_string(n) +
+                       ")");
   std::vector<int32_t> fresh;
+  std::vector<int32_t> rows(aware_row);  // the new row map, committed once the table exists
   for (int64_t i = 0; i < count; ++i) {
     const int32_t j = features[i];
-    if (j < 0 || j >= n) throw InputError("feature index out of range");
-    if (aware_row[j] < 0) {
-      aware_row[j] = static_cast<int32_t>(m + static_cast<int64_t>(fresh.size()));
+    if (rows[j] < 0) {
+      rows[j] = static_cast<int32_t>(m + static_cast<int64_t>(fresh.size()));
       fresh.push_back(j);
     }
   }
   if (fresh.empty()) return 0;
+  if (m + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many field-aware rows");
   const size_t block = static_cast<size_t>(F) * vs;
   AlignedArray<float> bigger(static_cast<size_t>(m + static_cast<int64_t>(fresh.size())) * block);
   if (m) std::memcpy(bigger.data(), W.data(), sizeof(float) * static_cast<size_t>(m) * block);
@@ -95,6 +102,7 @@ int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std,
     }
   }
   W = std::move(bigger);
+  aware_row = std::move(rows);
   m += static_cast<int64_t>(fresh.size());
   snap_W.resize(0);  // a snapshot no longer matches
   snap_w.resize(0);
@@ -102,6 +110,8 @@ int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std,
 }
 
 void Model::snapshot() {
+  ReadLock lock(mu);
+  std::lock_guard<std::mutex> snap(snap_mu);
   snap_w0 = w0;
   copy_into(snap_w, w);
   snap_v.resize(v.size() / 2);
@@ -111,6 +121,7 @@ void Model::snapshot() {
 }
 
 void Model::restore() {
+  WriteLock lock(mu);
   if (snap_w.size() != w.size()) throw std::logic_error("restore() without snapshot()");
   w0 = snap_w0;
   copy_into(w, snap_w);
@@ -119,6 +130,86 @@ void Model::restore() {
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
+}
+
+namespace {
+// Unpadded copy of rows stored vectors (stride 2 kp, weights in the first k floats).
+std::vector<float> unpad(const AlignedArray<float>& src, int64_t rows, int32_t k, int32_t kp) {
+  std::vector<float> out(static_cast<size_t>(rows) * k);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * k, src.data() + r * 2 * kp, sizeof(float) * k);
+  return out;
+}
+
+// Write a compact (rows, k) array into the weight halves of stored vectors (padding lanes = 0).
+void pad_into(AlignedArray<float>& dst, const float* src, int64_t rows, int32_t k, int32_t kp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(dst.data() + r * 2 * kp, src + r * k, sizeof(float) * k);
+    for (int32_t d = k; d < kp; ++d) dst[r * 2 * kp + d] = 0.f;
+  }
+}
+
+void check_finite(const float* p, int64_t count, const char* name) {
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(p[i]))
+      throw InputError(std::string(name) + " contains a non-finite value (at flat index " + std::to_string(i) + ")");
+}
+}  // namespace
+
+Weights Model::get_weights() const {
+  ReadLock lock(mu);
+  Weights out;
+  out.bias = w0;
+  out.n = n;
+  out.m = m;
+  out.F = F;
+  out.k = k;
+  out.linear.assign(w.data(), w.data() + n);
+  out.has_v = !v.empty();
+  out.has_W = !W.empty();
+  out.has_rows = !aware_row.empty();
+  if (out.has_v) out.v = unpad(v, n, k, kp);
+  if (out.has_W) out.W = unpad(W, m * F, k, kp);
+  if (out.has_rows) out.aware_row = aware_row;
+  return out;
+}
+
+void Model::set_weights(float bias, const float* linear, int64_t n_linear, const float* v_, int64_t n_v,
+                        const float* W_, int64_t n_W) {
+  // finiteness needs no lock (the caller's arrays); the sizes are checked against the model under it
+  if (!std::isfinite(bias)) throw InputError("bias is not finite");
+  check_finite(linear, n_linear, "linear");
+  if (v_) check_finite(v_, n_v, "factors");
+  if (W_) check_finite(W_, n_W, "field-aware factors");
+  WriteLock lock(mu);
+  if (n_linear != n)
+    throw InputError("linear has " + std::to_string(n_linear) + " entries, expected n_features = " + std::to_string(n));
+  if (v.empty() != !v_) throw InputError("single-vector factors given/missing for this model type");
+  if (W.empty() != !W_) throw InputError("field-aware factors given/missing for this model type");
+  if (v_ && n_v != n * k)
+    throw InputError("factors has " + std::to_string(n_v) + " entries, expected " + std::to_string(n * k));
+  if (W_ && n_W != m * F * k)
+    throw InputError("field-aware factors has " + std::to_string(n_W) + " entries, expected " +
+                     std::to_string(m * F * k));
+  w0 = bias;
+  if (n) std::memcpy(w.data(), linear, sizeof(float) * n);
+  if (v_) pad_into(v, v_, n, k, kp);
+  if (W_) pad_into(W, W_, m * F, k, kp);
+  snap_w.resize(0);  // a snapshot of other weights must not be restored over these
+  snap_v.resize(0);
+  snap_W.resize(0);
+}
+
+void Model::zero_unseen(const uint8_t* seen, int64_t count) {
+  WriteLock lock(mu);
+  if (count != n) throw InputError("seen must have one entry per feature");
+  if (v.empty()) return;
+  for (int64_t j = 0; j < n; ++j)
+    if (!seen[j]) std::memset(vec(j), 0, sizeof(float) * kp);
+}
+
+int64_t Model::aware_rows() const {
+  ReadLock lock(mu);
+  return m;
 }
 
 }  // namespace fmrecall

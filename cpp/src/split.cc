@@ -8,6 +8,7 @@
 namespace fmrecall {
 
 SplitLayout make_layout(const Model& M, const uint8_t* side) {
+  ReadLock lock(M.mu);
   if (M.normalize)
     throw InputError(
         "this model was trained with normalize=True (whole-row 1/||x|| scaling couples the query and item "
@@ -68,6 +69,7 @@ void build(const Model& M, const SplitLayout& L, const Csr& rows, float* out, in
 }  // namespace
 
 void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* q, float* b, int threads) {
+  ReadLock lock(M.mu);
   const int k = L.k;
   build(M, L, rows, q, threads, [&](const Row& row, float* v, float own, int64_t r) {
     for (int p = 0; p < row.n; ++p) {
@@ -91,6 +93,7 @@ void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float*
 }
 
 void item_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* p, int threads) {
+  ReadLock lock(M.mu);
   const int k = L.k;
   build(M, L, rows, p, threads, [&](const Row& row, float* v, float own, int64_t) {
     for (int t = 0; t < row.n; ++t) {

@@ -2,6 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <string>
+
 namespace fmrecall {
 
 namespace {
@@ -29,8 +32,16 @@ inline void prefetch_row(const Model& M, const Segment& s) {
 }
 }  // namespace
 
+int resolve_threads(int threads) {
+  if (threads < 0 || threads > kMaxThreads)
+    throw InputError("threads must be in [0, " + std::to_string(kMaxThreads) + "] (0 = all cores), got " +
+                     std::to_string(threads));
+  return threads > 0 ? threads : std::min(omp_get_max_threads(), kMaxThreads);
+}
+
 double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
                   const Hyper& h, int threads) {
+  ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
   const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
@@ -52,6 +63,7 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 }
 
 void predict_rows(const Model& M, const Csr& data, float* out, int threads) {
+  ReadLock lock(M.mu);
   for_each_scored_row(M, data, threads, [out](const Row&, float score, int64_t r) { out[r] = score; });
 }
 
