@@ -72,11 +72,11 @@ def main() -> None:
     out["queries"] = int(queries.n_rows)
     out["hwm_mb"] = common.status_mb("VmHWM")
     out["rss_end_mb"] = common.status_mb("VmRSS")
-    seg = rec._segs[0]
+    seg = rec.index.parts()[0]
     out["n_items"] = int(items.n_rows)
     out["dim"] = int(rec.dim)
     out["index_dim"] = int(seg.dim)
-    out["vectors_mb"] = rec._vecs.nbytes / 2**20 if getattr(rec, "_own", True) else 0.0  # exact: faiss's copy only
+    out["vectors_mb"] = 0.0 if rec.exact else len(rec) * rec.dim * 4 / 2**20  # exact: faiss's copy only
     out["index_vectors_mb"] = seg.index.ntotal * seg.dim * 4 / 2**20
     out["ids_ok"] = bool((res.ids >= 0).all())
     if a.save:

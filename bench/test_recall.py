@@ -65,7 +65,8 @@ import report  # noqa: E402
 import faiss  # noqa: E402
 
 import fmrecall  # noqa: E402
-import fmrecall.recall as frecall  # noqa: E402
+import fmrecall.recall.faiss_config as fconfig  # noqa: E402
+import fmrecall.recall.faiss_segment as fsegment  # noqa: E402
 
 SIZES = [int(x) for x in os.environ.get("FMRECALL_BENCH_RECALL_SIZES", "100000,1000000").split(",") if x]
 ROUNDS = int(os.environ.get("FMRECALL_BENCH_RECALL_ROUNDS", 3))
@@ -106,7 +107,7 @@ def _pad_to(a: np.ndarray, d: int) -> np.ndarray:
 
 
 def _pad_dim(d: int) -> int:
-    return frecall._pad_width(d, True)
+    return fsegment.pad_width(d, True)
 
 
 class blas:
@@ -336,10 +337,9 @@ def test_numpy_sgemm(benchmark, R, name, n):
 def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
     rec, build_s = R.recaller(name, n, "exact")
     settings = BLAS_SETTINGS[setting]
-    if settings is not None:
-        monkeypatch.setattr(frecall, "EXACT_BLAS", dict(settings))
     used = dict(FAISS_DEFAULT_BLAS)
-    used.update(frecall.EXACT_BLAS)
+    used.update(fconfig.EXACT_BLAS if settings is None else settings)
+    fconfig.configure_faiss(used)  # explicitly, once, before the searches (fmrecall's rule)
     qds = R.qds[name]
     with common.ForeignLoad() as load:
         t0 = time.perf_counter()
@@ -349,9 +349,9 @@ def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
         secs = benchmark.stats.stats.min
         # the faiss index alone, same settings and vectors (what the Recaller adds: query vectors,
         # masking, the final top-k cut)
-        seg = rec._segs[0]
+        seg = rec.index.parts()[0]
         qp = seg.queries(R.q[name])
-        with blas(frecall.EXACT_BLAS):
+        with blas(used):
             raw_secs = common.best_of(lambda: seg.index.search(qp, K), max(1, rounds - 1))
     ref = numpy_rates(R, name, n)
     nq = qds.n_rows
@@ -372,7 +372,7 @@ def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
 @pytest.mark.parametrize("name,n", _grid())
 def test_exact_latency(benchmark, R, monkeypatch, name, n, setting):
     rec, _ = R.recaller(name, n, "exact")
-    monkeypatch.setattr(frecall, "EXACT_BLAS", dict(BLAS_SETTINGS[setting]))
+    fconfig.configure_faiss({**FAISS_DEFAULT_BLAS, **BLAS_SETTINGS[setting]})
     qs = R.q1[name]
     state = {"i": 0}
 
@@ -385,9 +385,9 @@ def test_exact_latency(benchmark, R, monkeypatch, name, n, setting):
     with common.ForeignLoad() as load:
         benchmark.pedantic(rec.search, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
         lat = _stats_ms(benchmark)
-        seg = rec._segs[0]
+        seg = rec.index.parts()[0]
         qp = [seg.queries(R.q[name][i:i + 1]) for i in range(min(len(qs), rounds))]
-        with blas(frecall.EXACT_BLAS):
+        with blas({**FAISS_DEFAULT_BLAS, **BLAS_SETTINGS[setting]}):
             raw = _latency(lambda x: seg.index.search(x, K), qp, max_n=rounds)
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "setting": setting, "k": K,
            **lat, "faiss_only": raw, "other_load": load.share}
@@ -554,7 +554,7 @@ def _set_hnsw(rec, pt):
 def test_hnsw(benchmark, R, name, n):
     R.drop(lambda k: k[2] == "exact" and k[1] == n and k[1] >= CHILD_MIN_N)  # free the big flat copy
     rec, build_s, child = hnsw_recaller(R, name, n)
-    seg = rec._segs[0]
+    seg = rec.index.parts()[0]
     with common.ForeignLoad() as load:
         _set_hnsw(rec, (None, 128))  # the Recaller defaults: candidates max(4k, 100), ef_search 128
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
@@ -584,7 +584,7 @@ def test_hnsw_raw_ip(benchmark, R, name, n):
         _set_hnsw(rec, (None, 128))
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         sweep = _ann_sweep(R, rec, name, n, HNSW_SWEEP, _set_hnsw)
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec._segs[0].dim,
+    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
            "build_seconds": build_s, "ef_construction": 80, "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
            "sweep": sweep, "other_load": load.share}
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
@@ -599,18 +599,18 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
         # faiss trains the k-means on up to 256 points per centroid (all 1M rows for nlist 4,000,
         # 10 iterations: minutes at d=301 on 2 cores); subsample to IVF_MPPC per centroid.
         mppc = IVF_MPPC
-        orig = frecall._Segment._new_index
+        orig = fsegment.Segment.new_index
 
         def new_index(self, n_hint):
             index = orig(self, n_hint)
-            ivf = frecall._ivf(index)
+            ivf = fsegment.ivf_of(index)
             if ivf is not None:
                 ivf.cp.max_points_per_centroid = mppc
             return index
 
-        monkeypatch.setattr(frecall._Segment, "_new_index", new_index)
+        monkeypatch.setattr(fsegment.Segment, "new_index", new_index)
     rec, build_s = R.recaller(name, n, "ivf", keep=False)
-    ivf = frecall._ivf(rec._segs[0].index)
+    ivf = fsegment.ivf_of(rec.index.parts()[0].index)
 
     def set_nprobe(r, npb):
         r.params["nprobe"] = npb
@@ -619,7 +619,7 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
         set_nprobe(rec, 32)
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         sweep = _ann_sweep(R, rec, name, n, IVF_NPROBE, set_nprobe)
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec._segs[0].dim,
+    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
            "nlist": int(ivf.nlist), "train_points_per_centroid": mppc or 256, "build_seconds": build_s,
            "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min, "sweep": sweep, "other_load": load.share}
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
@@ -643,7 +643,7 @@ def _padding_grid():
 def test_padding(benchmark, R, monkeypatch, name, index, n, pad):
     R.drop(lambda k: k[1] >= CHILD_MIN_N and k[1] != n)
     R.drop(lambda k: k[1] >= CHILD_MIN_N and k[2] != "exact")
-    monkeypatch.setattr(frecall, "EXACT_BLAS", dict(TUNED_BLAS))
+    fconfig.configure_faiss(TUNED_BLAS)
     if index == "hnsw" and pad:
         rec, build_s, _ = hnsw_recaller(R, name, n)
     else:
@@ -659,7 +659,7 @@ def test_padding(benchmark, R, monkeypatch, name, index, n, pad):
     if not pad and n >= CHILD_MIN_N:
         R.drop(lambda k: k[1] == n)
     row = {"model": rd.LABELS[name], "n_items": n, "index": index, "pad": pad, "dim": rec.dim,
-           "index_dim": rec._segs[0].dim, "qps": R.qds[name].n_rows / benchmark.stats.stats.min,
+           "index_dim": rec.index.parts()[0].dim, "qps": R.qds[name].n_rows / benchmark.stats.stats.min,
            "build_seconds": build_s, "recall": recall_at(res.ids, R.truth(name, n)), **lat, "other_load": load.share}
     benchmark.extra_info.update(row)
     report.record("recall_padding", f"{name}-{index}-{n}-{'pad' if pad else 'nopad'}", row)
@@ -838,7 +838,7 @@ def test_memory(benchmark, R, index):
         out.update(_child_results.get((name, n, index)) or run_child(R, name, n, index, save=False))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    row = {"model": rd.LABELS[name], "index": index, "add_chunk": frecall.ADD_CHUNK,
+    row = {"model": rd.LABELS[name], "index": index, "add_chunk": fsegment.ADD_CHUNK,
            **{k: v for k, v in out.items() if k != "saved_dir"}}
     row["recaller_peak_mb"] = row["hwm_mb"] - row["rss_baseline_mb"]
     benchmark.extra_info.update(row)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import fmrecall
-import fmrecall.recall as frecall
+import fmrecall.recall.faiss_segment as fsegment
+import fmrecall.recall.recaller as frecaller
 from conftest import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_hybrid_weights, random_weights,
                       rows_dataset, side_rows)
 
@@ -481,12 +482,13 @@ def test_add_in_slices_equals_one_slice(rng, monkeypatch, index, segments):
     rows the stored vectors, the faiss index contents and the results are those of one slice."""
     world = World(rng, "ffm", m=15, n=200)
     one = world.recaller(index, segments=segments)
-    monkeypatch.setattr(frecall, "ADD_CHUNK", 7)
+    monkeypatch.setattr(frecaller, "ADD_CHUNK", 7)
+    monkeypatch.setattr(fsegment, "ADD_CHUNK", 7)
     sliced = world.recaller(index, segments=segments)
     np.testing.assert_array_equal(sliced.ids, one.ids)
     np.testing.assert_array_equal(sliced.vectors, one.vectors)
     np.testing.assert_array_equal(sliced.vectors, world.model.split(fmrecall.Sides(**SD)).item_vectors(world.items))
-    for a, b in zip(sliced._segs, one._segs):
+    for a, b in zip(sliced.index.parts(), one.index.parts()):
         assert a.index.ntotal == b.index.ntotal == world.n
     r1, r2 = one.search(world.queries, 10), sliced.search(world.queries, 10)
     np.testing.assert_array_equal(r2.scores, r1.scores)
@@ -500,7 +502,7 @@ def test_failed_add_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rn
     rec = fmrecall.Recaller(world.model, fmrecall.Sides(**SD), threads=1)
     rec.add_items(world.items.subset(np.arange(40)), world.ids[:40])
     before = rec.search(world.queries, 10)
-    monkeypatch.setattr(frecall, "ADD_CHUNK", 16)
+    monkeypatch.setattr(frecaller, "ADD_CHUNK", 16)
     orig, calls = rec.split.item_vectors, []
 
     def failing(ds):
@@ -513,7 +515,7 @@ def test_failed_add_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rn
     with pytest.raises(ValueError, match="nothing was added"):
         rec.add_items(world.items.subset(np.arange(40, 100)), world.ids[40:])
     assert calls == [16, 16, 16]
-    assert len(rec) == 40 and rec._segs[0].index.ntotal == 40
+    assert len(rec) == 40 and rec.index.parts()[0].index.ntotal == 40
     after = rec.search(world.queries, 10)
     np.testing.assert_array_equal(after.ids, before.ids)
     np.testing.assert_array_equal(after.scores, before.scores)
@@ -541,19 +543,29 @@ def test_failed_replacement_keeps_the_old_vectors(rng, monkeypatch, index):
     np.testing.assert_array_equal(after.scores, before.scores)
 
 
-def test_hnsw_walk_is_at_least_the_candidate_count(rng):
+def test_hnsw_walk_is_at_least_the_candidate_count(rng, monkeypatch):
     """faiss stops the HNSW walk after efSearch nodes; the Recaller searches with
-    max(ef_search, candidates) so that every fetched candidate comes from the walk."""
+    max(ef_search, candidates), passed per call, so that every fetched candidate comes from the
+    walk and the shared index's own efSearch is never changed."""
     world = World(rng, "fm", m=5, n=300)
-    rec = world.recaller("hnsw", ef_search=8, candidates=150)
-    rec.search(world.queries, 10)
-    assert rec._segs[0].index.hnsw.efSearch == 150
-    rec = world.recaller("hnsw", ef_search=200, candidates=20)
-    rec.search(world.queries, 10)
-    assert rec._segs[0].index.hnsw.efSearch == 200
-    rec = world.recaller("HNSW16,Flat", ef_search=8, candidates=120)  # a factory string too
-    rec.search(world.queries, 10)
-    assert faiss.downcast_index(rec._segs[0].index).hnsw.efSearch == 120
+    seen = []
+    orig = fsegment.search_params
+
+    def spy(index, ef_search, nprobe, keep):
+        params = orig(index, ef_search, nprobe, keep)
+        seen.append(params.efSearch)
+        return params
+
+    monkeypatch.setattr(fsegment, "search_params", spy)
+    for index, kw, want in (("hnsw", dict(ef_search=8, candidates=150), 150),
+                            ("hnsw", dict(ef_search=200, candidates=20), 200),
+                            ("HNSW16,Flat", dict(ef_search=8, candidates=120), 120)):  # a factory string too
+        rec = world.recaller(index, **kw)
+        default = faiss.downcast_index(rec.index.parts()[0].index).hnsw.efSearch
+        seen.clear()
+        rec.search(world.queries, 10)
+        assert seen == [want]
+        assert faiss.downcast_index(rec.index.parts()[0].index).hnsw.efSearch == default == 16
 
 
 # ---------------------------------------------------------------------------- persistence
@@ -568,7 +580,7 @@ def test_save_load_round_trip(rng, tmp_path, index, segments):
     path = tmp_path / "rec"
     rec.save(path)
     back = fmrecall.Recaller.load(path)
-    assert len(back) == len(rec) and back.dim == rec.dim and back.segments == segments
+    assert len(back) == len(rec) and back.dim == rec.dim and back.index.segments == segments
     np.testing.assert_array_equal(back.ids, rec.ids)
     excl = _random_id_lists(rng, world, world.m, size_max=20)
     for kw in ({}, {"exclude": excl}, {"certify": True}):
@@ -590,12 +602,17 @@ def test_save_load_round_trip(rng, tmp_path, index, segments):
     np.testing.assert_array_equal(again.search(world.queries, 10).ids, a.ids)
 
 
+def _tree(path):
+    """{relative path: bytes} of every file below `path`."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
 def test_failed_save_leaves_the_previous_directory_intact(rng, tmp_path, monkeypatch):
     world = World(rng, "ffm", m=10, n=60)
     rec = world.recaller("hnsw")
     path = tmp_path / "rec"
     rec.save(path)
-    before = {p: (path / p).read_bytes() for p in sorted(os.listdir(path))}
+    before = _tree(path)
     want = rec.search(world.queries, 5)
     rec.remove_items(world.ids[:30])
     rec.add_items(world.items.subset([40, 41]), np.array([1, 2]))
@@ -607,7 +624,7 @@ def test_failed_save_leaves_the_previous_directory_intact(rng, tmp_path, monkeyp
         rec.save(path)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["rec"]  # no temporary or backup directory left behind
-    assert {p: (path / p).read_bytes() for p in sorted(os.listdir(path))} == before
+    assert _tree(path) == before
     got = fmrecall.Recaller.load(path).search(world.queries, 5)
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_array_equal(got.scores, want.scores)

@@ -1,0 +1,263 @@
+"""Recaller: the model's query side and an item index, answering top-K with exact scores.
+
+Every result is scored exactly (b_q + <q, p>, the model's score on the joined row); approximate
+indexes only propose candidates, which are re-scored from the stored float32 item vectors before
+the top K is cut, so an ANN index can lose recall but never return a wrong score.
+
+Concurrency contract: any number of threads may call `search`, `item_vectors`, `ids` and `len`
+while one thread calls `add_items`, `remove_items` or `save` (writers are serialised). A search
+sees the catalogue before or after a change, never a mix. See README "Concurrency".
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, Optional, Union
+
+import numpy as np
+
+from ..dataset import Dataset
+from ..schema import Schema
+from ..sides import Sides
+from .base import IdFilter, IdsLike, ItemIndex, id_filter
+from .faiss_index import FaissIndex
+from .faiss_segment import ADD_CHUNK
+from .result import SearchResult
+
+
+def _check_threads(value: Any) -> int:
+    try:
+        from .._limits import check_threads
+    except ImportError:  # pragma: no cover - until the limits module lands
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 1024:
+            raise ValueError(f"threads must be an integer in [0, 1024], got {value!r}") from None
+        return int(value)
+    return check_threads(value, "threads")
+
+
+def row_range(ds: Dataset, lo: int, hi: int) -> Dataset:
+    """Rows [lo, hi) of `ds` (views of its arrays; the row offsets are rebased)."""
+    if lo == 0 and hi >= ds.n_rows:
+        return ds
+    hi = min(hi, ds.n_rows)
+    a, b = int(ds.indptr[lo]), int(ds.indptr[hi])
+    return Dataset(ds.indptr[lo:hi + 1] - a, ds.fields[a:b], ds.features[a:b],
+                   None if ds.values is None else ds.values[a:b],
+                   None if ds.labels is None else ds.labels[lo:hi],
+                   n_features=ds.n_features, n_fields=ds.n_fields, source=ds.source)
+
+
+class Recaller:
+    """Top-K items for a request, with the model's exact scores.
+
+    Parameters
+    ----------
+    model : a fitted FM, FFM or HybridFM. The Recaller scores with this model as it is now: if
+        the model is trained further (fit / partial_fit), `search` and `add_items` raise, because
+        the indexed item vectors no longer match it; train a copy and build a new Recaller
+    sides : fmrecall.Sides, or a fitted fmrecall.Schema (then items and queries may be given as
+        DataFrames / dict rows and are encoded with it); defaults to the model's schema or sides
+    index : where the item vectors live. A string selects a faiss index on this machine:
+        "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat on L2-augmented vectors), "hnsw-ip"
+        (IndexHNSWFlat on the raw inner product), "ivf" (IndexIVFFlat) or any faiss index_factory
+        string (inner-product metric); or an index adapter instance: `fmrecall.FaissIndex(...)` or
+        `fmrecall.MilvusIndex(uri, ...)` (beyond one machine)
+    segments, candidates, hnsw_m, ef_construction, ef_search, nlist, nprobe, pad : faiss index
+        parameters, see `fmrecall.FaissIndex` (only with a string `index`)
+    threads : threads for faiss and the vector builders (0 = all; at most fmrecall.MAX_THREADS)
+    """
+
+    def __init__(self, model: Any, sides: Union[Sides, Schema, None] = None, index: Union[str, ItemIndex] = "exact",
+                 *, segments: int = 1, candidates: Optional[int] = None, hnsw_m: int = 32,
+                 ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None, nprobe: int = 32,
+                 pad: Optional[bool] = None, threads: int = 0) -> None:
+        self._bind(model, sides, threads)
+        if isinstance(index, ItemIndex):
+            faiss_args = dict(segments=segments, candidates=candidates, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                              ef_search=ef_search, nlist=nlist, nprobe=nprobe, pad=pad)
+            defaults = dict(segments=1, candidates=None, hnsw_m=32, ef_construction=80, ef_search=128, nlist=None,
+                            nprobe=32, pad=None)
+            changed = [k for k, v in faiss_args.items() if v != defaults[k]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: give index parameters to the index adapter, not the Recaller")
+            self.index = index
+        elif isinstance(index, str):
+            self.index = FaissIndex(index, segments=segments, candidates=candidates, hnsw_m=hnsw_m,
+                                    ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe,
+                                    pad=pad)
+        else:
+            raise ValueError(f"index must be a string or an index adapter (fmrecall.FaissIndex / MilvusIndex), "
+                             f"got {type(index).__name__}")
+        self.index.open(self.split.dim, self.threads)
+
+    def _bind(self, model: Any, sides: Union[Sides, Schema, None], threads: Any) -> None:
+        """The query side: model, sides / schema, split, threads (validated)."""
+        self.schema: Optional[Schema] = None
+        if sides is None:
+            sides = getattr(model, "schema_", None) or getattr(model, "sides", None)
+        if isinstance(sides, Schema):
+            self.schema = sides
+            sides = sides.sides
+        if not isinstance(sides, Sides):
+            raise ValueError("Recaller needs sides=fmrecall.Sides(user=..., context=..., item=...) or a fitted Schema")
+        self.threads = _check_threads(threads)
+        self.model = model
+        self.sides = sides
+        self.split = model.split(sides)
+        self._generation = getattr(model, "generation_", None)
+
+    def _init_loaded(self, model: Any, sides: Union[Sides, Schema], threads: Any) -> None:
+        self._bind(model, sides, threads)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self.split.dim
+
+    @property
+    def index_kind(self) -> str:
+        """The faiss index string, or the adapter's backend name."""
+        return self.index.kind if isinstance(self.index, FaissIndex) else self.index.backend
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(self.index, FaissIndex) and self.index.exact
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 ids of the indexed items."""
+        return self.index.ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """A copy of the exact item vectors, float32 (rows, dim), row = storage position (removed
+        items' rows included until compaction; faiss indexes only)."""
+        if not isinstance(self.index, FaissIndex):
+            raise AttributeError("vectors by row exist for faiss indexes only; use item_vectors(ids)")
+        return self.index.all_vectors()
+
+    def item_vectors(self, ids: IdsLike) -> np.ndarray:
+        """The stored exact item vectors p (float32 (n, dim)) of the given ids (KeyError if one is
+        not indexed)."""
+        return self.index.vectors(np.asarray(ids, dtype=np.int64).ravel())
+
+    def _check_model(self) -> None:
+        now = getattr(self.model, "generation_", None)
+        if now != self._generation:
+            raise RuntimeError("the model was trained again after this Recaller was built (fit / partial_fit): its "
+                               "indexed item vectors no longer match the model. Build a new Recaller (train a copy, "
+                               "copy.deepcopy(model), to keep serving this one meanwhile)")
+
+    def _encode(self, data: Any, side: str) -> Dataset:
+        if isinstance(data, Dataset):
+            return data
+        if self.schema is None:
+            raise ValueError("give a Dataset, or build the Recaller with a Schema to pass DataFrames")
+        return self.schema.transform(data, side=side)
+
+    # ------------------------------------------------------------------ writes
+    def add_items(self, items: Any, ids: Union[IdsLike, str]) -> "Recaller":
+        """Index item rows under int64 `ids` (one per row). `items` is a Dataset of item rows, or a
+        DataFrame / dict rows encoded with the schema (then `ids` may name its id column). Ids
+        already indexed are replaced. All or nothing: a failed call leaves the Recaller as it was.
+        Searches go on meanwhile (see the concurrency contract). Returns self."""
+        self._check_model()
+        if isinstance(ids, str):
+            if isinstance(items, Dataset):
+                raise ValueError("ids as a column name needs items as a DataFrame")
+            from ..schema import _frame
+            items = _frame(items)
+            ids = items[ids].to_numpy()
+        item_ds = self._encode(items, "item")
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.size != item_ds.n_rows:
+            raise ValueError(f"ids must be 1-d with one id per item row ({item_ds.n_rows}), got shape {ids.shape}")
+        if ids.size and ids.dtype.kind not in "iu":
+            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"ids must be >= 0, got {int(ids.min())}")
+        uniq, counts = np.unique(ids, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(f"duplicate id {int(uniq[counts > 1][0])} in one add_items call")
+        self.split._check_side(item_ds, want_item=True)
+        if ids.size == 0:
+            return self
+        try:
+            self.index.add(ids, self._vector_batches(item_ds))
+        except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
+            raise ValueError(f"faiss could not index these {ids.size} items ({str(e).strip().splitlines()[-1]}); "
+                             f"nothing was added. An IVF index trains on its first batch: give it at least as many "
+                             f"items as it has lists") from None
+        return self
+
+    def _vector_batches(self, item_ds: Dataset) -> Iterator[np.ndarray]:
+        """Item vectors in slices of ADD_CHUNK rows, built when the index asks for them."""
+        for lo in range(0, item_ds.n_rows, ADD_CHUNK):
+            yield self.split.item_vectors(row_range(item_ds, lo, lo + ADD_CHUNK))
+
+    def remove_items(self, ids: IdsLike) -> "Recaller":
+        """Remove items by id (unknown ids are ignored). Returns self."""
+        self.index.remove(np.asarray(ids, dtype=np.int64).ravel())
+        return self
+
+    # ------------------------------------------------------------------ search
+    def search(self, query_ds: Any, k: int = 10, *, exclude: Any = None, restrict: Any = None,
+               certify: bool = False) -> SearchResult:
+        """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or a
+        DataFrame / dict rows when the Recaller has a schema).
+
+        exclude : ids to leave out: one id array for all queries, or one entry per query (array,
+            list or set of ids, or None), e.g. the items each user has seen
+        restrict : only rank these ids, in the same forms (exact scan; a None entry leaves that
+            query unrestricted)
+        certify : with segments > 1 and exact segment indexes, widen the per-segment K' until
+            every query's top k is certified exact (DESIGN.md §5)
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        self._check_model()
+        q, b = self.split.query_vectors(self._encode(query_ds, "query"))
+        m = q.shape[0]
+        loss = getattr(self.model, "loss", "logistic")
+        excl: IdFilter = id_filter(exclude, m, "exclude")
+        allow: IdFilter = id_filter(restrict, m, "restrict")
+        if m == 0:
+            return SearchResult.empty(m, k, loss)
+        ids, ip, cert = self.index.search(q, k, excl, allow, bool(certify))
+        scores = (ip + b[:, None]).astype(np.float32)  # b_q + <q, p>: the model's score on the joined row
+        return SearchResult(ids, scores, cert, loss)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Union[str, os.PathLike]) -> None:
+        """Write model, sides / schema, ids, item vectors and indexes into `directory`: a new
+        version sub-directory, checksummed, then an atomic switch of the pointer to it, so a
+        reader always loads a complete version and a killed save leaves the previous one."""
+        from .store import save_recaller
+        save_recaller(self, directory)
+
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike], **options: Any) -> "Recaller":
+        """Load a Recaller written by save(); searches give identical results. Every member is
+        verified against its SHA-256 and every parameter validated (ValueError naming the file)."""
+        from .store import load_recaller
+        return load_recaller(directory, **options)
+
+    def __reduce__(self) -> Any:
+        from .store import recaller_from_bytes, recaller_to_bytes
+        return (recaller_from_bytes, (recaller_to_bytes(self),))
+
+    def __repr__(self) -> str:
+        return (f"Recaller({type(self.model).__name__}, index={self.index_kind!r}, items={len(self)}, dim={self.dim})")
+
+
+def recaller_config(rec: Recaller) -> Dict[str, Any]:
+    """The Recaller's own settings as saved (the index's are in its state)."""
+    return {"sides": rec.sides.to_dict(), "threads": rec.threads, "backend": rec.index.backend,
+            "schema": rec.schema.to_dict() if rec.schema is not None else None}
+
+
+__all__ = ["Recaller", "SearchResult", "row_range", "recaller_config"]

@@ -1,0 +1,292 @@
+"""A Recaller on disk: versioned, checksummed directories behind an atomically switched pointer.
+
+    directory/
+      CURRENT            {"version_dir": "v-…", "manifest_sha256": …}: replaced atomically (rename)
+      v-<time>-<rand>/   one complete version: manifest.json (SHA-256 and size of every member),
+                         model.npz, items.npz (ids, vectors, settings), index<s>.faiss
+
+A save writes a new version beside the current one (under a .tmp- name, renamed when complete),
+then switches CURRENT. A reader therefore always finds a complete version, old or new, and a save
+killed at any moment leaves the previous version loadable. The previous version is kept (a reader
+may have just read the old pointer); anything older, and the debris of interrupted saves, is
+removed by the next save. Directories written by fmrecall 0.1 (members directly in the directory,
+no checksums) still load.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import zipfile
+from typing import Any, Dict, Optional, Tuple, Type, Union
+
+import numpy as np
+
+from ..persist import MODEL_FORMAT, MODEL_VERSION, atomic_write, load_arrays, model_from_arrays, model_to_arrays, save_arrays
+from ..schema import Schema
+from ..sides import Sides
+from .base import ItemIndex
+
+RECALLER_FORMAT = "fmrecall.recaller"
+RECALLER_VERSION = 2
+POINTER = "CURRENT"
+MANIFEST = "manifest.json"
+_VERSION_DIR = re.compile(r"^v-[0-9a-f]{1,20}-[0-9a-f]{8}$")
+_MEMBER = re.compile(r"^(model\.npz|items\.npz|index[0-9]{1,4}\.faiss)$")
+_LOAD_RETRIES = 5
+
+
+def _backends() -> Dict[str, Type[ItemIndex]]:
+    from .faiss_index import FaissIndex
+    out: Dict[str, Type[ItemIndex]] = {"faiss": FaissIndex}
+    try:
+        from .milvus import MilvusIndex
+        out["milvus"] = MilvusIndex
+    except ImportError:  # pragma: no cover - the milvus module is part of the package
+        pass
+    return out
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------- writing
+def write_version(rec: Any, target: str) -> None:
+    """Write every member of `rec` and the manifest into the (new, empty) directory `target`."""
+    from .recaller import recaller_config
+    meta_m, arrays_m = model_to_arrays(rec.model)
+    save_arrays(os.path.join(target, "model.npz"), meta_m, arrays_m)
+    index_meta, index_arrays, files = rec.index.state()
+    for name, arr in index_arrays.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"refusing to save: the index's {name} contain non-finite values")
+    meta = {"format": RECALLER_FORMAT, "version": RECALLER_VERSION, "recaller": recaller_config(rec),
+            "index": index_meta}
+    save_arrays(os.path.join(target, "items.npz"), meta, index_arrays)
+    for name, write in files.items():
+        if not _MEMBER.match(name):
+            raise ValueError(f"bad member name {name!r}")
+        write(os.path.join(target, name))
+    members = {}
+    for name in sorted(os.listdir(target)):
+        path = os.path.join(target, name)
+        _fsync_file(path)
+        members[name] = {"sha256": sha256_file(path), "size": os.path.getsize(path)}
+    manifest = {"format": RECALLER_FORMAT, "version": RECALLER_VERSION, "members": members}
+    with open(os.path.join(target, MANIFEST), "wb") as f:
+        f.write(json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(target)
+
+
+def save_recaller(rec: Any, directory: Union[str, os.PathLike]) -> None:
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} exists and is not a directory")
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    entries = set(os.listdir(directory))
+    legacy = "items.npz" in entries and POINTER not in entries
+    ours = {e for e in entries if e == POINTER or _VERSION_DIR.match(e) or e.startswith(".tmp-")}
+    if not legacy and entries - ours:
+        raise ValueError(f"{directory} is not empty and is not a saved Recaller; refusing to write into it")
+    previous = _read_pointer(directory)[0] if POINTER in entries else None
+    name = f"v-{time.time_ns():x}-{secrets.token_hex(4)}"
+    tmp = os.path.join(directory, ".tmp-" + name)
+    os.mkdir(tmp)
+    try:
+        write_version(rec, tmp)
+        os.rename(tmp, os.path.join(directory, name))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    manifest_sha = sha256_file(os.path.join(directory, name, MANIFEST))
+    pointer = {"format": RECALLER_FORMAT, "version_dir": name, "manifest_sha256": manifest_sha}
+    atomic_write(os.path.join(directory, POINTER), lambda f: f.write(json.dumps(pointer).encode("utf-8")))
+    _fsync_dir(directory)
+    _clean(directory, keep={name, previous}, legacy=legacy)
+
+
+def _clean(directory: str, keep: set, legacy: bool) -> None:
+    """Remove older versions and the debris of interrupted saves (never anything not ours)."""
+    for entry in os.listdir(directory):
+        path = os.path.join(directory, entry)
+        if entry in keep or entry == POINTER:
+            continue
+        if _VERSION_DIR.match(entry) or entry.startswith(".tmp-"):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        elif legacy and (entry in ("model.npz", "items.npz") or re.match(r"^index[0-9]+\.faiss$", entry)):
+            os.unlink(path)  # fmrecall 0.1 members, superseded by the version just written
+
+
+# ---------------------------------------------------------------------------- reading
+def _read_pointer(directory: str) -> Tuple[str, str]:
+    path = os.path.join(directory, POINTER)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+        pointer = json.loads(raw.decode("utf-8"))
+        name, sha = pointer["version_dir"], pointer["manifest_sha256"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: corrupt pointer file ({e})") from None
+    if not isinstance(name, str) or not _VERSION_DIR.match(name) or not isinstance(sha, str):
+        raise ValueError(f"{path}: corrupt pointer file (version {name!r})")
+    return name, sha
+
+
+def _verified_members(version: str, manifest_sha: Optional[str]) -> Dict[str, str]:
+    """member name -> path, every file checked against the manifest's SHA-256 and size."""
+    mpath = os.path.join(version, MANIFEST)
+    with open(mpath, "rb") as f:
+        raw = f.read()
+    if manifest_sha is not None and hashlib.sha256(raw).hexdigest() != manifest_sha:
+        raise ValueError(f"{mpath}: checksum mismatch (the manifest is corrupt)")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+        members = manifest["members"]
+        if manifest.get("format") != RECALLER_FORMAT or not isinstance(members, dict):
+            raise KeyError("format")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{mpath}: corrupt manifest ({e})") from None
+    paths = {}
+    for name, info in members.items():
+        if not isinstance(name, str) or not _MEMBER.match(name) or not isinstance(info, dict):
+            raise ValueError(f"{mpath}: bad member entry {name!r}")
+        path = os.path.join(version, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, "member missing", path)
+        if os.path.getsize(path) != info.get("size") or sha256_file(path) != info.get("sha256"):
+            raise ValueError(f"{path}: checksum mismatch (the file is corrupt or was changed after saving)")
+        paths[name] = path
+    for need in ("model.npz", "items.npz"):
+        if need not in paths:
+            raise ValueError(f"{mpath}: no {need}")
+    return paths
+
+
+def load_recaller(directory: Union[str, os.PathLike], **options: Any) -> Any:
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, "No such directory", directory)
+    if not os.path.exists(os.path.join(directory, POINTER)):
+        if os.path.exists(os.path.join(directory, "items.npz")):  # fmrecall 0.1 layout, no checksums
+            files = {e: os.path.join(directory, e) for e in os.listdir(directory) if _MEMBER.match(e)}
+            return _load_members(files, directory, options)
+        raise ValueError(f"{directory}: not a saved Recaller (no {POINTER} file)")
+    for attempt in range(_LOAD_RETRIES):
+        name, sha = _read_pointer(directory)
+        try:
+            files = _verified_members(os.path.join(directory, name), sha)
+        except FileNotFoundError:
+            if attempt + 1 == _LOAD_RETRIES:  # two saves moved on while we read: read the pointer again
+                raise
+            continue
+        return _load_members(files, os.path.join(directory, name), options)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_members(files: Dict[str, str], where: str, options: Dict[str, Any]) -> Any:
+    from .recaller import Recaller
+    mpath = files.get("model.npz", os.path.join(where, "model.npz"))
+    meta_m, arrays_m = load_arrays(mpath, MODEL_FORMAT, MODEL_VERSION)
+    try:
+        model = model_from_arrays(meta_m, arrays_m, mpath)
+    except KeyError as e:
+        raise ValueError(f"{mpath}: missing entry {e}") from None
+    ipath = files.get("items.npz", os.path.join(where, "items.npz"))
+    meta, arrays = load_arrays(ipath, RECALLER_FORMAT, RECALLER_VERSION)
+    if meta.get("version") == 1:
+        meta = _upgrade_v1(meta)
+    try:
+        conf, index_meta = meta["recaller"], meta["index"]
+        sides = Schema.from_dict(conf["schema"]) if conf.get("schema") else Sides.from_dict(conf["sides"])
+        backend = _backends().get(conf["backend"])
+        if backend is None:
+            raise ValueError(f"unknown index backend {conf['backend']!r}")
+        rec = Recaller.__new__(Recaller)
+        rec._init_loaded(model, sides, conf["threads"])  # validates like the constructor
+        index_files = {n: p for n, p in files.items() if n.endswith(".faiss")}
+        rec.index = backend.from_state(index_meta, arrays, index_files, rec.dim, rec.threads, ipath, **options)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{ipath}: bad Recaller metadata ({e!r})") from None
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(ipath) else f"{ipath}: {msg}") from None
+    return rec
+
+
+def _upgrade_v1(meta: Dict[str, Any]) -> Dict[str, Any]:
+    p = dict(meta.get("params", {}))
+    pad = p.pop("pad", None)
+    return {"recaller": {"sides": meta["sides"], "threads": meta.get("threads", 0), "backend": "faiss",
+                         "schema": meta.get("schema")},
+            "index": {"kind": meta["index"], "segments": meta["segments"], "candidates": meta.get("candidates"),
+                      **p, "pad": pad, "max_norms": meta["max_norms"]}}
+
+
+# ---------------------------------------------------------------------------- pickle
+def recaller_to_bytes(rec: Any) -> bytes:
+    """One version directory as an uncompressed zip: the pickle payload of a Recaller."""
+    with tempfile.TemporaryDirectory(prefix="fmrecall-pickle-") as tmp:
+        write_version(rec, tmp)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            for name in sorted(os.listdir(tmp)):
+                z.write(os.path.join(tmp, name), name)
+        return buf.getvalue()
+
+
+def recaller_from_bytes(payload: bytes) -> Any:
+    """The Recaller `recaller_to_bytes` wrote, verified like a directory."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ValueError("a pickled Recaller carries bytes")
+    with tempfile.TemporaryDirectory(prefix="fmrecall-pickle-") as tmp:
+        try:
+            with zipfile.ZipFile(io.BytesIO(payload)) as z:
+                names = z.namelist()
+                for name in names:
+                    if name != MANIFEST and not _MEMBER.match(name):
+                        raise ValueError(f"unexpected member {name!r}")
+                    with z.open(name) as src, open(os.path.join(tmp, name), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"corrupt pickled Recaller ({e})") from None
+        return _load_members(_verified_members(tmp, None), "<pickle>", {})
