@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 
 from . import metrics
 from ._core import best_arch
+from ._limits import MAX_THREADS
 from .dataset import Dataset
 from .interactions import Interactions
 from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
@@ -14,4 +15,4 @@ from .split import Split
 from .recall import FaissIndex, ItemIndex, Recaller, SearchResult, configure_faiss
 from .persist import load
 
-__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "__version__"]
+__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS", "__version__"]

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from . import _core
+from ._limits import check_threads
 from .dataset import Dataset
 from .interactions import Interactions
 from .metrics import auc, logloss_from_scores, mse
@@ -52,6 +53,7 @@ class _FactorizationModel:
         self.n_features = n_features
         self.n_fields = n_fields
         self.verbose = verbose
+        check_threads(threads)  # a bad count would reach OpenMP (the rest is checked by fit)
         self._core: Optional[_core.Model] = None
         self.schema_ = None  # the Schema of the Interactions it was fit on (saved with the model)
         self.history_: List[Dict[str, Any]] = []
@@ -73,10 +75,14 @@ class _FactorizationModel:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "_FactorizationModel":
+        """Set parameters (sklearn); all are checked before any is set (threads too, here)."""
         valid = set(self._param_names())
-        for name, value in params.items():
+        for name in params:
             if name not in valid:
                 raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
+        if "threads" in params:
+            check_threads(params["threads"])
+        for name, value in params.items():
             setattr(self, name, value)
         return self
 
@@ -85,22 +91,41 @@ class _FactorizationModel:
         return f"{type(self).__name__}({args})"
 
     def _check_params(self) -> None:
-        if not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= 512:
+        """ValueError naming the parameter for any value fit could not use (also run on every
+        loaded file's parameters, so types are checked, not assumed)."""
+        def integer(value: Any) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+        def real(value: Any) -> bool:
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+        if not integer(self.k) or not 1 <= self.k <= 512:
             raise ValueError(f"k must be an integer in [1, 512], got {self.k!r}")
-        if self.loss not in _LOSSES:
+        if not isinstance(self.loss, str) or self.loss not in _LOSSES:
             raise ValueError(f"loss must be one of {sorted(_LOSSES)}, got {self.loss!r}")
-        if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
+        if not integer(self.epochs) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         for name in ("learning_rate",):
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not real(value) or not np.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
         for name in ("reg_linear", "reg_factors", "init_std"):
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
+            value = getattr(self, name)
+            if not real(value) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
+        if self.patience is not None and (not integer(self.patience) or self.patience < 1):
             raise ValueError(f"patience must be None or a positive integer, got {self.patience!r}")
-        if not isinstance(self.threads, (int, np.integer)) or self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads!r}")
+        check_threads(self.threads)
+        if not integer(self.seed) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        for name in ("n_features", "n_fields"):
+            value = getattr(self, name)
+            if value is not None and (not integer(value) or not 0 <= value < 2**31):
+                raise ValueError(f"{name} must be None or an integer in [0, 2**31), got {value!r}")
+        if not isinstance(self.verbose, (bool, np.bool_, int, np.integer)):
+            raise ValueError(f"verbose must be True or False, got {self.verbose!r}")
 
     # ------------------------------------------------------------------ subclass hooks
     def _aware_flags(self, n_fields: int) -> np.ndarray:
