@@ -1,0 +1,539 @@
+"""MilvusIndex: the catalogue in Milvus (Milvus Lite in a local file, or a Milvus cluster).
+
+One collection holds the items: the item id is the INT64 primary key ``id`` and the exact float32
+item vector p is one FLOAT_VECTOR field ``vector`` of the Recaller's dimension. Milvus proposes
+candidates with its ANN index (inner-product metric); every candidate comes back with its stored
+vector and is re-scored here exactly (float32 <q, p>) before the top k is cut, so scores are always
+the model's and the serving process holds no copy of the catalogue.
+
+Consistency: the collection is created with, and every read asks for, Strong consistency, so a
+search right after `add` / `remove` returns sees the change. Milvus has no transactions across
+requests: an `add` is a sequence of upsert requests (each one applied whole by Milvus), so a
+search running meanwhile may see some batches of it and not others. If a batch fails, the ids the
+call inserted so far are deleted and the vectors it replaced are written back (read before each
+batch is sent), i.e. the index returns to its state before the call unless Milvus itself fails
+again during that repair (then the error says so).
+
+Threads: pymilvus shares one gRPC handler among the clients of one address and gRPC channels are
+thread-safe, so one client serves every thread; writers (add / remove) are serialised here.
+
+Milvus Lite (``uri`` = a file path ending in ``.db``) runs in this process and opens a file from
+one process at a time; a cluster (``uri="http://host:19530"``, ``token=``) is shared by any number
+of processes, which then see the same items.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from .base import IdFilter, IndexState, ItemIndex, filter_of
+
+ID_FIELD = "id"
+VECTOR_FIELD = "vector"
+MAX_TOPK = 16384            # Milvus's limit on topk / limit (and on query results per request)
+MAX_DIM = 32768             # Milvus's limit on a vector's dimension
+INSTALL_HINT = 'pip install "fmrecall[milvus]"'
+TOKEN_ENV = "FMRECALL_MILVUS_TOKEN"
+
+# index type -> {parameter: (lo, hi, used at "build" or "search")}
+_PARAMS: Dict[str, Dict[str, Tuple[int, int, str]]] = {
+    "HNSW": {"M": (2, 2048, "build"), "efConstruction": (1, 1 << 31, "build"), "ef": (1, 1 << 31, "search")},
+    "IVF_FLAT": {"nlist": (1, 65536, "build"), "nprobe": (1, 65536, "search")},
+    "FLAT": {},
+    "AUTOINDEX": {},
+}
+_METRICS = ("IP",)
+_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_REMOTE = ("http://", "https://", "tcp://", "unix:", "grpc://")
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"fmrecall.MilvusIndex needs pymilvus (and milvus-lite for a local .db file): "
+                          f"{INSTALL_HINT}") from e
+    return pymilvus
+
+
+def _check_params(index_type: str, params: Any) -> Dict[str, int]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict of {index_type} parameters, got {type(params).__name__}")
+    allowed = _PARAMS[index_type]
+    out = {}
+    for key, value in params.items():
+        if key not in allowed:
+            names = ", ".join(allowed) or "none"
+            raise ValueError(f"params[{key!r}] is not a {index_type} parameter (allowed: {names})")
+        lo, hi, _ = allowed[key]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise ValueError(f"params[{key!r}] must be an integer in [{lo}, {hi}], got {value!r}")
+        out[str(key)] = int(value)
+    return out
+
+
+def _id_list(ids: np.ndarray) -> str:
+    return "[" + ",".join(map(str, ids.tolist())) + "]"
+
+
+class MilvusIndex(ItemIndex):
+    """Item vectors in a Milvus collection; candidates from Milvus, re-scored exactly here.
+
+    uri : a local file path ending in ".db" (Milvus Lite, embedded: tests and laptops) or a
+        server address "http://host:19530" (a cluster, shared by many processes)
+    collection : the collection's name; created on first use with fields ``id`` (INT64 primary
+        key) and ``vector`` (FLOAT_VECTOR of the Recaller's dimension), or checked if it exists
+    index_type : "HNSW" (default), "FLAT" (exact: results certified), "IVF_FLAT" or "AUTOINDEX"
+    metric : "IP" (inner product; the only metric whose candidates are the top inner products)
+    params : index parameters: HNSW "M", "efConstruction" (build) and "ef" (search; the search
+        walks at least the candidate count); IVF_FLAT "nlist" (build), "nprobe" (search)
+    token : the cluster's credentials ("user:password" or an API key); never saved or pickled
+        (None: the environment variable FMRECALL_MILVUS_TOKEN, if set)
+    candidates : ANN candidates per query before exact re-scoring (default max(4k, 100); never
+        fewer than k; at most 16384, Milvus's topk limit)
+    max_filter_ids : most ids one exclude / restrict filter expression may list (longer exclude
+        lists are over-fetched instead, when k + candidates + their length fits Milvus's topk)
+    """
+
+    backend = "milvus"
+
+    def __init__(self, uri: Any, collection: str = "fmrecall_items", index_type: str = "HNSW", metric: str = "IP",
+                 params: Optional[Dict[str, int]] = None, token: Optional[str] = None, *,
+                 candidates: Optional[int] = None, max_filter_ids: int = 100_000) -> None:
+        if isinstance(uri, os.PathLike):
+            uri = os.fspath(uri)
+        if not isinstance(uri, str) or not uri.strip():
+            raise ValueError(f"uri must be a Milvus Lite file path ending in '.db' or a server address "
+                             f"'http://host:19530', got {uri!r}")
+        if not uri.startswith(_REMOTE):
+            if not uri.endswith(".db"):
+                raise ValueError(f"uri {uri!r}: a Milvus Lite file path must end in '.db' (or give a server "
+                                 f"address 'http://host:19530')")
+            uri = os.path.abspath(uri)
+        if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
+            raise ValueError(f"collection must be a Milvus collection name (a letter or _, then letters, digits "
+                             f"or _, at most 255), got {collection!r}")
+        if index_type not in _PARAMS:
+            raise ValueError(f"index_type must be one of {', '.join(_PARAMS)}, got {index_type!r}")
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be 'IP' (inner product: the model's score is b + <q, p>), got {metric!r}")
+        if token is not None and not isinstance(token, str):
+            raise ValueError("token must be a string or None")
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
+                                       or not 1 <= candidates <= MAX_TOPK):
+            raise ValueError(f"candidates must be an integer in [1, {MAX_TOPK}] or None, got {candidates!r}")
+        if isinstance(max_filter_ids, bool) or not isinstance(max_filter_ids, (int, np.integer)) or max_filter_ids < 1:
+            raise ValueError(f"max_filter_ids must be a positive integer, got {max_filter_ids!r}")
+        self.uri = uri
+        self.collection = collection
+        self.index_type = index_type
+        self.metric = metric
+        self.params = _check_params(index_type, params)
+        self.candidates = None if candidates is None else int(candidates)
+        self.max_filter_ids = int(max_filter_ids)
+        self._token = token
+        self.dim = 0
+        self.threads = 0
+        self._client: Any = None
+        self._write = threading.Lock()  # one writer at a time
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def lite(self) -> bool:
+        """True for Milvus Lite (a local .db file)."""
+        return not self.uri.startswith(_REMOTE)
+
+    @property
+    def exact(self) -> bool:
+        return self.index_type == "FLAT"
+
+    def _connect(self) -> Any:
+        pymilvus = _pymilvus()
+        token = self._token if self._token is not None else os.environ.get(TOKEN_ENV, "")
+        try:
+            return pymilvus.MilvusClient(uri=self.uri, token=token or "")
+        except Exception as e:
+            hint = (" (Milvus Lite opens a .db file from one process at a time, and needs the milvus-lite "
+                    f"package: {INSTALL_HINT})") if self.lite else ""
+            raise ConnectionError(f"cannot connect to Milvus at {self.uri!r}{hint}: {e}") from e
+
+    @property
+    def client(self) -> Any:
+        """The pymilvus MilvusClient (shared by all threads)."""
+        if self._client is None:
+            raise RuntimeError("MilvusIndex.open() was not called (pass the index to a Recaller)")
+        return self._client
+
+    def open(self, dim: int, threads: int) -> None:
+        self._open(dim, threads, create=True)
+
+    def _open(self, dim: int, threads: int, *, create: bool) -> None:
+        if not 1 <= dim <= MAX_DIM:
+            raise ValueError(f"Milvus vectors have 1..{MAX_DIM} dimensions, the Recaller's have {dim}")
+        self.dim, self.threads = int(dim), int(threads)
+        client = self._connect()
+        try:
+            if client.has_collection(self.collection):
+                self._check_collection(client)
+            elif create:
+                self._create_collection(client)
+            else:
+                raise ValueError(f"Milvus collection {self.collection!r} does not exist at {self.uri!r}")
+            client.load_collection(self.collection)
+        except BaseException:
+            client.close()
+            raise
+        if self._client is not None:
+            self._client.close()
+        self._client = client
+
+    def _create_collection(self, client: Any) -> None:
+        DataType = _pymilvus().DataType
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        index_params = client.prepare_index_params()
+        build = {k: v for k, v in self.params.items() if _PARAMS[self.index_type][k][2] == "build"}
+        index_params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
+                               params=build)
+        client.create_collection(self.collection, schema=schema, index_params=index_params,
+                                 consistency_level="Strong")
+
+    def _check_collection(self, client: Any) -> None:
+        """The existing collection has our two fields, our dimension and our index type / metric."""
+        name = self.collection
+        desc = client.describe_collection(name)
+        DataType = _pymilvus().DataType
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        pk = fields.get(ID_FIELD)
+        vec = fields.get(VECTOR_FIELD)
+        if set(fields) != {ID_FIELD, VECTOR_FIELD} or pk is None or vec is None or not pk.get("is_primary") \
+                or pk.get("type") != DataType.INT64 or vec.get("type") != DataType.FLOAT_VECTOR:
+            got = ", ".join(f"{n} {getattr(f.get('type'), 'name', f.get('type'))}" for n, f in fields.items())
+            raise ValueError(f"Milvus collection {name!r} is not an fmrecall item collection: it has fields ({got}), "
+                             f"expected {ID_FIELD} INT64 primary key and {VECTOR_FIELD} FLOAT_VECTOR")
+        if desc.get("auto_id"):
+            raise ValueError(f"Milvus collection {name!r} generates its ids (auto_id); fmrecall gives item ids")
+        have = int(vec.get("params", {}).get("dim", -1))
+        if have != self.dim:
+            raise ValueError(f"Milvus collection {name!r} holds vectors of dimension {have}, this Recaller's "
+                             f"vectors have dimension {self.dim} (another model or sides?)")
+        indexes = client.list_indexes(name, field_name=VECTOR_FIELD)
+        if not indexes:
+            raise ValueError(f"Milvus collection {name!r} has no index on {VECTOR_FIELD!r}")
+        info = client.describe_index(name, indexes[0]) or {}
+        if info.get("index_type") != self.index_type or info.get("metric_type") != self.metric:
+            raise ValueError(f"Milvus collection {name!r} has a {info.get('index_type')} index with metric "
+                             f"{info.get('metric_type')}, expected {self.index_type} with {self.metric}")
+        for key, value in self.params.items():  # build parameters, where the server reports them
+            if _PARAMS[self.index_type][key][2] == "build" and key in info and int(info[key]) != value:
+                raise ValueError(f"Milvus collection {name!r} was built with {key}={info[key]}, params say {value}")
+
+    def close(self) -> None:
+        """Release the connection (the collection and its items stay in Milvus)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------------ reads (any thread)
+    def __len__(self) -> int:
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                consistency_level="Strong")
+        return int(res[0]["count(*)"])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 ids of the indexed items, ascending."""
+        it = self.client.query_iterator(self.collection, batch_size=MAX_TOPK, output_fields=[ID_FIELD],
+                                        consistency_level="Strong")
+        parts: List[np.ndarray] = []
+        try:
+            while True:
+                batch = it.next()
+                if not batch:
+                    break
+                parts.append(np.fromiter((r[ID_FIELD] for r in batch), np.int64, len(batch)))
+        finally:
+            it.close()
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def _fetch(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(found ids, their float32 vectors) of the given distinct ids, by primary key."""
+        out_ids: List[np.ndarray] = []
+        out_vecs: List[np.ndarray] = []
+        for lo in range(0, ids.size, MAX_TOPK):
+            part = ids[lo:lo + MAX_TOPK]
+            rows = self.client.query(self.collection, filter=f"{ID_FIELD} in {_id_list(part)}",
+                                     output_fields=[ID_FIELD, VECTOR_FIELD], consistency_level="Strong")
+            if len(rows):
+                out_ids.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
+                out_vecs.append(np.asarray([r[VECTOR_FIELD] for r in rows], np.float32).reshape(len(rows), self.dim))
+        if not out_ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out_ids), np.concatenate(out_vecs)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64).ravel()
+        uniq = np.unique(ids)
+        found, vecs = self._fetch(uniq)
+        order = np.argsort(found, kind="stable")
+        found, vecs = found[order], vecs[order]
+        if ids.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        if found.size == 0:
+            raise KeyError(f"id {int(ids[0])} is not indexed")
+        pos = np.minimum(np.searchsorted(found, ids), found.size - 1)
+        missing = found[pos] != ids
+        if np.any(missing):
+            raise KeyError(f"id {int(ids[np.argmax(missing)])} is not indexed")
+        return np.ascontiguousarray(vecs[pos], dtype=np.float32)
+
+    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter,
+               certify: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        m = q.shape[0]
+        if k > MAX_TOPK:
+            raise ValueError(f"k={k} exceeds Milvus's topk limit ({MAX_TOPK})")
+        ids = np.full((m, k), -1, np.int64)
+        ips = np.full((m, k), -np.inf, np.float32)
+        cert = np.zeros(m, bool)
+        n_cand = min(max(self.candidates if self.candidates is not None else max(4 * k, 100), k), MAX_TOPK)
+        # queries with identical filters form one request
+        groups: Dict[Tuple[Optional[bytes], Optional[bytes]], Tuple[Optional[np.ndarray], Optional[np.ndarray],
+                                                                    List[int]]] = {}
+        for i in range(m):
+            ex, rs = filter_of(exclude, i), filter_of(restrict, i)
+            ex = None if ex is None or ex.size == 0 else np.unique(ex)
+            rs = None if rs is None else np.unique(rs)
+            if rs is not None and ex is not None:
+                rs = np.setdiff1d(rs, ex, assume_unique=True)
+                ex = None
+            key = (None if ex is None else ex.tobytes(), None if rs is None else rs.tobytes())
+            if key not in groups:
+                groups[key] = (ex, rs, [])
+            groups[key][2].append(i)
+        for ex, rs, rows_list in groups.values():
+            rows = np.asarray(rows_list, np.int64)
+            if rs is not None and rs.size <= n_cand:  # a small restriction: score all of its items exactly
+                found, vecs = self._fetch(rs)
+                for i in rows:
+                    self._cut(found, vecs @ q[i], k, ids, ips, i)
+                cert[rows] = True
+                continue
+            self._ann(q, rows, k, n_cand, ex, rs, ids, ips)
+            cert[rows] = self.exact
+        return ids, ips, cert
+
+    def _ann(self, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int, ex: Optional[np.ndarray],
+             rs: Optional[np.ndarray], ids: np.ndarray, ips: np.ndarray) -> None:
+        """Milvus's candidates for the queries `rows` under one filter, re-scored exactly."""
+        conds = []
+        drop: Optional[np.ndarray] = None
+        limit = n_cand
+        if rs is not None:
+            if rs.size > self.max_filter_ids:
+                raise ValueError(f"restrict holds {rs.size} ids; one Milvus filter expression lists at most "
+                                 f"{self.max_filter_ids} (MilvusIndex max_filter_ids)")
+            conds.append(f"{ID_FIELD} in {_id_list(rs)}")
+        if ex is not None:
+            if ex.size <= self.max_filter_ids:
+                conds.append(f"{ID_FIELD} not in {_id_list(ex)}")
+            elif n_cand + ex.size <= MAX_TOPK:  # over-fetch, drop the excluded ids here
+                drop, limit = ex, n_cand + ex.size
+            else:
+                raise ValueError(f"exclude holds {ex.size} ids: more than one Milvus filter expression lists "
+                                 f"({self.max_filter_ids}, MilvusIndex max_filter_ids) and too many to over-fetch "
+                                 f"within Milvus's topk limit ({MAX_TOPK})")
+        search_params: Dict[str, Any] = {"metric_type": self.metric}
+        p: Dict[str, int] = {}
+        if self.index_type == "HNSW":
+            p["ef"] = max(self.params.get("ef", 0), limit)  # Milvus requires ef >= topk
+        elif self.index_type == "IVF_FLAT" and "nprobe" in self.params:
+            p["nprobe"] = self.params["nprobe"]
+        if p:
+            search_params["params"] = p
+        res = self.client.search(self.collection, data=q[rows], filter=" and ".join(conds), limit=limit,
+                                 output_fields=[VECTOR_FIELD], search_params=search_params,
+                                 anns_field=VECTOR_FIELD, consistency_level="Strong")
+        for j, i in enumerate(rows):
+            found, vecs = _hit_arrays(res[j], self.dim)
+            if drop is not None and found.size:
+                keep = ~np.isin(found, drop)
+                found, vecs = found[keep], vecs[keep]
+            self._cut(found, vecs @ q[i], k, ids, ips, i)
+
+    @staticmethod
+    def _cut(found: np.ndarray, ip: np.ndarray, k: int, ids: np.ndarray, ips: np.ndarray, i: int) -> None:
+        """The top k of (found, ip) into row i, best first (ties: smaller id first)."""
+        if found.size == 0:
+            return
+        order = np.lexsort((found, -ip.astype(np.float32)))[:k]
+        ids[i, :order.size] = found[order]
+        ips[i, :order.size] = ip[order]
+
+    # ------------------------------------------------------------------ writes (one at a time)
+    def _rows_per_request(self) -> int:
+        """Rows per upsert request: about 8 MB of vectors (Milvus caps a request's size)."""
+        return max(1, min(MAX_TOPK, (8 << 20) // (4 * self.dim + 8)))
+
+    def _checked(self, part: np.ndarray) -> np.ndarray:
+        part = np.asarray(part)
+        if part.ndim != 2 or part.shape[1] != self.dim:
+            raise ValueError(f"item vectors must be (n, {self.dim}), got shape {part.shape}")
+        part = np.ascontiguousarray(part, dtype=np.float32)
+        if not np.isfinite(part).all():
+            raise ValueError("item vectors contain non-finite values")
+        return part
+
+    def add(self, ids: np.ndarray, batches: Iterable[np.ndarray]) -> None:
+        ids = np.asarray(ids, np.int64).ravel()
+        with self._write:
+            self.client  # opened?
+            step = self._rows_per_request()
+            done = 0                                    # ids[:done] were written
+            log = _AddLog()
+            try:
+                pending: List[np.ndarray] = []
+                n_pending = 0
+                for part in batches:
+                    part = self._checked(part)
+                    if done + n_pending + part.shape[0] > ids.size:
+                        raise ValueError(f"{ids.size} ids but more item vectors")
+                    pending.append(part)
+                    n_pending += part.shape[0]
+                    while n_pending >= step:
+                        vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                        done = self._upsert(ids[done:done + step], vecs[:step], log) + done
+                        pending = [vecs[step:]] if vecs.shape[0] > step else []
+                        n_pending = vecs.shape[0] - step
+                if n_pending:
+                    vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    done = self._upsert(ids[done:done + n_pending], vecs, log) + done
+                if done != ids.size:
+                    raise ValueError(f"{ids.size} ids but {done} item vectors")
+            except BaseException as e:
+                if log.attempted:
+                    self._roll_back(ids[:log.attempted], log, e)
+                raise
+
+    def _upsert(self, part: np.ndarray, vecs: np.ndarray, log: "_AddLog") -> int:
+        """Write one request's rows, first saving the vectors those ids have now (for a roll-back)."""
+        old_ids, old_vecs = self._fetch(part)
+        if old_ids.size:
+            log.old_ids.append(old_ids)
+            log.old_vecs.append(old_vecs)
+        rows = [{ID_FIELD: i, VECTOR_FIELD: v} for i, v in zip(part.tolist(), vecs)]
+        log.attempted += part.size  # a failed request may or may not have been applied
+        self.client.upsert(self.collection, rows)
+        return part.size
+
+    def _roll_back(self, written: np.ndarray, log: "_AddLog", cause: BaseException) -> None:
+        """Undo a failed add: delete the ids it wrote that were new, write the replaced vectors back."""
+        old_ids = np.concatenate(log.old_ids) if log.old_ids else np.zeros(0, np.int64)
+        old_vecs = np.concatenate(log.old_vecs) if log.old_vecs else np.zeros((0, self.dim), np.float32)
+        new = np.setdiff1d(written, old_ids)
+        try:
+            for lo in range(0, new.size, MAX_TOPK):
+                self.client.delete(self.collection, ids=new[lo:lo + MAX_TOPK].tolist())
+            step = self._rows_per_request()
+            for lo in range(0, old_ids.size, step):
+                self.client.upsert(self.collection, [{ID_FIELD: i, VECTOR_FIELD: v} for i, v in
+                                                     zip(old_ids[lo:lo + step].tolist(), old_vecs[lo:lo + step])])
+        except Exception as e:  # pragma: no cover - Milvus failing twice in a row
+            raise RollbackError(f"adding items to Milvus collection {self.collection!r} failed ({cause!r}) and so "
+                               f"did undoing it ({e!r}): up to {written.size} of its ids may hold new vectors or "
+                               f"be missing") from cause
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(ids, np.int64).ravel())
+        if ids.size == 0:
+            return
+        with self._write:
+            for lo in range(0, ids.size, MAX_TOPK):
+                self.client.delete(self.collection, ids=ids[lo:lo + MAX_TOPK].tolist())
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> Dict[str, Any]:
+        """The collection reference (never the token)."""
+        return {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
+                "metric": self.metric, "params": dict(self.params), "candidates": self.candidates,
+                "max_filter_ids": self.max_filter_ids}
+
+    def state(self) -> IndexState:
+        return {**self.config(), "dim": self.dim}, {}, {}
+
+    @classmethod
+    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, str],
+                   dim: int, threads: int, where: str, **options: Any) -> "MilvusIndex":
+        unknown = sorted(set(options) - {"token", "uri"})
+        if unknown:
+            raise ValueError(f"unknown load options for a Milvus index: {unknown} (token=, uri=)")
+        if arrays or files:
+            raise ValueError(f"{where}: a Milvus index stores no item arrays or files, found "
+                             f"{sorted(arrays) + sorted(files)}")
+        try:
+            if meta.get("dim", dim) != dim:
+                raise ValueError(f"the index was saved for vectors of dimension {meta['dim']}, the model's have {dim}")
+            index = cls(options.get("uri") or meta["uri"], meta["collection"], meta["index_type"], meta["metric"],
+                        meta["params"], options.get("token"), candidates=meta.get("candidates"),
+                        max_filter_ids=meta.get("max_filter_ids", 100_000))
+            index._open(dim, threads, create=False)
+        except KeyError as e:
+            raise ValueError(f"{where}: index metadata lacks {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return index
+
+    def __reduce__(self) -> Any:
+        return (_reopen, (self.config(), self.dim, self.threads))
+
+    def __repr__(self) -> str:
+        return f"MilvusIndex({self.uri!r}, collection={self.collection!r}, index_type={self.index_type!r})"
+
+
+class RollbackError(Exception):
+    """An add failed and undoing it failed too (not a RuntimeError: the Recaller reports those as
+    faiss errors)."""
+
+
+class _AddLog:
+    """What a running add has done: rows sent so far, and the vectors it replaced."""
+
+    def __init__(self) -> None:
+        self.attempted = 0
+        self.old_ids: List[np.ndarray] = []
+        self.old_vecs: List[np.ndarray] = []
+
+
+def _reopen(config: Dict[str, Any], dim: int, threads: int) -> MilvusIndex:
+    """Unpickle: reconnect to the same collection (token from FMRECALL_MILVUS_TOKEN)."""
+    index = MilvusIndex(config["uri"], config["collection"], config["index_type"], config["metric"],
+                        config["params"], candidates=config.get("candidates"),
+                        max_filter_ids=config.get("max_filter_ids", 100_000))
+    if dim:
+        index._open(dim, threads, create=False)
+    return index
+
+
+def _hit_arrays(hits: Any, dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids int64, vectors float32 (n, dim)) of one query's hits: read straight from the response's
+    columnar vector data when pymilvus exposes it, else from the hit dicts."""
+    found = np.asarray(list(hits.ids) if hasattr(hits, "ids") else [h["id"] for h in hits], np.int64)
+    n = found.size
+    if n == 0:
+        return found, np.zeros((0, dim), np.float32)
+    lazy, start = getattr(hits, "lazy_field_data", None), getattr(hits, "start", None)
+    if lazy is not None and isinstance(start, int):
+        for fd in lazy:
+            if fd.field_name == VECTOR_FIELD and fd.vectors.dim == dim and not list(getattr(fd, "valid_data", [])):
+                data = fd.vectors.float_vector.data
+                if len(data) >= (start + n) * dim:
+                    return found, np.asarray(data[start * dim:(start + n) * dim], np.float32).reshape(n, dim)
+    vecs = np.asarray([h["entity"][VECTOR_FIELD] for h in hits], np.float32)
+    return found, vecs.reshape(n, dim)
