@@ -12,7 +12,7 @@ from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
 from .models import FFM, FM, HybridFM, NotFittedError
 from .sides import Sides
 from .split import Split
-from .recall import FaissIndex, ItemIndex, Recaller, SearchResult, configure_faiss
+from .recall import FaissIndex, ItemIndex, MilvusIndex, Recaller, SearchResult, configure_faiss
 from .persist import load
 
-__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS", "__version__"]
+__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex", "MilvusIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS", "__version__"]

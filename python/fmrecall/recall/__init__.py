@@ -14,7 +14,8 @@
 from .base import ItemIndex
 from .faiss_config import EXACT_BLAS, configure_faiss
 from .faiss_index import FaissIndex
+from .milvus import MilvusIndex
 from .recaller import Recaller
 from .result import SearchResult
 
-__all__ = ["Recaller", "SearchResult", "ItemIndex", "FaissIndex", "configure_faiss", "EXACT_BLAS"]
+__all__ = ["Recaller", "SearchResult", "ItemIndex", "FaissIndex", "MilvusIndex", "configure_faiss", "EXACT_BLAS"]
