@@ -179,9 +179,9 @@ def render(path: str = RESULTS_MD, n_rows: Optional[int] = None) -> str:
         any_r = next(iter(tr.values()))
         lines += ["", f"{any_r['train_rows']:,} train rows, {any_r['rounds']} timed epochs each after a first "
                   f"epoch that also sizes, allocates and initialises the model (timed on its own); hyper-parameters {_hyper()}. The numpy "
-                  f"reference (bench/reference.py) is the same AdaGrad SGD rule per row in float32, timed on "
+                  f"reference (tests/reference.py NumpyFFM / NumpyFM) is the same AdaGrad SGD rule per row in float32, timed on "
                   f"{common.NUMPY_ROWS:,} train rows in the same process, single-threaded (its update "
-                  "results match fmrecall's to ~1e-7); the ratio is rows/s over rows/s, so 2-thread rows "
+                  "results match fmrecall's: tests/test_kernels.py); the ratio is rows/s over rows/s, so 2-thread rows "
                   "compare against the 1-thread numpy rate. ns/pair update = (s/epoch × threads) / "
                   f"(train rows × {common.PAIRS_PER_ROW}) (39·38/2 field pairs per row; FM is counted with "
                   "the same pairs although its kernel is O(39·k) per row). CPU s = process CPU time of the "

@@ -1,8 +1,8 @@
 """Training throughput, memory and accuracy on the Criteo-shaped data (bench/synth.py).
 
-* test_numpy_reference  — the plain-numpy per-row SGD (bench/reference.py) on a small slice, after
-                          checking it computes the same updates as fmrecall (so the ratio compares
-                          like with like).
+* test_numpy_reference  — the plain-numpy per-row SGD (reference.NumpyFFM / NumpyFM in
+                          tests/reference.py) on a small slice; tests/test_kernels.py checks that it
+                          makes the same updates as fmrecall (so the ratio compares like with like).
 * test_epoch            — one epoch (`partial_fit`) of FFM k=4, FFM k=8, FM k=16 with 1 and 2 threads
                           on the 900k train rows, rows/s ratio against the numpy reference.
 * test_fit_subprocess   — a separate process per config: load the libffm file, fit a few epochs with
@@ -24,6 +24,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+TESTS = os.path.join(os.path.dirname(HERE), "tests")  # reference.py: the numpy SGD baseline
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
 
 import common  # noqa: E402
 import reference  # noqa: E402
@@ -40,38 +43,12 @@ _numpy_rate = {}  # (kind, k) -> rows/s of the numpy reference, measured once pe
 _REF_HYPER = {k: common.HYPER[k] for k in ("learning_rate", "reg_linear", "reg_factors")}
 
 
-def _check_reference_matches(kind, k, train, n_rows=100):
-    """The numpy reference and fmrecall (1 thread) make the same updates on the first rows.
-
-    Uses a compact copy of the first rows (feature ids renumbered) so the weights are small. Both
-    start from the same random weights (fmrecall via from_weights, fresh AdaGrad state), and
-    fmrecall is fed one row per partial_fit call (a 1-row epoch has only one row order).
-    """
-    rows = np.arange(n_rows)
-    small = train.subset(rows)
-    uniq, inv = np.unique(small.features, return_inverse=True)
-    small = fmrecall.Dataset(small.indptr, small.fields, inv.astype(np.int32), small.values, small.labels,
-                             n_fields=train.n_fields)
-    reference.check_one_hot(small, rows)
-    ref = reference.make(kind, small.n_features, small.n_fields, k, seed=1, **_REF_HYPER)
-    start = {key: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for key, v in ref.weights().items()}
-    cls = fmrecall.FFM if kind == "ffm" else fmrecall.FM
-    model = cls.from_weights(start, **dict(common.HYPER, k=k, threads=1, n_fields=small.n_fields))
-    for r in rows:
-        model.partial_fit(small.subset([r]))
-    ref.train_rows(small, rows)
-    got, want = model.weights(), ref.weights()
-    np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got["linear"], want["linear"], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got["factors"], want["factors"], rtol=1e-4, atol=1e-6)
-
-
 def _numpy_reference(kind, k, train):
     """(reference model, rows) ready to time: full-size tables (all n_features ids), random init."""
     rows = np.arange(min(common.NUMPY_ROWS, train.n_rows))
     reference.check_one_hot(train, rows)
-    ref = reference.make(kind, train.n_features, train.n_fields, k, seed=0,
-                         init_std=common.HYPER["init_std"], **_REF_HYPER)
+    ref = reference.make_sgd(kind, train.n_features, train.n_fields, k, seed=0,
+                             init_std=common.HYPER["init_std"], **_REF_HYPER)
     return ref, rows
 
 
@@ -88,7 +65,6 @@ def numpy_rate(kind, k, train):
 @pytest.mark.parametrize("kind,k", common.MODELS, ids=[f"{kind}-k{k}" for kind, k in common.MODELS])
 def test_numpy_reference(benchmark, synth_data, kind, k):
     train, valid, meta = synth_data
-    _check_reference_matches(kind, k, train)
     ref, rows = _numpy_reference(kind, k, train)
     benchmark.pedantic(ref.train_rows, args=(train, rows), rounds=1, iterations=1)
     secs = benchmark.stats.stats.min

@@ -1,5 +1,6 @@
 """Self-checks of tests/reference.py (so the library is compared against something trustworthy),
-plus the hybrid pair rule against the C++ core's generic kernel through the internal _core API."""
+plus the hybrid pair rule against the C++ core's generic kernel through the internal _core API, and
+the benchmarks' vectorised numpy SGD baseline against the plain reference and fmrecall."""
 from __future__ import annotations
 
 import numpy as np
@@ -202,3 +203,49 @@ def test_reference_gradient_with_repeated_features(rng, case):
     for name in ("linear", "v", "W"):
         if p[name] is not None:
             np.testing.assert_allclose(kappa * ds[name], fd[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- the benchmarks' SGD baseline
+SGD_MODELS = [("ffm", 4), ("ffm", 8), ("fm", 16)]   # bench/common.py MODELS
+
+
+@pytest.mark.parametrize("kind, k", SGD_MODELS, ids=[f"{a}-k{b}" for a, b in SGD_MODELS])
+def test_numpy_sgd_baseline_makes_the_library_updates(rng, kind, k):
+    """The vectorised float32 SGD that bench/test_train.py times fmrecall against (reference.NumpyFFM /
+    NumpyFM) makes the plain reference's update on one row, and fmrecall's over 60 one-hot rows (one
+    partial_fit per row, the benchmarks' hyper-parameters), so the speed ratio compares like with like."""
+    import fmrecall
+    hyper = dict(learning_rate=0.02, reg_linear=2e-5, reg_factors=2e-5)
+    n_rows, n, F = 60, 40, 8
+    order = rng.permuted(np.tile(np.arange(F), (n_rows, 1)), axis=1)    # every field once, out of order
+    feats = order + F * rng.integers(0, n // F, size=order.shape)       # feature j is in field j % F
+    ds = fmrecall.Dataset(np.arange(n_rows + 1, dtype=np.int64) * F, order.ravel().astype(np.int32),
+                          feats.ravel().astype(np.int32), None, rng.integers(0, 2, n_rows).astype(np.float32),
+                          n_features=n, n_fields=F)
+    ref.check_one_hot(ds, np.arange(n_rows))
+    sgd = ref.make_sgd(kind, n, F, k, seed=1, init_std=0.3, **hyper)
+    start = {key: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for key, v in sgd.weights().items()}
+    cls = fmrecall.FFM if kind == "ffm" else fmrecall.FM
+    model = cls.from_weights(start, k=k, threads=1, n_fields=F, **hyper)
+
+    # the first row against the plain float64 reference
+    name = "W" if kind == "ffm" else "v"
+    p0 = ref.make_params(start["bias"], start["linear"], **{name: start["factors"]})
+    aware = ref.ffm_aware(F) if kind == "ffm" else ref.fm_aware(F)
+    p1, _, _ = ref.adagrad_step(p0, ref.fresh_state(p0), aware, *ref.dataset_row(ds, 0, n, F), float(ds.labels[0]),
+                                loss="logistic", lr=hyper["learning_rate"], reg_linear=hyper["reg_linear"],
+                                reg_factors=hyper["reg_factors"])
+    sgd.train_rows(ds, [0])
+    one = sgd.weights()
+    assert one["bias"] == pytest.approx(p1["bias"], rel=1e-5)
+    np.testing.assert_allclose(one["linear"], p1["linear"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one["factors"], p1[name], rtol=1e-5, atol=1e-7)
+
+    # every row against the library
+    sgd.train_rows(ds, np.arange(1, n_rows))
+    for r in range(n_rows):
+        model.partial_fit(ds.subset([r]))
+    got, want = model.weights(), sgd.weights()
+    np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["linear"], want["linear"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["factors"], want["factors"], rtol=1e-4, atol=1e-6)
