@@ -1,8 +1,24 @@
-"""FM and FFM estimators (sklearn-style) over the C++ core."""
+"""FM, FFM and HybridFM estimators (sklearn-style) over the C++ core.
+
+Thread safety (a web service predicting on many threads while one thread retrains):
+- predict / decision_function / split vectors / weights() / save / pickling may run on any number
+  of threads while another thread calls fit, partial_fit or save. The C++ core holds a
+  readers–writer lock per model (shared for reading and Hogwild training, exclusive while a table
+  is reallocated), taken once per call after the GIL is released.
+- ``fit`` trains a new core aside and swaps it in (with ``schema_``, ``history_``, ``best_epoch_``)
+  only when training has finished: meanwhile predictions come from the previously fitted weights
+  (NotFittedError if there were none). A fit that raises leaves the previous model in place.
+- ``partial_fit`` trains in place (that is its point): predictions during it see weights in
+  progress; features new to the model get their vectors under the exclusive lock.
+- ``generation_`` (0 when unfitted) increases whenever the weights change: at the end of fit, after
+  each partial_fit, in from_weights and on load. Read it before the weights to detect a retrained
+  model.
+"""
 from __future__ import annotations
 
 import inspect
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Union
 
@@ -58,6 +74,8 @@ class _FactorizationModel:
         self.schema_ = None  # the Schema of the Interactions it was fit on (saved with the model)
         self.history_: List[Dict[str, Any]] = []
         self.best_epoch_: Optional[int] = None
+        self.generation_ = 0  # bumped whenever the weights change (see the module docstring)
+        self._generation_lock = threading.Lock()
 
     # ------------------------------------------------------------------ sklearn conventions
     @classmethod
@@ -85,6 +103,10 @@ class _FactorizationModel:
         for name, value in params.items():
             setattr(self, name, value)
         return self
+
+    def _bump_generation(self) -> None:
+        with self._generation_lock:
+            self.generation_ += 1
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -149,7 +171,7 @@ class _FactorizationModel:
         rows[feats] = np.arange(feats.size, dtype=np.int32)
         return rows, int(feats.size)
 
-    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+    def _weights_from_core(self, w: dict, core: _core.Model) -> Dict[str, Any]:
         raise NotImplementedError
 
     @classmethod
@@ -195,10 +217,10 @@ class _FactorizationModel:
         return _core.Model(n_features, n_fields, int(self.k), flags, aware_row, m,
                            float(self.init_std), int(self.seed), bool(self.normalize), seen)
 
-    def _eval(self, data) -> Dict[str, float]:
+    def _eval(self, core: _core.Model, data) -> Dict[str, float]:
         if isinstance(data, Interactions) and (data.labels is None or data.negatives > 0):
-            return self._eval_implicit(data)
-        scores = self.decision_function(data)
+            return self._eval_implicit(core, data)
+        scores = self._scores(core, data)
         if self.loss == "logistic":
             return {"loss": logloss_from_scores(data.labels, scores), "auc": auc(data.labels, scores)}
         return {"loss": mse(data.labels, scores), "auc": float("nan")}
@@ -214,6 +236,11 @@ class _FactorizationModel:
         With `valid`, each epoch is scored on it; training stops once the validation loss has
         not improved for `patience` epochs and the best epoch's weights are restored (a copy of
         the weights only, never of the AdaGrad state). Returns self.
+
+        The new weights are trained aside: until fit returns, other threads keep predicting with
+        the previous weights (or get NotFittedError), and a fit that raises changes nothing. At
+        the end the new core, schema_, history_ and best_epoch_ are swapped in and generation_
+        increases.
         """
         self._check_params()
         self._check_labels(train, "train")
@@ -221,10 +248,9 @@ class _FactorizationModel:
             self._check_labels(valid, "valid")
         if (train.n_events if isinstance(train, Interactions) else train.n_rows) == 0:
             raise ValueError("train has no rows")
-        self._core = self._new_core(train, valid)
-        self.schema_ = train.schema if isinstance(train, Interactions) else None
-        self.history_ = []
-        self.best_epoch_ = None
+        core = self._new_core(train, valid)
+        history: List[Dict[str, Any]] = []
+        best_epoch: Optional[int] = None
         best = np.inf
         since_best = 0
         n = train.n_events if isinstance(train, Interactions) else train.n_rows
@@ -242,27 +268,27 @@ class _FactorizationModel:
                 total, terms = 0.0, 0
                 for start in range(0, n, _CHUNK_ROWS):
                     part = order[start:start + _CHUNK_ROWS]
-                    loss_sum, count = self._train_part(train, part, epoch)
+                    loss_sum, count = self._train_part(core, train, part, epoch)
                     total += loss_sum
                     terms += count
                     if bar is not None:
                         bar.update(part.size)
                 record: Dict[str, Any] = {"epoch": epoch, "train_loss": total / max(terms, 1)}
                 if valid is not None:
-                    ev = self._eval(valid)
+                    ev = self._eval(core, valid)
                     record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
                 record["seconds"] = time.perf_counter() - t0
-                self.history_.append(record)
+                history.append(record)
                 if self.verbose:
                     self._print_epoch(record)
                 if valid is None:
                     continue
                 if record["valid_loss"] < best:
                     best = record["valid_loss"]
-                    self.best_epoch_ = epoch
+                    best_epoch = epoch
                     since_best = 0
                     if self.patience is not None and epoch < self.epochs:
-                        self._core.snapshot()
+                        core.snapshot()
                 else:
                     since_best += 1
                     if self.patience is not None and since_best >= self.patience:
@@ -270,22 +296,31 @@ class _FactorizationModel:
         finally:
             if bar is not None:
                 bar.close()
-        if valid is not None and self.patience is not None and self.best_epoch_ != self.history_[-1]["epoch"]:
-            self._core.restore()
+        if valid is not None and self.patience is not None and best_epoch != history[-1]["epoch"]:
+            core.restore()
             if self.verbose:
-                print(f"restored epoch {self.best_epoch_} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
+                print(f"restored epoch {best_epoch} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
+        # the swap: readers take self._core once per call, so each sees the old or the new model
+        self._core = core
+        self.schema_ = train.schema if isinstance(train, Interactions) else None
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self._bump_generation()
         return self
 
     def partial_fit(self, train: Union[Dataset, Interactions]) -> "_FactorizationModel":
         """One more epoch over `train`, continuing from the current weights and AdaGrad state
-        (a fresh model is created first if there is none). For incremental daily updates."""
+        (a fresh model is created first if there is none). For incremental daily updates.
+
+        Trains in place: threads predicting meanwhile see the weights in progress (features new
+        to the model get their vectors under the core's exclusive lock, so that is safe).
+        generation_ increases once the epoch is done."""
         self._check_params()
         self._check_labels(train, "train")
-        if self._core is None:
-            self._core = self._new_core(train, None)
-            self.schema_ = train.schema if isinstance(train, Interactions) else None
-            self.history_ = []
         core = self._core
+        fresh_model = core is None
+        if fresh_model:  # built aside like fit, swapped in once trained
+            core = self._new_core(train, None)
         need = train.schema if isinstance(train, Interactions) else train
         if need.n_features > core.n_features or need.n_fields > core.n_fields:
             raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
@@ -295,31 +330,38 @@ class _FactorizationModel:
         fresh = self._aware_features(nodes, self._aware_flags(core.n_fields))
         if fresh.size:
             core.grow_rows(fresh, float(self.init_std), int(self.seed))
-        epoch = len(self.history_) + 1
+        history = [] if fresh_model else self.history_
+        epoch = len(history) + 1
         t0 = time.perf_counter()
         n = train.n_events if isinstance(train, Interactions) else train.n_rows
-        total, terms = self._train_part(train, _core.permutation(n, self._epoch_seed(epoch)), epoch)
-        self.history_.append({"epoch": epoch, "train_loss": total / max(terms, 1),
-                              "seconds": time.perf_counter() - t0})
+        total, terms = self._train_part(core, train, _core.permutation(n, self._epoch_seed(epoch)), epoch)
+        record = {"epoch": epoch, "train_loss": total / max(terms, 1), "seconds": time.perf_counter() - t0}
+        if fresh_model:
+            self._core = core
+            self.schema_ = train.schema if isinstance(train, Interactions) else None
+            self.history_ = [record]
+            self.best_epoch_ = None
+        else:
+            self.history_ = history + [record]  # a new list: readers iterating the old one are safe
+        self._bump_generation()
         return self
 
     def _epoch_seed(self, epoch: int) -> int:
         return (int(self.seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
 
-    def _train_part(self, train, order: np.ndarray, epoch: int):
-        """One chunk of an epoch in C++: (summed loss, number of loss terms)."""
+    def _train_part(self, core: _core.Model, train, order: np.ndarray, epoch: int):
+        """One chunk of an epoch in C++ on `core`: (summed loss, number of loss terms)."""
         args = (float(self.learning_rate), float(self.reg_linear), float(self.reg_factors), int(self.threads))
         if isinstance(train, Interactions):
             seed = self._epoch_seed(epoch) ^ 0x5DEECE66D  # negative draws: seeded per epoch and event
-            return self._core.train_factored(train.core(), order, _LOSSES[self.loss], train.negatives,
-                                             train.hard_negatives, seed, *args)
-        total = self._core.train(*train.core_args(), train.labels, order, _LOSSES[self.loss], *args)
+            return core.train_factored(train.core(), order, _LOSSES[self.loss], train.negatives,
+                                       train.hard_negatives, seed, *args)
+        total = core.train(*train.core_args(), train.labels, order, _LOSSES[self.loss], *args)
         return total, order.size
 
-    def _eval_implicit(self, data: Interactions) -> Dict[str, float]:
+    def _eval_implicit(self, core: _core.Model, data: Interactions) -> Dict[str, float]:
         """Each event against one sampled negative (fixed seed, the same every epoch): BPR loss or
         logloss of positives and negatives, and AUC = P(score(positive) > score(negative))."""
-        core = self._require_core()
         rng = np.random.default_rng(int(self.seed) + 7919)
         w = data.sample_weights()
         neg = rng.choice(w.size, size=data.n_events, p=w / w.sum()).astype(np.int32)
@@ -343,14 +385,17 @@ class _FactorizationModel:
 
     # ------------------------------------------------------------------ prediction
     def _require_core(self) -> _core.Model:
-        if self._core is None:
+        core = self._core  # read once: fit may swap it meanwhile
+        if core is None:
             raise NotFittedError(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
-        return self._core
+        return core
 
     def decision_function(self, data: Union[Dataset, Interactions]) -> np.ndarray:
         """Raw model scores, float32 (n_rows,) — or (n_events,) for Interactions. Indices beyond the
         model are ignored."""
-        core = self._require_core()
+        return self._scores(self._require_core(), data)
+
+    def _scores(self, core: _core.Model, data: Union[Dataset, Interactions]) -> np.ndarray:
         if isinstance(data, Interactions):
             return core.score_factored(data.core(), None, int(self.threads))
         return core.predict(*data.core_args(), int(self.threads))
@@ -371,10 +416,12 @@ class _FactorizationModel:
         return self._require_core().n_fields
 
     def weights(self) -> Dict[str, Any]:
-        """Copies of the weights as numpy arrays (see the subclass for the factor shapes)."""
-        w = self._require_core().get_weights()
+        """Copies of the weights as numpy arrays (see the subclass for the factor shapes), taken
+        in one consistent copy under the core's lock."""
+        core = self._require_core()
+        w = core.get_weights()
         out = {"bias": float(w["bias"]), "linear": w["linear"]}
-        out.update(self._weights_from_core(w))
+        out.update(self._weights_from_core(w, core))
         return out
 
     @classmethod
@@ -396,9 +443,11 @@ class _FactorizationModel:
             model.k = int(k)
         model._check_params()
         model.n_features, model.n_fields = n_features, n_fields
-        model._core = _core.Model(n_features, n_fields, int(model.k), flags, aware_row, m,
-                                  float(model.init_std), int(model.seed), bool(model.normalize))
-        model._core.set_weights(float(weights["bias"]), linear, v, W)
+        core = _core.Model(n_features, n_fields, int(model.k), flags, aware_row, m,
+                           float(model.init_std), int(model.seed), bool(model.normalize))
+        core.set_weights(float(weights["bias"]), linear, v, W)
+        model._core = core
+        model._bump_generation()
         return model
 
     def split(self, sides: Sides) -> "Split":
@@ -433,6 +482,7 @@ class _FactorizationModel:
                                   0 if W is None else W.shape[0], float(model.init_std), int(model.seed),
                                   bool(model.normalize))
         model._core.set_weights(float(state["bias"]), linear, v, W)
+        model._bump_generation()
         return model
 
     def save(self, path) -> None:
@@ -462,7 +512,7 @@ class FM(_FactorizationModel):
     def _aware_flags(self, n_fields: int) -> np.ndarray:
         return np.zeros(n_fields, dtype=np.uint8)
 
-    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+    def _weights_from_core(self, w: dict, core: _core.Model) -> Dict[str, Any]:
         return {"factors": w["v"]}
 
     @classmethod
@@ -485,10 +535,10 @@ class FFM(_FactorizationModel):
     def _aware_flags(self, n_fields: int) -> np.ndarray:
         return np.ones(n_fields, dtype=np.uint8)
 
-    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+    def _weights_from_core(self, w: dict, core: _core.Model) -> Dict[str, Any]:
         rows = w["aware_row"]
         if w["W"] is None:  # no feature has field-aware vectors (nothing trained yet)
-            return {"factors": np.zeros((w["linear"].size, self._require_core().n_fields, self.k), np.float32)}
+            return {"factors": np.zeros((w["linear"].size, core.n_fields, core.k), np.float32)}
         if rows is None:
             return {"factors": w["W"]}
         full = np.zeros((rows.size,) + w["W"].shape[1:], dtype=np.float32)  # unseen features: zeros
@@ -534,7 +584,7 @@ class HybridFM(_FactorizationModel):
         item = self.sides.item_mask(n_fields)
         return item if self.field_aware == "item" else (1 - item).astype(np.uint8)
 
-    def _weights_from_core(self, w: dict) -> Dict[str, Any]:
+    def _weights_from_core(self, w: dict, core: _core.Model) -> Dict[str, Any]:
         return {"factors": w["v"], "field_factors": w["W"], "field_rows": w["aware_row"]}
 
     @classmethod
