@@ -203,32 +203,67 @@ def sigmoid(t):
 
 
 # ---------------------------------------------------------------------------- optimiser
-def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: float, *, loss: str,
-                 lr: float, reg_linear: float, reg_factors: float):
-    """One row of libffm-style AdaGrad: (new params, new state, reported loss of the row).
+def adagrad_apply(params: Params, state: Params, grad: Params, touched: Params, *, lr: float,
+                  reg_linear: float, reg_factors: float) -> Tuple[Params, Params]:
+    """One AdaGrad step of every touched parameter, given d objective / d theta (`grad`, L2 not
+    included): (new params, new state). Untouched parameters and accumulators are left as they are.
 
-    For every touched parameter theta, from the weights *before* the update:
-        g = kappa * dscore/dtheta + lambda * theta   (lambda: reg_linear, reg_factors, 0 for the bias)
+    For every touched theta, from the weights *before* the update:
+        g = grad + lambda * theta   (lambda: reg_linear, reg_factors, 0 for the bias)
         G += g^2;  theta -= lr * g / sqrt(G)
     """
-    t = score(params, aware, f, j, x)
-    kappa = loss_grad(t, y, loss)
-    ds, touched = score_grad(params, aware, f, j, x)
     new = copy.deepcopy(params)
     st = copy.deepcopy(state)
-
-    g = kappa * ds["bias"]
-    st["bias"] += g * g
-    new["bias"] = params["bias"] - lr * g / np.sqrt(st["bias"])
-
+    if touched["bias"]:
+        g = grad["bias"]
+        st["bias"] += g * g
+        new["bias"] = params["bias"] - lr * g / np.sqrt(st["bias"])
     for name, lam in (("linear", reg_linear), ("v", reg_factors), ("W", reg_factors)):
         if params[name] is None:
             continue
         m = touched[name]
-        g = kappa * ds[name] + lam * params[name]
+        g = grad[name] + lam * params[name]
         st[name][m] += g[m] ** 2
         new[name][m] = params[name][m] - lr * g[m] / np.sqrt(st[name][m])
+    return new, st
+
+
+def _scaled(grad: Params, kappa: float) -> Params:
+    return {name: None if g is None else kappa * g for name, g in grad.items()}
+
+
+def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: float, *, loss: str,
+                 lr: float, reg_linear: float, reg_factors: float):
+    """One row of libffm-style AdaGrad: (new params, new state, reported loss of the row).
+
+    kappa = d loss / d score at the weights before the update; grad = kappa * d score / d theta;
+    then adagrad_apply on every parameter the row touches.
+    """
+    t = score(params, aware, f, j, x)
+    kappa = loss_grad(t, y, loss)
+    ds, touched = score_grad(params, aware, f, j, x)
+    new, st = adagrad_apply(params, state, _scaled(ds, kappa), touched, lr=lr, reg_linear=reg_linear,
+                            reg_factors=reg_factors)
     return new, st, loss_value(t, y, loss)
+
+
+def bpr_step(params: Params, state: Params, aware: np.ndarray, pos, neg, *, lr: float, reg_linear: float,
+             reg_factors: float):
+    """One BPR pair as one AdaGrad step: (new params, new state, loss, touched masks).
+
+    pos, neg: (f, j, x) of the positive and the negative row. loss = log(1 + e^{-d}),
+    d = score(pos) - score(neg); d loss / d theta = kappa (d s+ / d theta - d s- / d theta) with
+    kappa = -sigmoid(-d), summed over both rows before the step, so a parameter the two rows share
+    gets one step; touched = touched by either row (the bias: gradient 0, an exact no-op).
+    """
+    d = score(params, aware, *pos) - score(params, aware, *neg)
+    kappa = -1.0 / (1.0 + np.exp(d))
+    gp, tp = score_grad(params, aware, *pos)
+    gn, tn = score_grad(params, aware, *neg)
+    grad = {name: None if gp[name] is None else kappa * (gp[name] - gn[name]) for name in gp}
+    touched = {name: None if tp[name] is None else tp[name] | tn[name] for name in tp}
+    new, st = adagrad_apply(params, state, grad, touched, lr=lr, reg_linear=reg_linear, reg_factors=reg_factors)
+    return new, st, float(np.logaddexp(0.0, -d)), touched
 
 
 def adagrad_gradient(delta, lr: float) -> np.ndarray:
@@ -279,6 +314,7 @@ def fm_score_sum_trick(params: Params, j, x) -> float:
     v = params["v"][j] * x[:, None]
     inter = 0.5 * (np.sum(np.sum(v, axis=0) ** 2) - np.sum(v * v))
     return float(params["bias"] + np.dot(params["linear"][j], x) + inter)
+
 
 
 # ---------------------------------------------------------------------------- vectorised per-row SGD
