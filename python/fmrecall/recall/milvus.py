@@ -250,6 +250,10 @@ class MilvusIndex(ItemIndex):
     @property
     def ids(self) -> np.ndarray:
         """int64 ids of the indexed items, ascending."""
+        if self.lite:  # no result-size cap, and no timestamp service for pymilvus's query iterator
+            rows = self.client.query(self.collection, filter=f"{ID_FIELD} >= 0", output_fields=[ID_FIELD],
+                                     consistency_level="Strong")
+            return np.unique(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
         it = self.client.query_iterator(self.collection, batch_size=MAX_TOPK, output_fields=[ID_FIELD],
                                         consistency_level="Strong")
         parts: List[np.ndarray] = []
