@@ -215,11 +215,12 @@ def load_recaller(directory: Union[str, os.PathLike], **options: Any) -> Any:
         name, sha = _read_pointer(directory)
         try:
             files = _verified_members(os.path.join(directory, name), sha)
-        except FileNotFoundError:
-            if attempt + 1 == _LOAD_RETRIES:  # two saves moved on while we read: read the pointer again
+            return _load_members(files, os.path.join(directory, name), options)
+        except (FileNotFoundError, ValueError):
+            # saves moved on while we read (the version we started on was removed): read the
+            # pointer again; a version that fails while it is still current is really broken
+            if attempt + 1 == _LOAD_RETRIES or _read_pointer(directory)[0] == name:
                 raise
-            continue
-        return _load_members(files, os.path.join(directory, name), options)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
