@@ -184,6 +184,9 @@ def test_add_replace_remove_then_search(rng, lite, name):
         a, b = exact.search(world.queries, 12, **kw), rec.search(world.queries, 12, **kw)
         assert_same_top(a, b)
         assert not np.isin(b.ids, world.ids[100:130]).any()
+    # sealed and indexed by Milvus: the same results
+    rec.index.flush()
+    assert_same_top(exact.search(world.queries, 12), rec.search(world.queries, 12))
     # removing everything, then adding again
     rec.remove_items(rec.ids)
     assert len(rec) == 0 and np.all(rec.search(world.queries, 3).ids == -1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -234,6 +235,24 @@ class MilvusIndex(ItemIndex):
         for key, value in self.params.items():  # build parameters, where the server reports them
             if _PARAMS[self.index_type][key][2] == "build" and key in info and int(info[key]) != value:
                 raise ValueError(f"Milvus collection {name!r} was built with {key}={info[key]}, params say {value}")
+
+    def flush(self, wait: bool = True, timeout: float = 3600.0) -> None:
+        """Seal the rows added so far, so that Milvus indexes them now (optional: Milvus seals by
+        itself; until then it scans recent rows by brute force, Milvus Lite up to 128 MB of them),
+        and with `wait` block until its index covers every row (TimeoutError after `timeout` s)."""
+        self.client.flush(self.collection)
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        index_name = (self.client.list_indexes(self.collection, field_name=VECTOR_FIELD) or [VECTOR_FIELD])[0]
+        while True:
+            info = self.client.describe_index(self.collection, index_name) or {}
+            if info.get("indexed_rows", 0) >= info.get("total_rows", 0) and not info.get("pending_index_rows", 0):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Milvus collection {self.collection!r}: index covers {info.get('indexed_rows')} "
+                                   f"of {info.get('total_rows')} rows after {timeout} s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Release the connection (the collection and its items stay in Milvus)."""
