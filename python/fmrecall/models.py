@@ -11,8 +11,10 @@ Thread safety (a web service predicting on many threads while one thread retrain
 - ``partial_fit`` trains in place (that is its point): predictions during it see weights in
   progress; features new to the model get their vectors under the exclusive lock.
 - ``generation_`` (0 when unfitted) increases whenever the weights change: at the end of fit, after
-  each partial_fit, in from_weights and on load. Read it before the weights to detect a retrained
-  model.
+  each partial_fit, in from_weights, and on load / unpickling (which restore the saved generation,
+  at least 1). Read it before the weights to detect a retrained model.
+- Pickle, ``copy.deepcopy`` and joblib store the model as its .npz file bytes (fmrecall.persist):
+  no arbitrary objects, validated like a file when loaded; unfitted models keep their parameters.
 """
 from __future__ import annotations
 
@@ -317,10 +319,9 @@ class _FactorizationModel:
         generation_ increases once the epoch is done."""
         self._check_params()
         self._check_labels(train, "train")
-        core = self._core
-        fresh_model = core is None
-        if fresh_model:  # built aside like fit, swapped in once trained
-            core = self._new_core(train, None)
+        current = self._core
+        fresh_model = current is None  # then built aside like fit, swapped in once trained
+        core = self._new_core(train, None) if current is None else current
         need = train.schema if isinstance(train, Interactions) else train
         if need.n_features > core.n_features or need.n_fields > core.n_fields:
             raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
@@ -460,35 +461,41 @@ class _FactorizationModel:
         """The core's own arrays (compact field-aware table + its row map), for persistence."""
         return self._require_core().get_weights()
 
-    @classmethod
-    def _from_core_state(cls, state: Dict[str, Any], **hyper: Any) -> "_FactorizationModel":
-        """Inverse of _core_state (hyper must include n_fields): bit-identical weights, same layout."""
-        model = cls(**hyper)
-        n_fields = hyper["n_fields"]
-        model._check_params()
-        linear = np.ascontiguousarray(state["linear"], dtype=np.float32)
-        v = state.get("v")
-        W = state.get("W")
-        rows = state.get("aware_row")
-        v = None if v is None else np.ascontiguousarray(v, dtype=np.float32)
-        W = None if W is None else np.ascontiguousarray(W, dtype=np.float32)
-        rows = None if rows is None else np.ascontiguousarray(rows, dtype=np.int32)
-        k = (v if v is not None else W).shape[-1]
-        if k != model.k:
-            raise ValueError(f"k={model.k} but the stored factors have size {k}")
-        model.n_features, model.n_fields = linear.size, int(n_fields)
-        flags = model._aware_flags(int(n_fields))
-        model._core = _core.Model(linear.size, int(n_fields), int(k), flags, rows,
-                                  0 if W is None else W.shape[0], float(model.init_std), int(model.seed),
-                                  bool(model.normalize))
-        model._core.set_weights(float(state["bias"]), linear, v, W)
-        model._bump_generation()
-        return model
+    def _set_core_state(self, state: Dict[str, Any], n_fields: int) -> None:
+        """Inverse of _core_state, on arrays already checked (fmrecall.persist._check_state):
+        bit-identical weights, same layout. Replaces the core at once (no fit in between)."""
+        linear, v, W, rows = state["linear"], state["v"], state["W"], state["aware_row"]
+        core = _core.Model(linear.size, int(n_fields), int(self.k), self._aware_flags(int(n_fields)), rows,
+                           0 if W is None else W.shape[0], float(self.init_std), int(self.seed),
+                           bool(self.normalize))
+        core.set_weights(float(state["bias"]), linear, v, W)
+        self._core = core
 
     def save(self, path) -> None:
-        """Write the model to one versioned .npz file, atomically (see fmrecall.persist)."""
+        """Write the model to one versioned .npz file, atomically (see fmrecall.persist); `path`
+        may also be a binary file-like object (written in place). ValueError for non-finite
+        weights."""
         from .persist import save_model
         save_model(self, path)
+
+    @classmethod
+    def load(cls, path) -> "_FactorizationModel":
+        """Load a model file (path or binary file-like object) written by save(); ValueError if it
+        holds another model class (fmrecall.load takes any) or fails validation."""
+        from .persist import load
+        return load(path, expected_class=cls)
+
+    # ------------------------------------------------------------------ pickle / copy / joblib
+    def __reduce__(self):
+        """Pickled as the bytes of its .npz file (fmrecall.persist.model_to_bytes): no arbitrary
+        objects, validated like a file when unpickled. copy.copy / deepcopy make a full copy."""
+        from .persist import model_to_bytes
+        return (_unpickle_model, (model_to_bytes(self),))
+
+
+def _unpickle_model(payload: bytes) -> _FactorizationModel:
+    from .persist import model_from_bytes
+    return model_from_bytes(payload)
 
 
 def _check_factors(arr: Any, ndim: int, name: str, n_features: Optional[int] = None) -> np.ndarray:

@@ -1,16 +1,37 @@
-"""One-file, versioned, pickle-free persistence with atomic writes.
+"""One-file, versioned, pickle-free persistence with atomic writes and checksums.
 
 A model file is an uncompressed .npz: the weight arrays plus ``meta``, a UTF-8 JSON document
 (format name, format version, class, hyper-parameters) stored as a uint8 array, so loading never
 unpickles anything (``np.load(allow_pickle=False)``).
+
+Integrity. ``save_arrays`` records in ``meta["checksums"]`` the SHA-256 of every array member:
+the hash of the UTF-8 JSON ``[dtype.str, shape]`` (e.g. ``["<f4", [10, 4]]``) followed by the
+array's bytes in C order. ``load_arrays`` verifies them and raises ValueError naming the file and
+the member on any mismatch, a member without a checksum or a checksum without a member (the zip
+CRC already catches a flipped byte; the checksum also catches an array replaced whole, with a
+valid CRC). The format version stays 1: files written before checksums existed (no
+``"checksums"`` key) still load, unverified, and older fmrecall versions ignore the key.
+
+A model's metadata is validated like constructor arguments (the model's own ``_check_params``:
+``threads=100000``, ``k=-1`` or ``learning_rate=NaN`` in a tampered file raise ValueError naming
+the file and the parameter), and every array's dtype and shape is checked against n_features,
+n_fields and k before it reaches the C++ core. ``save`` refuses non-finite weights.
+
+Pickling a model (``pickle``, ``copy.deepcopy``, joblib) writes the same .npz bytes, so a pickled
+model carries no arbitrary objects and is validated like a file when it is unpickled.
+
+Every ``path`` argument may also be a binary file-like object (written / read in place, not
+atomically).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Callable, Dict, IO, Union
+from typing import IO, Any, Callable, Dict, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -18,6 +39,9 @@ MODEL_FORMAT = "fmrecall.model"
 MODEL_VERSION = 1
 
 PathLike = Union[str, os.PathLike]
+PathOrFile = Union[str, os.PathLike, IO[bytes]]
+
+_MAX_INT32 = 2**31 - 1
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -51,48 +75,120 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~mask
 
 
+def _is_file(obj: Any) -> bool:
+    return hasattr(obj, "read") or hasattr(obj, "write")
+
+
+def _name_of(path_or_file: Any) -> str:
+    if _is_file(path_or_file):
+        name = getattr(path_or_file, "name", None)
+        return name if isinstance(name, str) else "<file object>"
+    return os.fspath(path_or_file)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def encode_meta(meta: Dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    return np.frombuffer(json.dumps(meta, sort_keys=True, default=_json_default).encode("utf-8"), dtype=np.uint8)
 
 
 def decode_meta(arr: np.ndarray, path: str) -> Dict[str, Any]:
     try:
-        return json.loads(arr.tobytes().decode("utf-8"))
+        meta = json.loads(arr.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt metadata (not a JSON object)")
+    return meta
 
 
-def save_arrays(path: PathLike, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 (hex) of an array's dtype, shape and C-order bytes (see the module docstring)."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(json.dumps([a.dtype.str, list(a.shape)]).encode("utf-8"))
+    if a.size:
+        h.update(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
+    return h.hexdigest()
+
+
+def save_arrays(path: PathOrFile, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` and ``meta`` (plus the SHA-256 of every array in ``meta["checksums"]``) to
+    one .npz: atomically to a path, or in place into a binary file-like object."""
     for name in arrays:
         if name == "meta":
             raise ValueError("'meta' is a reserved array name")
-    atomic_write(path, lambda f: np.savez(f, meta=encode_meta(meta), **arrays))
+    arrays = {name: np.asarray(a) for name, a in arrays.items()}
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise ValueError(f"array {name!r} has dtype object, which cannot be stored without pickle")
+    meta = dict(meta, checksums={name: array_sha256(a) for name, a in arrays.items()})
+    encoded = encode_meta(meta)
+    members: Dict[str, Any] = dict(arrays, meta=encoded)
+    if _is_file(path):
+        np.savez(path, **members)
+    else:
+        atomic_write(cast(PathLike, path), lambda f: np.savez(f, **members))
 
 
-def load_arrays(path: PathLike, expected_format: str, max_version: int):
-    """(meta, {name: array}) of a file written by save_arrays, with format/version checks."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such file", path)
+def load_arrays(path: PathOrFile, expected_format: str, max_version: int, *, name: Optional[str] = None):
+    """(meta, {name: array}) of a file (path or binary file-like object) written by save_arrays,
+    with format / version checks and the checksums verified (when the file has them; they are
+    removed from the returned meta). ValueError names the file (``name`` overrides how) and the
+    member for a corrupt or tampered member."""
+    where = name if name is not None else _name_of(path)
+    if not _is_file(path) and not os.path.exists(os.fspath(cast(PathLike, path))):
+        raise FileNotFoundError(2, "No such file", os.fspath(cast(PathLike, path)))
+    arrays: Dict[str, np.ndarray] = {}
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
-        with z:
-            arrays = {name: z[name] for name in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not an fmrecall file ({e})") from None
+        raise ValueError(f"{where}: not an fmrecall file ({e})") from None
+    with z:
+        for member in z.files:
+            try:
+                arrays[member] = z[member]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+                raise ValueError(f"{where}: member {member!r} is corrupt ({e})") from None
     if "meta" not in arrays:
-        raise ValueError(f"{path}: not an fmrecall file (no metadata)")
-    meta = decode_meta(arrays.pop("meta"), path)
+        raise ValueError(f"{where}: not an fmrecall file (no metadata)")
+    meta_arr = arrays.pop("meta")
+    if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
+        raise ValueError(f"{where}: corrupt metadata (member 'meta' is not a 1-d uint8 array)")
+    meta = decode_meta(meta_arr, where)
     if meta.get("format") != expected_format:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {expected_format!r}")
-    if not isinstance(meta.get("version"), int) or meta["version"] > max_version:
-        raise ValueError(f"{path}: format version {meta.get('version')!r} is newer than this fmrecall "
+        raise ValueError(f"{where}: format {meta.get('format')!r}, expected {expected_format!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{where}: bad format version {version!r}")
+    if version > max_version:
+        raise ValueError(f"{where}: format version {version!r} is newer than this fmrecall "
                          f"supports ({max_version}); upgrade fmrecall")
+    sums = meta.pop("checksums", None)
+    if sums is not None:
+        _verify(sums, arrays, where)
     return meta, arrays
 
 
+def _verify(sums: Any, arrays: Dict[str, np.ndarray], where: str) -> None:
+    if not isinstance(sums, dict):
+        raise ValueError(f"{where}: corrupt metadata (checksums is not an object)")
+    for member in sorted(set(sums) | set(arrays)):
+        if member not in arrays:
+            raise ValueError(f"{where}: member {member!r} is missing (the metadata has its checksum)")
+        if member not in sums:
+            raise ValueError(f"{where}: member {member!r} has no checksum (added after saving?)")
+        if array_sha256(arrays[member]) != sums[member]:
+            raise ValueError(f"{where}: member {member!r} does not match its SHA-256 checksum "
+                             f"(the file was modified or corrupted)")
+
+
+# ---------------------------------------------------------------------------- models
 def _json_params(model) -> Dict[str, Any]:
     params = {}
     for name, value in model.get_params().items():
@@ -117,7 +213,7 @@ def _restore_params(params: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(value, dict) and "__type__" in value:
             kind = value["__type__"]
             body = {k: v for k, v in value.items() if k != "__type__"}
-            cls = getattr(sides_mod, kind, None)
+            cls = getattr(sides_mod, kind, None) if isinstance(kind, str) else None
             if cls is None or not hasattr(cls, "from_dict"):
                 raise ValueError(f"unknown parameter type {kind!r}")
             value = cls.from_dict(body)
@@ -126,44 +222,184 @@ def _restore_params(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def model_to_arrays(model):
-    """(meta, arrays) of a model: its hyper-parameters and the core's own (compact) arrays."""
+    """(meta, arrays) of a fitted model: its hyper-parameters and the core's own (compact) arrays.
+    ValueError if a weight is not finite (a diverged model is not worth keeping)."""
     from . import __version__
+    core = model._require_core()
     state = model._core_state()
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
             "params": _json_params(model), "fmrecall": __version__,
-            "n_features": int(model.n_features_), "n_fields": int(model.n_fields_),
-            "schema": model.schema_.to_dict() if getattr(model, "schema_", None) is not None else None}
+            "n_features": int(core.n_features), "n_fields": int(core.n_fields),
+            "schema": model.schema_.to_dict() if getattr(model, "schema_", None) is not None else None,
+            "generation": int(getattr(model, "generation_", 1)),
+            "history": list(getattr(model, "history_", [])),
+            "best_epoch": getattr(model, "best_epoch_", None)}
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ValueError(f"refusing to save a model whose {name!r} weights contain non-finite values "
+                             f"(training diverged: lower learning_rate)")
     return meta, arrays
 
 
-def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str = "<memory>"):
+def _unfitted_meta(model) -> Dict[str, Any]:
+    from . import __version__
+    return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
+            "params": _json_params(model), "fmrecall": __version__, "fitted": False}
+
+
+def _count(meta: Dict[str, Any], key: str, path: str) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT32:
+        raise ValueError(f"{path}: {key} must be an integer in [0, {_MAX_INT32}], got {value!r}")
+    return value
+
+
+def _member(arrays: Dict[str, np.ndarray], name: str, dtype, shape: Tuple[int, ...], path: str) -> np.ndarray:
+    a = arrays[name]
+    if a.dtype != np.dtype(dtype) or a.shape != shape:
+        raise ValueError(f"{path}: member {name!r} has dtype {a.dtype} and shape {a.shape}, expected "
+                         f"{np.dtype(dtype)} and {shape}")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise ValueError(f"{path}: member {name!r} contains non-finite values")
+    return np.ascontiguousarray(a)
+
+
+def _check_state(model, arrays: Dict[str, np.ndarray], n: int, F: int, path: str) -> Dict[str, Any]:
+    """The core arrays of a file, each checked (dtype, shape, values) against n_features = n,
+    n_fields = F, k and the model type, as _from_core_state takes them."""
+    k = int(model.k)
+    flags = model._aware_flags(F)
+    any_single, any_aware = bool((flags == 0).any()), bool(flags.any())
+    unknown = sorted(set(arrays) - {"bias", "linear", "v", "W", "aware_row"})
+    if unknown:
+        raise ValueError(f"{path}: unexpected member {unknown[0]!r}")
+    for name in ("bias", "linear"):
+        if name not in arrays:
+            raise ValueError(f"{path}: missing member {name!r}")
+    state: Dict[str, Any] = {"bias": _member(arrays, "bias", np.float32, (1,), path)[0],
+                             "linear": _member(arrays, "linear", np.float32, (n,), path)}
+    want_v = any_single and n > 0
+    if ("v" in arrays) != want_v:
+        raise ValueError(f"{path}: member 'v' (single vectors) is {'missing' if want_v else 'unexpected'} "
+                         f"for a {type(model).__name__} with these fields")
+    state["v"] = _member(arrays, "v", np.float32, (n, k), path) if want_v else None
+    rows = None
+    if "aware_row" in arrays:
+        if not any_aware:
+            raise ValueError(f"{path}: unexpected member 'aware_row' (the model has no field-aware field)")
+        rows = _member(arrays, "aware_row", np.int32, (n,), path)
+        m = arrays["W"].shape[0] if "W" in arrays and arrays["W"].ndim == 3 else 0
+        if rows.size and (rows.min() < -1 or rows.max() >= m):
+            raise ValueError(f"{path}: member 'aware_row' has entries outside [-1, {m})")
+        used = rows[rows >= 0]
+        if np.unique(used).size != used.size:
+            raise ValueError(f"{path}: member 'aware_row' gives two features the same row")
+    else:
+        m = n if any_aware else 0
+    want_W = m > 0 and F > 0 and any_aware
+    if ("W" in arrays) != want_W:
+        raise ValueError(f"{path}: member 'W' (field-aware vectors) is {'missing' if want_W else 'unexpected'} "
+                         f"for a {type(model).__name__} with these fields")
+    state["W"] = _member(arrays, "W", np.float32, (m, F, k), path) if want_W else None
+    state["aware_row"] = rows
+    return state
+
+
+def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str = "<memory>",
+                      expected_class: Optional[type] = None):
+    """The model of (meta, arrays) read by load_arrays, every parameter and array validated first
+    (ValueError naming `path`). With `expected_class`, a file holding another class is an error."""
     classes = _model_classes()
-    cls = classes.get(meta.get("class"))
+    kind = meta.get("class")
+    cls = classes.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"{path}: unknown model class {meta.get('class')!r}")
-    params = _restore_params(meta.get("params", {}))
-    params["n_fields"] = meta["n_fields"]
-    params["n_features"] = meta["n_features"]
-    state: Dict[str, Any] = dict(arrays)
-    state["bias"] = np.float32(arrays["bias"][0])
-    model = cls._from_core_state(state, **params)
+    if expected_class is not None and not issubclass(cls, expected_class):
+        raise ValueError(f"{path} holds a {cls.__name__}, not a {expected_class.__name__}: "
+                         f"load it with fmrecall.load or {cls.__name__}.load")
+    raw = meta.get("params", {})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: params must be a JSON object")
+    try:
+        params = _restore_params(raw)
+        model = cls(**params)  # validates threads like any constructor call
+    except TypeError as e:
+        raise ValueError(f"{path}: bad parameters ({e})") from None
+    except (ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    generation = meta.get("generation", 1)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"{path}: generation must be a non-negative integer, got {generation!r}")
+    if meta.get("fitted", True) is False:
+        if arrays:
+            raise ValueError(f"{path}: an unfitted model has no arrays, got {sorted(arrays)}")
+        return model
+    try:
+        model._check_params()  # exactly the checks fit() makes
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    n = _count(meta, "n_features", path)
+    F = _count(meta, "n_fields", path)
+    state = _check_state(model, arrays, n, F, path)
+    history, best = meta.get("history", []), meta.get("best_epoch")
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"{path}: history must be a list of objects")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
+        raise ValueError(f"{path}: best_epoch must be an integer or null, got {best!r}")
+    schema = None
     if meta.get("schema"):
         from .schema import Schema
-        model.schema_ = Schema.from_dict(meta["schema"])
+        try:
+            schema = Schema.from_dict(meta["schema"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: bad schema ({e!r})") from None
+    try:
+        model._set_core_state(state, F)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model.schema_ = schema
+    model.history_ = history
+    model.best_epoch_ = best
+    model.generation_ = max(generation, 1)
     return model
 
 
-def save_model(model, path: PathLike) -> None:
+def save_model(model, path: PathOrFile) -> None:
     meta, arrays = model_to_arrays(model)
     save_arrays(path, meta, arrays)
 
 
-def load(path: PathLike):
-    """Load a model written by ``model.save(path)``; it predicts bit-identically."""
+def load(path: PathOrFile, expected_class: Optional[type] = None):
+    """Load a model written by ``model.save(path)`` (a path or a binary file-like object); it
+    predicts bit-identically. Every array and parameter is validated (ValueError naming the file)."""
     meta, arrays = load_arrays(path, MODEL_FORMAT, MODEL_VERSION)
+    where = _name_of(path)
     try:
-        return model_from_arrays(meta, arrays, os.fspath(path))
+        return model_from_arrays(meta, arrays, where, expected_class)
     except KeyError as e:
-        raise ValueError(f"{os.fspath(path)}: missing entry {e}") from None
+        raise ValueError(f"{where}: missing entry {e}") from None
+
+
+def model_to_bytes(model) -> bytes:
+    """The .npz bytes of a model, fitted or not (what pickling a model stores)."""
+    buf = io.BytesIO()
+    if model._core is None:
+        save_arrays(buf, _unfitted_meta(model), {})
+    else:
+        save_model(model, buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(data: bytes, expected_class: Optional[type] = None):
+    """Inverse of model_to_bytes, validated like a file."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"a pickled fmrecall model holds bytes, got {type(data).__name__}")
+    name = "<pickled model>"
+    meta, arrays = load_arrays(io.BytesIO(bytes(data)), MODEL_FORMAT, MODEL_VERSION, name=name)
+    try:
+        return model_from_arrays(meta, arrays, name, expected_class)
+    except KeyError as e:
+        raise ValueError(f"{name}: missing entry {e}") from None
+
