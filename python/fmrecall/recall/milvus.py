@@ -417,10 +417,11 @@ class MilvusIndex(ItemIndex):
     def add(self, ids: np.ndarray, batches: Iterable[np.ndarray]) -> None:
         ids = np.asarray(ids, np.int64).ravel()
         with self._write:
-            self.client  # opened?
+            self.client  # raises if open() was not called
             step = self._rows_per_request()
             done = 0                                    # ids[:done] were written
             log = _AddLog()
+            log.fresh = len(self) == 0  # nothing to replace: no need to read old vectors
             try:
                 pending: List[np.ndarray] = []
                 n_pending = 0
@@ -447,7 +448,7 @@ class MilvusIndex(ItemIndex):
 
     def _upsert(self, part: np.ndarray, vecs: np.ndarray, log: "_AddLog") -> int:
         """Write one request's rows, first saving the vectors those ids have now (for a roll-back)."""
-        old_ids, old_vecs = self._fetch(part)
+        old_ids, old_vecs = (np.zeros(0, np.int64), None) if log.fresh else self._fetch(part)
         if old_ids.size:
             log.old_ids.append(old_ids)
             log.old_vecs.append(old_vecs)
@@ -530,6 +531,7 @@ class _AddLog:
 
     def __init__(self) -> None:
         self.attempted = 0
+        self.fresh = False
         self.old_ids: List[np.ndarray] = []
         self.old_vecs: List[np.ndarray] = []
 
