@@ -543,6 +543,39 @@ def test_failed_replacement_keeps_the_old_vectors(rng, monkeypatch, index):
     np.testing.assert_array_equal(after.scores, before.scores)
 
 
+@pytest.mark.parametrize("index", ["hnsw", "ivf", "exact"])
+def test_failed_insert_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rng, monkeypatch, index):
+    """ANN indexes insert an add in slices (searches run in between): faiss failing on the third
+    slice leaves the published catalogue, the indexes (truncated, or rebuilt aside for HNSW, which
+    cannot remove) and the results as they were; later adds work."""
+    import fmrecall.recall.faiss_index as findex
+    world = World(rng, "ffm", m=10, n=120)
+    rec = fmrecall.Recaller(world.model, fmrecall.Sides(**SD), index, nprobe=64, threads=1)
+    rec.add_items(world.items.subset(np.arange(60)), world.ids[:60])
+    before = rec.search(world.queries, 10)
+    monkeypatch.setattr(findex, "INSERT_SLICE", 16)
+    orig, calls = fsegment.Segment.add, []
+    fail_at = 1 if index == "exact" else 3  # exact inserts in one go
+
+    def failing(self, vecs, first_row):
+        calls.append(vecs.shape[0])
+        if len(calls) == fail_at:
+            raise RuntimeError("injected faiss failure")
+        return orig(self, vecs, first_row)
+
+    monkeypatch.setattr(fsegment.Segment, "add", failing)
+    with pytest.raises(ValueError, match="nothing was added"):
+        rec.add_items(world.items.subset(np.arange(60, 120)), world.ids[60:])
+    monkeypatch.setattr(fsegment.Segment, "add", orig)
+    assert calls[:fail_at] == ([16, 16, 16] if index != "exact" else [60])
+    assert len(rec) == 60 and rec.index.parts()[0].index.ntotal == 60
+    after = rec.search(world.queries, 10)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    rec.add_items(world.items.subset(np.arange(60, 120)), world.ids[60:])
+    check_top(world, rec.search(world.queries, 10), 10, exact=index == "exact", scores_only=True)
+
+
 def test_hnsw_walk_is_at_least_the_candidate_count(rng, monkeypatch):
     """faiss stops the HNSW walk after efSearch nodes; the Recaller searches with
     max(ef_search, candidates), passed per call, so that every fetched candidate comes from the

@@ -75,6 +75,13 @@ class Exclusion:
         return np.isin(keys, self.keys)
 
 
+def visible(found: Tuple[np.ndarray, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(D, I) with rows beyond the snapshot's catalogue hidden (-1): an ANN index may already hold
+    the first slices of an add that is not published yet."""
+    D, I = found
+    return D, np.where(I < n_rows, I, -1)
+
+
 def top_k(snap: Snapshot, rows: np.ndarray, ip: np.ndarray, k: int,
           excl: Optional[Exclusion]) -> Tuple[np.ndarray, np.ndarray]:
     """Mask invalid / removed / excluded candidates, cut the top k by exact inner product:
@@ -128,11 +135,11 @@ def search_single(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusio
     extra = (excl.most if excl is not None else 0) + snap.catalogue.dead
     seg = snap.segments[0]
     if snap.exact:
-        D, I = seg.search(q, max(min(k + extra, n_rows), 1))
+        D, I = visible(seg.search(q, max(min(k + extra, n_rows), 1)), n_rows)
         ids, ip = top_k(snap, I, D, k, excl)  # flat inner products are exact
         return ids, ip, np.ones(m, bool)
     cand = max(snap.candidates or max(4 * k, 100), k)  # never fewer candidates than k
-    _, I = seg.search(q, max(min(cand + extra, n_rows), 1))
+    _, I = visible(seg.search(q, max(min(cand + extra, n_rows), 1)), n_rows)
     ids, ip = top_k(snap, I, rescore(snap, q, I), k, excl)
     return ids, ip, np.zeros(m, bool)
 
@@ -156,7 +163,7 @@ def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclu
         bound = np.zeros(todo.size)
         everything = np.zeros(todo.size, bool)  # some segment returned every item it holds
         for seg in snap.segments:
-            D, I = seg.search(qs, kk)
+            D, I = visible(seg.search(qs, kk), n_rows)
             cand.append(I)
             full = (I >= 0).all(axis=1)
             everything |= ~full
