@@ -65,6 +65,40 @@ py::dict parsed_to_dict(Parsed&& p) {
   return d;
 }
 
+// Polled by the parsers between 16 MiB chunks, without the GIL: takes it briefly to run Python's
+// signal handlers (Ctrl-C). True (stop) leaves the exception set; the caller re-raises it.
+bool python_signalled() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+// Runs a parse without the GIL; a Cancelled parse re-raises the pending Python exception
+// (KeyboardInterrupt, or whatever a sink raised).
+template <class F>
+auto run_parse(F&& f, std::exception_ptr* sink_error = nullptr) {
+  try {
+    py::gil_scoped_release nogil;
+    return f();
+  } catch (const Cancelled&) {
+    if (sink_error && *sink_error) std::rethrow_exception(*sink_error);
+    throw py::error_already_set();
+  }
+}
+
+// A Sink that hands each block to a Python callable as the dict parse_libffm returns (indptr from
+// 0 within the block). An exception in the callable stops the parse and is re-raised.
+Sink python_sink(const py::function& fn, std::exception_ptr& error) {
+  return [&fn, &error](Parsed& block) {
+    py::gil_scoped_acquire gil;
+    try {
+      fn(parsed_to_dict(std::move(block)));
+    } catch (...) {
+      error = std::current_exception();
+      throw Cancelled();
+    }
+  };
+}
+
 using CsrArgs = std::tuple<arr<int64_t>, arr<int32_t>, arr<int32_t>, std::optional<arr<float>>>;
 
 // Factored training data with its numpy arrays kept alive (the core only holds pointers).
@@ -107,25 +141,39 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "parse_libffm",
       [](const std::string& path) {
-        Parsed p;
-        {
-          py::gil_scoped_release nogil;
-          p = parse_libffm(path);
-        }
+        Parsed p = run_parse([&] { return parse_libffm(path, python_signalled); });
         return parsed_to_dict(std::move(p));
       },
       py::arg("path"));
   m.def(
       "parse_libsvm",
       [](const std::string& path, const arr<int32_t>& field_of_feature) {
-        Parsed p;
-        {
-          py::gil_scoped_release nogil;
-          p = parse_libsvm(path, field_of_feature.data(), field_of_feature.size());
-        }
+        Parsed p = run_parse(
+            [&] { return parse_libsvm(path, field_of_feature.data(), field_of_feature.size(), python_signalled); });
         return parsed_to_dict(std::move(p));
       },
       py::arg("path"), py::arg("field_of_feature"));
+  m.def(
+      "stream_libffm",
+      [](const std::string& path, const py::function& sink) {
+        std::exception_ptr error;
+        const Sink s = python_sink(sink, error);
+        return run_parse([&] { return stream_libffm(path, s, python_signalled); }, &error);
+      },
+      py::arg("path"), py::arg("sink"),
+      "Parses in one pass, calling sink(block) for the rows of each 16 MiB chunk; returns the row count.");
+  m.def(
+      "stream_libsvm",
+      [](const std::string& path, const arr<int32_t>& field_of_feature, const py::function& sink) {
+        std::exception_ptr error;
+        const Sink s = python_sink(sink, error);
+        return run_parse(
+            [&] {
+              return stream_libsvm(path, field_of_feature.data(), field_of_feature.size(), s, python_signalled);
+            },
+            &error);
+      },
+      py::arg("path"), py::arg("field_of_feature"), py::arg("sink"));
   m.def(
       "write_libffm",
       [](const std::string& path, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
