@@ -30,8 +30,12 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape = {})
 }
 
 // CSR arrays as the core's view, after the checks that keep the core from reading out of bounds.
+// With `rows` (the rows a call will touch, e.g. one training chunk of a permutation), only those
+// rows' indptr entries are checked: O(len(rows)), not O(all rows), so streaming an epoch through a
+// large (memory-mapped) Dataset in chunks costs O(chunk) per call; rows outside it are never read.
 Csr make_csr(const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
-             const std::optional<arr<float>>& val, const std::optional<arr<float>>& label) {
+             const std::optional<arr<float>>& val, const std::optional<arr<float>>& label,
+             const arr<int64_t>* rows_used = nullptr) {
   if (indptr.ndim() != 1 || indptr.size() < 1) throw InputError("indptr must be a 1-d array of length rows + 1");
   const int64_t rows = indptr.size() - 1;
   const int64_t nnz = field.size();
@@ -40,9 +44,19 @@ Csr make_csr(const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<in
   if (label && label->size() != rows) throw InputError("labels must have one entry per row");
   const int64_t* ip = indptr.data();
   if (ip[0] != 0) throw InputError("indptr[0] must be 0");
-  for (int64_t r = 0; r < rows; ++r)
-    if (ip[r + 1] < ip[r]) throw InputError("indptr must be non-decreasing (row " + std::to_string(r) + ")");
   if (ip[rows] != nnz) throw InputError("indptr[-1] must equal the number of nodes");
+  if (rows_used) {
+    const int64_t* o = rows_used->data();
+    for (int64_t i = 0; i < rows_used->size(); ++i) {
+      const int64_t r = o[i];
+      if (r < 0 || r >= rows) throw InputError("row order out of range");
+      if (ip[r] < 0 || ip[r + 1] < ip[r] || ip[r + 1] > nnz)
+        throw InputError("indptr must be non-decreasing within [0, nnz] (row " + std::to_string(r) + ")");
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      if (ip[r + 1] < ip[r]) throw InputError("indptr must be non-decreasing (row " + std::to_string(r) + ")");
+  }
   Csr c;
   c.indptr = ip;
   c.field = field.data();
@@ -324,10 +338,8 @@ PYBIND11_MODULE(_core, m) {
           [](Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
              const std::optional<arr<float>>& val, const arr<float>& label, const arr<int64_t>& order, int loss,
              float eta, float l2_lin, float l2_fac, int threads) {
-            const Csr c = make_csr(indptr, field, feat, val, label);
+            const Csr c = make_csr(indptr, field, feat, val, label, &order);  // checks only `order`'s rows
             const int64_t* o = order.data();
-            for (int64_t i = 0; i < order.size(); ++i)
-              if (o[i] < 0 || o[i] >= c.rows) throw InputError("row order out of range");
             if (loss != 0 && loss != 1) throw InputError("this loss needs factored (Interactions) data");
             const Hyper h{eta, l2_lin, l2_fac};
             const int t = resolve_threads(threads);
