@@ -21,9 +21,8 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_recall import World  # noqa: E402
-
 import fmrecall  # noqa: E402
+from test_recall import World  # noqa: E402
 
 KS = (10, 300)
 

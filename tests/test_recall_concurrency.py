@@ -10,10 +10,9 @@ import sys
 import threading
 
 import faiss
+import fmrecall
 import numpy as np
 import pytest
-
-import fmrecall
 from fmrecall.recall import faiss_config
 from test_recall import SD, World
 

@@ -23,7 +23,8 @@ class Catalogue:
             alive = np.flatnonzero(row_ids >= 0)
             order = np.argsort(row_ids[alive], kind="stable")
             lookup = (row_ids[alive][order], alive[order])
-        self._keys, self._rows = lookup
+        self._keys: np.ndarray = lookup[0]
+        self._rows: np.ndarray = lookup[1]
 
     @classmethod
     def empty(cls) -> "Catalogue":

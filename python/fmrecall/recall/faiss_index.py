@@ -65,7 +65,7 @@ class FaissIndex(ItemIndex):
         if not isinstance(kind, str) or not kind.strip():
             raise ValueError(f"index must be 'exact', 'hnsw', 'hnsw-ip', 'ivf' or a faiss factory string, got {kind!r}")
         self.kind = kind
-        self.segments = check_int(segments, "segments", 1)
+        self.segments: int = check_int(segments, "segments", 1)  # type: ignore[assignment]
         self.candidates = check_int(candidates, "candidates", 1, optional=True)
         if pad is not None and not isinstance(pad, (bool, np.bool_)):
             raise ValueError(f"pad must be True, False or None, got {pad!r}")

@@ -28,7 +28,15 @@ from typing import Any, Dict, Optional, Tuple, Type, Union
 
 import numpy as np
 
-from ..persist import MODEL_FORMAT, MODEL_VERSION, atomic_write, load_arrays, model_from_arrays, model_to_arrays, save_arrays
+from ..persist import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    atomic_write,
+    load_arrays,
+    model_from_arrays,
+    model_to_arrays,
+    save_arrays,
+)
 from ..schema import Schema
 from ..sides import Sides
 from .base import ItemIndex
@@ -134,9 +142,13 @@ def save_recaller(rec: Any, directory: Union[str, os.PathLike]) -> None:
         raise
     manifest_sha = sha256_file(os.path.join(directory, name, MANIFEST))
     pointer = {"format": RECALLER_FORMAT, "version_dir": name, "manifest_sha256": manifest_sha}
-    atomic_write(os.path.join(directory, POINTER), lambda f: f.write(json.dumps(pointer).encode("utf-8")))
+    atomic_write(os.path.join(directory, POINTER), lambda f: _write_bytes(f, json.dumps(pointer).encode("utf-8")))
     _fsync_dir(directory)
     _clean(directory, keep={name, previous}, legacy=legacy)
+
+
+def _write_bytes(f: Any, data: bytes) -> None:
+    f.write(data)
 
 
 def _clean(directory: str, keep: set, legacy: bool) -> None:
