@@ -222,3 +222,104 @@ def test_to_libffm_round_trip_one_hot_and_empty_rows(tmp_path):
     np.testing.assert_array_equal(back.features, features)
     np.testing.assert_array_equal(back.fields, fields)
     np.testing.assert_array_equal(back.labels, labels)
+
+
+# ---------------------------------------------------------------------------- no silent truncation / wrap
+@pytest.mark.parametrize("change, pattern", [
+    (dict(indptr=np.array([0, 2.7, 3, 5])), r"indptr\[1\] = 2\.7 is not an integer"),
+    (dict(indptr=np.array([0, 3, np.nan, 5])), r"indptr\[2\] = nan is not an integer"),
+    (dict(indptr=np.array([0, 3, 3, 2**64 - 1], np.uint64)), r"indptr\[3\] = \d+ is out of range"),
+    (dict(indptr=np.array(["0", "3", "3", "5"])), r"indptr must be integers"),
+    (dict(fields=np.array([2, 0, 2, 2**32, 0], np.int64)), r"fields\[3\] = 4294967296 is out of range"),
+    (dict(features=np.array([7, 1, 2**32, 4, 0], np.int64)), r"features\[2\] = 4294967296 is out of range"),
+    (dict(features=np.array([7, 1, 2**32, 4, 0], np.uint64)), r"features\[2\] = 4294967296 is out of range"),
+    (dict(features=np.array([7, 1, 8.5, 4, 0])), r"features\[2\] = 8\.5 is not an integer"),
+    (dict(fields=np.array([2, 0, 2, 1, 0], np.float32) + 0.25), r"fields\[0\] = 2\.25 is not an integer"),
+    (dict(n_features=9.5), r"n_features must be an integer"),
+    (dict(n_features=2**32), r"n_features=4294967296 is out of range"),
+    (dict(n_fields=True), r"n_fields must be an integer"),
+], ids=["indptr-float", "indptr-nan", "indptr-uint64-wrap", "indptr-str", "fields-2^32", "features-2^32",
+        "features-uint64", "features-float", "fields-float", "n_features-float", "n_features-2^32",
+        "n_fields-bool"])
+def test_non_integers_and_wrapping_values_are_rejected(change, pattern):
+    args, kw = _bad(**change)
+    with pytest.raises(ValueError, match=pattern):
+        Dataset.from_arrays(args["indptr"], args["fields"], args["features"], args["values"], args["labels"],
+                            **kw)
+
+
+def test_integral_floats_still_accepted():
+    indptr, fields, features, values, labels = _small()
+    ds = Dataset.from_arrays(indptr.astype(float), fields.astype(float), features.astype(float), values, labels,
+                             n_features=np.int64(9))
+    np.testing.assert_array_equal(ds.indptr, indptr)
+    np.testing.assert_array_equal(ds.features, features)
+    assert ds.n_features == 9
+
+
+@pytest.mark.parametrize("fields, pattern", [
+    ([(0, 1.5), (1.5, 3)], r"fields: range bounds must be integers"),
+    ([(0, 3), (3, float("nan"))], r"fields: range bounds must be integers"),
+    ([(0, 3), (3, 2**32)], r"fields: range ends must be <= 2\^31"),
+    (np.array([0, 0, 1.5]), r"fields: a feature -> field array must be integers"),
+    (np.array([0, 2**32, 1], np.int64), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
+    (np.array([0, -2, 1]), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
+], ids=["float-ranges", "nan-range", "range-2^32", "float-map", "map-2^32", "map-neg"])
+def test_libsvm_fields_reject_non_integers_and_wrap(tmp_path, fields, pattern):
+    path = tmp_path / "d.txt"
+    path.write_text("1 0:1 2:1\n")
+    with pytest.raises(ValueError, match=pattern):
+        Dataset.from_libsvm(path, fields)
+    assert Dataset.from_libsvm(path, [(0.0, 2.0), (2.0, 3.0)]).n_fields == 2  # integral floats are fine
+
+
+# ---------------------------------------------------------------------------- several paths
+def test_several_paths_concatenate(tmp_path):
+    a, b = tmp_path / "a.ffm", tmp_path / "b.ffm"
+    a.write_text("1 0:1:1 1:5:1\n0 0:2:1\n")
+    b.write_text("0\n1 1:3:0.5 2:7:1\n")
+    ds = Dataset.from_libffm([a, b, a])
+    np.testing.assert_array_equal(ds.indptr, [0, 2, 3, 3, 5, 7, 8])
+    np.testing.assert_array_equal(ds.features, [1, 5, 2, 3, 7, 1, 5, 2])
+    np.testing.assert_array_equal(ds.values, np.array([1, 1, 1, 0.5, 1, 1, 1, 1], np.float32))
+    np.testing.assert_array_equal(ds.labels, [1, 0, 0, 1, 1, 0])
+    one_hot = Dataset.from_libffm([a, a])
+    assert one_hot.values is None and one_hot.n_rows == 4
+    with pytest.raises(ValueError, match="no paths"):
+        Dataset.from_libffm([])
+    bad = tmp_path / "bad.ffm"
+    bad.write_text("1 0:1:1\n1 0:x:1\n")
+    with pytest.raises(ValueError, match=f"{bad}:2:"):
+        Dataset.from_libffm([a, bad])
+
+
+# ---------------------------------------------------------------------------- Ctrl-C during fit
+def test_keyboard_interrupt_during_fit_keeps_the_previous_model(monkeypatch):
+    """fit trains in Python-level chunks of _CHUNK_ROWS rows: a SIGINT between chunks raises
+    KeyboardInterrupt out of fit, and the model keeps (and predicts with) its previous weights."""
+    import signal
+
+    import fmrecall.models as models
+
+    ds = random_dataset(np.random.default_rng(3), 400, n_features=50, n_fields=4)
+    model = fmrecall.FM(4, epochs=2, threads=1, seed=1).fit(ds)
+    before, gen = model.predict(ds), model.generation_
+    monkeypatch.setattr(models, "_CHUNK_ROWS", 64)
+    real = model._train_part
+    calls = []
+
+    def part(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # the default handler raises KeyboardInterrupt here
+        return real(*args)
+
+    monkeypatch.setattr(model, "_train_part", part)
+    with pytest.raises(KeyboardInterrupt):
+        model.set_params(seed=2, epochs=3).fit(ds)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(model.predict(ds), before)
+    assert model.generation_ == gen
+    monkeypatch.undo()
+    model.fit(ds)  # still usable: a later fit works
+    assert model.generation_ == gen + 1

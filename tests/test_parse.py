@@ -1,7 +1,11 @@
 """Text parsers: Dataset.from_libffm / Dataset.from_libsvm, contents and error reporting."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -145,6 +149,15 @@ LIBFFM_ERRORS = {
     "field-2^31": "1 2147483648:2:1",
     "feature-2^31": "1 0:2147483648:1",
     "feature-huge": "1 0:99999999999999999999:1",
+    "two-signs-label": "+-1 0:1:1",
+    "two-plus-label": "++1 0:1:1",
+    "two-signs-value": "1 0:1:+-1",
+    "lone-plus-value": "1 0:1:+",
+    "underflow-then-junk": "1 0:1:1e-50junk",
+    "deep-underflow-then-junk": "1 0:1:1e-400x",
+    "neg-overflow-value": "1 0:1:-1e39",
+    "huge-exponent-value": "1 0:1:1e99999",
+    "hex-value": "1 0:1:0x10",
 }
 
 
@@ -179,6 +192,8 @@ LIBSVM_ERRORS = {
     "neg-feature": "1 -2:1",
     "feature-2^31": "1 2147483648:1",
     "bad-feature": "1 a:1",
+    "two-signs-label": "+-1 2:1",
+    "underflow-then-junk": "1 2:1e-50junk",
 }
 
 
@@ -223,3 +238,137 @@ def test_frappe_parses(data_dir):
     feats = ds.features.reshape(-1, 10)
     assert np.all((feats >= starts) & (feats < ends))
     assert int((ds.labels == 1).sum()) == 19_063 and int((ds.labels == -1).sum()) == 38_659
+
+
+# ---------------------------------------------------------------------------- numbers: underflow
+def test_underflow_reads_as_zero_overflow_is_an_error(tmp_path):
+    """The documented rule: below float32's smallest subnormal reads as 0 (however deep), above its
+    maximum is an error; subnormals themselves are kept."""
+    path = _write(tmp_path, "1e-400 0:1:1e-50 0:2:1e-400 0:3:-1e-99999 0:4:1e-40 0:5:+2.5\n")
+    ds = Dataset.from_libffm(path)
+    np.testing.assert_array_equal(ds.labels, [0])
+    np.testing.assert_array_equal(ds.values, np.array([0, 0, 0, 1e-40, 2.5], np.float32))
+    assert ds.values[3] > 0
+    for text in ("1 0:1:1e39\n", "1 0:1:3.5e38\n", "1e39 0:1:1\n"):
+        with pytest.raises(ValueError, match=re.escape(f"{path}:1:") + ".*out of float range"):
+            Dataset.from_libffm(_write(tmp_path, text))
+
+
+def test_two_signs_named_with_path_and_line(tmp_path):
+    path = _write(tmp_path, "1 0:1:1\n+-1 0:1:1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: bad label (two signs) in token '+-1'")):
+        Dataset.from_libffm(path)
+
+
+# ---------------------------------------------------------------------------- bytes that are not UTF-8
+@pytest.mark.parametrize("parser", ["libffm", "libsvm"])
+def test_non_utf8_token_is_a_value_error_naming_path_and_line(tmp_path, parser):
+    bad = b"1 0:1:\xff\xfe" if parser == "libffm" else b"1 2:\xc3\x28"
+    good = b"1 0:1:1" if parser == "libffm" else b"1 2:1"
+    path = _write(tmp_path, good + b"\n" + good + b"\n" + bad + b"\n", binary=True)
+    with pytest.raises(ValueError) as err:
+        if parser == "libffm":
+            Dataset.from_libffm(path)
+        else:
+            Dataset.from_libsvm(path, [(0, 10)])
+    assert not isinstance(err.value, UnicodeError)
+    assert type(err.value) is fmrecall._core.InputError
+    assert str(err.value).startswith(f"{path}:3: bad value in token ")
+    assert "\\x" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- line length cap
+@pytest.mark.parametrize("mmap", [False, True], ids=["memory", "mmap"])
+def test_line_longer_than_16_mib_names_path_and_line(tmp_path, mmap):
+    long_line = b"1 " + b"0:1:1 " * ((16 << 20) // 6 + 1)
+    path = _write(tmp_path, b"1 0:1:1\n\n" + long_line + b"\n1 0:1:1\n", binary=True)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: line longer than 16 MiB")):
+        Dataset.from_libffm(path, mmap=mmap, cache_dir=tmp_path / "cache")
+    # also without a final newline (the whole file one line)
+    path = _write(tmp_path, long_line, name="one.txt", binary=True)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: line longer than 16 MiB")):
+        Dataset.from_libffm(path)
+
+
+# ---------------------------------------------------------------------------- endless inputs, Ctrl-C
+def _run_child(code: str, timeout: float = 60.0) -> str:
+    """Runs `code` in a fresh interpreter (a hang fails the test instead of hanging it)."""
+    env = dict(os.environ)
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
+    env["PYTHONPATH"] = pkg + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX only")
+def test_fifo_and_dev_zero_are_refused_quickly(tmp_path):
+    """/dev/zero never ends and a FIFO blocks: both are ValueErrors naming the path, in Python and in
+    the C++ parser itself (which opens without blocking and checks the file type first)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = _run_child(f"""
+        import fmrecall
+        from fmrecall import _core
+        D = fmrecall.Dataset
+        calls = [lambda p: D.from_libffm(p), lambda p: D.from_libsvm(p, [(0, 10)]),
+                 lambda p: D.from_libffm(p, mmap=True, cache_dir={str(tmp_path / 'c')!r}),
+                 lambda p: D.from_libffm([{str(tmp_path / 'ok.txt')!r}, p]),
+                 _core.parse_libffm, lambda p: _core.parse_libsvm(p, [0]),
+                 lambda p: _core.stream_libffm(p, print)]
+        open({str(tmp_path / 'ok.txt')!r}, "w").write("1 0:1:1\\n")
+        for path in ("/dev/zero", {str(fifo)!r}):
+            for call in calls:
+                try:
+                    call(path)
+                except ValueError as e:
+                    assert type(e) in (ValueError, _core.InputError), type(e)
+                    assert str(e).startswith(path + ": not a regular file"), str(e)
+                else:
+                    raise AssertionError("accepted " + path)
+        print("ok")
+    """, timeout=30)
+    assert out.strip() == "ok"
+
+
+def test_ctrl_c_stops_a_long_parse(tmp_path):
+    """SIGINT while the C++ parser runs (GIL released) raises KeyboardInterrupt within one 16 MiB
+    chunk instead of at the end; an interrupted cache build leaves no partial cache behind."""
+    out = _run_child(f"""
+        import os, signal, threading, time
+        import fmrecall
+        path = {str(tmp_path / 'big.ffm')!r}
+        cache = {str(tmp_path / 'cache')!r}
+        line = b"1 " + b" ".join(b"%d:%d:1" % (f, 1000 + f) for f in range(39)) + b"\\n"
+        open(path, "wb").write(line * ((64 << 20) // len(line)))
+        t0 = time.perf_counter()
+        fmrecall.Dataset.from_libffm(path)
+        full = time.perf_counter() - t0
+        for mmap in (False, True):
+            delay = 0.2 * full
+            for attempt in range(3):
+                timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+                entered = False
+                t0 = time.perf_counter()
+                try:
+                    timer.start()
+                    entered = True
+                    t0 = time.perf_counter()
+                    fmrecall.Dataset.from_libffm(path, mmap=mmap, cache_dir=cache)
+                except KeyboardInterrupt:
+                    took = time.perf_counter() - t0
+                else:
+                    raise AssertionError("not interrupted")
+                timer.join()
+                if entered:
+                    break
+                delay *= 2  # the signal came before the parse began (a loaded machine): again
+            assert entered
+            assert took < delay + 0.5 * full, (mmap, took, delay, full)  # one 16 MiB chunk is ~full / 4
+        assert not os.path.exists(cache) or os.listdir(cache) == [], os.listdir(cache)
+        ds = fmrecall.Dataset.from_libffm(path, mmap=True, cache_dir=cache)
+        assert ds.n_rows == (64 << 20) // len(line)
+        print("ok")
+    """, timeout=60)
+    assert out.strip() == "ok"

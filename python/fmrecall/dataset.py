@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple, Union
+import stat
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,12 +14,42 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 def _check_path(path: Union[str, os.PathLike]) -> str:
+    """The path as str if it names a regular file: FileNotFoundError, IsADirectoryError, or
+    ValueError naming the path for anything else (a FIFO or /dev/zero would never end)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such file", path)
-    if os.path.isdir(path):
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such file", path) from None
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, device or socket cannot be parsed)")
     return path
+
+
+def _paths(path_or_paths) -> List[str]:
+    """One path or a non-empty sequence of paths, each checked by _check_path."""
+    if isinstance(path_or_paths, (str, bytes, os.PathLike)):
+        return [_check_path(path_or_paths)]
+    paths = list(path_or_paths)
+    if not paths:
+        raise ValueError("path_or_paths: no paths given")
+    return [_check_path(p) for p in paths]
+
+
+def _integral(arr: np.ndarray, name: str) -> None:
+    """ValueError naming `name` unless `arr` holds integers (integral finite floats are accepted)."""
+    if arr.size and arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"{name}[{i}] = {arr[i]} is not an integer")
+        else:
+            raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
 
 
 def _index_array(a: ArrayLike, name: str) -> np.ndarray:
@@ -26,17 +57,30 @@ def _index_array(a: ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            pass  # integral floats are accepted
-        else:
-            raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    _integral(arr, name)
     if arr.size:
         bad = np.flatnonzero((arr < 0) | (arr > _INT32_MAX))
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"{name}[{i}] = {arr[i]} is out of range [0, 2^31)")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _indptr_array(a: ArrayLike) -> np.ndarray:
+    """int64 indptr, or ValueError for non-integers (1.7 is not truncated to 1) or out-of-range
+    entries (uint64 above 2^63 would wrap)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 8 and not (arr.dtype.kind == "u" and arr.dtype.itemsize == 8):
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"indptr must be 1-d, got shape {arr.shape}")
+    _integral(arr, "indptr")
+    if arr.size:
+        bad = np.flatnonzero((arr < 0) | (arr > np.iinfo(np.int64).max))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"indptr[{i}] = {arr[i]} is out of range [0, 2^63)")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _float_array(a: ArrayLike, name: str, size: int) -> np.ndarray:
@@ -63,6 +107,12 @@ class Dataset:
 
     Arrays of the right dtype are used without a copy. At predict time a feature or field index
     beyond what the model was trained with is ignored (it has no weights), not an error.
+    Constructors reject what they would otherwise truncate or wrap (a float 1.7 in an index array,
+    an int64 2^32 feature, a float n_features) with a ValueError naming the argument.
+
+    ``from_libffm(..., mmap=True)`` / ``from_libsvm(..., mmap=True)`` give read-only np.memmap
+    arrays over a binary cache (fmrecall.cache): fit, partial_fit and predict then read the rows
+    from the page cache, in chunks of rows, without copying them into the process.
     """
 
     __slots__ = ("indptr", "fields", "features", "values", "labels", "n_features", "n_fields", "source")
@@ -71,7 +121,7 @@ class Dataset:
                  values: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None, *,
                  n_features: Optional[int] = None, n_fields: Optional[int] = None,
                  source: Optional[str] = None) -> None:
-        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        indptr = _indptr_array(indptr)
         if indptr.ndim != 1 or indptr.size < 1:
             raise ValueError("indptr must be 1-d with n_rows + 1 entries")
         fields = _index_array(fields, "fields")
@@ -100,7 +150,11 @@ class Dataset:
     def _count(given: Optional[int], need: int, name: str, what: str) -> int:
         if given is None:
             return need
+        if isinstance(given, (bool, np.bool_)) or not isinstance(given, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {given!r}")
         given = int(given)
+        if given > 2**31:
+            raise ValueError(f"{name}={given} is out of range: indices are below 2^31")
         if given < need:
             raise ValueError(f"{name}={given} but the data has {what} index {need - 1}")
         return given
@@ -114,39 +168,88 @@ class Dataset:
         return cls(indptr, fields, features, values, labels, n_features=n_features, n_fields=n_fields)
 
     @classmethod
-    def from_libffm(cls, path: Union[str, os.PathLike], *, n_features: Optional[int] = None,
-                    n_fields: Optional[int] = None) -> "Dataset":
+    def from_libffm(cls, path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], *,
+                    n_features: Optional[int] = None, n_fields: Optional[int] = None, mmap: bool = False,
+                    cache_dir: Union[str, os.PathLike, None] = None) -> "Dataset":
         """Parse ``label field:feature:value ...`` lines (C++ parser, one pass to size, one to parse).
 
+        ``path_or_paths`` is one path or a list of paths, whose rows are concatenated in order.
         Labels 0/1, -1/1 or real; CRLF, multi-valued and out-of-order fields are fine; blank lines
-        are skipped. Malformed input raises ValueError naming ``path:line``.
+        are skipped. Numbers are decimal with at most one sign; a value or label whose magnitude is
+        below float32's smallest subnormal (~1.4e-45, e.g. ``1e-50`` or ``1e-400``) reads as 0
+        (underflow), one above float32's maximum (~3.4e38), inf and nan are errors. Malformed input
+        raises ValueError naming ``path:line`` (bytes that are not printable ASCII are quoted as
+        ``\\xNN``). Only regular files are read (a FIFO or a device such as /dev/zero is a
+        ValueError) and a line may hold at most 16 MiB. Ctrl-C stops a long parse (checked every
+        16 MiB).
+
+        ``mmap=True``: the text is converted once, in one streaming pass with bounded memory, into
+        a checksummed binary cache (fmrecall.cache: a directory next to the first file, or in
+        ``cache_dir``) and the arrays are memory-mapped read-only from it, so training and
+        prediction stream through data larger than memory. A cache whose sources changed (size or
+        mtime) or whose bytes do not match their SHA-256 is rebuilt, never trusted.
         """
-        path = _check_path(path)
-        d = _core.parse_libffm(path)
-        return cls._from_parsed(d, path, n_features, n_fields)
+        paths = _paths(path_or_paths)
+        if mmap:
+            return cls._from_cache(paths, "libffm", None, n_features, n_fields, cache_dir)
+        parts = [_core.parse_libffm(p) for p in paths]
+        return cls._from_parsed(parts, paths, n_features, n_fields)
 
     @classmethod
-    def from_libsvm(cls, path: Union[str, os.PathLike],
+    def from_libsvm(cls, path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
                     fields: Union[Sequence[Tuple[int, int]], ArrayLike], *,
-                    n_features: Optional[int] = None, n_fields: Optional[int] = None) -> "Dataset":
+                    n_features: Optional[int] = None, n_fields: Optional[int] = None, mmap: bool = False,
+                    cache_dir: Union[str, os.PathLike, None] = None) -> "Dataset":
         """Parse ``label feature:value ...`` (libsvm / libfm) lines with a feature -> field map.
 
-        ``fields`` is either a list of ``[start, end)`` feature ranges (range i is field i; e.g. the
-        frappe ranges in shared/data/README.md) or an int array ``field_of_feature`` (-1 = none).
-        A feature outside every range raises ValueError naming ``path:line``.
+        ``fields`` is either a list of ``[start, end)`` integer feature ranges (range i is field i;
+        e.g. the frappe ranges in shared/data/README.md) or an int array ``field_of_feature``
+        (-1 = none). A feature outside every range raises ValueError naming ``path:line``. Several
+        paths, number syntax, file checks, ``mmap`` and ``cache_dir``: as from_libffm.
         """
-        path = _check_path(path)
+        paths = _paths(path_or_paths)
         fmap = field_map(fields)
-        d = _core.parse_libsvm(path, fmap)
         if n_fields is None and fmap.size:
             n_fields = int(fmap.max()) + 1
-        return cls._from_parsed(d, path, n_features, n_fields)
+        if mmap:
+            return cls._from_cache(paths, "libsvm", fmap, n_features, n_fields, cache_dir)
+        parts = [_core.parse_libsvm(p, fmap) for p in paths]
+        return cls._from_parsed(parts, paths, n_features, n_fields)
 
     @classmethod
-    def _from_parsed(cls, d: dict, path: str, n_features: Optional[int], n_fields: Optional[int]) -> "Dataset":
-        values = d["values"]  # None when every value is 1 (one-hot): the kernels read 1
-        return cls(d["indptr"], d["fields"], d["features"], values, d["labels"],
-                   n_features=n_features, n_fields=n_fields, source=path)
+    def _from_parsed(cls, parts: List[dict], paths: List[str], n_features: Optional[int],
+                     n_fields: Optional[int]) -> "Dataset":
+        source = os.pathsep.join(paths)
+        if len(parts) == 1:
+            d = parts[0]
+            values = d["values"]  # None when every value is 1 (one-hot): the kernels read 1
+            return cls(d["indptr"], d["fields"], d["features"], values, d["labels"],
+                       n_features=n_features, n_fields=n_fields, source=source)
+        offsets = np.cumsum([0] + [d["features"].size for d in parts])
+        indptr = np.concatenate([parts[0]["indptr"][:1]] +
+                                [d["indptr"][1:] + off for d, off in zip(parts, offsets[:-1])])
+        cat = lambda name: np.concatenate([d[name] for d in parts])  # noqa: E731
+        values = None
+        if any(d["values"] is not None for d in parts):
+            values = np.concatenate([d["values"] if d["values"] is not None
+                                     else np.ones(d["features"].size, np.float32) for d in parts])
+        return cls(indptr, cat("fields"), cat("features"), values, cat("labels"),
+                   n_features=n_features, n_fields=n_fields, source=source)
+
+    @classmethod
+    def _from_cache(cls, paths: List[str], kind: str, fmap: Optional[np.ndarray], n_features: Optional[int],
+                    n_fields: Optional[int], cache_dir) -> "Dataset":
+        from .cache import open_cache
+        arrays, header, _, _ = open_cache([os.path.abspath(p) for p in paths], kind, fmap, cache_dir)
+        # The arrays are the parser's own output, checksummed: no nnz-sized validation pass (it
+        # would read every page and allocate temporaries as large as the data).
+        ds = cls.__new__(cls)
+        ds.indptr, ds.fields, ds.features = arrays["indptr"], arrays["fields"], arrays["features"]
+        ds.values, ds.labels = arrays["values"], arrays["labels"]
+        ds.n_features = cls._count(n_features, int(header["n_features"]), "n_features", "feature")
+        ds.n_fields = cls._count(n_fields, int(header["n_fields"]), "n_fields", "field")
+        ds.source = os.pathsep.join(paths)
+        return ds
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -209,14 +312,23 @@ class Dataset:
 
 
 def field_map(fields: Union[Sequence[Tuple[int, int]], ArrayLike]) -> np.ndarray:
-    """int32 feature -> field array from ``[start, end)`` ranges or from such an array itself."""
+    """int32 feature -> field array from ``[start, end)`` ranges or from such an array itself.
+    Non-integer bounds or entries (1.5 is not truncated) and values beyond int32 are ValueErrors."""
     arr = np.asarray(fields)
     if arr.ndim == 2 and arr.shape[1] == 2:
-        arr = arr.astype(np.int64)
         if arr.size == 0:
             raise ValueError("fields: no ranges given")
+        if arr.dtype.kind not in "iu":
+            ok = arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+            if not ok:
+                raise ValueError(f"fields: range bounds must be integers, got {arr.tolist()[:4]}...")
         if np.any(arr[:, 0] < 0) or np.any(arr[:, 1] < arr[:, 0]):
             raise ValueError("fields: every range must satisfy 0 <= start <= end")
+        if np.any(arr[:, 1] > 2**31):
+            raise ValueError("fields: range ends must be <= 2^31 (feature indices are below 2^31)")
+        if arr.shape[0] > 2**31:
+            raise ValueError("fields: too many ranges")
+        arr = arr.astype(np.int64)
         fmap = np.full(int(arr[:, 1].max()), -1, dtype=np.int32)
         for f, (s, e) in enumerate(arr):
             if np.any(fmap[s:e] >= 0):
@@ -226,7 +338,7 @@ def field_map(fields: Union[Sequence[Tuple[int, int]], ArrayLike]) -> np.ndarray
     if arr.ndim == 1:
         if arr.size and arr.dtype.kind not in "iu":
             raise ValueError(f"fields: a feature -> field array must be integers, got {arr.dtype}")
-        if arr.size and arr.min() < -1:
-            raise ValueError("fields: field_of_feature entries must be >= -1")
+        if arr.size and (arr.min() < -1 or arr.max() > _INT32_MAX):
+            raise ValueError("fields: field_of_feature entries must be in [-1, 2^31)")
         return np.ascontiguousarray(arr, dtype=np.int32)
     raise ValueError("fields must be a list of [start, end) ranges or a feature -> field array")
