@@ -201,6 +201,10 @@ class MilvusIndex(ItemIndex):
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
         index_params = client.prepare_index_params()
         build = {k: v for k, v in self.params.items() if _PARAMS[self.index_type][k][2] == "build"}
+        if self.lite and build:
+            # pymilvus sends build parameters as separate keys; Milvus Lite reads only a JSON "params"
+            # key (the older wire format) and would silently build with its defaults
+            build = {**build, "params": dict(build)}
         index_params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
                                params=build)
         client.create_collection(self.collection, schema=schema, index_params=index_params,
@@ -243,6 +247,11 @@ class MilvusIndex(ItemIndex):
         self.client.flush(self.collection)
         if not wait:
             return
+        if self.lite:  # Milvus Lite reports every row indexed at once and builds in a background thread
+            engine = _lite_engine_collection(self.uri, self.collection)
+            if engine is not None and hasattr(engine, "_wait_for_bg"):
+                engine._wait_for_bg(timeout)
+                return
         deadline = time.monotonic() + timeout
         index_name = (self.client.list_indexes(self.collection, field_name=VECTOR_FIELD) or [VECTOR_FIELD])[0]
         while True:
@@ -544,6 +553,17 @@ def _reopen(config: Dict[str, Any], dim: int, threads: int) -> MilvusIndex:
     if dim:
         index._open(dim, threads, create=False)
     return index
+
+
+def _lite_engine_collection(uri: str, collection: str) -> Any:
+    """Milvus Lite's own collection object of a .db file this process serves (None if unknown):
+    the only way to wait for its background index build (private to milvus-lite; best effort)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+        entry = server_manager_instance._servers.get(os.path.abspath(uri))
+        return None if entry is None else entry[1].get_collection(collection)
+    except Exception:
+        return None
 
 
 def _hit_arrays(hits: Any, dim: int) -> Tuple[np.ndarray, np.ndarray]:
