@@ -17,6 +17,7 @@ import pytest
 import fmrecall
 import fmrecall.recall.recaller as frecaller
 from conftest import _in_ci, rows_dataset, run_isolated
+from fmrecall.recall.milvus import _lite_engine_collection
 from test_recall import F, N, SD, World, _random_id_lists, check_top
 
 SIDES = fmrecall.Sides(**SD)
@@ -140,6 +141,13 @@ def test_ann_with_generous_parameters_equals_exact(rng, lite, name, index_type, 
     world = World(rng, "ffm", m=20, n=300)
     exact = world.recaller("exact")
     rec = milvus_recaller(world, lite, name, index_type, params=params, candidates=300)
+    rec.index.flush()  # sealed: Milvus searches its index, not its recent rows by brute force
+    if index_type != "AUTOINDEX":  # Milvus Lite received the build parameters (its private API)
+        engine = _lite_engine_collection(lite, name)
+        if engine is not None:
+            spec = engine._index_specs["vector"]
+            assert spec.index_type == index_type
+            assert dict(spec.build_params) == {k: v for k, v in params.items() if k in ("M", "efConstruction", "nlist")}
     ref = reference_scores(world)
     for excl, allow in filter_cases(rng, world)[:4]:
         a = exact.search(world.queries, 10, exclude=excl, restrict=allow)
@@ -153,6 +161,7 @@ def test_ann_with_generous_parameters_equals_exact(rng, lite, name, index_type, 
 def test_default_hnsw_scores_are_always_exact(rng, lite, name):
     world = World(rng, "hybrid-item", m=20, n=300)
     rec = milvus_recaller(world, lite, name, "HNSW")
+    rec.index.flush()
     res = rec.search(world.queries, 10, exclude=_random_id_lists(rng, world, world.m, size_max=30))
     check_scores(world, res)
     check_top(world, res, 10, exact=False, scores_only=True)
@@ -404,6 +413,7 @@ def test_searches_during_adds_and_removes(rng, lite, name):
     state agrees): every returned (id, score) is exact for that id, and nothing raises."""
     world = World(rng, "fm", m=8, n=200)
     rec = milvus_recaller(world, lite, name, "HNSW", params={"M": 16, "ef": 64})
+    rec.index.flush()  # an indexed segment, and the writer's rows in Milvus's recent rows
     ref = reference_scores(world)
     pos = {int(x): j for j, x in enumerate(world.ids)}
     stop = threading.Event()
