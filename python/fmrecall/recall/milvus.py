@@ -14,6 +14,12 @@ call inserted so far are deleted and the vectors it replaced are written back (r
 batch is sent), i.e. the index returns to its state before the call unless Milvus itself fails
 again during that repair (then the error says so).
 
+Filters: queries with the same exclude / restrict form one search request, the filter written as
+the expression ``id not in [...]`` / ``id in [...]``. A restriction no larger than the candidate
+count is not searched at all: its items are read by primary key and all scored exactly (certified).
+An exclude list longer than `max_filter_ids` is over-fetched instead (candidates + its length, within
+Milvus's topk limit of 16384) and dropped here. Results are certified for FLAT only.
+
 Threads: pymilvus shares one gRPC handler among the clients of one address and gRPC channels are
 thread-safe, so one client serves every thread; writers (add / remove) are serialised here.
 
@@ -98,8 +104,8 @@ class MilvusIndex(ItemIndex):
         (None: the environment variable FMRECALL_MILVUS_TOKEN, if set)
     candidates : ANN candidates per query before exact re-scoring (default max(4k, 100); never
         fewer than k; at most 16384, Milvus's topk limit)
-    max_filter_ids : most ids one exclude / restrict filter expression may list (longer exclude
-        lists are over-fetched instead, when k + candidates + their length fits Milvus's topk)
+    max_filter_ids : most ids one exclude / restrict filter expression may list (a longer exclude
+        list is over-fetched instead, when candidates + its length fit Milvus's topk limit)
     """
 
     backend = "milvus"
