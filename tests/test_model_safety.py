@@ -173,7 +173,7 @@ def test_predictions_during_fit_are_the_old_model_until_the_swap(rng, kind):
             assert gen in (generation, generation + 1)
         if alive and kinds[-1] == "old":
             assert gen == generation
-    assert "old" in [k for (alive, _, _), k in zip(seen, kinds) if alive]  # predicted during the fit
+    assert "old" in [k for (alive, _, _), k in zip(seen, kinds, strict=True) if alive]  # predicted during the fit
     assert kinds == sorted(kinds, key=lambda k: k == "new")  # old ... old new ... new
     assert model.best_epoch_ is not None and len(model.history_) >= 1
 
@@ -436,7 +436,7 @@ def test_tampered_pickles_raise_value_error(rng, kind):
         with pytest.raises(ValueError, match=name.removesuffix(".npy")):
             pickle.loads(bytes(bad))
     # a member changed with a valid zip CRC: only the checksum sees it
-    for name, start, size in _members(payload):
+    for name, _, _ in _members(payload):
         if name == "meta.npy":
             continue
 
@@ -451,7 +451,7 @@ def test_tampered_pickles_raise_value_error(rng, kind):
             pickle.loads(pickle.dumps(_Forged(_rezip(payload, flip))))
     # parameters out of bounds
     for key, value in (("threads", 100000), ("k", -1), ("learning_rate", float("nan"))):
-        forged = _with_meta(payload, lambda m: m["params"].update({key: value}))
+        forged = _with_meta(payload, lambda m, key=key, value=value: m["params"].update({key: value}))
         with pytest.raises(ValueError, match=key):
             pickle.loads(pickle.dumps(_Forged(forged)))
     # not an fmrecall payload at all
@@ -488,3 +488,19 @@ def test_load_of_another_class_names_both(rng, tmp_path):
     assert type(FM.load(tmp_path / "fm.npz")) is FM
     with pytest.raises(FileNotFoundError):
         FM.load(tmp_path / "missing.npz")
+
+
+def test_split_kept_across_a_refit_to_another_layout_is_refused(rng):
+    """A Split made before a refit that changed which fields are field-aware must not index the new
+    model's tables with its old offsets (the core compares the layout with the model it reads)."""
+    data = _data(rng)
+    model = _make("hybrid", field_aware="item").fit(data)
+    split = model.split()
+    query_rows = random_dataset(rng, n_rows=5, n_features=N_FEATURES, n_fields=2)  # fields 0, 1: query side
+    q, b = split.query_vectors(query_rows)
+    assert np.isfinite(q).all()
+    model.set_params(field_aware="query")
+    model.fit(data)
+    with pytest.raises(ValueError, match="split the model again"):
+        split.query_vectors(query_rows)
+    assert np.isfinite(model.split().query_vectors(query_rows)[0]).all()

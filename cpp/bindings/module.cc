@@ -377,7 +377,6 @@ PYBIND11_MODULE(_core, m) {
           [](const Model& M, const SplitLayout& L, const arr<int64_t>& indptr, const arr<int32_t>& field,
              const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
-            if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
             const int t = resolve_threads(threads);
             py::array_t<float> q({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
             py::array_t<float> b(c.rows);
@@ -396,7 +395,6 @@ PYBIND11_MODULE(_core, m) {
           [](const Model& M, const SplitLayout& L, const arr<int64_t>& indptr, const arr<int32_t>& field,
              const arr<int32_t>& feat, const std::optional<arr<float>>& val, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, std::nullopt);
-            if (L.F != M.F || L.k != M.k) throw InputError("layout does not belong to this model");
             const int t = resolve_threads(threads);
             py::array_t<float> p({static_cast<py::ssize_t>(c.rows), static_cast<py::ssize_t>(L.dim)});
             float* pp = p.mutable_data();

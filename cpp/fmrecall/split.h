@@ -19,6 +19,7 @@ namespace fmrecall {
 struct SplitLayout {
   int32_t F = 0, k = 0;
   std::vector<uint8_t> side;         // (F) 0 = query field, 1 = item field
+  std::vector<uint8_t> aware;        // (F) the model's field-aware flags the offsets were made for
   int64_t off_ss = -1;               // [ss] block
   std::vector<int64_t> off_sa;       // (F) [s a] block of single query field a
   std::vector<int64_t> off_bs;       // (F) [b s] block of single item field b
@@ -27,7 +28,9 @@ struct SplitLayout {
   int64_t dim = 0;                   // total, bias slot included (the last coordinate)
 };
 
-// All three hold the model's lock shared (Model::mu).
+// All three hold the model's lock shared (Model::mu). The vector builders check that the layout
+// was made for a model of this shape (F, k, field-aware flags), else InputError: a layout kept from
+// before a refit must not index another model's tables.
 SplitLayout make_layout(const Model& M, const uint8_t* side);
 
 // q: (rows, dim) query vectors, b: (rows) per-query constants.

@@ -17,6 +17,7 @@ SplitLayout make_layout(const Model& M, const uint8_t* side) {
   L.F = M.F;
   L.k = M.k;
   L.side.assign(side, side + M.F);
+  L.aware = M.aware;
   std::vector<int32_t> SQ, AQ, SI, AI;
   for (int32_t f = 0; f < M.F; ++f) {
     const bool item = L.side[f] != 0, aware = M.aware[f] != 0;
@@ -52,6 +53,12 @@ SplitLayout make_layout(const Model& M, const uint8_t* side) {
 
 namespace {
 
+void check_layout(const Model& M, const SplitLayout& L) {
+  if (L.F != M.F || L.k != M.k || L.aware != M.aware)
+    throw InputError("this split layout was made for another model (fields, k or field-aware flags differ): "
+                     "split the model again");
+}
+
 inline void add(float* __restrict dst, float x, const float* __restrict src, int k) {
   for (int d = 0; d < k; ++d) dst[d] += x * src[d];
 }
@@ -70,6 +77,7 @@ void build(const Model& M, const SplitLayout& L, const Csr& rows, float* out, in
 
 void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* q, float* b, int threads) {
   ReadLock lock(M.mu);
+  check_layout(M, L);
   const int k = L.k;
   build(M, L, rows, q, threads, [&](const Row& row, float* v, float own, int64_t r) {
     for (int p = 0; p < row.n; ++p) {
@@ -94,6 +102,7 @@ void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float*
 
 void item_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* p, int threads) {
   ReadLock lock(M.mu);
+  check_layout(M, L);
   const int k = L.k;
   build(M, L, rows, p, threads, [&](const Row& row, float* v, float own, int64_t) {
     for (int t = 0; t < row.n; ++t) {
