@@ -212,7 +212,8 @@ def test_failed_add_is_rolled_back(rng, lite, name, monkeypatch):
     before = rec.search(world.queries, 10)
     old = rec.item_vectors(world.ids[:60])
     monkeypatch.setattr(fmrecall.MilvusIndex, "_rows_per_request", lambda self: 20)
-    # columns 30..149 under ids 30..149 (30 replaced), with columns 0..29's rows for ids 30..59
+    # ids 30..149: 30..59 (indexed) get the rows of columns 0..29, 60..149 (new) their own rows;
+    # upserts of 20 rows, the 4th fails: 60 rows were written, 30 of them replacements
     items = world.items.subset(np.r_[np.arange(0, 30), np.arange(60, 150)])
     client, calls = rec.index.client, []
     real_upsert = client.upsert
