@@ -504,3 +504,29 @@ def test_split_kept_across_a_refit_to_another_layout_is_refused(rng):
     with pytest.raises(ValueError, match="split the model again"):
         split.query_vectors(query_rows)
     assert np.isfinite(model.split().query_vectors(query_rows)[0]).all()
+
+
+def test_pickles_taken_during_fit_are_consistent(rng):
+    """A copy taken while fit runs is the old model or the new one, never a mix: its weights,
+    generation_ and history_ belong together."""
+    old_data, new_data = _long_data(rng, 300), _long_data(rng, 12000)
+    probe = _data(rng, 30)
+    model = _make("ffm", epochs=1).fit(old_data)
+    old, old_history = model.predict(probe), list(model.history_)
+    model.set_params(epochs=5)
+    copies = []
+    t = threading.Thread(target=model.fit, args=(new_data,))
+    t.start()
+    while t.is_alive():
+        copies.append(pickle.loads(pickle.dumps(model)))
+    t.join()
+    new = model.predict(probe)
+    assert copies
+    for c in copies:
+        if c.generation_ == 1:
+            np.testing.assert_array_equal(c.predict(probe), old)
+            assert c.history_ == old_history
+        else:
+            assert c.generation_ == 2 and len(c.history_) == 5
+            np.testing.assert_array_equal(c.predict(probe), new)
+    assert any(c.generation_ == 1 for c in copies)

@@ -22,7 +22,7 @@ import inspect
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .dataset import Dataset
 from .interactions import Interactions
 from .metrics import auc, logloss_from_scores, mse
 from .sides import Sides
+
+if TYPE_CHECKING:
+    from .split import Split
 
 _LOSSES = {"logistic": 0, "squared": 1, "bpr": 2}  # bpr: pairwise, implicit Interactions only
 _CHUNK_ROWS = 1 << 18  # rows per call into C++: progress bar granularity and Ctrl-C latency
@@ -77,7 +80,7 @@ class _FactorizationModel:
         self.history_: List[Dict[str, Any]] = []
         self.best_epoch_: Optional[int] = None
         self.generation_ = 0  # bumped whenever the weights change (see the module docstring)
-        self._generation_lock = threading.Lock()
+        self._lock = threading.RLock()  # makes the swap after fit and a save's reading atomic
 
     # ------------------------------------------------------------------ sklearn conventions
     @classmethod
@@ -107,8 +110,16 @@ class _FactorizationModel:
         return self
 
     def _bump_generation(self) -> None:
-        with self._generation_lock:
+        with self._lock:
             self.generation_ += 1
+
+    def _snapshot(self):
+        """(core, core weights, schema_, history_, best_epoch_, generation_), read together: a fit
+        swapping in new weights waits until the copy is taken (what save and pickling store)."""
+        with self._lock:
+            core = self._require_core()
+            return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_,
+                    self.generation_)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -303,11 +314,12 @@ class _FactorizationModel:
             if self.verbose:
                 print(f"restored epoch {best_epoch} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
         # the swap: readers take self._core once per call, so each sees the old or the new model
-        self._core = core
-        self.schema_ = train.schema if isinstance(train, Interactions) else None
-        self.history_ = history
-        self.best_epoch_ = best_epoch
-        self._bump_generation()
+        with self._lock:
+            self._core = core
+            self.schema_ = train.schema if isinstance(train, Interactions) else None
+            self.history_ = history
+            self.best_epoch_ = best_epoch
+            self._bump_generation()
         return self
 
     def partial_fit(self, train: Union[Dataset, Interactions]) -> "_FactorizationModel":
@@ -331,20 +343,22 @@ class _FactorizationModel:
         fresh = self._aware_features(nodes, self._aware_flags(core.n_fields))
         if fresh.size:
             core.grow_rows(fresh, float(self.init_std), int(self.seed))
-        history = [] if fresh_model else self.history_
-        epoch = len(history) + 1
+        epoch = 1 if fresh_model else len(self.history_) + 1
         t0 = time.perf_counter()
         n = train.n_events if isinstance(train, Interactions) else train.n_rows
         total, terms = self._train_part(core, train, _core.permutation(n, self._epoch_seed(epoch)), epoch)
         record = {"epoch": epoch, "train_loss": total / max(terms, 1), "seconds": time.perf_counter() - t0}
-        if fresh_model:
-            self._core = core
-            self.schema_ = train.schema if isinstance(train, Interactions) else None
-            self.history_ = [record]
-            self.best_epoch_ = None
-        else:
-            self.history_ = history + [record]  # a new list: readers iterating the old one are safe
-        self._bump_generation()
+        with self._lock:
+            if fresh_model:
+                self._core = core
+                self.schema_ = train.schema if isinstance(train, Interactions) else None
+                self.history_ = [record]
+                self.best_epoch_ = None
+            elif self._core is not core:  # a fit swapped in other weights meanwhile: this epoch is gone
+                return self
+            else:
+                self.history_ = self.history_ + [record]  # a new list: readers of the old one are safe
+            self._bump_generation()
         return self
 
     def _epoch_seed(self, epoch: int) -> int:

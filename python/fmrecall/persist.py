@@ -225,15 +225,12 @@ def model_to_arrays(model):
     """(meta, arrays) of a fitted model: its hyper-parameters and the core's own (compact) arrays.
     ValueError if a weight is not finite (a diverged model is not worth keeping)."""
     from . import __version__
-    core = model._require_core()
-    state = model._core_state()
+    core, state, schema, history, best_epoch, generation = model._snapshot()  # one consistent copy
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
             "params": _json_params(model), "fmrecall": __version__,
             "n_features": int(core.n_features), "n_fields": int(core.n_fields),
-            "schema": model.schema_.to_dict() if getattr(model, "schema_", None) is not None else None,
-            "generation": int(getattr(model, "generation_", 1)),
-            "history": list(getattr(model, "history_", [])),
-            "best_epoch": getattr(model, "best_epoch_", None)}
+            "schema": schema.to_dict() if schema is not None else None,
+            "generation": int(generation), "history": history, "best_epoch": best_epoch}
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
     for name, a in arrays.items():
@@ -268,7 +265,7 @@ def _member(arrays: Dict[str, np.ndarray], name: str, dtype, shape: Tuple[int, .
 
 def _check_state(model, arrays: Dict[str, np.ndarray], n: int, F: int, path: str) -> Dict[str, Any]:
     """The core arrays of a file, each checked (dtype, shape, values) against n_features = n,
-    n_fields = F, k and the model type, as _from_core_state takes them."""
+    n_fields = F, k and the model type, as _set_core_state takes them."""
     k = int(model.k)
     flags = model._aware_flags(F)
     any_single, any_aware = bool((flags == 0).any()), bool(flags.any())
