@@ -253,7 +253,8 @@ class _FactorizationModel:
         The new weights are trained aside: until fit returns, other threads keep predicting with
         the previous weights (or get NotFittedError), and a fit that raises changes nothing. At
         the end the new core, schema_, history_ and best_epoch_ are swapped in and generation_
-        increases.
+        increases. The old weights stay in memory until then: a refit needs room for both models
+        (partial_fit, in place, does not).
         """
         self._check_params()
         self._check_labels(train, "train")

@@ -18,7 +18,10 @@ the file and the parameter), and every array's dtype and shape is checked agains
 n_fields and k before it reaches the C++ core. ``save`` refuses non-finite weights.
 
 Pickling a model (``pickle``, ``copy.deepcopy``, joblib) writes the same .npz bytes, so a pickled
-model carries no arbitrary objects and is validated like a file when it is unpickled.
+model carries no arbitrary objects and is validated like a file when it is unpickled. An unfitted
+model's bytes hold only its parameters (``"fitted": false``, no arrays). A model's metadata also
+keeps ``generation``, ``history`` and ``best_epoch`` (optional: older files get generation 1,
+no history); ``get_params()`` of a loaded model equals that of the saved one.
 
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
