@@ -283,11 +283,20 @@ def test_files_without_checksums_still_load(rng, tmp_path):
     model, ds = _fitted(rng, "ffm")
     path = tmp_path / "m.npz"
     model.save(path)
-    _rewrite(path, tmp_path / "old.npz", change_meta=lambda m: m.pop("checksums"))
+    model.partial_fit(ds)  # generation 2
+    model.save(path)
+
+    def previous_version(meta):  # what the version before checksums wrote
+        for key in ("checksums", "generation", "history", "best_epoch"):
+            meta.pop(key)
+
+    _rewrite(path, tmp_path / "old.npz", change_meta=previous_version)
     with np.load(tmp_path / "old.npz", allow_pickle=False) as z:
         assert "checksums" not in json.loads(z["meta"].tobytes())
-    np.testing.assert_array_equal(fmrecall.load(tmp_path / "old.npz").decision_function(ds),
-                                  model.decision_function(ds))
+    old = fmrecall.load(tmp_path / "old.npz")
+    np.testing.assert_array_equal(old.decision_function(ds), model.decision_function(ds))
+    assert old.generation_ == 1 and old.history_ == [] and old.best_epoch_ is None
+    assert old.get_params() == model.get_params()
 
 
 def test_checksums_cover_dtype_and_shape():
