@@ -5,9 +5,11 @@ concatenate: COPIES million rows), converted once into the binary cache (bench/.
 memory-mapped. A fresh child process opens it, trains FM k=8 for one epoch and predicts every row,
 while a thread samples RssAnon (/proc/self/status) every 10 ms: the rows live in the page cache
 (RssFile), so anonymous memory must grow by less than model + AdaGrad state + 250 MiB while
-training (asserted on fit's peak; predict's is reported). What still grows with the rows is per-row, not per-node: fit's
-epoch permutation (8 B/row) and predict's output (float32, plus the float64 sigmoid: ~20 B/row). Also timed: one `Model.train` call on a 1-row chunk of the full arrays (make_csr checks
-only the chunk's rows; it used to scan the whole indptr per call: 13.9 ms at 20M rows).
+training (asserted on fit's peak; predict's is reported). What still grows with the rows is per
+row, not per node: fit's epoch permutation (8 B/row) and predict's output (float32, plus the
+float64 sigmoid: ~20 B/row). Also timed: one `Model.train` call on a 1-row chunk of the full
+arrays (make_csr checks only the chunk's rows; it used to scan the whole indptr per call: 13.9 ms
+at 20M rows).
 
     PYTHONPATH=python python3 -m pytest bench/test_mmap.py --benchmark-only -q -s
     FMRECALL_BENCH_MMAP_COPIES=8 ... for 8M rows;  python3 bench/test_mmap.py --child  (no pytest)

@@ -26,11 +26,17 @@ def _same(a: Dataset, b: Dataset) -> None:
     assert (a.n_features, a.n_fields, a.n_rows) == (b.n_features, b.n_fields, b.n_rows)
 
 
+@pytest.fixture(scope="module")
+def _ffm_text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ffm") / "train.ffm"
+    random_dataset(np.random.default_rng(5), 3000, n_features=300, n_fields=6).to_libffm(path)
+    return path.read_bytes()
+
+
 @pytest.fixture
-def ffm_file(tmp_path):
-    ds = random_dataset(np.random.default_rng(5), 3000, n_features=300, n_fields=6)
+def ffm_file(tmp_path, _ffm_text):
     path = tmp_path / "train.ffm"
-    ds.to_libffm(path)
+    path.write_bytes(_ffm_text)
     return path
 
 

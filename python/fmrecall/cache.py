@@ -154,7 +154,7 @@ class _Writer:
         self._put("indptr", np.zeros(1, "<i8"))
 
     def _put(self, name: str, a: np.ndarray) -> None:
-        b = memoryview(np.ascontiguousarray(a)).cast("B")
+        b = np.ascontiguousarray(a).data.cast("B")
         self.files[name].write(b)
         self.hashes[name].update(b)
 
@@ -229,7 +229,11 @@ def _build(final: str, paths: Sequence[str], kind: str, fmap: Optional[np.ndarra
     parent = os.path.dirname(final) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.mkdir(tmp)
+    try:
+        os.mkdir(tmp)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the mmap cache ({e.strerror}); pass cache_dir= a writable "
+                      "directory", tmp) from None
     try:
         writer = _Writer(tmp)
         try:
@@ -237,6 +241,7 @@ def _build(final: str, paths: Sequence[str], kind: str, fmap: Optional[np.ndarra
                 if kind == "libffm":
                     _core.stream_libffm(p, writer.add)
                 else:
+                    assert fmap is not None
                     _core.stream_libsvm(p, fmap, writer.add)
         except BaseException:
             writer.abort()
@@ -249,9 +254,9 @@ def _build(final: str, paths: Sequence[str], kind: str, fmap: Optional[np.ndarra
             trash = f"{final}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 os.rename(final, trash)
-            except FileNotFoundError:
-                trash = None
-            if trash:
+            except FileNotFoundError:  # another process moved it first
+                pass
+            else:
                 shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, final)
@@ -285,6 +290,7 @@ def open_cache(paths: Sequence[str], kind: str, fmap: Optional[np.ndarray] = Non
     directory = cache_path(paths, kind, fmap, cache_dir)
     sources = _stats(paths)
     built = False
+    header: Optional[dict]
     try:
         header = _verify(directory, kind, fmap_hash, sources)
     except CacheError:
@@ -292,4 +298,5 @@ def open_cache(paths: Sequence[str], kind: str, fmap: Optional[np.ndarray] = Non
         if header is None:  # a concurrent builder's cache: verified like any other
             header = _verify(directory, kind, fmap_hash, sources)
         built = True
+    assert header is not None
     return _map(directory, header), header, directory, built

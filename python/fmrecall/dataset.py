@@ -13,7 +13,7 @@ ArrayLike = Union[np.ndarray, Sequence]
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def _check_path(path: Union[str, os.PathLike]) -> str:
+def _check_path(path: Union[str, bytes, os.PathLike]) -> str:
     """The path as str if it names a regular file: FileNotFoundError, IsADirectoryError, or
     ValueError naming the path for anything else (a FIFO or /dev/zero would never end)."""
     path = os.fspath(path)
@@ -244,7 +244,7 @@ class Dataset:
         # The arrays are the parser's own output, checksummed: no nnz-sized validation pass (it
         # would read every page and allocate temporaries as large as the data).
         ds = cls.__new__(cls)
-        ds.indptr, ds.fields, ds.features = arrays["indptr"], arrays["fields"], arrays["features"]
+        ds.indptr, ds.fields, ds.features = arrays["indptr"], arrays["fields"], arrays["features"]  # type: ignore
         ds.values, ds.labels = arrays["values"], arrays["labels"]
         ds.n_features = cls._count(n_features, int(header["n_features"]), "n_features", "feature")
         ds.n_fields = cls._count(n_fields, int(header["n_fields"]), "n_fields", "field")
