@@ -194,3 +194,30 @@ def test_train_checks_only_the_chunk_rows():
             core.train(indptr, *args, np.array([0, bad_row], np.int64), 0, 0.1, 0.0, 0.0, 1)
     with pytest.raises(ValueError, match="row order out of range"):
         core.train(ds.indptr, *args, np.array([50], np.int64), 0, 0.1, 0.0, 0.0, 1)
+
+
+def test_dataset_over_user_memmaps_is_checked_in_blocks_without_copies(tmp_path, monkeypatch):
+    """Dataset(...) over np.load(mmap_mode="r") arrays keeps them (no copy); its checks run block by
+    block (small temporaries) and still name the first bad entry, across block boundaries."""
+    import fmrecall.dataset as dataset_module
+
+    ds = random_dataset(np.random.default_rng(4), 200, n_features=50, n_fields=4)
+    for name in ARRAYS:
+        np.save(tmp_path / f"{name}.npy", getattr(ds, name))
+    arrays = {name: np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    mm = Dataset(*(arrays[n] for n in ARRAYS))
+    for name in ARRAYS:
+        assert np.shares_memory(getattr(mm, name), arrays[name]), name
+    monkeypatch.setattr(dataset_module, "_BLOCK", 7)
+    indptr = ds.indptr.copy()
+    indptr[150] = indptr[149] - 1
+    with pytest.raises(ValueError, match="indptr decreases at row 149"):
+        Dataset(indptr, ds.fields, ds.features)
+    feats = ds.features.astype(np.int64)
+    feats[-1] = 2**31
+    with pytest.raises(ValueError, match=rf"features\[{feats.size - 1}\] = 2147483648 is out of range"):
+        Dataset(ds.indptr, ds.fields, feats)
+    vals = ds.values.copy()
+    vals[99] = np.nan
+    with pytest.raises(ValueError, match=r"values\[99\] = nan is not finite"):
+        Dataset(ds.indptr, ds.fields, ds.features, vals)

@@ -40,16 +40,36 @@ def _paths(path_or_paths) -> List[str]:
     return [_check_path(p) for p in paths]
 
 
+_BLOCK = 1 << 20  # entries per step of the checks: temporaries stay small for memory-mapped arrays
+
+
+def _first(arr: np.ndarray, bad, overlap: int = 0) -> Optional[int]:
+    """Index of the first entry where ``bad(block)`` is True, checked block by block (no temporary
+    as large as `arr`), or None. With ``overlap=1`` each block also sees the next block's first
+    entry (for checks on np.diff)."""
+    for s in range(0, arr.size, _BLOCK):
+        hit = np.flatnonzero(bad(arr[s:s + _BLOCK + overlap]))
+        if hit.size:
+            return s + int(hit[0])
+    return None
+
+
 def _integral(arr: np.ndarray, name: str) -> None:
     """ValueError naming `name` unless `arr` holds integers (integral finite floats are accepted)."""
     if arr.size and arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f":
-            bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
-            if bad.size:
-                i = int(bad[0])
+            i = _first(arr, lambda b: ~np.isfinite(b) | (b != np.round(b)))
+            if i is not None:
                 raise ValueError(f"{name}[{i}] = {arr[i]} is not an integer")
         else:
             raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+
+
+def _check_range(arr: np.ndarray, name: str, hi: int, what: str) -> None:
+    """ValueError naming the first entry outside [0, hi]; min / max first (no temporaries)."""
+    if arr.size and (arr.min() < 0 or arr.max() > hi):
+        i = _first(arr, lambda b: (b < 0) | (b > hi))
+        raise ValueError(f"{name}[{i}] = {arr[i]} is out of range [0, {what})")
 
 
 def _index_array(a: ArrayLike, name: str) -> np.ndarray:
@@ -58,11 +78,7 @@ def _index_array(a: ArrayLike, name: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
     _integral(arr, name)
-    if arr.size:
-        bad = np.flatnonzero((arr < 0) | (arr > _INT32_MAX))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"{name}[{i}] = {arr[i]} is out of range [0, 2^31)")
+    _check_range(arr, name, _INT32_MAX, "2^31")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
@@ -75,11 +91,7 @@ def _indptr_array(a: ArrayLike) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"indptr must be 1-d, got shape {arr.shape}")
     _integral(arr, "indptr")
-    if arr.size:
-        bad = np.flatnonzero((arr < 0) | (arr > np.iinfo(np.int64).max))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"indptr[{i}] = {arr[i]} is out of range [0, 2^63)")
+    _check_range(arr, "indptr", np.iinfo(np.int64).max, "2^63")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -87,9 +99,8 @@ def _float_array(a: ArrayLike, name: str, size: int) -> np.ndarray:
     arr = np.ascontiguousarray(a, dtype=np.float32)
     if arr.ndim != 1 or arr.size != size:
         raise ValueError(f"{name} must be 1-d with {size} entries, got shape {arr.shape}")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:
-        i = int(bad[0])
+    i = _first(arr, lambda b: ~np.isfinite(b))
+    if i is not None:
         raise ValueError(f"{name}[{i}] = {arr[i]} is not finite")
     return arr
 
@@ -131,9 +142,9 @@ class Dataset:
             raise ValueError(f"fields has {fields.size} entries but features has {nnz}")
         if indptr[0] != 0 or indptr[-1] != nnz:
             raise ValueError(f"indptr must start at 0 and end at nnz={nnz}, got {indptr[0]}..{indptr[-1]}")
-        steps = np.flatnonzero(np.diff(indptr) < 0)
-        if steps.size:
-            raise ValueError(f"indptr decreases at row {int(steps[0])}")
+        step = _first(indptr, lambda b: np.diff(b) < 0, overlap=1)  # block [s, s+B]: rows s..s+B-1
+        if step is not None:
+            raise ValueError(f"indptr decreases at row {step}")
         n_rows = indptr.size - 1
         self.indptr = indptr
         self.fields = fields
