@@ -323,7 +323,11 @@ PYBIND11_MODULE(_core, m) {
            py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
            py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
            py::arg("seen") = py::none())
-      .def_readonly("n_features", &Model::n)
+      .def_property_readonly("n_features",
+                             [](const Model& M) {  // under the lock: grow_features changes it
+                               py::gil_scoped_release nogil;
+                               return M.features();
+                             })
       .def_readonly("n_fields", &Model::F)
       .def_readonly("k", &Model::k)
       .def_readonly("kp", &Model::kp)
@@ -463,6 +467,15 @@ PYBIND11_MODULE(_core, m) {
             return M.grow_rows(features.data(), features.size(), init_std, seed);
           },
           py::arg("features"), py::arg("init_std"), py::arg("seed"))
+      .def(
+          "grow_features",
+          [](Model& M, int64_t n_new, const std::optional<arr<uint8_t>>& seen, float init_std, uint64_t seed) {
+            if (seen && seen->size() != n_new) throw InputError("seen must have one entry per new feature");
+            const uint8_t* s = seen ? seen->data() : nullptr;
+            py::gil_scoped_release nogil;
+            M.grow_features(n_new, s, init_std, seed);
+          },
+          py::arg("n_new"), py::arg("seen"), py::arg("init_std"), py::arg("seed"))
       .def("snapshot", [](Model& M) {
         py::gil_scoped_release nogil;
         M.snapshot();

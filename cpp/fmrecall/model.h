@@ -9,7 +9,7 @@
 //
 // Concurrency: a Model is shared by threads that read it (predict, split vectors, training rows —
 // Hogwild training only writes values in place) and a thread that changes its structure (grow_rows,
-// restore, set_weights). Every core routine that reads the tables holds `mu` shared for its whole
+// grow_features, restore, set_weights). Every core routine that reads the tables holds `mu` shared for its whole
 // call; every routine that replaces / reallocates tables or writes all weights at once holds it
 // exclusively. The lock is taken once per call, never per row, and only by the core (cpp/src): the
 // binding releases the GIL first, so a Python thread waiting for the lock never blocks the others.
@@ -128,6 +128,14 @@ struct Model {
   // Exclusive lock (W is reallocated); on an InputError nothing has changed.
   int64_t grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed);
 
+  // Append n_new features (indices n .. n + n_new - 1): how partial_fit takes in the new values of
+  // a grown Schema. Linear weight 0; single vectors (if any field is single) ~ U(-a, a) seeded by
+  // (seed, feature) exactly as allocate would have seeded them where seen[t] != 0, else 0 (neutral,
+  // like a feature absent from fit's data; seen == nullptr: all seen); AdaGrad state 1. Field-aware
+  // rows: none yet (aware_row -1; an identity row map becomes explicit), grow_rows gives them.
+  // Existing parameters are copied unchanged. Exclusive lock; on an InputError nothing has changed.
+  void grow_features(int64_t n_new, const uint8_t* seen, float init_std, uint64_t seed);
+
   // Copies of the weights (shared lock), and all weights at once (exclusive lock). set_weights
   // checks everything (sizes against the model, finiteness) before it writes anything; v / W are
   // nullptr for a table the caller does not give, which must be one the model does not have.
@@ -140,6 +148,7 @@ struct Model {
   void zero_unseen(const uint8_t* seen, int64_t count);
 
   int64_t aware_rows() const;  // m, read under the shared lock (grow_rows changes it)
+  int64_t features() const;    // n, read under the shared lock (grow_features changes it)
 };
 
 }  // namespace fmrecall

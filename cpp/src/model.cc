@@ -109,6 +109,52 @@ int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std,
   return static_cast<int64_t>(fresh.size());
 }
 
+void Model::grow_features(int64_t n_new, const uint8_t* seen, float init_std, uint64_t seed) {
+  WriteLock lock(mu);
+  if (n_new < 0) throw InputError("grow_features: n_new must be >= 0, got " + std::to_string(n_new));
+  if (n_new == 0) return;
+  if (n + n_new > INT32_MAX)  // feature indices are int32 everywhere
+    throw InputError("grow_features: " + std::to_string(n) + " + " + std::to_string(n_new) +
+                     " features exceed the int32 index range");
+  const int64_t n2 = n + n_new;
+  // build every new table aside, then commit (nothing changes if an allocation throws)
+  AlignedArray<float> w2(static_cast<size_t>(n2)), gw2(static_cast<size_t>(n2));
+  if (n) std::memcpy(w2.data(), w.data(), sizeof(float) * n);  // new linear weights stay 0
+  gw2.fill(1.f);
+  if (n) std::memcpy(gw2.data(), gw.data(), sizeof(float) * n);
+  AlignedArray<float> v2;
+  if (any_single()) {
+    v2.resize(static_cast<size_t>(n2) * vs);
+    if (!v.empty()) std::memcpy(v2.data(), v.data(), sizeof(float) * static_cast<size_t>(n) * vs);
+    const float a = init_std * 1.7320508f;
+    for (int64_t j = n; j < n2; ++j) {  // the stream allocate() uses for feature j (table 1)
+      float* x = v2.data() + j * vs;
+      if (!seen || seen[j - n]) {
+        Rng rng(mix_seed(seed, 1, static_cast<uint64_t>(j)));
+        for (int32_t d = 0; d < k; ++d) x[d] = a * (2.f * rng.uniform() - 1.f);
+      }
+      for (int32_t d = 0; d < kp; ++d) x[kp + d] = 1.f;
+    }
+  }
+  std::vector<int32_t> rows;
+  if (any_aware()) {
+    rows.reserve(static_cast<size_t>(n2));
+    if (aware_row.empty())  // identity layout (m == n): every old feature keeps its row
+      for (int64_t j = 0; j < n; ++j) rows.push_back(static_cast<int32_t>(j));
+    else
+      rows = aware_row;
+    rows.resize(static_cast<size_t>(n2), -1);
+  }
+  w = std::move(w2);
+  gw = std::move(gw2);
+  if (any_single()) v = std::move(v2);
+  if (any_aware()) aware_row = std::move(rows);
+  n = n2;
+  snap_w.resize(0);  // a snapshot no longer matches
+  snap_v.resize(0);
+  snap_W.resize(0);
+}
+
 void Model::snapshot() {
   ReadLock lock(mu);
   std::lock_guard<std::mutex> snap(snap_mu);
@@ -210,6 +256,11 @@ void Model::zero_unseen(const uint8_t* seen, int64_t count) {
 int64_t Model::aware_rows() const {
   ReadLock lock(mu);
   return m;
+}
+
+int64_t Model::features() const {
+  ReadLock lock(mu);
+  return n;
 }
 
 }  // namespace fmrecall
