@@ -14,6 +14,12 @@ Each field has a name (its column), a side (user / context / item) and a kind:
 
 Field i of the schema is field index i of the model; every field owns a contiguous range of
 feature indices, so hashing never collides across fields (DESIGN.md §6).
+
+Growth (daily updates with new ids): ``Schema.partial_fit(frames)`` adds the new values of
+Categorical / MultiCategorical fields without moving any existing feature. The new values of every
+field are appended after all existing features (an *extension* segment per grown field and growth),
+and the schema keeps, per field, the map from local value to global feature: so a grown field owns
+its original range plus its extension segments. See ``Schema.partial_fit`` for why this layout.
 """
 from __future__ import annotations
 
@@ -160,6 +166,33 @@ class Categorical(Field):
         self._index = None
         self.fitted = True
 
+    def _grow_plan(self, values) -> Tuple[List[Any], np.ndarray]:
+        """(new vocabulary values, hashes of new rare values) for `values`, changing nothing: values
+        neither in the vocabulary nor already rare, counted in `values` only; those with at least
+        ``min_count`` occurrences get new local features (frequent first, stable), the others go
+        to "other". Known values keep their local feature (a rare value stays "other")."""
+        self._check(values)
+        values = self._normal(values)
+        counts = values.value_counts(sort=False)
+        counts = counts[counts > 0]
+        if not len(counts):
+            return [], np.zeros(0, np.uint64)
+        known = self.local(counts.index.to_numpy()) != self.UNSEEN
+        counts = counts[~known]
+        c = counts.to_numpy()
+        keep = c >= self.min_count
+        order = np.lexsort((np.arange(int(keep.sum())), -c[keep]))
+        new_vocab = [_jsonable(v) for v in counts.index[keep][order]]
+        new_rare = _hash(counts.index[~keep].to_numpy()) if (~keep).any() else np.zeros(0, np.uint64)
+        return new_vocab, new_rare
+
+    def _grow(self, new_vocab: List[Any], new_rare: np.ndarray) -> None:
+        """Commit a _grow_plan: new values take local features size.. in order."""
+        self.vocab = self.vocab + list(new_vocab)
+        if new_rare.size:
+            self.rare = np.sort(np.concatenate([self.rare, new_rare.astype(np.uint64)]))
+        self._index = None
+
     def local(self, values) -> np.ndarray:
         if self._index is None:
             self._index = _pd().Index(self.vocab)
@@ -250,6 +283,12 @@ class MultiCategorical(Categorical):
         if flat.size:
             self._check(flat)
         Categorical.fit(self, flat)
+
+    def _grow_plan(self, values) -> Tuple[List[Any], np.ndarray]:
+        _, flat, _ = self._explode(values)
+        if not flat.size:
+            return [], np.zeros(0, np.uint64)
+        return Categorical._grow_plan(self, flat)
 
     def encode(self, values, weights=None):
         rows, flat, w = self._explode(values, weights)
@@ -413,6 +452,9 @@ class Schema:
             if not isinstance(f, Field):
                 raise ValueError(f"Schema: {f!r} is not a Field")
         self.fields = fields
+        # growth layout: per field, its extension segments [local_start, feature_start, count] in
+        # growth order (empty until partial_fit adds values; see partial_fit)
+        self._ext: List[List[Tuple[int, int, int]]] = [[] for _ in fields]
         self.sides = Sides(user=[i for i, f in enumerate(fields) if f.side == "user"],
                            context=[i for i, f in enumerate(fields) if f.side == "context"],
                            item=[i for i, f in enumerate(fields) if f.side == "item"])
@@ -427,11 +469,23 @@ class Schema:
         if todo:
             raise ValueError(f"Schema: fields {todo} are not fitted; call schema.fit(frames) first")
 
+    def _base_size(self, i: int) -> int:
+        """Features of field i in its original range (its size when the schema was fit)."""
+        return self.fields[i].size - sum(c for _, _, c in self._ext[i])
+
     @property
     def offsets(self) -> np.ndarray:
-        """int64 (n_fields + 1,): field i owns feature indices [offsets[i], offsets[i+1])."""
+        """int64 (n_fields + 1,): field i owns feature indices [offsets[i], offsets[i+1]): its range
+        from fit. After partial_fit a grown field also owns its extension segments (`feature()`
+        maps a field's local value to its global feature either way; `grown` says whether any)."""
         self._need_fit()
-        return np.concatenate([[0], np.cumsum([f.size for f in self.fields])]).astype(np.int64)
+        return np.concatenate([[0], np.cumsum([self._base_size(i) for i in range(len(self.fields))])]
+                              ).astype(np.int64)
+
+    @property
+    def grown(self) -> bool:
+        """Whether partial_fit has added features since fit (then fields are no longer contiguous)."""
+        return any(self._ext)
 
     @property
     def n_fields(self) -> int:
@@ -439,7 +493,24 @@ class Schema:
 
     @property
     def n_features(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.offsets[-1]) + sum(c for ext in self._ext for _, _, c in ext)
+
+    def feature(self, field: Union[int, str], local) -> np.ndarray:
+        """Global feature indices (int64, the shape of `local`) of local values `local` of `field`
+        (an index or a name): offsets[i] + local in the field's original range, the extension
+        segments beyond it."""
+        i = field if isinstance(field, (int, np.integer)) else self.index(field)
+        loc = np.asarray(local, dtype=np.int64)
+        out = int(self.offsets[i]) + loc
+        ext = self._ext[i]
+        if ext:
+            beyond = loc >= self._base_size(i)
+            if beyond.any():
+                starts = np.asarray([a for a, _, _ in ext], dtype=np.int64)
+                feats = np.asarray([g for _, g, _ in ext], dtype=np.int64)
+                seg = np.searchsorted(starts, loc[beyond], side="right") - 1
+                out[beyond] = feats[seg] + (loc[beyond] - starts[seg])
+        return out
 
     @property
     def names(self) -> List[str]:
@@ -462,10 +533,14 @@ class Schema:
     def describe(self, feature: int) -> str:
         """What global feature index `feature` means, e.g. "genres='Comedy'"."""
         off = self.offsets
-        i = int(np.searchsorted(off, feature, side="right") - 1)
-        if not 0 <= i < len(self.fields):
-            raise IndexError(f"feature {feature} is outside the schema (0..{off[-1] - 1})")
-        return self.fields[i].describe(int(feature - off[i]))
+        if 0 <= feature < off[-1]:
+            i = int(np.searchsorted(off, feature, side="right") - 1)
+            return self.fields[i].describe(int(feature - off[i]))
+        for i, ext in enumerate(self._ext):
+            for a, g, c in ext:
+                if g <= feature < g + c:
+                    return self.fields[i].describe(int(a + feature - g))
+        raise IndexError(f"feature {feature} is outside the schema (0..{self.n_features - 1})")
 
     # ---------------------------------------------------------------- fit / transform
     def fit(self, frames: Union[Frame, Sequence[Frame]]) -> "Schema":
@@ -479,7 +554,70 @@ class Schema:
             if not cols:
                 raise ValueError(f"Schema.fit: no frame has column {f.column!r} (field {f.name!r})")
             f.fit(pd.concat(cols, ignore_index=True) if len(cols) > 1 else cols[0])
+        self._ext = [[] for _ in self.fields]
         return self
+
+    def partial_fit(self, frames: Union[Frame, Sequence[Frame]]) -> "Schema":
+        """Grow a fitted schema with the new values found in `frames` (daily updates with new users,
+        items, tags), in place; returns self. An unfitted schema is fit instead.
+
+        - Categorical / MultiCategorical: values neither in the vocabulary nor already rare,
+          counted in `frames` only, get new features if they occur at least ``min_count`` times
+          there; the others join "other". Known values keep their feature, and a value once rare
+          stays "other" (no counts are kept from fit), so every row encodes as before.
+        - Numeric keeps its statistics / buckets; Hashed needs no growth. Fields whose column no
+          frame holds do not grow. Values are checked in every field before any field changes.
+
+        Layout: the new values of each grown field form an extension segment appended after all
+        existing features (fields in schema order, values frequent first). Existing indices never
+        move, so the model's parameters stay where they are and it only appends (partial_fit of FM
+        / FFM / HybridFM); a field's values map local -> global through its original range plus its
+        segments (`feature()`), and hashing still stays inside its own field. Reserved headroom per
+        field was the alternative: it wastes features on fields that never grow, must be guessed at
+        fit, and cannot grow schemas saved before it existed; appending grows any schema, and one
+        without growth encodes and serialises exactly as before.
+
+        Growing a schema that a serving Recaller or model uses changes what it encodes: grow a copy
+        (``copy.deepcopy(model)`` copies its ``schema_``), then partial_fit that model copy."""
+        if not self.fitted:
+            return self.fit(frames)
+        frames = [_frame(f) for f in (frames if isinstance(frames, (list, tuple)) and frames
+                                       and not isinstance(frames[0], dict) else [frames])]
+        pd = _pd()
+        plans = []
+        for i, f in enumerate(self.fields):
+            if not isinstance(f, Categorical):
+                continue
+            cols = [fr[f.column] for fr in frames if f.column in fr.columns]
+            if cols:
+                plans.append((i, f._grow_plan(pd.concat(cols, ignore_index=True) if len(cols) > 1 else cols[0])))
+        nxt = self.n_features
+        for i, (new_vocab, new_rare) in plans:  # every field checked: commit
+            f = self.fields[i]
+            if new_vocab:
+                self._ext[i].append((f.size, nxt, len(new_vocab)))
+                nxt += len(new_vocab)
+            f._grow(new_vocab, new_rare)
+        return self
+
+    def extends(self, other: "Schema") -> bool:
+        """Whether this schema is `other` or a growth of it by partial_fit: same fields, every
+        feature of `other` still means the same value here."""
+        if self is other:
+            return True
+        a, b = self.to_dict(), other.to_dict()
+        if len(a["fields"]) != len(b["fields"]):
+            return False
+        for fa, fb in zip(a["fields"], b["fields"]):
+            if "vocab" in fa and fa.keys() == fb.keys():
+                va, vb = fa["vocab"], fb["vocab"]
+                if (va[:len(vb)] != vb or not set(fb["rare"]) <= set(fa["rare"])
+                        or {**fa, "vocab": 0, "rare": 0} != {**fb, "vocab": 0, "rare": 0}):
+                    return False
+            elif fa != fb:
+                return False
+        ea, eb = a.get("extensions", []), b.get("extensions", [])
+        return ea[:len(eb)] == eb
 
     def transform(self, frame: Frame, *, side: Optional[str] = None, fields: Optional[Iterable[str]] = None,
                   label: Optional[str] = None) -> Dataset:
@@ -517,7 +655,7 @@ class Schema:
                 r, loc, v = f.encode(col)
             rows.append(r)
             fidx.append(np.full(r.size, i, dtype=np.int32))
-            feats.append(off[i] + loc)
+            feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
             vals.append(v)
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         fi = np.concatenate(fidx) if fidx else np.zeros(0, np.int32)
@@ -536,7 +674,14 @@ class Schema:
 
     # ---------------------------------------------------------------- persistence
     def to_dict(self) -> Dict[str, Any]:
-        return {"fields": [f.to_dict() for f in self.fields]}
+        """{"fields": [...]}, plus "extensions": [[field, local_start, feature_start, count], ...]
+        (in growth order) once partial_fit has grown it; a schema never grown has no such key, so
+        its dict is what earlier versions wrote and read."""
+        d: Dict[str, Any] = {"fields": [f.to_dict() for f in self.fields]}
+        ext = sorted((g, i, a, c) for i, e in enumerate(self._ext) for a, g, c in e)
+        if ext:
+            d["extensions"] = [[i, a, g, c] for g, i, a, c in ext]
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Schema":
@@ -546,7 +691,41 @@ class Schema:
             if kind is None:
                 raise ValueError(f"Schema: unknown field kind {fd.get('kind')!r}")
             fields.append(kind._from(fd))
-        return cls(fields)
+        schema = cls(fields)
+        ext = d.get("extensions") or []
+        if ext:
+            schema._set_extensions(ext)
+        return schema
+
+    def _set_extensions(self, ext: Sequence[Sequence[int]]) -> None:
+        """Install saved extension segments after checking that they tile the features after the
+        fields' original ranges in order, and each field's local values after its original range."""
+        segs: List[List[Tuple[int, int, int]]] = [[] for _ in self.fields]
+        for e in ext:
+            if (not isinstance(e, (list, tuple)) or len(e) != 4
+                    or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in e)):
+                raise ValueError(f"Schema: bad extension {e!r} (expected [field, local, feature, count])")
+            i, a, g, c = (int(x) for x in e)
+            if not 0 <= i < len(self.fields) or not isinstance(self.fields[i], Categorical) or c < 1:
+                raise ValueError(f"Schema: bad extension {list(e)!r}")
+            segs[i].append((a, g, c))
+        self._ext = segs
+        nxt = int(self.offsets[-1])  # also checks each field's base size (below)
+        for i, e in enumerate(segs):
+            if self._base_size(i) < 2:
+                raise ValueError(f"Schema: extensions of field {self.fields[i].name!r} exceed its vocabulary")
+            at = self._base_size(i)
+            for a, _, c in e:
+                if a != at:
+                    raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at local {a}, "
+                                     f"expected {at}")
+                at += c
+        for i, a, g, c in sorted(((i, a, g, c) for i, e in enumerate(segs) for a, g, c in e),
+                                 key=lambda t: t[2]):
+            if g != nxt:
+                raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at feature {g}, "
+                                 f"expected {nxt}")
+            nxt += c
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Schema) and self.to_dict() == other.to_dict()
