@@ -25,6 +25,10 @@ class Interactions:
     events : frame with ``user_key``, ``item_key``, the context-side columns and, for explicit
         feedback, the ``label`` column
     schema : the Schema (fitted here on users / items / events if it is not fitted yet)
+    grow : grow the (fitted) schema, in place, with the new values in users / items / events first
+        (``Schema.partial_fit``): new users, items, tags get new features, existing ones keep
+        theirs; then ``model.partial_fit(data)`` gives the new features their parameters. Without
+        it, values the schema has not seen map to its reserved "unseen" feature
     label : label column of events; None means implicit feedback (every event is a positive)
     negatives : items sampled per positive per epoch (implicit feedback; needed by loss="bpr")
     alpha : negatives are drawn ∝ count^alpha, count = the item's number of events here
@@ -45,7 +49,7 @@ class Interactions:
     def __init__(self, users: Frame, items: Frame, events: Frame, schema: Schema, *, user_key: str = "user_id",
                  item_key: str = "item_id", label: Optional[str] = None, negatives: int = 0, alpha: float = 0.0,
                  exclude_positives: bool = True, hard_negatives: int = 1, history: Optional[str] = None,
-                 cold_start: Optional[Dict[str, float]] = None) -> None:
+                 cold_start: Optional[Dict[str, float]] = None, grow: bool = False) -> None:
         if not isinstance(negatives, (int, np.integer)) or negatives < 0:
             raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
         if not np.isfinite(alpha) or alpha < 0:
@@ -55,12 +59,16 @@ class Interactions:
                                  (events, user_key, "events"), (events, item_key, "events")):
             if key not in frame.columns:
                 raise ValueError(f"Interactions: {what} has no key column {key!r}")
-        if not schema.fitted:
-            schema.fit([users, items, events])
-        self.schema = schema
-        self.user_key, self.item_key, self.label = user_key, item_key, label
         if not isinstance(hard_negatives, (int, np.integer)) or hard_negatives < 1:
             raise ValueError(f"hard_negatives must be an integer >= 1, got {hard_negatives!r}")
+        if not isinstance(grow, (bool, np.bool_)):
+            raise ValueError(f"grow must be True or False, got {grow!r}")
+        if not schema.fitted:
+            schema.fit([users, items, events])
+        elif grow:
+            schema.partial_fit([users, items, events])
+        self.schema = schema
+        self.user_key, self.item_key, self.label = user_key, item_key, label
         self.negatives, self.alpha, self.exclude_positives = int(negatives), float(alpha), bool(exclude_positives)
         self.hard_negatives = int(hard_negatives)
         self.user_ids = _unique_keys(users[user_key], "users", user_key)
@@ -89,7 +97,7 @@ class Interactions:
                 raise ValueError(f"history field {history!r} must be a user-side (multi-)categorical field")
             self.hist_field = schema.index(history)
             local = f.local(self.item_ids.to_numpy())
-            self.hist_feat = np.where(local >= 2, schema.offsets[self.hist_field] + local, -1).astype(np.int32)
+            self.hist_feat = np.where(local >= 2, schema.feature(self.hist_field, local), -1).astype(np.int32)
         self.cold_start = dict(cold_start or {})
         self._cold = []
         for name, rate in self.cold_start.items():
@@ -99,7 +107,7 @@ class Interactions:
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"cold_start rate of {name!r} must be in [0, 1], got {rate!r}")
             i = schema.index(name)
-            self._cold.append((i, int(schema.offsets[i] + Categorical.UNSEEN), float(rate)))
+            self._cold.append((i, int(schema.feature(i, Categorical.UNSEEN)), float(rate)))
         self._fd = None
 
     # ---------------------------------------------------------------- views
