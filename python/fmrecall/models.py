@@ -327,20 +327,39 @@ class _FactorizationModel:
         """One more epoch over `train`, continuing from the current weights and AdaGrad state
         (a fresh model is created first if there is none). For incremental daily updates.
 
+        New features: `train` may use feature indices beyond the model's n_features (a schema
+        grown by ``Schema.partial_fit`` / ``Interactions(..., grow=True)``, or a larger Dataset).
+        The model appends them first: linear weight 0, latent vectors random like fit's for those
+        that occur in `train` (zero, hence neutral, for the others), AdaGrad state 1, and
+        field-aware vectors for those in field-aware fields; existing parameters do not move.
+        New fields are not supported (ValueError: refit). For Interactions the model's schema_
+        becomes train's schema, which must be schema_ itself or a growth of it.
+
         Trains in place: threads predicting meanwhile see the weights in progress (features new
         to the model get their vectors under the core's exclusive lock, so that is safe).
-        generation_ increases once the epoch is done."""
+        generation_ increases once the epoch is done: a Recaller built before refuses to search,
+        build a new one over the grown model (it can add the new items)."""
         self._check_params()
         self._check_labels(train, "train")
         current = self._core
         fresh_model = current is None  # then built aside like fit, swapped in once trained
         core = self._new_core(train, None) if current is None else current
-        need = train.schema if isinstance(train, Interactions) else train
-        if need.n_features > core.n_features or need.n_fields > core.n_fields:
-            raise ValueError(f"train has indices beyond the model (n_features={core.n_features}, "
-                             f"n_fields={core.n_fields}); they would be ignored - refit instead")
-        # features new to the model get their field-aware vectors now (fit only allocates seen ones)
+        schema = train.schema if isinstance(train, Interactions) else None
+        if schema is not None and not fresh_model and self.schema_ is not None and not schema.extends(self.schema_):
+            raise ValueError("train's schema is neither the model's schema_ nor a growth of it "
+                             "(Schema.partial_fit / Interactions(..., grow=True)): refit instead")
+        need = schema if schema is not None else train
+        if need.n_fields > core.n_fields:
+            raise ValueError(f"train has {need.n_fields} fields, the model {core.n_fields}: new fields are not "
+                             f"supported by partial_fit - refit instead")
         nodes = train.feature_nodes() if isinstance(train, Interactions) else train
+        n_old = core.n_features
+        if need.n_features > n_old:  # append the new features (existing indices keep their parameters)
+            seen = np.zeros(need.n_features - n_old, dtype=np.uint8)
+            feats = nodes.features
+            seen[feats[feats >= n_old] - n_old] = 1
+            core.grow_features(need.n_features - n_old, seen, float(self.init_std), int(self.seed))
+        # features new to the model get their field-aware vectors now (fit only allocates seen ones)
         fresh = self._aware_features(nodes, self._aware_flags(core.n_fields))
         if fresh.size:
             core.grow_rows(fresh, float(self.init_std), int(self.seed))
@@ -359,6 +378,8 @@ class _FactorizationModel:
                 return self
             else:
                 self.history_ = self.history_ + [record]  # a new list: readers of the old one are safe
+                if schema is not None and self.schema_ is not None:
+                    self.schema_ = schema  # a grown schema (checked above) goes with the grown model
             self._bump_generation()
         return self
 
