@@ -8,9 +8,8 @@ copy of the repository, rebuild it, and check that tests/test_kernels.py fails f
     python tools/mutation_check.py --tests tests        # run the whole suite per mutation instead
 
 It never edits this checkout: the working tree as it is (uncommitted changes included; without
-build/, .git/, caches) is copied to --work
-(default /tmp/fmrecall-mutants), configured with CMake + Ninja into <work>/build/m, built, and the
-unmutated copy must pass first. Each mutation replaces one source line (matched by its stripped
+build/, .git/, caches) is copied to --work (default /tmp/fmrecall-mutants), configured with CMake +
+Ninja into <work>/build/m, built, and the unmutated copy must pass first. Each mutation replaces one source line (matched by its stripped
 text, the n-th match when the text occurs more than once) and the module is rebuilt; the line is
 put back afterwards. A mutation the tests do not catch is a SURVIVOR: the script exits 1.
 A mutation that no longer matches any line (the kernel changed) is reported as STALE and also
