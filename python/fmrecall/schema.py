@@ -500,7 +500,8 @@ class Schema:
         (an index or a name): offsets[i] + local in the field's original range, the extension
         segments beyond it."""
         i = field if isinstance(field, (int, np.integer)) else self.index(field)
-        loc = np.asarray(local, dtype=np.int64)
+        shape = np.shape(local)
+        loc = np.asarray(local, dtype=np.int64).reshape(-1)
         out = int(self.offsets[i]) + loc
         ext = self._ext[i]
         if ext:
@@ -510,7 +511,7 @@ class Schema:
                 feats = np.asarray([g for _, g, _ in ext], dtype=np.int64)
                 seg = np.searchsorted(starts, loc[beyond], side="right") - 1
                 out[beyond] = feats[seg] + (loc[beyond] - starts[seg])
-        return out
+        return out.reshape(shape)
 
     @property
     def names(self) -> List[str]:
@@ -712,7 +713,7 @@ class Schema:
         self._ext = segs
         nxt = int(self.offsets[-1])  # also checks each field's base size (below)
         for i, e in enumerate(segs):
-            if self._base_size(i) < 2:
+            if e and self._base_size(i) < 2:  # a categorical keeps unseen and other
                 raise ValueError(f"Schema: extensions of field {self.fields[i].name!r} exceed its vocabulary")
             at = self._base_size(i)
             for a, _, c in e:
