@@ -5,6 +5,7 @@ stable hashing inside the field's own range, persistence (to_dict / from_dict / 
 messages that name the field and the value. Expected values are computed here from the frames."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -431,3 +432,118 @@ def test_other_errors_name_field_and_value():
         s.transform(pd.DataFrame({"price": [1.0]}), fields=["price"], label="y")
     with pytest.raises(ValueError, match="'income'"):
         _solo(Numeric("income", "user"), pd.DataFrame({"income": [np.nan, None]}))
+
+
+# ---------------------------------------------------------------------------- growth (partial_fit)
+def _day2():
+    """New users (u6 twice, u7 once), a new age (61, twice), a rare new age (70, once), the rare old
+    age 23 five times, a new hour, new items / tags / brands, and old values."""
+    users = pd.DataFrame({"user_id": ["u6", "u7", "u1", "u6"], "age": [61, 23, 61, 70],
+                          "city": ["oslo", "paris", "lyon", "oslo"], "income": [9.0, 1.0, 2.0, 9.0]})
+    items = pd.DataFrame({"item_id": [14, 10], "tags": [["d", "a", "d"], ["b"]], "tag_w": [[1.0, 1.0, 1.0], [1.0]],
+                          "price": [99.0, 9.0], "brand": ["new", "x"]})
+    events = pd.DataFrame({"user_id": ["u6", "u7", "u1", "u6", "u6"], "item_id": [14, 10, 14, 10, 14],
+                           "hour": [3, 8, 3, 3, 8], "clicked": [1, 0, 1, 1, 0],
+                           "age": [23, 23, 23, 23, 23]})
+    return users, items, events
+
+
+def test_partial_fit_appends_new_values_and_keeps_old_indices():
+    users, items, events = _frames()
+    s = _schema().fit([users, items, events])
+    old = copy.deepcopy(s)
+    joined = events.merge(users, on="user_id").merge(items, on="item_id")
+    want = s.transform(joined, label="clicked")
+    n0 = s.n_features
+    assert not s.grown and "extensions" not in s.to_dict()
+    s.partial_fit(list(_day2()))
+    assert s.grown and s.extends(old) and not old.extends(s)
+    # old rows: the same features (the Dataset only gets a larger n_features)
+    got = s.transform(joined, label="clicked")
+    for a in ("indptr", "fields", "features"):
+        np.testing.assert_array_equal(getattr(got, a), getattr(want, a))
+    np.testing.assert_array_equal(got.values_or_ones(), want.values_or_ones())
+    np.testing.assert_array_equal(s.offsets, old.offsets)  # the original ranges do not move
+    assert [s.describe(j) for j in range(n0)] == [old.describe(j) for j in range(n0)]
+    # new values: one segment per grown field, after every old feature, fields in schema order,
+    # values frequent first; "u6" (2 rows) before "u7" (1 row)
+    ext = s.to_dict()["extensions"]
+    names = [s.fields[i].name for i, *_ in ext]
+    assert names == ["user_id", "age", "hour", "item_id", "tags", "brand"]
+    assert [g for _, _, g, _ in ext] == list(n0 + np.r_[0, np.cumsum([c for *_, c in ext])[:-1]])
+    assert s.n_features == n0 + sum(c for *_, c in ext)
+    new_desc = [s.describe(j) for j in range(n0, s.n_features)]
+    assert new_desc == ["user_id='u6'", "user_id='u7'", "age=61", "hour=3", "item_id=14", "tags='d'",
+                        "brand='new'"]
+    # age 61 (twice) got a feature; 70 (once, min_count 2) and the old rare 23 (now 5 times) are "other"
+    age = s.transform(pd.DataFrame({"age": [61, 70, 23, 35, 99]}), fields=["age"])
+    assert age.features.tolist()[1:] == [s.offsets[1] + 1, s.offsets[1] + 1, s.offsets[1] + 2, s.offsets[1]]
+    assert s.describe(int(age.features[0])) == "age=61"
+    # the feature() map agrees with transform, for old and new locals
+    uid = s.transform(pd.DataFrame({"user_id": ["u1", "u6", "u7", "zz"]}), fields=["user_id"]).features
+    loc = [2 + s.field("user_id").vocab.index(v) for v in ("u1", "u6", "u7")] + [0]
+    np.testing.assert_array_equal(s.feature("user_id", loc), uid)
+    # Numeric keeps its statistics, Hashed its buckets
+    for name in ("city", "income", "price"):
+        assert s.field(name).to_dict() == old.field(name).to_dict()
+    # multi-categorical with a new tag: scaled within the row as before
+    t = s.transform(pd.DataFrame({"tags": [["d", "a"]], "tag_w": [[3.0, 4.0]]}), fields=["tags"])
+    got = dict(zip(t.features.tolist(), t.values_or_ones().tolist()))
+    assert got == pytest.approx({int(s.feature("tags", 2 + s.field("tags").vocab.index("d"))): 0.6,
+                                 int(s.offsets[6] + 2 + s.field("tags").vocab.index("a")): 0.8})
+    assert int(s.feature("tags", 2 + s.field("tags").vocab.index("d"))) >= n0
+
+
+def test_partial_fit_twice_round_trips_and_regrows_nothing():
+    users, items, events = _frames()
+    s = _schema().fit([users, items, events])
+    s.partial_fit(list(_day2()))
+    n1 = s.n_features
+    s.partial_fit(list(_day2()))  # nothing new: no growth
+    assert s.n_features == n1
+    s.partial_fit([pd.DataFrame({"user_id": ["u9"], "brand": ["x"]}), pd.DataFrame({"hour": [5, 5, 3]})])
+    assert s.n_features == n1 + 2 and len(s.to_dict()["extensions"]) == 8
+    d = s.to_dict()
+    frame = pd.concat([events.merge(users, on="user_id").merge(items, on="item_id"),
+                       _day2()[2].drop(columns="age").merge(_day2()[0].drop_duplicates("user_id"), on="user_id")
+                       .merge(_day2()[1], on="item_id"),
+                       pd.DataFrame({"user_id": ["u9"], "age": [35], "city": ["x"], "income": [1.0], "hour": [5],
+                                     "item_id": [10], "tags": [["d"]], "tag_w": [[1.0]], "price": [3.0],
+                                     "brand": ["x"], "clicked": [1]})], ignore_index=True)
+    want = s.transform(frame, label="clicked")
+    for other in (Schema.from_dict(d), Schema.from_dict(json.loads(json.dumps(d)))):
+        assert other == s and other.grown and other.n_features == s.n_features
+        _same(other.transform(frame, label="clicked"), want)
+        assert [other.describe(j) for j in range(s.n_features)] == [s.describe(j) for j in range(s.n_features)]
+    with pytest.raises(IndexError):
+        s.describe(s.n_features)
+    # fit starts over: no extensions
+    s.fit([users, items, events])
+    assert not s.grown and s.to_dict() == _schema().fit([users, items, events]).to_dict()
+
+
+def test_partial_fit_checks_every_field_before_changing_any():
+    users, items, events = _frames()
+    s = _schema().fit([users, items, events])
+    before = s.to_dict()
+    bad = pd.DataFrame({"user_id": ["u8"], "brand": [None]})  # user_id would grow, brand is missing
+    with pytest.raises(ValueError, match="brand"):
+        s.partial_fit(bad)
+    assert s.to_dict() == before
+    # an unfitted schema is fit
+    fresh = _schema().partial_fit([users, items, events])
+    assert fresh == s
+
+
+def test_from_dict_rejects_bad_extensions():
+    users, items, events = _frames()
+    s = _schema().fit([users, items, events])
+    s.partial_fit(list(_day2()))
+    d = s.to_dict()
+    e = d["extensions"]
+    for ext, match in ((e[:1] + e[2:], "starts at feature"), ([[0, 2, e[0][2], 1]] + e[1:], "starts at local"),
+                       ([[3, 0, e[0][2], 2]] + e[1:], "bad extension"), ([[0, 2, 3]], "bad extension"),
+                       ([[0] + e[0][1:3] + [0]] + e[1:], "bad extension"),
+                       ([[0] + e[0][1:3] + [99]] + e[1:], "exceed")):
+        with pytest.raises(ValueError, match=match):
+            Schema.from_dict({**d, "extensions": ext})
