@@ -527,3 +527,58 @@ def test_interactions_errors(rng):
         _make("fm", schema, loss="bpr").fit(Interactions(users, items, events, schema, label="y").materialize())
     with pytest.raises(TypeError):
         implicit.with_events(events, label="y", history="x")
+
+
+# ---------------------------------------------------------------------------- grow=True (daily updates)
+@pytest.mark.parametrize("kind", ["fm", "hybrid-item"])
+def test_grow_adds_new_users_items_and_history_values(rng, kind):
+    """Interactions(..., grow=True) grows the schema it is given (Schema.partial_fit) before encoding:
+    a new user and a new item get features after the old ones, the history field lists the new
+    item under its new feature (and leaves it out of its own event's row), cold_start keeps the
+    reserved unseen value of the original range. Training on it equals training on its rows."""
+    users, items, events, schema = _toy(rng, history=True, label=False)
+    model = _make(kind, schema).fit(Interactions(users, items, events, schema, negatives=2, history="history"))
+    n0 = schema.n_features
+    new_item = pd.DataFrame({"item_id": [500], "cat": ["w"], "tags": [["a", "g"]], "price": [7.0]})
+    new_user = pd.DataFrame({"user_id": ["new"], "age": ["mid"], "history": [[500, 101]]})
+    new_events = pd.DataFrame({"user_id": ["new", "new", "u1"], "item_id": [500, 101, 500], "hour": [1, 2, 1]})
+    users2 = pd.concat([users, new_user], ignore_index=True)
+    users2.loc[users2.user_id == "u1", "history"] = pd.Series([sorted(users.history[1]) + [500]],
+                                                              index=users2.index[users2.user_id == "u1"])
+    items2 = pd.concat([items, new_item], ignore_index=True)
+    events2 = pd.concat([events, new_events], ignore_index=True)
+    unseen = Interactions(users2, items2, events2, copy.deepcopy(schema), negatives=2, history="history")
+    assert unseen.schema.n_features == n0  # without grow: new values are the reserved unseen feature
+    s = copy.deepcopy(schema)
+    inter = Interactions(users2, items2, events2, s, negatives=2, history="history", grow=True,
+                         cold_start={"item_id": 0.2})
+    assert inter.schema is s
+    assert [s.describe(j) for j in range(n0, s.n_features)] == [
+        "user_id='new'", "history=500", "item_id=500", "cat='w'", "tags='g'"]
+    hist = s.index("history")
+    j500 = int(s.feature(hist, 2 + s.field("history").vocab.index(500)))
+    assert j500 >= n0 and s.describe(j500) == "history=500"
+    assert inter.hist_feat[inter.item_ids.get_loc(500)] == j500
+    assert inter._cold == [(s.index("item_id"), int(s.offsets[s.index("item_id")]), 0.2)]
+    ds = inter.materialize()
+    for r in range(len(events), len(events2)):
+        lo, hi = int(ds.indptr[r]), int(ds.indptr[r + 1])
+        hist_nodes = [s.describe(int(j)) for f, j in zip(ds.fields[lo:hi], ds.features[lo:hi]) if f == hist]
+        own = events2.item_id[r]
+        assert f"history={own!r}" not in hist_nodes
+        full = users2.history[users2.user_id == events2.user_id[r]].iloc[0]
+        assert sorted(hist_nodes) == sorted(f"history={h!r}" for h in full if h != own)
+    # partial_fit on the factored data equals partial_fit on the materialised rows (same growth, one step)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    inter_l = Interactions(users2, items2, events2.assign(y=1.0), copy.deepcopy(s), label="y", history="history")
+    b.schema_ = None  # a Dataset carries no schema; compare the weights only
+    a.partial_fit(inter_l)
+    b.partial_fit(inter_l.materialize())
+    assert a.n_features_ == b.n_features_ == s.n_features
+    _assert_same_weights(a, b)
+
+
+def test_grow_must_be_a_bool(rng):
+    users, items, events, schema = _toy(rng)
+    with pytest.raises(ValueError, match="grow must be True or False"):
+        Interactions(users, items, events, schema, label="y", grow="yes")
