@@ -34,6 +34,7 @@ from .metrics import auc, logloss_from_scores, mse
 from .sides import Sides
 
 if TYPE_CHECKING:
+    from .schema import Schema
     from .split import Split
 
 _LOSSES = {"logistic": 0, "squared": 1, "bpr": 2}  # bpr: pairwise, implicit Interactions only
@@ -76,7 +77,7 @@ class _FactorizationModel:
         self.verbose = verbose
         check_threads(threads)  # a bad count would reach OpenMP (the rest is checked by fit)
         self._core: Optional[_core.Model] = None
-        self.schema_ = None  # the Schema of the Interactions it was fit on (saved with the model)
+        self.schema_: Optional["Schema"] = None  # the Schema of the Interactions it was fit on (saved with it)
         self.history_: List[Dict[str, Any]] = []
         self.best_epoch_: Optional[int] = None
         self.generation_ = 0  # bumped whenever the weights change (see the module docstring)
@@ -348,17 +349,18 @@ class _FactorizationModel:
         if schema is not None and not fresh_model and self.schema_ is not None and not schema.extends(self.schema_):
             raise ValueError("train's schema is neither the model's schema_ nor a growth of it "
                              "(Schema.partial_fit / Interactions(..., grow=True)): refit instead")
-        need = schema if schema is not None else train
-        if need.n_fields > core.n_fields:
-            raise ValueError(f"train has {need.n_fields} fields, the model {core.n_fields}: new fields are not "
-                             f"supported by partial_fit - refit instead")
         nodes = train.feature_nodes() if isinstance(train, Interactions) else train
+        n_features, n_fields = (schema.n_features, schema.n_fields) if schema is not None else \
+            (nodes.n_features, nodes.n_fields)
+        if n_fields > core.n_fields:
+            raise ValueError(f"train has {n_fields} fields, the model {core.n_fields}: new fields are not "
+                             f"supported by partial_fit - refit instead")
         n_old = core.n_features
-        if need.n_features > n_old:  # append the new features (existing indices keep their parameters)
-            seen = np.zeros(need.n_features - n_old, dtype=np.uint8)
+        if n_features > n_old:  # append the new features (existing indices keep their parameters)
+            seen = np.zeros(n_features - n_old, dtype=np.uint8)
             feats = nodes.features
             seen[feats[feats >= n_old] - n_old] = 1
-            core.grow_features(need.n_features - n_old, seen, float(self.init_std), int(self.seed))
+            core.grow_features(n_features - n_old, seen, float(self.init_std), int(self.seed))
         # features new to the model get their field-aware vectors now (fit only allocates seen ones)
         fresh = self._aware_features(nodes, self._aware_flags(core.n_fields))
         if fresh.size:

@@ -595,6 +595,7 @@ class Schema:
         nxt = self.n_features
         for i, (new_vocab, new_rare) in plans:  # every field checked: commit
             f = self.fields[i]
+            assert isinstance(f, Categorical)
             if new_vocab:
                 self._ext[i].append((f.size, nxt, len(new_vocab)))
                 nxt += len(new_vocab)
@@ -712,16 +713,16 @@ class Schema:
             segs[i].append((a, g, c))
         self._ext = segs
         nxt = int(self.offsets[-1])  # also checks each field's base size (below)
-        for i, e in enumerate(segs):
-            if e and self._base_size(i) < 2:  # a categorical keeps unseen and other
+        for i, field_segs in enumerate(segs):
+            if field_segs and self._base_size(i) < 2:  # a categorical keeps unseen and other
                 raise ValueError(f"Schema: extensions of field {self.fields[i].name!r} exceed its vocabulary")
             at = self._base_size(i)
-            for a, _, c in e:
+            for a, _, c in field_segs:
                 if a != at:
                     raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at local {a}, "
                                      f"expected {at}")
                 at += c
-        for i, a, g, c in sorted(((i, a, g, c) for i, e in enumerate(segs) for a, g, c in e),
+        for i, a, g, c in sorted(((i, a, g, c) for i, fs in enumerate(segs) for a, g, c in fs),
                                  key=lambda t: t[2]):
             if g != nxt:
                 raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at feature {g}, "
