@@ -283,3 +283,37 @@ def test_movielens_held_out_users_get_personalised_lists(data_dir):
     # the lists changed for (nearly) every held-out user: the new user vectors are used
     before, _, _ = lists(model)
     assert np.mean([set(a[:10]) != set(b[:10]) for a, b in zip(before.ids.tolist(), res.ids.tolist())]) > 0.9
+
+
+@pytest.mark.parametrize("kind", ["fm", "ffm", "hybrid-item"])
+def test_growth_while_other_threads_predict(rng, kind):
+    """grow_features / grow_rows reallocate the tables under the core's exclusive lock: threads
+    predicting old rows meanwhile always get the old scores, bit for bit, and the model ends with
+    every feature appended."""
+    import threading
+    model = _from_weights(rng, kind)
+    ds = one_row_dataset([0, 1, 2, 3, 4], [1, 5, 9, 13, 17], None, None, n_features=N, n_fields=F)
+    want = model.decision_function(ds)
+    stop, bad, calls = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            got = model.decision_function(ds)
+            calls[0] += 1
+            if not np.array_equal(got, want):
+                bad.append(got)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for step in range(200):
+            model._core.grow_features(7, None, 0.1, step)
+            model._core.grow_rows(np.arange(N + 7 * step, N + 7 * step + 7, dtype=np.int32), 0.1, step)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not bad and calls[0] > 0
+    assert model.n_features_ == N + 1400
+    np.testing.assert_array_equal(model.decision_function(ds), want)
