@@ -113,7 +113,8 @@ def _hash(values) -> np.ndarray:
 class Categorical(Field):
     """One value per row (strings or integers). Local features: 0 = unseen value (reserved, never
     trained, so neutral), 1 = "other" (values seen fewer than ``min_count`` times in fit), 2.. = the
-    vocabulary, most frequent first."""
+    vocabulary, most frequent first; values added by Schema.partial_fit follow, most frequent
+    first within each growth."""
 
     kind = "categorical"
     UNSEEN, OTHER = 0, 1
