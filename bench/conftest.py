@@ -35,6 +35,34 @@ def synth_data(synth_file):
     return train, valid, meta
 
 
+@pytest.fixture(scope="session")
+def R(synth_file):
+    """The retrieval benchmarks' shared state (bench/recall_bench.py State: models, item catalogue,
+    vectors, queries, exact truth, cached Recallers), built once for test_peers.py,
+    test_recall_exact.py, test_recall_ann.py and test_split_builder.py."""
+    import recall_bench  # faiss and the models: only when a retrieval benchmark runs
+
+    st = recall_bench.new_state(synth_file)
+    yield st
+    recall_bench.close_state(st)
+
+
+# Files that share R run in this order (the order of the former bench/test_recall.py: the numpy
+# rate before exact search, exact before the ANN indexes that free its 1M-item copy, ...); the
+# other files keep pytest's order around them.
+MODULE_ORDER = ["test_peers.py", "test_recall_exact.py", "test_recall_ann.py", "test_split_builder.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else -1
+
+    ranked = sorted((it for it in items if rank(it) >= 0), key=rank)  # stable: order within a file kept
+    slots = iter(ranked)
+    items[:] = [next(slots) if rank(it) >= 0 else it for it in items]
+
+
 def pytest_sessionfinish(session, exitstatus):
     if report.recorded_this_session():
         report.render()

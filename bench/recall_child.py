@@ -6,7 +6,7 @@
 Prints one JSON line: RSS after imports / after loading the model and the item rows (the
 baseline), VmHWM after building the index and after one batched search of the query rows, build
 and search seconds, and the bytes of the exact item vectors and of the faiss index. Used by
-bench/test_recall.py (memory table; the 1M-item HNSW indexes are built here once and loaded by
+bench/test_recall_ann.py (memory table; the 1M-item HNSW indexes are built here once and loaded by
 the search benchmarks).
 """
 from __future__ import annotations

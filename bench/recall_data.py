@@ -1,4 +1,4 @@
-"""Learned query / item vectors for the retrieval benchmarks (bench/test_recall.py).
+"""Learned query / item vectors for the retrieval benchmarks (bench/recall_bench.py).
 
 Two models are trained on the Criteo-shaped synthetic clicks (bench/synth.py) and cached in
 ``bench/.cache``:
@@ -143,7 +143,7 @@ class Data:
         self.n_rows = ds.n_rows
 
 
-def _model_path(name: str, train_rows: int, epochs: int) -> Tuple[str, str]:
+def model_path(name: str, train_rows: int, epochs: int) -> Tuple[str, str]:
     base = os.path.join(CACHE, f"recall_{name}_{train_rows}_e{epochs}_v{VERSION}")
     return base + ".npz", base + ".json"
 
@@ -154,7 +154,7 @@ def train_model(data: Data, name: str, verbose: bool = True):
 
     spec = ModelSpec(name)
     n_train = data.cut if TRAIN_ROWS <= 0 else min(TRAIN_ROWS, data.cut)
-    path, js = _model_path(name, n_train, EPOCHS)
+    path, js = model_path(name, n_train, EPOCHS)
     if os.path.exists(path) and os.path.exists(js):
         with open(js) as f:
             info = json.load(f)

@@ -244,7 +244,7 @@ def render(path: str = RESULTS_MD, n_rows: Optional[int] = None) -> str:
                   "then numpy arrays, run on the slice (the first lines of the same file); the ratio compares "
                   "MB/s on that same slice.", ""]
 
-    import report_recall  # retrieval tables (bench/test_recall.py)
+    import report_recall  # retrieval tables (bench/recall_bench.py)
     lines += report_recall.lines(data)
 
     envs = {json.dumps(r.get("environment", {}), sort_keys=True) for sec in data.values() for r in sec.values()}

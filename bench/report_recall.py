@@ -1,4 +1,4 @@
-"""Markdown tables of the retrieval benchmarks (bench/test_recall.py), rendered by report.render()."""
+"""Markdown tables of the retrieval benchmarks (bench/recall_bench.py), rendered by report.render()."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional

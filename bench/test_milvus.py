@@ -1,6 +1,6 @@
 """Milvus Lite HNSW (fmrecall.MilvusIndex) vs faiss HNSW on the raw inner product
 (Recaller(index="hnsw-ip")) on learned vectors: the FM k=64 (d=65) and FFM k=4 (d=301) models and
-item catalogues of bench/recall_data.py (the ones bench/test_recall.py uses).
+item catalogues of bench/recall_data.py (the ones bench/test_recall_ann.py uses).
 
 Both sides use the same HNSW graph parameters (M=32, efConstruction=80) and the same search rule
 (candidates = max(4k, 100) = 400 for k = 100, walked with ef = max(ef_search=128, candidates)), and
@@ -61,7 +61,7 @@ ROWS: Dict[str, Dict] = {}
 
 
 def recall_at(ids: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    """Mean over queries of |returned top-k ∩ exact top-k| / k (as bench/test_recall.py)."""
+    """Mean over queries of |returned top-k ∩ exact top-k| / k (as bench/recall_bench.py)."""
     hits = sum(int(np.isin(a[a >= 0], t).sum()) for a, t in zip(ids[:, :k], truth[:, :k]))
     return hits / (truth.shape[0] * k)
 
