@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
-import faiss
+import faiss as _faiss
+
+faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
 # Exact (IndexFlatIP) batched search runs at the sgemm rate only once faiss switches to BLAS; by
 # default it does so for nq * d >= 128000 (a few hundred queries at d = 300). Measured on 2 cores

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from .base import IdFilter, IndexState, ItemIndex
@@ -20,6 +20,8 @@ from .faiss_config import ensure_configured, faiss_threads
 from .faiss_segment import BUILTIN_KINDS, Segment, pad_width
 from .rwlock import ReadWriteLock
 from .search import Snapshot, search
+
+faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
 # ANN indexes insert an add's rows in slices of this many, releasing searches in between (an
 # HNSW insert costs ~1 ms per item at M = 32 on 2 cores: searches wait at most ~0.1 s).
@@ -376,7 +378,9 @@ def _check_ids(ids: Optional[np.ndarray], where: str) -> np.ndarray:
 
 
 def _check_index(seg: Segment, rows: int, where: str, name: str, kind: str) -> None:
-    index = faiss.downcast_index(seg.index)
+    raw = seg.index
+    assert raw is not None
+    index = faiss.downcast_index(raw)
     want = _INDEX_CLASS.get(kind)
     if want is not None and not isinstance(index, want):
         raise ValueError(f"{where}: {name} is a {type(index).__name__}, expected {want.__name__} for {kind!r}")
@@ -384,7 +388,7 @@ def _check_index(seg: Segment, rows: int, where: str, name: str, kind: str) -> N
         metric = faiss.METRIC_L2 if kind == "hnsw" else faiss.METRIC_INNER_PRODUCT
         if index.metric_type != metric:
             raise ValueError(f"{where}: {name} has the wrong metric for {kind!r}")
-    if seg.index.d != seg.dim:
-        raise ValueError(f"{where}: {name} has dimension {seg.index.d}, expected {seg.dim}")
-    if seg.index.ntotal != rows:
-        raise ValueError(f"{where}: {name} holds {seg.index.ntotal} vectors, the catalogue {rows}")
+    if raw.d != seg.dim:
+        raise ValueError(f"{where}: {name} has dimension {raw.d}, expected {seg.dim}")
+    if raw.ntotal != rows:
+        raise ValueError(f"{where}: {name} holds {raw.ntotal} vectors, the catalogue {rows}")

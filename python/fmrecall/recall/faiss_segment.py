@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-import faiss
+import faiss as _faiss
 import numpy as np
+
+faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
 # Items are padded and handed to faiss in slices of this many rows, so adding N items holds one
 # copy of their vectors (faiss's) plus a slice, not three full copies.
