@@ -299,7 +299,7 @@ def test_keyboard_interrupt_during_fit_keeps_the_previous_model(monkeypatch):
     KeyboardInterrupt out of fit, and the model keeps (and predicts with) its previous weights."""
     import signal
 
-    import fmrecall.models as models
+    import fmrecall.training as models  # _CHUNK_ROWS: the training loop's chunk size
 
     ds = random_dataset(np.random.default_rng(3), 400, n_features=50, n_fields=4)
     model = fmrecall.FM(4, epochs=2, threads=1, seed=1).fit(ds)

@@ -159,7 +159,7 @@ def test_damaged_cache_is_rebuilt(ffm_file, damage):
 
 # ---------------------------------------------------------------------------- training on mapped rows
 def test_one_thread_training_on_mmap_equals_in_memory(ffm_file, monkeypatch):
-    import fmrecall.models as models
+    import fmrecall.training as models  # _CHUNK_ROWS: the training loop's chunk size
 
     monkeypatch.setattr(models, "_CHUNK_ROWS", 512)  # several chunks per epoch
     mem = Dataset.from_libffm(ffm_file)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
+from .source import check_labels, labelled_metrics
+
+if TYPE_CHECKING:
+    from .schema import Schema
 
 ArrayLike = Union[np.ndarray, Sequence]
 _INT32_MAX = np.iinfo(np.int32).max
@@ -30,7 +34,7 @@ def _check_path(path: Union[str, bytes, os.PathLike]) -> str:
     return path
 
 
-def _paths(path_or_paths) -> List[str]:
+def _paths(path_or_paths: Union[str, bytes, os.PathLike, Sequence[Union[str, bytes, os.PathLike]]]) -> List[str]:
     """One path or a non-empty sequence of paths, each checked by _check_path."""
     if isinstance(path_or_paths, (str, bytes, os.PathLike)):
         return [_check_path(path_or_paths)]
@@ -43,7 +47,7 @@ def _paths(path_or_paths) -> List[str]:
 _BLOCK = 1 << 20  # entries per step of the checks: temporaries stay small for memory-mapped arrays
 
 
-def _first(arr: np.ndarray, bad, overlap: int = 0) -> Optional[int]:
+def _first(arr: np.ndarray, bad: Callable[[np.ndarray], np.ndarray], overlap: int = 0) -> Optional[int]:
     """Index of the first entry where ``bad(block)`` is True, checked block by block (no temporary
     as large as `arr`), or None. With ``overlap=1`` each block also sees the next block's first
     entry (for checks on np.diff)."""
@@ -249,7 +253,7 @@ class Dataset:
 
     @classmethod
     def _from_cache(cls, paths: List[str], kind: str, fmap: Optional[np.ndarray], n_features: Optional[int],
-                    n_fields: Optional[int], cache_dir) -> "Dataset":
+                    n_fields: Optional[int], cache_dir: Union[str, os.PathLike, None]) -> "Dataset":
         from .cache import open_cache
         arrays, header, _, _ = open_cache([os.path.abspath(p) for p in paths], kind, fmap, cache_dir)
         # The arrays are the parser's own output, checksummed: no nnz-sized validation pass (it
@@ -317,9 +321,41 @@ class Dataset:
         """Write as libffm text (shortest round-trip floats, so parsing it back is exact)."""
         _core.write_libffm(os.fspath(path), self.indptr, self.fields, self.features, self.values, self.labels)
 
-    def core_args(self) -> tuple:
+    def core_args(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """(indptr, fields, features, values) as the C++ core takes them."""
         return self.indptr, self.fields, self.features, self.values
+
+    # ------------------------------------------------------------------ TrainingSource (fmrecall.source)
+    def source_schema(self) -> Optional["Schema"]:
+        """None: plain rows carry no Schema."""
+        return None
+
+    def check_labels(self, loss: str, name: str) -> None:
+        """ValueError unless `loss` can be trained on these rows (labels present and valid)."""
+        if loss == "bpr":
+            raise ValueError("loss='bpr' is pairwise: train it on fmrecall.Interactions with negatives >= 1")
+        check_labels(self.labels, loss, name)
+
+    def feature_nodes(self) -> "Dataset":
+        """The rows themselves: every node a training row holds."""
+        return self
+
+    def train_chunk(self, core: "_core.Model", order: np.ndarray, loss: int, seed: int, learning_rate: float,
+                    reg_linear: float, reg_factors: float, threads: int) -> Tuple[float, int]:
+        """One AdaGrad pass over the rows in `order` on `core`: (summed loss, rows)."""
+        assert self.labels is not None  # check_labels ran first
+        total = core.train(*self.core_args(), self.labels, order, loss, learning_rate, reg_linear, reg_factors,
+                           threads)
+        return total, int(order.size)
+
+    def scores(self, core: "_core.Model", threads: int) -> np.ndarray:
+        """Raw scores of every row, float32 (n_rows,)."""
+        return core.predict(*self.core_args(), threads)
+
+    def evaluate(self, core: "_core.Model", loss: str, seed: int, threads: int) -> Dict[str, float]:
+        """Logloss and AUC (logistic) or MSE (squared) of the model on these rows."""
+        assert self.labels is not None
+        return labelled_metrics(self.labels, self.scores(core, threads), loss)
 
 
 def field_map(fields: Union[Sequence[Tuple[int, int]], ArrayLike]) -> np.ndarray:

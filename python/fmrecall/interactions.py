@@ -6,13 +6,15 @@ inside the training loop.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import _core
 from .dataset import Dataset
+from .joins import join_rows
 from .schema import Categorical, Frame, Schema, _frame, _jsonable
+from .source import check_labels, labelled_metrics, pairwise_metrics
 
 
 class Interactions:
@@ -108,7 +110,7 @@ class Interactions:
                 raise ValueError(f"cold_start rate of {name!r} must be in [0, 1], got {rate!r}")
             i = schema.index(name)
             self._cold.append((i, int(schema.feature(i, Categorical.UNSEEN)), float(rate)))
-        self._fd = None
+        self._fd: Optional[_core.FactoredData] = None
 
     # ---------------------------------------------------------------- views
     @property
@@ -133,7 +135,7 @@ class Interactions:
             return np.ones(self.items.n_rows)
         return self.item_counts().astype(np.float64) ** self.alpha
 
-    def positives(self):
+    def positives(self) -> Tuple[np.ndarray, np.ndarray]:
         """(pos_ptr int64 (n_users+1,), pos_items int32) per user row, sorted item rows."""
         order = np.lexsort((self.ev_item, self.ev_user))
         u, i = self.ev_user[order], self.ev_item[order]
@@ -165,25 +167,13 @@ class Interactions:
         """The joined rows (user + context + item) of every event as one Dataset (for checks and
         small data; training never needs this). `items` replaces each event's item row."""
         it = self.ev_item if items is None else np.asarray(items, dtype=np.int64)
-        parts = [(self.users, self.ev_user)]
+        parts: List[Tuple[Dataset, np.ndarray]] = [(self.users, self.ev_user)]
         if self.context is not None:
             parts.append((self.context, np.arange(self.n_events)))
         parts.append((self.items, it))
-        lens = sum(np.diff(ds.indptr)[rows] for ds, rows in parts)
-        indptr = np.zeros(self.n_events + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        nnz = int(indptr[-1])
-        fields = np.empty(nnz, np.int32)
-        feats = np.empty(nnz, np.int32)
-        vals = np.empty(nnz, np.float32)
-        at = indptr[:-1].copy()
-        for ds, rows in parts:
-            ln = np.diff(ds.indptr)[rows]
-            within = np.arange(ln.sum()) - np.repeat(np.cumsum(ln) - ln, ln)
-            dst = np.repeat(at, ln) + within
-            src = np.repeat(ds.indptr[rows], ln) + within
-            fields[dst], feats[dst], vals[dst] = ds.fields[src], ds.features[src], ds.values_or_ones()[src]
-            at += ln
+        joined = join_rows(parts)
+        indptr, fields, feats, vals = joined.indptr, joined.fields, joined.features, joined.values_or_ones()
+        nnz = joined.nnz
         if self.hist_feat is not None:  # leave each event's own item out of the user's history
             own = np.repeat(self.hist_feat[self.ev_item], np.diff(indptr))
             keep = ~((fields == self.hist_field) & (feats == own))
@@ -206,16 +196,15 @@ class Interactions:
         parts = [self.users.subset(users), self.items.subset(items)]
         if self.context is not None:
             parts.append(self.context)
-        fields = [p.fields for p in parts] + [np.asarray([f for f, _, _ in self._cold], dtype=np.int32)]
-        feats = [p.features for p in parts] + [np.asarray([j for _, j, _ in self._cold], dtype=np.int32)]
-        fields, feats = np.concatenate(fields), np.concatenate(feats)
+        fields = np.concatenate([p.fields for p in parts] + [np.asarray([f for f, _, _ in self._cold], np.int32)])
+        feats = np.concatenate([p.features for p in parts] + [np.asarray([j for _, j, _ in self._cold], np.int32)])
         return Dataset([0, fields.size], fields, feats, n_features=self.schema.n_features,
                        n_fields=self.schema.n_fields)
 
     def core(self) -> "_core.FactoredData":
         """The C++ view (built once; keeps the arrays alive)."""
         if self._fd is None:
-            def csr(ds):
+            def csr(ds: Dataset) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
                 return (ds.indptr, ds.fields, ds.features, ds.values)
             weights = self.sample_weights() if self.items.n_rows else None
             ptr, pos = self.positives() if self.exclude_positives else (None, None)
@@ -226,8 +215,49 @@ class Interactions:
                                           self._cold)
         return self._fd
 
+    # ---------------------------------------------------------------- TrainingSource (fmrecall.source)
+    def source_schema(self) -> Schema:
+        return self.schema
 
-def _unique_keys(keys, what: str, column: str):
+    def check_labels(self, loss: str, name: str) -> None:
+        """ValueError unless `loss` can be trained on these events: implicit feedback (negatives > 0)
+        takes logistic or BPR, labelled events (negatives = 0) logistic or squared."""
+        if loss == "bpr" and self.negatives < 1:
+            raise ValueError(f"loss='bpr' needs sampled negatives: build {name} with negatives >= 1")
+        if self.negatives > 0:
+            if loss == "squared":
+                raise ValueError("implicit feedback (negatives > 0) needs loss='logistic' or 'bpr'")
+            return
+        if self.labels is None:
+            raise ValueError(f"{name} has neither labels nor negatives: give label= or negatives=")
+        check_labels(self.labels, loss, name)
+
+    def train_chunk(self, core: "_core.Model", order: np.ndarray, loss: int, seed: int, learning_rate: float,
+                    reg_linear: float, reg_factors: float, threads: int) -> Tuple[float, int]:
+        """The events in `order`, rows assembled in C++, `negatives` draws per positive (seeded by
+        `seed` and the event): (summed loss, loss terms)."""
+        draws = seed ^ 0x5DEECE66D  # negative draws: seeded per epoch and event
+        total, terms = core.train_factored(self.core(), order, loss, self.negatives, self.hard_negatives, draws,
+                                           learning_rate, reg_linear, reg_factors, threads)
+        return total, int(terms)
+
+    def scores(self, core: "_core.Model", threads: int) -> np.ndarray:
+        """Raw scores of every event's joined row, float32 (n_events,)."""
+        return core.score_factored(self.core(), None, threads)
+
+    def evaluate(self, core: "_core.Model", loss: str, seed: int, threads: int) -> Dict[str, float]:
+        """Labelled events: logloss and AUC (or MSE). Implicit feedback: each event against one
+        negative drawn by the core's sampler from the training law (``sample_weights``; `seed` fixed,
+        so the same negatives every epoch): BPR loss or the logloss of positives and negatives, and
+        AUC = P(score(positive) > score(negative))."""
+        if self.labels is not None and self.negatives == 0:
+            return labelled_metrics(self.labels, self.scores(core, threads), loss)
+        neg = _core.sample_items(self.sample_weights().astype(np.float64), self.n_events, seed)
+        fd = self.core()
+        return pairwise_metrics(core.score_factored(fd, None, threads), core.score_factored(fd, neg, threads), loss)
+
+
+def _unique_keys(keys: Any, what: str, column: str) -> Any:
     import pandas as pd
     idx = pd.Index(keys)
     if idx.hasnans:
@@ -238,7 +268,7 @@ def _unique_keys(keys, what: str, column: str):
     return idx
 
 
-def _rows_of(index, keys, what: str, column: str) -> np.ndarray:
+def _rows_of(index: Any, keys: Any, what: str, column: str) -> np.ndarray:
     rows = index.get_indexer(keys)
     if (rows < 0).any():
         bad = keys.iloc[int(np.flatnonzero(rows < 0)[0])]

@@ -1,0 +1,150 @@
+"""The weights side of the estimators: weights() out, the one constructor of a core from arrays
+(``from_weights`` and loading / unpickling both go through ``_install_weights``), and the hooks
+fmrecall.persist uses (``_snapshot``, ``_set_core_state``, save / load, pickling)."""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
+
+import numpy as np
+
+from ._core import Model as CoreModel
+
+if TYPE_CHECKING:
+    from .persist import PathOrFile
+    from .schema import Schema
+
+# (n_fields, aware_row or None, field-aware rows, v or None, W or None): a core's layout and factors
+CoreArrays = Tuple[int, Optional[np.ndarray], int, Optional[np.ndarray], Optional[np.ndarray]]
+M = TypeVar("M", bound="ModelState")
+
+
+class NotFittedError(RuntimeError):
+    """The model has no weights yet: call fit() or from_weights() first."""
+
+
+class ModelState:
+    """Mixin of the estimators (fmrecall.models._FactorizationModel): their weights in and out."""
+
+    k: int
+    init_std: float
+    seed: int
+    normalize: bool
+    n_features: Optional[int]
+    n_fields: Optional[int]
+    _core: Optional[CoreModel]
+    _lock: threading.RLock
+    schema_: Optional["Schema"]
+    history_: List[Dict[str, Any]]
+    best_epoch_: Optional[int]
+    generation_: int
+
+    if TYPE_CHECKING:  # provided by the estimator classes
+        def __init__(self, k: int = 4, **hyper: Any) -> None: ...
+        def _check_params(self) -> None: ...
+        def get_params(self, deep: bool = True) -> Dict[str, Any]: ...
+        def _aware_flags(self, n_fields: int) -> np.ndarray: ...
+        def _weights_from_core(self, w: Dict[str, Any], core: CoreModel) -> Dict[str, Any]: ...
+        @classmethod
+        def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays: ...
+
+    def _require_core(self) -> CoreModel:
+        core = self._core  # read once: fit may swap it meanwhile
+        if core is None:
+            raise NotFittedError(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
+        return core
+
+    def _bump_generation(self) -> None:
+        with self._lock:
+            self.generation_ += 1
+
+    @property
+    def n_features_(self) -> int:
+        return self._require_core().n_features
+
+    @property
+    def n_fields_(self) -> int:
+        return self._require_core().n_fields
+
+    def weights(self) -> Dict[str, Any]:
+        """Copies of the weights as numpy arrays (see the subclass for the factor shapes), taken
+        in one consistent copy under the core's lock."""
+        core = self._require_core()
+        w = core.get_weights()
+        out = {"bias": float(w["bias"]), "linear": w["linear"]}  # type: ignore[arg-type]
+        out.update(self._weights_from_core(w, core))
+        return out
+
+    def _install_weights(self, n_fields: int, aware_row: Optional[np.ndarray], m: int, bias: float,
+                         linear: np.ndarray, v: Optional[np.ndarray], W: Optional[np.ndarray]) -> None:
+        """The one constructor of a core from arrays (from_weights, load, unpickling): a core of
+        this model's type and hyper-parameters holding exactly these weights, made the model's."""
+        core = CoreModel(int(linear.size), int(n_fields), int(self.k), self._aware_flags(int(n_fields)), aware_row,
+                           int(m), float(self.init_std), int(self.seed), bool(self.normalize))
+        core.set_weights(float(bias), linear, v, W)
+        self._core = core
+
+    @classmethod
+    def from_weights(cls: Type[M], weights: Dict[str, Any], **hyper: Any) -> M:
+        """A model with the given weights (as returned by weights()) and hyper-parameters."""
+        model = cls(**hyper)
+        model._check_params()
+        if "bias" not in weights or "linear" not in weights:
+            raise ValueError("weights need 'bias' and 'linear'")
+        linear = np.ascontiguousarray(weights["linear"], dtype=np.float32)
+        if linear.ndim != 1:
+            raise ValueError(f"linear must be 1-d, got shape {linear.shape}")
+        n_fields, aware_row, m, v, W = cls._core_arrays_from_weights(weights, model.get_params())
+        factors = v if v is not None else W
+        assert factors is not None
+        k = factors.shape[-1]
+        if k != model.k:
+            if "k" in hyper:
+                raise ValueError(f"k={model.k} but the factors have size {k}")
+            model.k = int(k)
+        model._check_params()
+        model.n_features, model.n_fields = int(linear.size), n_fields
+        model._install_weights(n_fields, aware_row, m, float(weights["bias"]), linear, v, W)
+        model._bump_generation()
+        return model
+
+    # ------------------------------------------------------------------ hooks of fmrecall.persist
+    def _snapshot(self) -> Tuple[CoreModel, Dict[str, Any], Optional["Schema"], List[Dict[str, Any]],
+                                 Optional[int], int]:
+        """(core, core weights, schema_, history_, best_epoch_, generation_), read together: a fit
+        swapping in new weights waits until the copy is taken (what save and pickling store)."""
+        with self._lock:
+            core = self._require_core()
+            return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_,
+                    self.generation_)
+
+    def _set_core_state(self, state: Dict[str, Any], n_fields: int) -> None:
+        """Install the core's own arrays (compact field-aware table + its row map, as get_weights
+        returns them), already checked by fmrecall.persist._check_state: bit-identical weights,
+        same layout. Replaces the core at once (no fit in between)."""
+        W = state["W"]
+        self._install_weights(n_fields, state["aware_row"], 0 if W is None else W.shape[0], state["bias"],
+                              state["linear"], state["v"], W)
+
+    def save(self, path: PathOrFile) -> None:
+        """Write the model to one versioned .npz file, atomically (see fmrecall.persist); `path`
+        may also be a binary file-like object (written in place). ValueError for non-finite
+        weights."""
+        from .persist import save_model
+        save_model(self, path)
+
+    @classmethod
+    def load(cls: Type[M], path: PathOrFile) -> M:
+        """Load a model file (path or binary file-like object) written by save(); ValueError if it
+        holds another model class (fmrecall.load takes any) or fails validation."""
+        from .persist import load
+        model: M = load(path, expected_class=cls)
+        return model
+
+    # ------------------------------------------------------------------ pickle / copy / joblib
+    def __reduce__(self) -> Tuple[Callable[[bytes], Any], Tuple[bytes]]:
+        """Pickled as the bytes of its .npz file (fmrecall.persist.model_to_bytes): no arbitrary
+        objects, validated like a file when unpickled. copy.copy / deepcopy make a full copy."""
+        from .models import _unpickle_model  # the name pickles hold: fmrecall.models._unpickle_model
+        from .persist import model_to_bytes
+        return (_unpickle_model, (model_to_bytes(self),))
