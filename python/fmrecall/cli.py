@@ -130,7 +130,7 @@ def cmd_demo(args) -> int:
     log = synthetic(n_users=args.users, n_items=args.items, seed=args.seed)
     print(f"generated {log.impressions.n_rows} impressions ({log.impressions.labels.mean():.1%} clicked), "
           f"{args.users} users, {args.items} items, fields {log.field_names}")
-    train, valid = log.impressions.split(0.9, seed=args.seed)
+    train, valid = log.impressions.holdout(0.9, seed=args.seed)
     hyper = dict(k=args.k, epochs=30, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-3, seed=args.seed,
                  threads=args.threads, verbose=args.verbose)
     if args.model == "hybrid":

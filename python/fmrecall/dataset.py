@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -309,13 +310,20 @@ class Dataset:
                        None if self.labels is None else self.labels[rows],
                        n_features=self.n_features, n_fields=self.n_fields, source=self.source)
 
-    def split(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
-        """Seeded random split into (first ``fraction`` of rows, the rest)."""
+    def holdout(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
+        """Seeded random train / validation split: (a ``fraction`` of the rows, the rest), each in
+        the original row order. (Not the query / item split of a model: see ``model.split``.)"""
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         perm = np.random.default_rng(seed).permutation(self.n_rows)
         cut = int(round(fraction * self.n_rows))
         return self.subset(np.sort(perm[:cut])), self.subset(np.sort(perm[cut:]))
+
+    def split(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
+        """Deprecated alias of ``holdout`` ("split" is the model's query / item split)."""
+        warnings.warn("Dataset.split is deprecated: use Dataset.holdout(fraction, seed)", DeprecationWarning,
+                      stacklevel=2)
+        return self.holdout(fraction, seed)
 
     def to_libffm(self, path: Union[str, os.PathLike]) -> None:
         """Write as libffm text (shortest round-trip floats, so parsing it back is exact)."""
