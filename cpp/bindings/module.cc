@@ -1,7 +1,8 @@
-// fmrecall._core: the pybind11 layer only. Converts numpy arrays to the core's plain structs,
-// checks what the core would otherwise trust, and releases the GIL around long work. The GIL is
-// always released before a call into the core that takes the model's lock (Model::mu), so a thread
-// waiting for that lock never holds the GIL (no deadlock with Python threads).
+// fmrecall._core: the pybind11 layer only. Converts numpy arrays to the core's plain pointers and
+// sizes, keeps arrays the core points into alive, and releases the GIL around calls into the core;
+// every check of the data and every computation is the core's (cpp/src). The GIL is always released
+// before a call into the core that takes the model's lock (Model::mu), so a thread waiting for that
+// lock never holds the GIL (no deadlock with Python threads).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -29,42 +30,15 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape = {})
   return py::array_t<T>(shape, p->data(), owner);
 }
 
-// CSR arrays as the core's view, after the checks that keep the core from reading out of bounds.
-// With `rows` (the rows a call will touch, e.g. one training chunk of a permutation), only those
-// rows' indptr entries are checked: O(len(rows)), not O(all rows), so streaming an epoch through a
-// large (memory-mapped) Dataset in chunks costs O(chunk) per call; rows outside it are never read.
+// CSR arrays as the core's view (the core checks them: make_csr in train.h).
 Csr make_csr(const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
              const std::optional<arr<float>>& val, const std::optional<arr<float>>& label,
              const arr<int64_t>* rows_used = nullptr) {
-  if (indptr.ndim() != 1 || indptr.size() < 1) throw InputError("indptr must be a 1-d array of length rows + 1");
-  const int64_t rows = indptr.size() - 1;
-  const int64_t nnz = field.size();
-  if (feat.size() != nnz) throw InputError("fields and features must have the same length");
-  if (val && val->size() != nnz) throw InputError("values must have the same length as features");
-  if (label && label->size() != rows) throw InputError("labels must have one entry per row");
-  const int64_t* ip = indptr.data();
-  if (ip[0] != 0) throw InputError("indptr[0] must be 0");
-  if (ip[rows] != nnz) throw InputError("indptr[-1] must equal the number of nodes");
-  if (rows_used) {
-    const int64_t* o = rows_used->data();
-    for (int64_t i = 0; i < rows_used->size(); ++i) {
-      const int64_t r = o[i];
-      if (r < 0 || r >= rows) throw InputError("row order out of range");
-      if (ip[r] < 0 || ip[r + 1] < ip[r] || ip[r + 1] > nnz)
-        throw InputError("indptr must be non-decreasing within [0, nnz] (row " + std::to_string(r) + ")");
-    }
-  } else {
-    for (int64_t r = 0; r < rows; ++r)
-      if (ip[r + 1] < ip[r]) throw InputError("indptr must be non-decreasing (row " + std::to_string(r) + ")");
-  }
-  Csr c;
-  c.indptr = ip;
-  c.field = field.data();
-  c.feat = feat.data();
-  c.val = val ? val->data() : nullptr;
-  c.label = label ? label->data() : nullptr;
-  c.rows = rows;
-  return c;
+  if (indptr.ndim() != 1) throw InputError("indptr must be a 1-d array of length rows + 1");
+  return fmrecall::make_csr(indptr.data(), indptr.size(), field.data(), field.size(), feat.data(), feat.size(),
+                            val ? val->data() : nullptr, val ? val->size() : 0, label ? label->data() : nullptr,
+                            label ? label->size() : 0, rows_used ? rows_used->data() : nullptr,
+                            rows_used ? rows_used->size() : 0);
 }
 
 py::dict parsed_to_dict(Parsed&& p) {
@@ -119,9 +93,6 @@ using CsrArgs = std::tuple<arr<int64_t>, arr<int32_t>, arr<int32_t>, std::option
 struct FactoredData {
   std::vector<py::object> keep;
   Factored D;
-  std::unique_ptr<AliasTable> sampler;
-  const int64_t* pos_ptr = nullptr;
-  const int32_t* pos_items = nullptr;
 };
 
 Csr csr_of(const CsrArgs& a, std::vector<py::object>& keep) {
@@ -130,14 +101,6 @@ Csr csr_of(const CsrArgs& a, std::vector<py::object>& keep) {
   keep.push_back(std::get<2>(a));
   if (std::get<3>(a)) keep.push_back(*std::get<3>(a));
   return make_csr(std::get<0>(a), std::get<1>(a), std::get<2>(a), std::get<3>(a), std::nullopt);
-}
-
-void check_range(const arr<int32_t>& a, int64_t n, const char* what) {
-  const int32_t* p = a.data();
-  for (int64_t i = 0; i < a.size(); ++i)
-    if (p[i] < 0 || p[i] >= n)
-      throw InputError(std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
-                       " is out of range [0, " + std::to_string(n) + ")");
 }
 
 }  // namespace
@@ -151,6 +114,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("best_arch", &best_arch, "Instruction set the kernels run with on this CPU (generic | avx2 | avx512).");
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.attr("MAX_THREADS") = kMaxThreads;
+
+  py::enum_<Loss>(m, "Loss", "The training losses (loss.h); bpr needs implicit factored data.")
+      .value("logistic", Loss::logistic)
+      .value("squared", Loss::squared)
+      .value("bpr", Loss::bpr);
+  py::implicitly_convertible<py::int_, Loss>();  // a plain int (the enum's value) is accepted too
 
   m.def(
       "parse_libffm",
@@ -217,50 +186,27 @@ PYBIND11_MODULE(_core, m) {
                        int32_t hist_field, const std::optional<arr<int32_t>>& hist_feat,
                        const std::vector<std::tuple<int32_t, int64_t, float>>& cold) {
              auto fd = std::make_unique<FactoredData>();
+             std::vector<py::object>& keep = fd->keep;
              Factored& D = fd->D;
-             D.users = csr_of(users, fd->keep);
-             D.items = csr_of(items, fd->keep);
-             if (context) D.context = csr_of(*context, fd->keep);
-             D.n_events = ev_user.size();
-             if (ev_item.size() != D.n_events) throw InputError("event user and item arrays differ in length");
-             if (context && D.context.rows != D.n_events)
-               throw InputError("context must have one row per event");
-             check_range(ev_user, D.users.rows, "event user");
-             check_range(ev_item, D.items.rows, "event item");
-             fd->keep.push_back(ev_user);
-             fd->keep.push_back(ev_item);
-             D.ev_user = ev_user.data();
-             D.ev_item = ev_item.data();
+             D.users = csr_of(users, keep);
+             D.items = csr_of(items, keep);
+             if (context) D.context = csr_of(*context, keep);
+             keep.insert(keep.end(), {ev_user, ev_item});
+             D.set_events(ev_user.data(), ev_user.size(), ev_item.data(), ev_item.size());
              if (labels) {
-               if (labels->size() != D.n_events) throw InputError("labels must have one entry per event");
-               fd->keep.push_back(*labels);
-               D.label = labels->data();
+               keep.push_back(*labels);
+               D.set_labels(labels->data(), labels->size());
              }
-             if (sample_weights) {
-               if (sample_weights->size() != D.items.rows)
-                 throw InputError("sampling weights must have one entry per item row");
-               fd->sampler = std::make_unique<AliasTable>(sample_weights->data(), sample_weights->size());
-             }
+             if (sample_weights) D.set_sample_weights(sample_weights->data(), sample_weights->size());
              if (pos_ptr && pos_items) {
-               if (pos_ptr->size() != D.users.rows + 1) throw InputError("pos_ptr must have users + 1 entries");
-               fd->keep.push_back(*pos_ptr);
-               fd->keep.push_back(*pos_items);
-               fd->pos_ptr = pos_ptr->data();
-               fd->pos_items = pos_items->data();
+               keep.insert(keep.end(), {*pos_ptr, *pos_items});
+               D.set_positives(pos_ptr->data(), pos_ptr->size(), pos_items->data());
              }
              if (hist_feat) {
-               if (hist_feat->size() != D.items.rows) throw InputError("hist_feat must have one entry per item row");
-               fd->keep.push_back(*hist_feat);
-               D.hist_field = hist_field;
-               D.hist_feat = hist_feat->data();
+               keep.push_back(*hist_feat);
+               D.set_history(hist_field, hist_feat->data(), hist_feat->size());
              }
-             if (cold.size() > 8) throw InputError("at most 8 cold-start fields");
-             for (const auto& [f, j, rate] : cold) {
-               if (!(rate >= 0.f && rate <= 1.f)) throw InputError("cold-start rates must be in [0, 1]");
-               D.cold_field.push_back(f);
-               D.cold_feat.push_back(j);
-               D.cold_rate.push_back(rate);
-             }
+             D.set_cold(cold);
              return fd;
            }),
            py::arg("users"), py::arg("items"), py::arg("context"), py::arg("ev_user"), py::arg("ev_item"),
@@ -272,12 +218,10 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "sample_items",
       [](const arr<double>& weights, int64_t n, uint64_t seed) {
-        AliasTable t(weights.data(), weights.size());
         py::array_t<int32_t> out(n);
         int32_t* o = out.mutable_data();
         py::gil_scoped_release nogil;
-        Rng rng(seed);
-        for (int64_t i = 0; i < n; ++i) o[i] = t.sample(rng);
+        sample_items(weights.data(), weights.size(), n, seed, o);
         return out;
       },
       py::arg("weights"), py::arg("n"), py::arg("seed"), "Draws from the alias table training samples with.");
@@ -285,38 +229,25 @@ PYBIND11_MODULE(_core, m) {
   py::class_<SplitLayout>(m, "SplitLayout")
       .def_readonly("dim", &SplitLayout::dim)
       .def_readonly("k", &SplitLayout::k)
-      .def("blocks",
-           [](const SplitLayout& L) {
-             // (offset, kind, query field or -1, item field or -1), in vector order
-             std::vector<std::tuple<int64_t, std::string, int32_t, int32_t>> out;
-             if (L.off_ss >= 0) out.emplace_back(L.off_ss, "ss", -1, -1);
-             for (int32_t f = 0; f < L.F; ++f) {
-               if (L.off_sa[f] >= 0) out.emplace_back(L.off_sa[f], "sa", f, -1);
-               if (L.off_bs[f] >= 0) out.emplace_back(L.off_bs[f], "bs", -1, f);
-               for (int32_t g = 0; g < L.F; ++g)
-                 if (L.off_ab[static_cast<size_t>(f) * L.F + g] >= 0)
-                   out.emplace_back(L.off_ab[static_cast<size_t>(f) * L.F + g], "ab", f, g);
-             }
-             std::sort(out.begin(), out.end());
-             return out;
-           });
+      .def(
+          "blocks",
+          [](const SplitLayout& L) {
+            std::vector<std::tuple<int64_t, std::string, int32_t, int32_t>> out;
+            for (const LayoutBlock& b : layout_blocks(L)) out.emplace_back(b.offset, b.kind, b.query_field, b.item_field);
+            return out;
+          },
+          "(offset, kind, query field or -1, item field or -1) of every block, in vector order.");
 
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
-                       const std::optional<arr<int32_t>>& aware_row, int64_t rows, float init_std, uint64_t seed,
-                       bool normalize, const std::optional<arr<uint8_t>>& seen) {
+                       const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std,
+                       uint64_t seed, bool normalize, const std::optional<arr<uint8_t>>& seen) {
              auto M = std::make_unique<Model>();
              std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
              std::vector<int32_t> ar;
-             if (aware_row) {
-               ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
-               for (int32_t r : ar)
-                 if (r < -1 || r >= rows) throw InputError("aware_row entries must be -1 or a row of W");
-             }
-             M->normalize = normalize;
-             if (seen && seen->size() != n) throw InputError("seen must have one entry per feature");
+             if (aware_row) ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
              py::gil_scoped_release nogil;
-             M->allocate(n, F, k, std::move(a), std::move(ar), rows, init_std, seed);
+             M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize);
              if (seen) M->zero_unseen(seen->data(), seen->size());  // absent from training: start at 0
              return M;
            }),
@@ -326,7 +257,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_features",
                              [](const Model& M) {  // under the lock: grow_features changes it
                                py::gil_scoped_release nogil;
-                               return M.features();
+                               return M.current_features();
                              })
       .def_readonly("n_fields", &Model::F)
       .def_readonly("k", &Model::k)
@@ -334,21 +265,18 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("aware_rows",
                              [](const Model& M) {
                                py::gil_scoped_release nogil;
-                               return M.aware_rows();
+                               return M.current_aware_rows();
                              })
       .def_readonly("normalize", &Model::normalize)
       .def(
           "train",
           [](Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
-             const std::optional<arr<float>>& val, const arr<float>& label, const arr<int64_t>& order, int loss,
+             const std::optional<arr<float>>& val, const arr<float>& label, const arr<int64_t>& order, Loss loss,
              float eta, float l2_lin, float l2_fac, int threads) {
             const Csr c = make_csr(indptr, field, feat, val, label, &order);  // checks only `order`'s rows
-            const int64_t* o = order.data();
-            if (loss != 0 && loss != 1) throw InputError("this loss needs factored (Interactions) data");
-            const Hyper h{eta, l2_lin, l2_fac};
             const int t = resolve_threads(threads);
             py::gil_scoped_release nogil;
-            return train_rows(M, c, o, order.size(), static_cast<Loss>(loss), h, t);
+            return train_rows(M, c, order.data(), order.size(), loss, Hyper{eta, l2_lin, l2_fac}, t);
           },
           py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("labels"),
           py::arg("order"), py::arg("loss"), py::arg("eta"), py::arg("l2_linear"), py::arg("l2_factors"),
@@ -371,9 +299,8 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "split_layout",
           [](const Model& M, const arr<uint8_t>& side) {
-            if (side.size() != M.F) throw InputError("side must have one entry per field");
             py::gil_scoped_release nogil;
-            return make_layout(M, side.data());
+            return make_layout(M, side.data(), side.size());
           },
           py::arg("side"))
       .def(
@@ -412,50 +339,28 @@ PYBIND11_MODULE(_core, m) {
           py::arg("threads"))
       .def(
           "train_factored",
-          [](Model& M, const FactoredData& fd, const arr<int64_t>& order, int loss, int negatives, int candidates,
+          [](Model& M, const FactoredData& fd, const arr<int64_t>& order, Loss loss, int negatives, int candidates,
              uint64_t seed, float eta, float l2_lin, float l2_fac, int threads) {
-            const int64_t* o = order.data();
-            for (int64_t i = 0; i < order.size(); ++i)
-              if (o[i] < 0 || o[i] >= fd.D.n_events) throw InputError("event order out of range");
-            if (loss < 0 || loss > 2) throw InputError("unknown loss");
-            if (negatives < 0) throw InputError("negatives must be >= 0");
-            if (negatives > 0 && !fd.sampler) throw InputError("negative sampling needs sampling weights");
-            if (static_cast<Loss>(loss) == Loss::bpr && negatives == 0)
-              throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
-            if (negatives == 0 && !fd.D.label) throw InputError("labelled training needs labels");
-            Sampling S;
-            S.negatives = negatives;
-            S.candidates = std::max(candidates, 1);
-            S.sampler = fd.sampler.get();
-            S.pos_ptr = fd.pos_ptr;
-            S.pos_items = fd.pos_items;
-            S.seed = seed;
-            const Hyper h{eta, l2_lin, l2_fac};
             const int t = resolve_threads(threads);
             EpochStats st;
             {
               py::gil_scoped_release nogil;
-              st = train_factored(M, fd.D, o, order.size(), static_cast<Loss>(loss), S, h, t);
+              st = train_factored(M, fd.D, order.data(), order.size(), loss, Sampling{negatives, candidates, seed},
+                                  Hyper{eta, l2_lin, l2_fac}, t);
             }
             return py::make_tuple(st.loss, st.terms);
           },
           py::arg("data"), py::arg("order"), py::arg("loss"), py::arg("negatives"), py::arg("candidates"),
-          py::arg("seed"), py::arg("eta"),
-          py::arg("l2_linear"), py::arg("l2_factors"), py::arg("threads"))
+          py::arg("seed"), py::arg("eta"), py::arg("l2_linear"), py::arg("l2_factors"), py::arg("threads"))
       .def(
           "score_factored",
           [](const Model& M, const FactoredData& fd, const std::optional<arr<int32_t>>& items, int threads) {
-            if (items) {
-              if (items->size() != fd.D.n_events) throw InputError("items must have one entry per event");
-              check_range(*items, fd.D.items.rows, "items");
-            }
+            const int t = resolve_threads(threads);
             py::array_t<float> out(fd.D.n_events);
             float* o = out.mutable_data();
-            const int32_t* it = items ? items->data() : nullptr;
-            const int t = resolve_threads(threads);
             {
               py::gil_scoped_release nogil;
-              score_factored(M, fd.D, it, o, t);
+              score_factored(M, fd.D, items ? items->data() : nullptr, items ? items->size() : 0, o, t);
             }
             return out;
           },
@@ -470,10 +375,8 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "grow_features",
           [](Model& M, int64_t n_new, const std::optional<arr<uint8_t>>& seen, float init_std, uint64_t seed) {
-            if (seen && seen->size() != n_new) throw InputError("seen must have one entry per new feature");
-            const uint8_t* s = seen ? seen->data() : nullptr;
             py::gil_scoped_release nogil;
-            M.grow_features(n_new, s, init_std, seed);
+            M.grow_features(n_new, seen ? seen->data() : nullptr, seen ? seen->size() : 0, init_std, seed);
           },
           py::arg("n_new"), py::arg("seen"), py::arg("init_std"), py::arg("seed"))
       .def("snapshot", [](Model& M) {
@@ -495,7 +398,7 @@ PYBIND11_MODULE(_core, m) {
              d["bias"] = w.bias;
              d["linear"] = to_numpy(std::move(w.linear));
              d["v"] = w.has_v ? py::object(to_numpy(std::move(w.v), {w.n, w.k})) : py::object(py::none());
-             d["W"] = w.has_W ? py::object(to_numpy(std::move(w.W), {w.m, w.F, w.k})) : py::object(py::none());
+             d["W"] = w.has_W ? py::object(to_numpy(std::move(w.W), {w.aware_rows, w.F, w.k})) : py::object(py::none());
              d["aware_row"] = w.has_rows ? py::object(to_numpy(std::move(w.aware_row))) : py::object(py::none());
              return d;
            })

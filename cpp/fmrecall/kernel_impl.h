@@ -33,9 +33,9 @@ inline void prepare(const Model& M, Row& r) {
   if (r.used.size() < static_cast<size_t>(r.n_aware) * r.nf) r.used.resize(static_cast<size_t>(r.n_aware) * r.nf);
 }
 
-// acc += x * a ⊙ b over one latent vector
+// acc += x * a ⊙ b over one latent vector, lane by lane (an element-wise product added, not a dot)
 template <int K>
-inline void fma_dot(float* __restrict acc, float x, const float* a, const float* b, int kp_rt) {
+inline void add_prod(float* __restrict acc, float x, const float* a, const float* b, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
   const T xv = splat<T>(x);
@@ -74,7 +74,7 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
       store(acc + i, a);
     }
   } else {
-    for (int c = 0; c < count; ++c) fma_dot<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);
+    for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);
   }
 }
 
@@ -121,7 +121,7 @@ float forward(const Model& M, Row& r) {
       const float xi = r.x[p];
       const float* vi = M.vec(r.feat[p]);
       axpy<K>(S, xi, vi, kp);
-      fma_dot<K>(Q, xi * xi, vi, vi, kp);
+      add_prod<K>(Q, xi * xi, vi, vi, kp);
       if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);
     }
     for (int d = 0; d < kp; d += L) {
@@ -135,7 +135,7 @@ float forward(const Model& M, Row& r) {
         const int p = r.aware[b];
         for (int s = 0; s < nf; ++s) {
           if (r.slot_aware[s]) continue;
-          fma_dot<K>(acc, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);
+          add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);
         }
       }
     }
@@ -211,7 +211,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
     for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
     for (int b = 0; b < na; ++b)
       for (int s = 0; s < nf; ++s)
-        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.wrow[r.aware[b]], r.slot_field[s]), kp);
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);
   }
   for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
     const int p = r.single[a];
@@ -224,7 +224,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
     const int p = r.aware[b];
     const float kx = kappa * r.x[p];
     for (int s = 0; s < nf; ++s) {
-      float* w = M.wvec(r.wrow[p], r.slot_field[s]);
+      float* w = M.wvec(r.aware_row[p], r.slot_field[s]);
       if (!r.slot_aware[s]) {
         axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);
         continue;
@@ -234,7 +234,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
         const int q = r.aw_nodes[c];
         if (q == p) continue;
         if (!g) g = acc.slot(w, w + kp, kp, h.l2_fac);  // only vectors that meet a partner are touched
-        axpy<K>(g, kx * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);
+        axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);
       }
     }
   }
@@ -308,7 +308,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     for (int b = 0; b < na; ++b) {
       const int p = r.aware[b];
       for (int s = 0; s < nf; ++s)
-        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), kp);
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);
     }
     alignas(64) float g[K ? K : kMaxLanes];
     for (int b = 0; b < na; ++b) {
@@ -317,7 +317,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         if (r.slot_aware[s]) continue;
         zero<K>(g, kp);
         axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);
-        const size_t off = woff(r.wrow[p], r.slot_field[s]);
+        const size_t off = woff(r.aware_row[p], r.slot_field[s]);
         adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);
       }
     }
@@ -363,13 +363,13 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
           const int q = r.aw_nodes[c];
           if (q == p) continue;
-          axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], fp), kp);
+          axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);
           u = 1;
         }
       }
     }
     for (int b = 0; b < na; ++b) {
-      const int64_t rp = r.wrow[r.aware[b]];
+      const int64_t rp = r.aware_row[r.aware[b]];
       for (int s = 0; s < nf; ++s) {
         if (!used[b * nf + s]) continue;
         const size_t off = woff(rp, r.slot_field[s]);
@@ -409,15 +409,39 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   }
 }
 
+// The kernel's entries (KernelFns): backward and collect read the sums forward leaves in the row,
+// so they run only from here, right after forward on the same row.
+template <int K>
+double step(Model& M, Row& r, Loss loss, float label, const Hyper& h) {
+  const LossGrad lg = loss_grad(loss, forward<K>(M, r), label);
+  backward<K>(M, r, lg.kappa, h);
+  return lg.loss;
+}
+
+template <int K>
+double bpr_step(Model& M, Row& pos, Row& neg, const Hyper& h, GradAcc& acc) {
+  const double d = static_cast<double>(forward<K>(M, pos)) - forward<K>(M, neg);
+  const LossGrad lg = bpr_loss_grad(d);
+  acc.reset(K ? K : M.kp);
+  collect<K>(M, pos, lg.kappa, h, acc);
+  collect<K>(M, neg, -lg.kappa, h, acc);
+  apply(acc, h);
+  return lg.loss;
+}
+
+template <int K>
+KernelFns entries() {
+  return {&forward<K>, &step<K>, &bpr_step<K>, FMR_ARCH_NAME};
+}
+
 KernelFns kernels(int32_t kp) {
-  const char* name = FMR_ARCH_NAME;
   switch (kp) {
-    case 4: return {&forward<4>, &backward<4>, &collect<4>, &apply, name};
-    case 8: return {&forward<8>, &backward<8>, &collect<8>, &apply, name};
-    case 16: return {&forward<16>, &backward<16>, &collect<16>, &apply, name};
-    case 32: return {&forward<32>, &backward<32>, &collect<32>, &apply, name};
-    case 64: return {&forward<64>, &backward<64>, &collect<64>, &apply, name};
-    default: return {&forward<0>, &backward<0>, &collect<0>, &apply, name};
+    case 4: return entries<4>();
+    case 8: return entries<8>();
+    case 16: return entries<16>();
+    case 32: return entries<32>();
+    case 64: return entries<64>();
+    default: return entries<0>();
   }
 }
 

@@ -1,10 +1,9 @@
 // Losses: value and dLoss/dScore (kappa) of one row, the only part that differs per loss.
 #pragma once
 
-#include <cmath>
-
 namespace fmrecall {
 
+// The losses a training call takes; Python sees the same values as fmrecall._core.Loss.
 // bpr is pairwise (positive vs sampled negative): only for implicit factored data.
 enum class Loss : int { logistic = 0, squared = 1, bpr = 2 };
 
@@ -13,20 +12,18 @@ struct LossGrad {
   float kappa;
 };
 
+// Pointwise losses of score t against label y:
 // logistic: y > 0 is a positive (labels 0/1 or -1/1); loss = log(1 + e^t) − y t, kappa = σ(t) − y
 // squared:  loss = (t − y)², kappa = t − y  (the gradient of ½(t − y)²)
-inline LossGrad loss_grad(Loss L, float t, float y) {
-  if (L == Loss::logistic) {
-    const float y01 = y > 0.f ? 1.f : 0.f;
-    const double td = t;
-    const double sp = td > 0 ? td + std::log1p(std::exp(-td)) : std::log1p(std::exp(td));
-    const float p = 1.f / (1.f + std::exp(-t));
-    return {sp - y01 * td, p - y01};
-  }
-  const float d = t - y;
-  return {static_cast<double>(d) * d, d};
-}
+// Out of line (cpp/src/loss.cc) on purpose: compiled once for the baseline instruction set, so
+// every kernel variant gets bit-identical losses (inlined into an AVX2 function the compiler
+// would contract a * b + c into an FMA).
+LossGrad loss_grad(Loss L, float t, float y);
 
-inline double sigmoid(double t) { return 1.0 / (1.0 + std::exp(-t)); }
+// BPR of one pair with d = score(pos) − score(neg): loss = log(1 + e^{−d}), kappa = dLoss/dScore(pos)
+// = −σ(−d) (and −kappa for the negative row).
+LossGrad bpr_loss_grad(double d);
+
+double sigmoid(double t);
 
 }  // namespace fmrecall

@@ -51,11 +51,11 @@ class RwMutex {
 using ReadLock = std::shared_lock<RwMutex>;
 using WriteLock = std::unique_lock<RwMutex>;
 
-// The weights without padding or AdaGrad state (bias, linear (n), v (n, k), W (m, F, k)), and the
+// The weights without padding or AdaGrad state (bias, linear (n), v (n, k), W (aware_rows, F, k)), and the
 // field-aware row map; has_* say which tables the model has (FM: v, FFM: W, hybrid: both).
 struct Weights {
   float bias = 0.f;
-  int64_t n = 0, m = 0;
+  int64_t n = 0, aware_rows = 0;
   int32_t F = 0, k = 0;
   std::vector<float> linear, v, W;
   std::vector<int32_t> aware_row;
@@ -74,10 +74,10 @@ struct Model {
   // vector and its state share cache lines (the forward pass brings in what the update needs).
   int32_t vs = 0;                   // 2 * kp: floats per stored vector
   AlignedArray<float> v;            // (n, 2, kp)      single vectors (empty if no single field)
-  AlignedArray<float> W;            // (m, F, 2, kp)   field-aware vectors (empty if none)
+  AlignedArray<float> W;            // (aware_rows, F, 2, kp)   field-aware vectors (empty if none)
   std::vector<uint8_t> aware;       // (F)             1 = field is field-aware
-  std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (m == n)
-  int64_t m = 0;                    // rows of W
+  std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (aware_rows == n)
+  int64_t aware_rows = 0;           // rows of W
 
   // Bias and its AdaGrad accumulator: written by every training row of every thread, so they get
   // a cache line of their own (sharing one with the fields above, which every row reads, would make
@@ -107,7 +107,7 @@ struct Model {
       if (a) return true;
     return false;
   }
-  int64_t row_of(int64_t j) const { return aware_row.empty() ? j : aware_row[j]; }
+  int64_t aware_row_of(int64_t j) const { return aware_row.empty() ? j : aware_row[j]; }
   float* vec(int64_t j) { return v.data() + j * vs; }
   const float* vec(int64_t j) const { return v.data() + j * vs; }
   float* wvec(int64_t row, int32_t f) { return W.data() + (row * F + f) * vs; }
@@ -117,8 +117,10 @@ struct Model {
 
   // Allocate parameters; latent entries ~ U(-a, a) with a = init_std * sqrt(3), per-row seeded so
   // initialisation does not depend on the thread count. AdaGrad accumulators start at 1 (libffm).
-  void allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
-                std::vector<int32_t> aware_row_, int64_t m_, float init_std, uint64_t seed);
+  // aware_row: empty (identity: W has a row per feature when a field is field-aware) or n entries,
+  // each -1 or a row < aware_rows (else InputError).
+  void allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_, std::vector<int32_t> aware_row_,
+                int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_);
 
   void snapshot();  // shared lock (reads the tables; snap_* are guarded by snap_mu)
   void restore();   // exclusive lock
@@ -134,7 +136,8 @@ struct Model {
   // like a feature absent from fit's data; seen == nullptr: all seen); AdaGrad state 1. Field-aware
   // rows: none yet (aware_row -1; an identity row map becomes explicit), grow_rows gives them.
   // Existing parameters are copied unchanged. Exclusive lock; on an InputError nothing has changed.
-  void grow_features(int64_t n_new, const uint8_t* seen, float init_std, uint64_t seed);
+  // seen: nullptr or n_seen == n_new flags.
+  void grow_features(int64_t n_new, const uint8_t* seen, int64_t n_seen, float init_std, uint64_t seed);
 
   // Copies of the weights (shared lock), and all weights at once (exclusive lock). set_weights
   // checks everything (sizes against the model, finiteness) before it writes anything; v / W are
@@ -147,8 +150,8 @@ struct Model {
   // stay neutral instead of adding random pairs. Exclusive lock.
   void zero_unseen(const uint8_t* seen, int64_t count);
 
-  int64_t aware_rows() const;  // m, read under the shared lock (grow_rows changes it)
-  int64_t features() const;    // n, read under the shared lock (grow_features changes it)
+  int64_t current_aware_rows() const;  // aware_rows, read under the shared lock (grow_rows changes it)
+  int64_t current_features() const;    // n, read under the shared lock (grow_features changes it)
 };
 
 }  // namespace fmrecall

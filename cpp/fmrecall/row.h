@@ -9,8 +9,8 @@
 
 namespace fmrecall {
 
-// A run of (field, feature, value) triples; value == nullptr means every value is 1.
-struct Segment {
+// A run of (field, feature, value) triples, e.g. one CSR row; val == nullptr means every value is 1.
+struct Run {
   const int32_t* field;
   const int32_t* feat;
   const float* val;
@@ -95,7 +95,7 @@ struct Row {
   // nodes (filtered: 0 <= feature < n, 0 <= field < F, value != 0)
   int n = 0;
   std::vector<int32_t> field, slot;
-  std::vector<int64_t> feat, wrow;  // wrow: row of W for field-aware nodes, -1 otherwise
+  std::vector<int64_t> feat, aware_row;  // aware_row: Model::aware_row_of(feat) for field-aware nodes, else -1
   std::vector<float> x;
   // slots: the distinct fields of the row, in order of first appearance
   int nf = 0;
@@ -118,10 +118,10 @@ struct Row {
   GradAcc acc;                 // rows with shared parameters: per-parameter gradient sums
   float score = 0.f;
 
-  // Gather the nodes of up to a few segments (e.g. user + context + item) into this row, leaving
+  // Gather the nodes of up to a few runs (e.g. user + context + item) into this row, leaving
   // out node (skip_field, skip_feat) if given (an event's own item in the user's history) and
   // replacing the feature of every node in a swapped field (cold-start training).
-  void gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field = -1, int64_t skip_feat = -1,
+  void gather(const Model& M, const Run* runs, int nrun, int32_t skip_field = -1, int64_t skip_feat = -1,
               const Swap* swaps = nullptr, int nswap = 0);
 
  private:

@@ -31,7 +31,18 @@ struct SplitLayout {
 // All three hold the model's lock shared (Model::mu). The vector builders check that the layout
 // was made for a model of this shape (F, k, field-aware flags), else InputError: a layout kept from
 // before a refit must not index another model's tables.
-SplitLayout make_layout(const Model& M, const uint8_t* side);
+// side: n_side == F entries (else InputError), 0 = query field, 1 = item field.
+SplitLayout make_layout(const Model& M, const uint8_t* side, int64_t n_side);
+
+// One block of a layout: its offset in the vectors, its kind ("ss", "sa", "bs" or "ab", as in the
+// table above), its query field a (or -1) and its item field b (or -1).
+struct LayoutBlock {
+  int64_t offset;
+  const char* kind;
+  int32_t query_field, item_field;
+};
+// The blocks of L in vector order (increasing offset); the bias slot is not one of them.
+std::vector<LayoutBlock> layout_blocks(const SplitLayout& L);
 
 // q: (rows, dim) query vectors, b: (rows) per-query constants.
 void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* q, float* b, int threads);

@@ -15,11 +15,22 @@ struct Csr {
   const float* label = nullptr;
   int64_t rows = 0;
 
-  Segment row(int64_t r) const {
+  Run row(int64_t r) const {
     const int64_t b = indptr[r];
     return {field + b, feat + b, val ? val + b : nullptr, indptr[r + 1] - b};
   }
 };
+
+// Caller-given CSR arrays as a Csr, after the checks that keep the core from reading out of bounds
+// (InputError): lengths agree (n_indptr = rows + 1 >= 1; n_feat = n_field = nnz; n_val = nnz when
+// val is given; n_label = rows when label is given), indptr[0] == 0, indptr[rows] == nnz, indptr
+// non-decreasing. With rows_used (the rows a call will touch, e.g. one training chunk of a
+// permutation) only those rows are checked, each in range and its indptr entries within [0, nnz]:
+// O(n_rows_used), not O(rows), so streaming an epoch through a large (memory-mapped) dataset in
+// chunks costs O(chunk) per call; rows outside it are never read.
+Csr make_csr(const int64_t* indptr, int64_t n_indptr, const int32_t* field, int64_t n_field, const int32_t* feat,
+             int64_t n_feat, const float* val, int64_t n_val, const float* label, int64_t n_label,
+             const int64_t* rows_used = nullptr, int64_t n_rows_used = 0);
 
 // Largest thread count a call accepts (Python: fmrecall.MAX_THREADS). OpenMP would try to start
 // any number asked for, and a huge team (threads=100000) dies on the first call.
@@ -33,7 +44,8 @@ int resolve_threads(int threads);
 // tables and (training, Hogwild) write values in place, never reallocating anything.
 
 // One pass of SGD over rows order[0..count) (Hogwild across `threads`). Returns the summed loss
-// of the rows at the moment they were visited (before their own update).
+// of the rows at the moment they were visited (before their own update). Pointwise losses only
+// (bpr needs factored data: InputError); the rows in `order` must have been checked (make_csr).
 double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
                   const Hyper& h, int threads);
 
@@ -53,9 +65,9 @@ void for_each_scored_row(const Model& M, const Csr& data, int threads, Fn&& fn) 
     Row row;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < data.rows; ++r) {
-      const Segment seg = data.row(r);
-      row.gather(M, &seg, 1);
-      const float score = K.forward(M, row);
+      const Run run = data.row(r);
+      row.gather(M, &run, 1);
+      const float score = K.score(M, row);
       fn(row, score, r);
     }
   }

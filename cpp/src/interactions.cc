@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 
 #include <omp.h>
 
@@ -38,7 +39,64 @@ AliasTable::AliasTable(const double* w, int64_t n) {
   for (int32_t i : small) prob_[i] = 1.0, alias_[i] = i;  // rounding leftovers
 }
 
-int32_t Sampling::draw(int32_t user, Rng& rng) const {
+void sample_items(const double* weights, int64_t n_weights, int64_t n, uint64_t seed, int32_t* out) {
+  const AliasTable t(weights, n_weights);
+  Rng rng(seed);
+  for (int64_t i = 0; i < n; ++i) out[i] = t.sample(rng);
+}
+
+namespace {
+void check_range(const int32_t* a, int64_t count, int64_t n, const char* what) {
+  for (int64_t i = 0; i < count; ++i)
+    if (a[i] < 0 || a[i] >= n)
+      throw InputError(std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(a[i]) +
+                       " is out of range [0, " + std::to_string(n) + ")");
+}
+}  // namespace
+
+void Factored::set_events(const int32_t* user, int64_t n_user, const int32_t* item, int64_t n_item) {
+  if (n_item != n_user) throw InputError("event user and item arrays differ in length");
+  if (context.indptr && context.rows != n_user) throw InputError("context must have one row per event");
+  check_range(user, n_user, users.rows, "event user");
+  check_range(item, n_item, items.rows, "event item");
+  n_events = n_user;
+  ev_user = user;
+  ev_item = item;
+}
+
+void Factored::set_labels(const float* labels, int64_t n) {
+  if (n != n_events) throw InputError("labels must have one entry per event");
+  label = labels;
+}
+
+void Factored::set_sample_weights(const double* weights, int64_t n) {
+  if (n != items.rows) throw InputError("sampling weights must have one entry per item row");
+  sampler = std::make_unique<AliasTable>(weights, n);
+}
+
+void Factored::set_positives(const int64_t* ptr, int64_t n_ptr, const int32_t* items_) {
+  if (n_ptr != users.rows + 1) throw InputError("pos_ptr must have users + 1 entries");
+  pos_ptr = ptr;
+  pos_items = items_;
+}
+
+void Factored::set_history(int32_t field, const int32_t* feat, int64_t n) {
+  if (n != items.rows) throw InputError("hist_feat must have one entry per item row");
+  hist_field = field;
+  hist_feat = feat;
+}
+
+void Factored::set_cold(const std::vector<std::tuple<int32_t, int64_t, float>>& cold) {
+  if (cold.size() > 8) throw InputError("at most 8 cold-start fields");
+  for (const auto& [f, j, rate] : cold) {
+    if (!(rate >= 0.f && rate <= 1.f)) throw InputError("cold-start rates must be in [0, 1]");
+    cold_field.push_back(f);
+    cold_feat.push_back(j);
+    cold_rate.push_back(rate);
+  }
+}
+
+int32_t Factored::draw_negative(int32_t user, Rng& rng) const {
   int32_t j = sampler->sample(rng);
   if (!pos_ptr) return j;
   const int32_t* b = pos_items + pos_ptr[user];
@@ -50,24 +108,32 @@ int32_t Sampling::draw(int32_t user, Rng& rng) const {
 namespace {
 // Gathers a sampled negative row for event e into `neg`: the best-scored of S.candidates draws.
 void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, int64_t e, Rng& rng,
-                     Row& neg, Segment* segs, int32_t sf, int64_t sj, const Swap* sw, int nsw) {
+                     Row& neg, Run* runs, int32_t sf, int64_t sj, const Swap* sw, int nsw) {
   const int32_t u = D.ev_user[e];
-  int32_t pick = S.draw(u, rng);
+  int32_t pick = D.draw_negative(u, rng);
   if (S.candidates > 1) {
     float best = -std::numeric_limits<float>::infinity();
     for (int c = 0; c < S.candidates; ++c) {
-      const int32_t j = c ? S.draw(u, rng) : pick;
-      neg.gather(M, segs, D.segments(e, j, segs), sf, sj, sw, nsw);
-      const float s = K.forward(M, neg);
+      const int32_t j = c ? D.draw_negative(u, rng) : pick;
+      neg.gather(M, runs, D.runs(e, j, runs), sf, sj, sw, nsw);
+      const float s = K.score(M, neg);
       if (s > best) best = s, pick = j;
     }
   }
-  neg.gather(M, segs, D.segments(e, pick, segs), sf, sj, sw, nsw);
+  neg.gather(M, runs, D.runs(e, pick, runs), sf, sj, sw, nsw);
 }
 }  // namespace
 
 EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int64_t count, Loss loss,
                           const Sampling& S, const Hyper& h, int threads) {
+  for (int64_t i = 0; i < count; ++i)
+    if (order[i] < 0 || order[i] >= D.n_events) throw InputError("event order out of range");
+  if (loss != Loss::logistic && loss != Loss::squared && loss != Loss::bpr) throw InputError("unknown loss");
+  if (S.negatives < 0) throw InputError("negatives must be >= 0");
+  if (S.negatives > 0 && !D.sampler) throw InputError("negative sampling needs sampling weights");
+  if (loss == Loss::bpr && S.negatives == 0)
+    throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
+  if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
@@ -76,66 +142,57 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   {
     Row pos, neg;
     GradAcc acc;
-    Segment segs[3];
+    Run runs[3];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t e = order[i];
-      const int32_t u = D.ev_user[e];
       const int32_t sf = D.skip_field();
       const int64_t sj = D.skip_feat(e);
       Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
       Swap sw[8];
       const int nsw = D.draw_swaps(rng, sw);
-      pos.gather(M, segs, D.segments(e, D.ev_item[e], segs), sf, sj, sw, nsw);
+      pos.gather(M, runs, D.runs(e, D.ev_item[e], runs), sf, sj, sw, nsw);
       if (S.negatives == 0) {  // labelled events, pointwise
-        const LossGrad lg = loss_grad(loss, K.forward(M, pos), D.label ? D.label[e] : 1.f);
-        total += lg.loss;
+        total += K.step(M, pos, loss, D.label ? D.label[e] : 1.f, h);
         ++terms;
-        K.backward(M, pos, lg.kappa, h);
         continue;
       }
       if (loss == Loss::bpr) {
         for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj, sw, nsw);
-          const double d = static_cast<double>(K.forward(M, pos)) - K.forward(M, neg);
-          // loss = log(1 + e^{-d}),  dloss/ds+ = -σ(-d) = -dloss/ds-
-          total += d > 0 ? std::log1p(std::exp(-d)) : -d + std::log1p(std::exp(d));
+          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw);
+          total += K.bpr_step(M, pos, neg, h, acc);
           ++terms;
-          const float kappa = static_cast<float>(-sigmoid(-d));
-          acc.reset(M.kp);
-          K.collect(M, pos, kappa, h, acc);
-          K.collect(M, neg, -kappa, h, acc);
-          K.apply(acc, h);
         }
         continue;
       }
-      LossGrad lg = loss_grad(loss, K.forward(M, pos), 1.f);
-      total += lg.loss;
+      total += K.step(M, pos, loss, 1.f, h);
       ++terms;
-      K.backward(M, pos, lg.kappa, h);
       for (int t = 0; t < S.negatives; ++t) {
-        sample_negative(M, D, S, K, e, rng, neg, segs, sf, sj, sw, nsw);
-        lg = loss_grad(loss, K.forward(M, neg), 0.f);
-        total += lg.loss;
+        sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw);
+        total += K.step(M, neg, loss, 0.f, h);
         ++terms;
-        K.backward(M, neg, lg.kappa, h);
       }
     }
   }
   return {total, terms};
 }
 
-void score_factored(const Model& M, const Factored& D, const int32_t* items, float* out, int threads) {
+void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out,
+                    int threads) {
+  if (items) {
+    if (n_items != D.n_events) throw InputError("items must have one entry per event");
+    check_range(items, n_items, D.items.rows, "items");
+  }
   ReadLock lock(M.mu);
   const KernelFns K = select_kernels(M.kp);
 #pragma omp parallel num_threads(threads)
   {
     Row row;
-    Segment segs[3];
+    Run runs[3];
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < D.n_events; ++e) {
-      row.gather(M, segs, D.segments(e, items ? items[e] : D.ev_item[e], segs), D.skip_field(), D.skip_feat(e));
-      out[e] = K.forward(M, row);
+      row.gather(M, runs, D.runs(e, items ? items[e] : D.ev_item[e], runs), D.skip_field(), D.skip_feat(e));
+      out[e] = K.score(M, row);
     }
   }
 }

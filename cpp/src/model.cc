@@ -34,8 +34,11 @@ void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool
 }  // namespace
 
 void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
-                     std::vector<int32_t> aware_row_, int64_t m_, float init_std, uint64_t seed) {
+                     std::vector<int32_t> aware_row_, int64_t aware_rows_, float init_std, uint64_t seed,
+                     bool normalize_) {
   WriteLock lock(mu);
+  for (int32_t r : aware_row_)
+    if (r < -1 || r >= aware_rows_) throw InputError("aware_row entries must be -1 or a row of W");
   if (n_ < 0 || F_ < 0 || k_ < 1 || k_ > 512)
     throw InputError("model sizes out of range (need n >= 0, F >= 0, 1 <= k <= 512)");
   if (static_cast<int32_t>(aware_.size()) != F_) throw InputError("aware flags must have one entry per field");
@@ -44,8 +47,9 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   k = k_;
   kp = padded(k_);
   aware = std::move(aware_);
+  normalize = normalize_;
   aware_row = std::move(aware_row_);
-  m = aware_row.empty() ? (any_aware() ? n : 0) : m_;
+  aware_rows = aware_row.empty() ? (any_aware() ? n : 0) : aware_rows_;
   if (!aware_row.empty() && static_cast<int64_t>(aware_row.size()) != n)
     throw InputError("aware_row must have one entry per feature");
   w0 = 0.f;
@@ -57,8 +61,8 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   const float a = init_std * 1.7320508f;  // U(-a, a) has standard deviation init_std
   v.resize(any_single() ? static_cast<size_t>(n) * vs : 0);
   if (!v.empty()) init_table(v.data(), n, 1, k, kp, a, seed, 1);
-  W.resize(m > 0 ? static_cast<size_t>(m) * F * vs : 0);
-  if (!W.empty()) init_table(W.data(), m, F, k, kp, a, seed, 2);
+  W.resize(aware_rows > 0 ? static_cast<size_t>(aware_rows) * F * vs : 0);
+  if (!W.empty()) init_table(W.data(), aware_rows, F, k, kp, a, seed, 2);
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
@@ -83,19 +87,19 @@ int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std,
   for (int64_t i = 0; i < count; ++i) {
     const int32_t j = features[i];
     if (rows[j] < 0) {
-      rows[j] = static_cast<int32_t>(m + static_cast<int64_t>(fresh.size()));
+      rows[j] = static_cast<int32_t>(aware_rows + static_cast<int64_t>(fresh.size()));
       fresh.push_back(j);
     }
   }
   if (fresh.empty()) return 0;
-  if (m + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many field-aware rows");
+  if (aware_rows + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many field-aware rows");
   const size_t block = static_cast<size_t>(F) * vs;
-  AlignedArray<float> bigger(static_cast<size_t>(m + static_cast<int64_t>(fresh.size())) * block);
-  if (m) std::memcpy(bigger.data(), W.data(), sizeof(float) * static_cast<size_t>(m) * block);
+  AlignedArray<float> bigger(static_cast<size_t>(aware_rows + static_cast<int64_t>(fresh.size())) * block);
+  if (aware_rows) std::memcpy(bigger.data(), W.data(), sizeof(float) * static_cast<size_t>(aware_rows) * block);
   const float a = init_std * 1.7320508f;
   for (size_t t = 0; t < fresh.size(); ++t) {  // seeded by (seed, feature): independent of batch order
     Rng rng(mix_seed(seed, 3, static_cast<uint64_t>(fresh[t])));
-    float* row = bigger.data() + (static_cast<size_t>(m) + t) * block;
+    float* row = bigger.data() + (static_cast<size_t>(aware_rows) + t) * block;
     for (int32_t b = 0; b < F; ++b) {
       for (int32_t d = 0; d < k; ++d) row[b * vs + d] = a * (2.f * rng.uniform() - 1.f);
       for (int32_t d = 0; d < kp; ++d) row[b * vs + kp + d] = 1.f;
@@ -103,13 +107,14 @@ int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std,
   }
   W = std::move(bigger);
   aware_row = std::move(rows);
-  m += static_cast<int64_t>(fresh.size());
+  aware_rows += static_cast<int64_t>(fresh.size());
   snap_W.resize(0);  // a snapshot no longer matches
   snap_w.resize(0);
   return static_cast<int64_t>(fresh.size());
 }
 
-void Model::grow_features(int64_t n_new, const uint8_t* seen, float init_std, uint64_t seed) {
+void Model::grow_features(int64_t n_new, const uint8_t* seen, int64_t n_seen, float init_std, uint64_t seed) {
+  if (seen && n_seen != n_new) throw InputError("seen must have one entry per new feature");
   WriteLock lock(mu);
   if (n_new < 0) throw InputError("grow_features: n_new must be >= 0, got " + std::to_string(n_new));
   if (n_new == 0) return;
@@ -139,7 +144,7 @@ void Model::grow_features(int64_t n_new, const uint8_t* seen, float init_std, ui
   std::vector<int32_t> rows;
   if (any_aware()) {
     rows.reserve(static_cast<size_t>(n2));
-    if (aware_row.empty())  // identity layout (m == n): every old feature keeps its row
+    if (aware_row.empty())  // identity layout (aware_rows == n): every old feature keeps its row
       for (int64_t j = 0; j < n; ++j) rows.push_back(static_cast<int32_t>(j));
     else
       rows = aware_row;
@@ -206,7 +211,7 @@ Weights Model::get_weights() const {
   Weights out;
   out.bias = w0;
   out.n = n;
-  out.m = m;
+  out.aware_rows = aware_rows;
   out.F = F;
   out.k = k;
   out.linear.assign(w.data(), w.data() + n);
@@ -214,7 +219,7 @@ Weights Model::get_weights() const {
   out.has_W = !W.empty();
   out.has_rows = !aware_row.empty();
   if (out.has_v) out.v = unpad(v, n, k, kp);
-  if (out.has_W) out.W = unpad(W, m * F, k, kp);
+  if (out.has_W) out.W = unpad(W, aware_rows * F, k, kp);
   if (out.has_rows) out.aware_row = aware_row;
   return out;
 }
@@ -233,13 +238,13 @@ void Model::set_weights(float bias, const float* linear, int64_t n_linear, const
   if (W.empty() != !W_) throw InputError("field-aware factors given/missing for this model type");
   if (v_ && n_v != n * k)
     throw InputError("factors has " + std::to_string(n_v) + " entries, expected " + std::to_string(n * k));
-  if (W_ && n_W != m * F * k)
+  if (W_ && n_W != aware_rows * F * k)
     throw InputError("field-aware factors has " + std::to_string(n_W) + " entries, expected " +
-                     std::to_string(m * F * k));
+                     std::to_string(aware_rows * F * k));
   w0 = bias;
   if (n) std::memcpy(w.data(), linear, sizeof(float) * n);
   if (v_) pad_into(v, v_, n, k, kp);
-  if (W_) pad_into(W, W_, m * F, k, kp);
+  if (W_) pad_into(W, W_, aware_rows * F, k, kp);
   snap_w.resize(0);  // a snapshot of other weights must not be restored over these
   snap_v.resize(0);
   snap_W.resize(0);
@@ -253,12 +258,12 @@ void Model::zero_unseen(const uint8_t* seen, int64_t count) {
     if (!seen[j]) std::memset(vec(j), 0, sizeof(float) * kp);
 }
 
-int64_t Model::aware_rows() const {
+int64_t Model::current_aware_rows() const {
   ReadLock lock(mu);
-  return m;
+  return aware_rows;
 }
 
-int64_t Model::features() const {
+int64_t Model::current_features() const {
   ReadLock lock(mu);
   return n;
 }

@@ -17,7 +17,7 @@ void Row::reserve_nodes(int64_t cap) {
   for (auto* v : {&field, &slot, &slot_field, &single, &aware, &aw_nodes, &afo}) v->resize(c);
   aw_begin.resize(c + 1);
   feat.resize(c);
-  wrow.resize(c);
+  aware_row.resize(c);
   aoff.resize(c);
   x.resize(c);
   ax.resize(c);
@@ -50,7 +50,7 @@ bool Row::any_repeated_feature() {
   return false;
 }
 
-void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_field, int64_t skip_feat,
+void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, int64_t skip_feat,
                  const Swap* swaps, int nswap) {
   if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
     slot_of_field.assign(M.F, -1);
@@ -58,13 +58,13 @@ void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_fie
   }
   reset_slots();
   int64_t cap = 0;
-  for (int s = 0; s < nseg; ++s) cap += segs[s].len;
+  for (int s = 0; s < nrun; ++s) cap += runs[s].len;
   reserve_nodes(cap);
 
   n = 0;
   double norm2 = 0.0;
-  for (int s = 0; s < nseg; ++s) {
-    const Segment& g = segs[s];
+  for (int s = 0; s < nrun; ++s) {
+    const Run& g = runs[s];
     for (int64_t t = 0; t < g.len; ++t) {
       const int32_t f = g.field[t];
       int64_t j = g.feat[t];
@@ -98,8 +98,8 @@ void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_fie
     }
     slot[p] = s;
     if (M.aware[f]) {
-      const int64_t r = M.row_of(feat[p]);
-      wrow[p] = r;
+      const int64_t r = M.aware_row_of(feat[p]);
+      aware_row[p] = r;
       if (r >= 0) {  // a field-aware feature with no vectors contributes linearly only
         aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
         afo[na] = f * M.vs;
@@ -107,7 +107,7 @@ void Row::gather(const Model& M, const Segment* segs, int nseg, int32_t skip_fie
         aware[na++] = p;
       }
     } else {
-      wrow[p] = -1;
+      aware_row[p] = -1;
       single[ns++] = p;
     }
   }

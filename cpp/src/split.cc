@@ -7,8 +7,9 @@
 
 namespace fmrecall {
 
-SplitLayout make_layout(const Model& M, const uint8_t* side) {
+SplitLayout make_layout(const Model& M, const uint8_t* side, int64_t n_side) {
   ReadLock lock(M.mu);
+  if (n_side != M.F) throw InputError("side must have one entry per field");
   if (M.normalize)
     throw InputError(
         "this model was trained with normalize=True (whole-row 1/||x|| scaling couples the query and item "
@@ -51,6 +52,21 @@ SplitLayout make_layout(const Model& M, const uint8_t* side) {
   return L;
 }
 
+std::vector<LayoutBlock> layout_blocks(const SplitLayout& L) {
+  std::vector<LayoutBlock> out;
+  if (L.off_ss >= 0) out.push_back({L.off_ss, "ss", -1, -1});
+  for (int32_t f = 0; f < L.F; ++f) {
+    if (L.off_sa[f] >= 0) out.push_back({L.off_sa[f], "sa", f, -1});
+    if (L.off_bs[f] >= 0) out.push_back({L.off_bs[f], "bs", -1, f});
+    for (int32_t g = 0; g < L.F; ++g) {
+      const int64_t o = L.off_ab[static_cast<size_t>(f) * L.F + g];
+      if (o >= 0) out.push_back({o, "ab", f, g});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const LayoutBlock& a, const LayoutBlock& b) { return a.offset < b.offset; });
+  return out;
+}
+
 namespace {
 
 void check_layout(const Model& M, const SplitLayout& L) {
@@ -88,10 +104,10 @@ void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float*
         const float* vi = M.vec(row.feat[p]);
         if (L.off_ss >= 0) add(v + L.off_ss, x, vi, k);
         if (L.off_sa[f] >= 0) add(v + L.off_sa[f], x, vi, k);
-      } else if (row.wrow[p] >= 0) {
+      } else if (row.aware_row[p] >= 0) {
         for (int32_t g : L.i_fields) {
           const int64_t o = M.aware[g] ? L.off_ab[static_cast<size_t>(f) * L.F + g] : L.off_bs[g];
-          if (o >= 0) add(v + o, x, M.wvec(row.wrow[p], g), k);
+          if (o >= 0) add(v + o, x, M.wvec(row.aware_row[p], g), k);
         }
       }
     }
@@ -113,10 +129,10 @@ void item_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* 
         const float* vj = M.vec(row.feat[t]);
         if (L.off_ss >= 0) add(v + L.off_ss, x, vj, k);
         if (L.off_bs[g] >= 0) add(v + L.off_bs[g], x, vj, k);
-      } else if (row.wrow[t] >= 0) {
+      } else if (row.aware_row[t] >= 0) {
         for (int32_t a : L.q_fields) {
           const int64_t o = M.aware[a] ? L.off_ab[static_cast<size_t>(a) * L.F + g] : L.off_sa[a];
-          if (o >= 0) add(v + o, x, M.wvec(row.wrow[t], a), k);
+          if (o >= 0) add(v + o, x, M.wvec(row.aware_row[t], a), k);
         }
       }
     }

@@ -12,7 +12,7 @@ constexpr int64_t kAhead = 2;  // rows of look-ahead for prefetching
 
 // Ask for the parameter blocks of a row that will be processed soon: training is bound by memory
 // latency on large models (a feature's field-aware block is F·kp floats plus as many AdaGrad floats).
-inline void prefetch_row(const Model& M, const Segment& s) {
+inline void prefetch_row(const Model& M, const Run& s) {
   const int64_t block = static_cast<int64_t>(M.F) * M.vs * static_cast<int64_t>(sizeof(float));
   for (int64_t t = 0; t < s.len; ++t) {
     const int64_t j = s.feat[t];
@@ -21,7 +21,7 @@ inline void prefetch_row(const Model& M, const Segment& s) {
     __builtin_prefetch(M.w.data() + j, 1);
     __builtin_prefetch(M.gw.data() + j, 1);
     if (M.aware[f]) {
-      const int64_t r = M.row_of(j);
+      const int64_t r = M.aware_row_of(j);
       if (r < 0) continue;
       const char* a = reinterpret_cast<const char*>(M.wvec(r, 0));
       for (int64_t b = 0; b < block; b += 64) __builtin_prefetch(a + b, 1);
@@ -39,8 +39,44 @@ int resolve_threads(int threads) {
   return threads > 0 ? threads : std::min(omp_get_max_threads(), kMaxThreads);
 }
 
+Csr make_csr(const int64_t* indptr, int64_t n_indptr, const int32_t* field, int64_t n_field, const int32_t* feat,
+             int64_t n_feat, const float* val, int64_t n_val, const float* label, int64_t n_label,
+             const int64_t* rows_used, int64_t n_rows_used) {
+  if (n_indptr < 1) throw InputError("indptr must be a 1-d array of length rows + 1");
+  const int64_t rows = n_indptr - 1;
+  const int64_t nnz = n_field;
+  if (n_feat != nnz) throw InputError("fields and features must have the same length");
+  if (val && n_val != nnz) throw InputError("values must have the same length as features");
+  if (label && n_label != rows) throw InputError("labels must have one entry per row");
+  const int64_t* ip = indptr;
+  if (ip[0] != 0) throw InputError("indptr[0] must be 0");
+  if (ip[rows] != nnz) throw InputError("indptr[-1] must equal the number of nodes");
+  if (rows_used) {
+    for (int64_t i = 0; i < n_rows_used; ++i) {
+      const int64_t r = rows_used[i];
+      if (r < 0 || r >= rows) throw InputError("row order out of range");
+      if (ip[r] < 0 || ip[r + 1] < ip[r] || ip[r + 1] > nnz)
+        throw InputError("indptr must be non-decreasing within [0, nnz] (row " + std::to_string(r) + ")");
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      if (ip[r + 1] < ip[r]) throw InputError("indptr must be non-decreasing (row " + std::to_string(r) + ")");
+  }
+  Csr c;
+  c.indptr = ip;
+  c.field = field;
+  c.feat = feat;
+  c.val = val;
+  c.label = label;
+  c.rows = rows;
+  return c;
+}
+
 double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
                   const Hyper& h, int threads) {
+  if (loss != Loss::logistic && loss != Loss::squared)
+    throw InputError("this loss needs factored (Interactions) data");
+  if (!data.label) throw InputError("training needs labels");
   ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
   const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
@@ -51,12 +87,9 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = order[i];
       if (i + kAhead < count) prefetch_row(M, data.row(order[i + kAhead]));
-      const Segment seg = data.row(r);
-      row.gather(M, &seg, 1);
-      const float t = K.forward(M, row);
-      const LossGrad lg = loss_grad(loss, t, data.label[r]);
-      total += lg.loss;
-      K.backward(M, row, lg.kappa, h);
+      const Run run = data.row(r);
+      row.gather(M, &run, 1);
+      total += K.step(M, row, loss, data.label[r], h);
     }
   }
   return total;
