@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .schema import Schema
     from .split import Split
 
-_LOSSES = {"logistic": 0, "squared": 1, "bpr": 2}  # bpr: pairwise, implicit Interactions only
-
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-t.astype(np.float64)))
@@ -119,8 +117,8 @@ class _FactorizationModel(ModelState):
 
         if not integer(self.k) or not 1 <= self.k <= 512:
             raise ValueError(f"k must be an integer in [1, 512], got {self.k!r}")
-        if not isinstance(self.loss, str) or self.loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {sorted(_LOSSES)}, got {self.loss!r}")
+        if not isinstance(self.loss, str) or self.loss not in _core.Loss.__members__:
+            raise ValueError(f"loss must be one of {sorted(_core.Loss.__members__)}, got {self.loss!r}")
         if not integer(self.epochs) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         for name in ("learning_rate",):
@@ -232,7 +230,8 @@ class _FactorizationModel(ModelState):
     def _train_part(self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int
                     ) -> Tuple[float, int]:
         """One chunk of an epoch in C++ on `core`: (summed loss, number of loss terms)."""
-        return train.train_chunk(core, order, _LOSSES[self.loss], training.epoch_seed(self.seed, epoch),
+        loss = _core.Loss.__members__[self.loss].value
+        return train.train_chunk(core, order, loss, training.epoch_seed(self.seed, epoch),
                                  float(self.learning_rate), float(self.reg_linear), float(self.reg_factors),
                                  int(self.threads))
 
