@@ -8,8 +8,10 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
 * forward: linear terms; `ns` single nodes -> the FM sum trick (S, Q) and, with field-aware nodes too,
   the per-slot sums Sa and the single×aware dots; `na` field-aware nodes -> pair_dots, whose loop is
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
-  chunk loop for K = 8, 16, 32, 64 (f8 chunks when wide) and a run-time fma_dot loop for K = 0.
-* K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 12 -> kp 12, K=0 (run time).
+  chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks when wide)
+  and a run-time fma_dot loop for K = 0.
+* K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
+  K=0 (run time).
 * backward: a row with a repeated feature (`shared`) -> collect + apply; otherwise 1) single×aware
   updates (Ca) when the row has both kinds, 2) aware×aware: one node per field -> the fused in-place
   pair loop (pair_steps4 for the pairs two at a time + pair_step for an odd one when K == 4 and wide,
@@ -72,6 +74,7 @@ CASES = [
     Case("ffm-onehot-k12", "ffm", 12, "onehot", path="K=0 (kp 12): pair_dots fma_dot loop, pair_step<0>"),
     Case("ffm-onehot-k13-pm1", "ffm", 13, "onehot", labels="logistic-11", path="K=16: two f8 chunks"),
     Case("ffm-onehot-k32", "ffm", 32, "onehot", path="K=32: four f8 chunks"),
+    Case("ffm-onehot-k64-unit", "ffm", 64, "onehot", unit=True, path="K=64: eight f8 chunks, unit values"),
     Case("ffm-multi-k4", "ffm", 4, "multi", path="K=4, a field with 3 aware nodes: gathered gradients (grad/used) + adagrad<4>"),
     Case("ffm-multi-k8-unit", "ffm", 8, "multi", unit=True, path="K=8 gathered gradients, unit values"),
     Case("ffm-multi-k12-norm", "ffm", 12, "multi", normalize=True, path="K=0 gathered gradients, normalized"),
