@@ -72,7 +72,7 @@ def test_lightfm(benchmark):
 
     from fmrecall.datasets import movielens100k
     from fmrecall.metrics import recall_at_k
-    import fmrecall.movielens as fml
+    import fmrecall.experiments.movielens as fml
 
     t0 = time.perf_counter()
     ours = fml.run(ML_PATH, models=("FM",), cold=False, verbose=False)

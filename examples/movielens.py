@@ -7,7 +7,7 @@ Same as `fmrecall demo --movielens PATH --all-models`. The data is never copied 
 import argparse
 import os
 
-from fmrecall import movielens
+from fmrecall.experiments import movielens
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -237,7 +237,7 @@ def test_movielens_held_out_users_get_personalised_lists(data_dir):
     their demographics and request context); after growing a copy's schema with every user and
     partial_fit on all u1.base events (two epochs), every one has its own user_id feature and
     Recall@50 on u1.test is about twice the unseen-user baseline (measured 0.257 -> 0.570)."""
-    from fmrecall import movielens as M
+    from fmrecall.experiments import movielens as M
     from fmrecall.datasets import movielens100k
     from fmrecall.metrics import recall_at_k
     t0 = time.perf_counter()

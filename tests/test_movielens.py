@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fmrecall
-from fmrecall import movielens as M
+from fmrecall.experiments import movielens as M
 from fmrecall.datasets import movielens100k
 
 pd = pytest.importorskip("pandas")

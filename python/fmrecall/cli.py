@@ -119,7 +119,7 @@ def cmd_demo(args) -> int:
     """Generate a click log, train, index every item, recommend, and check exactness and quality;
     or, with --movielens PATH, the MovieLens-100K comparison against classic recall channels."""
     if args.movielens:
-        from . import movielens
+        from .experiments import movielens
         models = {"fm": ("FM",), "hybrid": ("HybridFM",), "ffm": ("FFM",)}.get(args.model, ("FM",))
         if args.all_models:
             models = ("FM", "HybridFM", "FFM")

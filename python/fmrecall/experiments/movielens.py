@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..datasets import GENRES, MovieLens, movielens100k
+from ..interactions import Interactions
+from ..metrics import precision_at_k, recall_at_k
+from ..models import FFM, FM, HybridFM
+from ..recall import Recaller
+from ..schema import Schema
 from . import baselines as B
-from .datasets import GENRES, MovieLens, movielens100k
-from .interactions import Interactions
-from .metrics import precision_at_k, recall_at_k
-from .models import FFM, FM, HybridFM
-from .recall import Recaller
-from .schema import Schema
 
 # Chosen by a sweep on the u1 split (see README); the same settings are used on every split.
 MODEL_PARAMS: Dict[str, Dict[str, Any]] = {
