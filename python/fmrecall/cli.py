@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from . import FFM, FM, Dataset, HybridFM, Recaller, Sides, load
+from .joins import join_rows
 from .metrics import auc
 
 MODELS = {"fm": FM, "ffm": FFM, "hybrid": HybridFM}
@@ -155,7 +156,8 @@ def cmd_demo(args) -> int:
     dt = time.perf_counter() - t
 
     # exactness: the returned score is the model's score on the joined (query + item) row
-    joined = _join(queries, log.items, res.ids[:, :5])
+    top5 = res.ids[:, :5]
+    joined = join_rows([(queries, np.repeat(np.arange(m), top5.shape[1])), (log.items, top5.ravel())])
     err = np.max(np.abs(model.decision_function(joined) - res.scores[:, :5].ravel()))
     # quality: overlap with the planted best items, vs. recommending the most clicked items
     truth = log.true_scores(users, hours, devices)
@@ -177,25 +179,6 @@ def cmd_demo(args) -> int:
         print(f"saved the recaller (model + index) to {args.out}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _join(queries: Dataset, items: Dataset, ids: np.ndarray) -> Dataset:
-    """Joined rows query[i] ⊕ item[ids[i, j]] for every (i, j), row-major."""
-    rows: List[int] = [0]
-    f: List[np.ndarray] = []
-    j: List[np.ndarray] = []
-    v: List[np.ndarray] = []
-    qv, iv = queries.values_or_ones(), items.values_or_ones()
-    for i in range(ids.shape[0]):
-        qs = slice(queries.indptr[i], queries.indptr[i + 1])
-        for it in ids[i]:
-            s = slice(items.indptr[it], items.indptr[it + 1])
-            f += [queries.fields[qs], items.fields[s]]
-            j += [queries.features[qs], items.features[s]]
-            v += [qv[qs], iv[s]]
-            rows.append(rows[-1] + (qs.stop - qs.start) + (s.stop - s.start))
-    return Dataset(rows, np.concatenate(f), np.concatenate(j), np.concatenate(v),
-                   n_features=items.n_features, n_fields=items.n_fields)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
