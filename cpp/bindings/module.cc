@@ -151,9 +151,7 @@ PYBIND11_MODULE(_core, m) {
         std::exception_ptr error;
         const Sink s = python_sink(sink, error);
         return run_parse(
-            [&] {
-              return stream_libsvm(path, field_of_feature.data(), field_of_feature.size(), s, python_signalled);
-            },
+            [&] { return stream_libsvm(path, field_of_feature.data(), field_of_feature.size(), s, python_signalled); },
             &error);
       },
       py::arg("path"), py::arg("field_of_feature"), py::arg("sink"));
@@ -165,8 +163,7 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release nogil;
         write_libffm(path, c);
       },
-      py::arg("path"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"),
-      py::arg("labels"));
+      py::arg("path"), py::arg("indptr"), py::arg("fields"), py::arg("features"), py::arg("values"), py::arg("labels"));
   m.def(
       "permutation",
       [](int64_t n, uint64_t seed) {
@@ -233,15 +230,16 @@ PYBIND11_MODULE(_core, m) {
           "blocks",
           [](const SplitLayout& L) {
             std::vector<std::tuple<int64_t, std::string, int32_t, int32_t>> out;
-            for (const LayoutBlock& b : layout_blocks(L)) out.emplace_back(b.offset, b.kind, b.query_field, b.item_field);
+            for (const LayoutBlock& b : layout_blocks(L))
+              out.emplace_back(b.offset, b.kind, b.query_field, b.item_field);
             return out;
           },
           "(offset, kind, query field or -1, item field or -1) of every block, in vector order.");
 
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
-                       const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std,
-                       uint64_t seed, bool normalize, const std::optional<arr<uint8_t>>& seen) {
+                       const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std, uint64_t seed,
+                       bool normalize, const std::optional<arr<uint8_t>>& seen) {
              auto M = std::make_unique<Model>();
              std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
              std::vector<int32_t> ar;
@@ -379,14 +377,16 @@ PYBIND11_MODULE(_core, m) {
             M.grow_features(n_new, seen ? seen->data() : nullptr, seen ? seen->size() : 0, init_std, seed);
           },
           py::arg("n_new"), py::arg("seen"), py::arg("init_std"), py::arg("seed"))
-      .def("snapshot", [](Model& M) {
-        py::gil_scoped_release nogil;
-        M.snapshot();
-      })
-      .def("restore", [](Model& M) {
-        py::gil_scoped_release nogil;
-        M.restore();
-      })
+      .def("snapshot",
+           [](Model& M) {
+             py::gil_scoped_release nogil;
+             M.snapshot();
+           })
+      .def("restore",
+           [](Model& M) {
+             py::gil_scoped_release nogil;
+             M.restore();
+           })
       .def("get_weights",
            [](const Model& M) {
              Weights w;

@@ -28,7 +28,7 @@ class AliasTable {
 };
 
 struct Factored {
-  Csr users, items, context;        // context: one row per event, or empty (indptr nullptr, rows 0)
+  Csr users, items, context;         // context: one row per event, or empty (indptr nullptr, rows 0)
   const int32_t* ev_user = nullptr;  // (n_events) user row of each event
   const int32_t* ev_item = nullptr;  // (n_events) item row of each event
   const float* label = nullptr;      // (n_events) or nullptr: every event is a positive
@@ -114,7 +114,6 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
 
 // Scores of every event, with its own item or with items[e] instead (items may be nullptr; else
 // n_items == n_events item rows, checked).
-void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out,
-                    int threads);
+void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out, int threads);
 
 }  // namespace fmrecall

@@ -60,7 +60,8 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
     }
     __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     if (c < count)
-      a4 = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(xb * ax[c]), _mm_loadu_ps(Wb + afo[c])), _mm_loadu_ps(Wfb + aoff[c]), a4);
+      a4 =
+          _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(xb * ax[c]), _mm_loadu_ps(Wb + afo[c])), _mm_loadu_ps(Wfb + aoff[c]), a4);
     _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), a4));
     return;
   }
@@ -175,8 +176,8 @@ inline void adagrad(float* __restrict w, float* __restrict G, const float* __res
 
 // Both vectors of one pair (libffm's update): g1 = kx w2 + l2 w1, g2 = kx w1 + l2 w2, AdaGrad on each.
 template <int K>
-inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restrict G1, float* __restrict G2,
-                      float kx, Chunk<K> ev, Chunk<K> lv, int kp_rt) {
+inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restrict G1, float* __restrict G2, float kx,
+                      Chunk<K> ev, Chunk<K> lv, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
   const T kv = splat<T>(kx);
@@ -211,7 +212,8 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
     for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
     for (int b = 0; b < na; ++b)
       for (int s = 0; s < nf; ++s)
-        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);
+        if (!r.slot_aware[s])
+          axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);
   }
   for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
     const int p = r.single[a];
@@ -256,8 +258,8 @@ void apply(GradAcc& acc, const Hyper& h) {
 #if FMR_WIDE
 inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
   const __m256 y = _mm256_rsqrt_ps(v);
-  return _mm256_mul_ps(y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y),
-                                           _mm256_set1_ps(1.5f)));
+  return _mm256_mul_ps(
+      y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));
 }
 
 // K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
@@ -373,8 +375,8 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       for (int s = 0; s < nf; ++s) {
         if (!used[b * nf + s]) continue;
         const size_t off = woff(rp, r.slot_field[s]);
-        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa,
-                   eta, l2f, kp);
+        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa, eta,
+                   l2f, kp);
       }
     }
   }

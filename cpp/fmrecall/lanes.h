@@ -15,7 +15,9 @@ template <int K>
 using Chunk = typename std::conditional<(FMR_WIDE && K > 0 && K % 8 == 0), f8, f4>::type;
 
 template <class T>
-constexpr int width() { return static_cast<int>(sizeof(T) / sizeof(float)); }
+constexpr int width() {
+  return static_cast<int>(sizeof(T) / sizeof(float));
+}
 
 template <class T>
 inline T load(const float* p) {
@@ -24,7 +26,9 @@ inline T load(const float* p) {
   return v;
 }
 template <class T>
-inline void store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+inline void store(float* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
 template <class T>
 inline T splat(float x) {  // broadcast: x − 0 is exactly x (unlike x + 0 for −0.0), so it folds away
   const T zero = {};

@@ -63,21 +63,21 @@ struct Weights {
 };
 
 struct Model {
-  int64_t n = 0;   // number of features (global indices 0..n-1)
-  int32_t F = 0;   // number of fields
-  int32_t k = 0;   // latent size
-  int32_t kp = 0;  // k padded to a multiple of 4 (padding lanes stay exactly 0)
+  int64_t n = 0;           // number of features (global indices 0..n-1)
+  int32_t F = 0;           // number of fields
+  int32_t k = 0;           // latent size
+  int32_t kp = 0;          // k padded to a multiple of 4 (padding lanes stay exactly 0)
   bool normalize = false;  // scale every row to unit L2 norm (libffm's default; breaks the split)
 
-  AlignedArray<float> w, gw;        // (n)             linear weights
+  AlignedArray<float> w, gw;  // (n)             linear weights
   // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
   // vector and its state share cache lines (the forward pass brings in what the update needs).
-  int32_t vs = 0;                   // 2 * kp: floats per stored vector
-  AlignedArray<float> v;            // (n, 2, kp)      single vectors (empty if no single field)
-  AlignedArray<float> W;            // (aware_rows, F, 2, kp)   field-aware vectors (empty if none)
-  std::vector<uint8_t> aware;       // (F)             1 = field is field-aware
-  std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (aware_rows == n)
-  int64_t aware_rows = 0;           // rows of W
+  int32_t vs = 0;                  // 2 * kp: floats per stored vector
+  AlignedArray<float> v;           // (n, 2, kp)      single vectors (empty if no single field)
+  AlignedArray<float> W;           // (aware_rows, F, 2, kp)   field-aware vectors (empty if none)
+  std::vector<uint8_t> aware;      // (F)             1 = field is field-aware
+  std::vector<int32_t> aware_row;  // (n) feature -> row of W, -1 = none; empty = identity (aware_rows == n)
+  int64_t aware_rows = 0;          // rows of W
 
   // Bias and its AdaGrad accumulator: written by every training row of every thread, so they get
   // a cache line of their own (sharing one with the fields above, which every row reads, would make
@@ -90,7 +90,7 @@ struct Model {
   float snap_w0 = 0.f;
   AlignedArray<float> snap_w, snap_v, snap_W;
 
-  mutable RwMutex mu;       // shared: routines that read the tables; exclusive: structural changes
+  mutable RwMutex mu;          // shared: routines that read the tables; exclusive: structural changes
   mutable std::mutex snap_mu;  // two concurrent snapshot() calls (both hold mu shared) write snap_*
 
   Model() = default;
@@ -143,8 +143,8 @@ struct Model {
   // checks everything (sizes against the model, finiteness) before it writes anything; v / W are
   // nullptr for a table the caller does not give, which must be one the model does not have.
   Weights get_weights() const;
-  void set_weights(float bias, const float* linear, int64_t n_linear, const float* v, int64_t n_v,
-                   const float* W, int64_t n_W);
+  void set_weights(float bias, const float* linear, int64_t n_linear, const float* v, int64_t n_v, const float* W,
+                   int64_t n_W);
 
   // Zero the single vectors of features with seen[j] == 0 (absent from the training data): they
   // stay neutral instead of adding random pairs. Exclusive lock.

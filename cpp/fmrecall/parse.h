@@ -33,13 +33,12 @@ struct Cancelled : std::exception {
   const char* what() const noexcept override { return "cancelled"; }
 };
 
-using Poll = std::function<bool()>;        // true: stop now (empty: never)
+using Poll = std::function<bool()>;         // true: stop now (empty: never)
 using Sink = std::function<void(Parsed&)>;  // receives one block of rows (indptr starts at 0)
 
 Parsed parse_libffm(const std::string& path, const Poll& stop = {});
 // field_of_feature[j] is the field of feature j, or -1 if j belongs to no field.
-Parsed parse_libsvm(const std::string& path, const int32_t* field_of_feature, int64_t n_map,
-                    const Poll& stop = {});
+Parsed parse_libsvm(const std::string& path, const int32_t* field_of_feature, int64_t n_map, const Poll& stop = {});
 
 // One pass, bounded memory: the rows of each 16 MiB read chunk go to `sink` as one block (its own
 // indptr from 0, its own has_values / max_field / max_feat; a block's val is empty when all its

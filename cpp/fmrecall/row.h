@@ -103,9 +103,9 @@ struct Row {
   std::vector<int32_t> slot_field;     // (nf)
   std::vector<uint8_t> slot_aware;     // (nf)
   int n_single = 0, n_aware = 0;
-  bool one_per_slot = true;  // no field holds two field-aware nodes (one-hot fields)
-  bool shared = false;       // some feature occurs in two nodes (its parameters are shared)
-  std::vector<int32_t> single, aware;  // node ids of single nodes / field-aware nodes with a W row
+  bool one_per_slot = true;                 // no field holds two field-aware nodes (one-hot fields)
+  bool shared = false;                      // some feature occurs in two nodes (its parameters are shared)
+  std::vector<int32_t> single, aware;       // node ids of single nodes / field-aware nodes with a W row
   std::vector<int32_t> aw_begin, aw_nodes;  // field-aware nodes grouped by slot (CSR over slots)
   // per field-aware node b (in `aware` order): offset of its W block, field * vs, value
   std::vector<int64_t> aoff;
@@ -115,7 +115,7 @@ struct Row {
   // kernel scratch (sized by prepare())
   std::vector<float> S, Q, Sa, Ca, grad;
   std::vector<uint8_t> used;
-  GradAcc acc;                 // rows with shared parameters: per-parameter gradient sums
+  GradAcc acc;  // rows with shared parameters: per-parameter gradient sums
   float score = 0.f;
 
   // Gather the nodes of up to a few runs (e.g. user + context + item) into this row, leaving

@@ -18,14 +18,14 @@ namespace fmrecall {
 
 struct SplitLayout {
   int32_t F = 0, k = 0;
-  std::vector<uint8_t> side;         // (F) 0 = query field, 1 = item field
-  std::vector<uint8_t> aware;        // (F) the model's field-aware flags the offsets were made for
-  int64_t off_ss = -1;               // [ss] block
-  std::vector<int64_t> off_sa;       // (F) [s a] block of single query field a
-  std::vector<int64_t> off_bs;       // (F) [b s] block of single item field b
-  std::vector<int64_t> off_ab;       // (F*F) [a b] block of aware query field a × aware item field b
+  std::vector<uint8_t> side;                // (F) 0 = query field, 1 = item field
+  std::vector<uint8_t> aware;               // (F) the model's field-aware flags the offsets were made for
+  int64_t off_ss = -1;                      // [ss] block
+  std::vector<int64_t> off_sa;              // (F) [s a] block of single query field a
+  std::vector<int64_t> off_bs;              // (F) [b s] block of single item field b
+  std::vector<int64_t> off_ab;              // (F*F) [a b] block of aware query field a × aware item field b
   std::vector<int32_t> q_fields, i_fields;  // fields of each side, increasing
-  int64_t dim = 0;                   // total, bias slot included (the last coordinate)
+  int64_t dim = 0;                          // total, bias slot included (the last coordinate)
 };
 
 // All three hold the model's lock shared (Model::mu). The vector builders check that the layout

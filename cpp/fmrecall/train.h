@@ -46,8 +46,8 @@ int resolve_threads(int threads);
 // One pass of SGD over rows order[0..count) (Hogwild across `threads`). Returns the summed loss
 // of the rows at the moment they were visited (before their own update). Pointwise losses only
 // (bpr needs factored data: InputError); the rows in `order` must have been checked (make_csr).
-double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
-                  const Hyper& h, int threads);
+double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss, const Hyper& h,
+                  int threads);
 
 // Raw scores of every row into out[rows].
 void predict_rows(const Model& M, const Csr& data, float* out, int threads);

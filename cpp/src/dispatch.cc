@@ -10,8 +10,8 @@ namespace {
 int cpu_level() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw"))
     return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
@@ -22,9 +22,12 @@ int chosen_level() {
   int level = cpu_level();
   if (const char* env = std::getenv("FMRECALL_ARCH")) {
     int want = level;
-    if (!std::strcmp(env, "generic")) want = 0;
-    else if (!std::strcmp(env, "avx2")) want = 1;
-    else if (!std::strcmp(env, "avx512")) want = 2;
+    if (!std::strcmp(env, "generic"))
+      want = 0;
+    else if (!std::strcmp(env, "avx2"))
+      want = 1;
+    else if (!std::strcmp(env, "avx512"))
+      want = 2;
     if (want < level) level = want;  // never above what the CPU supports
   }
   return level;

@@ -131,8 +131,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (loss != Loss::logistic && loss != Loss::squared && loss != Loss::bpr) throw InputError("unknown loss");
   if (S.negatives < 0) throw InputError("negatives must be >= 0");
   if (S.negatives > 0 && !D.sampler) throw InputError("negative sampling needs sampling weights");
-  if (loss == Loss::bpr && S.negatives == 0)
-    throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
+  if (loss == Loss::bpr && S.negatives == 0) throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
@@ -177,8 +176,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   return {total, terms};
 }
 
-void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out,
-                    int threads) {
+void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out, int threads) {
   if (items) {
     if (n_items != D.n_events) throw InputError("items must have one entry per event");
     check_range(items, n_items, D.items.rows, "items");

@@ -33,9 +33,8 @@ void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool
 }
 }  // namespace
 
-void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_,
-                     std::vector<int32_t> aware_row_, int64_t aware_rows_, float init_std, uint64_t seed,
-                     bool normalize_) {
+void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_, std::vector<int32_t> aware_row_,
+                     int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_) {
   WriteLock lock(mu);
   for (int32_t r : aware_row_)
     if (r < -1 || r >= aware_rows_) throw InputError("aware_row entries must be -1 or a row of W");
@@ -78,10 +77,9 @@ void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
 int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed) {
   WriteLock lock(mu);
   if (aware_row.empty() || !any_aware()) return 0;  // identity layout: every feature has a row
-  for (int64_t i = 0; i < count; ++i)  // check all before changing anything
+  for (int64_t i = 0; i < count; ++i)               // check all before changing anything
     if (features[i] < 0 || features[i] >= n)
-      throw InputError("feature index " + std::to_string(features[i]) + " out of range [0, " + std::to_string(n) +
-                       ")");
+      throw InputError("feature index " + std::to_string(features[i]) + " out of range [0, " + std::to_string(n) + ")");
   std::vector<int32_t> fresh;
   std::vector<int32_t> rows(aware_row);  // the new row map, committed once the table exists
   for (int64_t i = 0; i < count; ++i) {

@@ -32,7 +32,7 @@ struct File {
       if (errno == ENOENT) throw FileMissing(path + ": no such file");
       throw InputError(path + ": cannot open: " + std::strerror(errno));
     }
-    struct stat st {};
+    struct stat st{};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
       ::close(fd);
       throw InputError(path + ": not a regular file (a FIFO, device or socket cannot be parsed)");
@@ -149,7 +149,8 @@ int64_t decimal_magnitude(const char* s, const char* e) {
     bool neg = false;
     if (s < e && (*s == '-' || *s == '+')) neg = *s++ == '-';
     int64_t x = 0;
-    for (; s < e && static_cast<unsigned>(*s - '0') < 10u; ++s) x = std::min<int64_t>(x * 10 + (*s - '0'), int64_t(1) << 40);
+    for (; s < e && static_cast<unsigned>(*s - '0') < 10u; ++s)
+      x = std::min<int64_t>(x * 10 + (*s - '0'), int64_t(1) << 40);
     mag += neg ? -x : x;
   }
   return mag;

@@ -50,8 +50,8 @@ bool Row::any_repeated_feature() {
   return false;
 }
 
-void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, int64_t skip_feat,
-                 const Swap* swaps, int nswap) {
+void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, int64_t skip_feat, const Swap* swaps,
+                 int nswap) {
   if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
     slot_of_field.assign(M.F, -1);
     nf = 0;

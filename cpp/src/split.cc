@@ -71,8 +71,9 @@ namespace {
 
 void check_layout(const Model& M, const SplitLayout& L) {
   if (L.F != M.F || L.k != M.k || L.aware != M.aware)
-    throw InputError("this split layout was made for another model (fields, k or field-aware flags differ): "
-                     "split the model again");
+    throw InputError(
+        "this split layout was made for another model (fields, k or field-aware flags differ): "
+        "split the model again");
 }
 
 inline void add(float* __restrict dst, float x, const float* __restrict src, int k) {

@@ -72,10 +72,9 @@ Csr make_csr(const int64_t* indptr, int64_t n_indptr, const int32_t* field, int6
   return c;
 }
 
-double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss,
-                  const Hyper& h, int threads) {
-  if (loss != Loss::logistic && loss != Loss::squared)
-    throw InputError("this loss needs factored (Interactions) data");
+double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count, Loss loss, const Hyper& h,
+                  int threads) {
+  if (loss != Loss::logistic && loss != Loss::squared) throw InputError("this loss needs factored (Interactions) data");
   if (!data.label) throw InputError("training needs labels");
   ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
   const KernelFns K = select_kernels(M.kp);
