@@ -11,9 +11,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._frames import Frame, _frame, _jsonable
 from .dataset import Dataset
+from .fields import Categorical
 from .joins import join_rows
-from .schema import Categorical, Frame, Schema, _frame, _jsonable
+from .schema import Schema
 from .source import check_labels, labelled_metrics, pairwise_metrics
 
 
