@@ -26,7 +26,8 @@ import numpy as np
 
 from . import _core, training
 from ._limits import check_threads
-from .model_state import CoreArrays, ModelState, NotFittedError
+from .model_state import CoreArrays, ModelState
+from .model_state import NotFittedError as NotFittedError  # re-exported: fmrecall.models.NotFittedError
 from .sides import Sides
 from .source import TrainingSource
 

@@ -10,7 +10,7 @@ indexed from their features only) and the single-stage vs two-stage check. Used 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
