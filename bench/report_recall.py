@@ -32,11 +32,51 @@ def _by_model_n(section: Dict[str, Dict]) -> List[Dict]:
 
 
 def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
-    out: List[str] = []
+    """The retrieval part of results.md: one function per section, in this order."""
     models = data.get("recall_models", {})
     if not models and not any(k.startswith("recall_") for k in data):
-        return out
-    out += ["## Retrieval on learned vectors (bench/test_recall.py)", ""]
+        return []
+    out = ["## Retrieval on learned vectors (bench/test_recall.py)", ""]
+    out += _models(data)
+    out += _exact(data)
+    out += _exact_latency(data)
+    out += _blas_sweep(data)
+    for section, title, note in ANN_SECTIONS:
+        out += _ann(data, section, title, note)
+    out += _padding(data)
+    out += _wait_policy(data)
+    out += _split_builder(data)
+    out += _memory(data)
+    out += _lightfm(data)
+    return out
+
+
+ANN_SECTIONS = (
+    ("recall_hnsw", "HNSW on L2-augmented vectors: `Recaller(index=\"hnsw\", hnsw_m=32)`",
+     "Build = `add_items` (item vectors + augmentation + HNSW insertion, efConstruction 80). The 1M-item "
+     "indexes are built in a subprocess (its peak RSS is in the memory table) and loaded with "
+     "`Recaller.load`. candidates = rows fetched from the index before exact re-scoring (the Recaller's "
+     "default for k=100 is max(4k, 100) = 400); ef_search = HNSW's search breadth (default 128). faiss "
+     "stops the graph walk after efSearch nodes, so the Recaller searches with max(ef_search, candidates): "
+     "the default row walks 400 deep."),
+    ("recall_hnsw_raw_ip", "HNSW on the raw inner product: `Recaller(index=\"HNSW32,Flat\")`, the same index as `index=\"hnsw-ip\"` (no augmentation)",
+     "Same vectors, faiss `IndexHNSWFlat` with METRIC_INNER_PRODUCT, with the Recaller's efConstruction (80) "
+     "and ef_search rule, like \"hnsw\". Inner product is not a metric, yet on these learned vectors "
+     "(item norms within a factor of ~2 of the median) the raw-IP graph recalls more than the "
+     "L2-augmented one at every search depth, and builds in half the time; the augmentation "
+     "(all items pushed onto one sphere of radius 1.2·max‖p‖, the query far from all of them) "
+     "matters when norms are heavy-tailed."),
+    ("recall_ivf", "IVF: `Recaller(index=\"ivf\")` (IndexIVFFlat, inner product, nlist = 4·√N)",
+     "Build = k-means training (faiss: 10 iterations on up to `max_points_per_centroid`·nlist rows) + "
+     "adding. At 1M items the training sample is cut to the shown points per centroid by monkeypatching "
+     "`cp.max_points_per_centroid` (faiss's 256 means all 1M rows: minutes at d=301)."),
+)
+
+
+def _models(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The two trained models and how the catalogue and the queries were made."""
+    out: List[str] = []
+    models = data.get("recall_models", {})
     if models:
         rows = []
         for key in ("fm64", "ffm4"):
@@ -59,9 +99,14 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 f"of the validation data. q and p from `model.split(sides)`; all searches ask for k = 100 and recall@100 "
                 f"is measured against exact search on the same vectors. Speed rows: best of the timed rounds; "
                 f"*other load* = CPU share of other processes during the measurement (2-core machine).", ""]
+    return out
 
+
+def _exact(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Exact search (batched, per BLAS setting) and the numpy sgemm rate it is compared with."""
+    out: List[str] = []
+    models = data.get("recall_models", {})
     exact = data.get("recall_exact", {})
-    lat = data.get("recall_exact_latency", {})
     if exact:
         out += ["### Exact search: `Recaller(index=\"exact\")` (faiss IndexFlatIP), 1,000 queries, k=100", ""]
         rows = []
@@ -94,7 +139,13 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                      _pct(r.get("other_load"))] for r in _by_model_n(numpy)]
             out += _table(["vectors", "items", "numpy q/s (raw d)", "GFLOP/s", "padded d", "numpy q/s (padded)",
                            "GFLOP/s", "other load"], rows) + [""]
+    return out
 
+
+def _exact_latency(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Exact single-query latency."""
+    out: List[str] = []
+    lat = data.get("recall_exact_latency", {})
     if lat:
         out += ["#### Exact single-query latency (one query per `Recaller.search` call)", ""]
         order = {"faiss-default": 0, "tuned": 1}
@@ -107,7 +158,12 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 "*faiss-only* = `index.search` of the same single query vector in the same process. "
                 "Requests under 64 rows build their query vectors on one thread (train.h, `for_each_scored_row`), "
                 "so a single request leaves no fmrecall OpenMP thread spinning while faiss scans.", ""]
+    return out
 
+
+def _blas_sweep(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """faiss BLAS block sizes and the sequential-vs-BLAS crossover."""
+    out: List[str] = []
     sweep = data.get("recall_blas_sweep", {})
     if sweep:
         out += ["### faiss BLAS settings sweep (IndexFlatIP on the padded vectors, 1,000 queries, k=100)", ""]
@@ -129,52 +185,42 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 out += _table(["queries per call", "nq·d", "sequential q/s", "BLAS q/s", "BLAS / sequential"],
                               [[str(c["nq"]), f"{c['nq'] * r['index_dim']:,}", _f(c["seq_qps"], "{:,.0f}"),
                                 _f(c["blas_qps"], "{:,.0f}"), _f(c["blas_over_seq"], "{:.2f}×")] for c in r["crossover"]]) + [""]
+    return out
 
-    for section, title, note in (
-            ("recall_hnsw", "HNSW on L2-augmented vectors: `Recaller(index=\"hnsw\", hnsw_m=32)`",
-             "Build = `add_items` (item vectors + augmentation + HNSW insertion, efConstruction 80). The 1M-item "
-             "indexes are built in a subprocess (its peak RSS is in the memory table) and loaded with "
-             "`Recaller.load`. candidates = rows fetched from the index before exact re-scoring (the Recaller's "
-             "default for k=100 is max(4k, 100) = 400); ef_search = HNSW's search breadth (default 128). faiss "
-             "stops the graph walk after efSearch nodes, so the Recaller searches with max(ef_search, candidates): "
-             "the default row walks 400 deep."),
-            ("recall_hnsw_raw_ip", "HNSW on the raw inner product: `Recaller(index=\"HNSW32,Flat\")`, the same index as `index=\"hnsw-ip\"` (no augmentation)",
-             "Same vectors, faiss `IndexHNSWFlat` with METRIC_INNER_PRODUCT, with the Recaller's efConstruction (80) "
-             "and ef_search rule, like \"hnsw\". Inner product is not a metric, yet on these learned vectors "
-             "(item norms within a factor of ~2 of the median) the raw-IP graph recalls more than the "
-             "L2-augmented one at every search depth, and builds in half the time; the augmentation "
-             "(all items pushed onto one sphere of radius 1.2·max‖p‖, the query far from all of them) "
-             "matters when norms are heavy-tailed."),
-            ("recall_ivf", "IVF: `Recaller(index=\"ivf\")` (IndexIVFFlat, inner product, nlist = 4·√N)",
-             "Build = k-means training (faiss: 10 iterations on up to `max_points_per_centroid`·nlist rows) + "
-             "adding. At 1M items the training sample is cut to the shown points per centroid by monkeypatching "
-             "`cp.max_points_per_centroid` (faiss's 256 means all 1M rows: minutes at d=301)."),
-    ):
-        sec = data.get(section, {})
-        if not sec:
-            continue
-        out += [f"### {title}", ""]
-        rows = []
-        for r in _by_model_n(sec):
-            for s in r["sweep"]:
-                pt = s["point"]
-                if section == "recall_ivf":
-                    params = [str(r["nlist"]), str(r["train_points_per_centroid"]), f"nprobe {pt}"]
-                else:
-                    cand, ef = pt
-                    params = [str(cand) if cand else "400 (default)", f"{ef} (walk {max(ef, cand or 400)})"]
-                target = ""
-                if r["n_items"] >= 1_000_000 and r["dim"] >= 250:
-                    target = _met(s["qps"] >= TARGET_ANN_QPS and s["recall"] >= TARGET_ANN_RECALL)
-                rows.append([f"d={r['dim']} (→{r['index_dim']})", _n(r["n_items"]), _f(r["build_seconds"], "{:.0f}")] + params +
-                            [f"{s['recall']:.4f}", _f(s["qps"], "{:,.0f}"), _f(s["p50_ms"]), _f(s["p99_ms"]),
-                             _pct(r.get("other_load")), target])
-        head = ["vectors", "items", "build s"]
-        head += (["nlist", "train pts/centroid", "probe"] if section == "recall_ivf" else ["candidates", "ef_search"])
-        head += ["recall@100", "batched q/s", "1-query p50 ms", "p99 ms", "other load",
-                 f"≥ {TARGET_ANN_QPS:.0f} q/s & recall ≥ {TARGET_ANN_RECALL} (1M, d≈300)"]
-        out += _table(head, rows) + ["", note, ""]
 
+def _ann(data: Dict[str, Dict[str, Any]], section: str, title: str, note: str) -> List[str]:
+    """One ANN index: its sweep of search parameters (recall, q/s, latency) at every size."""
+    out: List[str] = []
+    sec = data.get(section, {})
+    if not sec:
+        return out
+    out += [f"### {title}", ""]
+    rows = []
+    for r in _by_model_n(sec):
+        for s in r["sweep"]:
+            pt = s["point"]
+            if section == "recall_ivf":
+                params = [str(r["nlist"]), str(r["train_points_per_centroid"]), f"nprobe {pt}"]
+            else:
+                cand, ef = pt
+                params = [str(cand) if cand else "400 (default)", f"{ef} (walk {max(ef, cand or 400)})"]
+            target = ""
+            if r["n_items"] >= 1_000_000 and r["dim"] >= 250:
+                target = _met(s["qps"] >= TARGET_ANN_QPS and s["recall"] >= TARGET_ANN_RECALL)
+            rows.append([f"d={r['dim']} (→{r['index_dim']})", _n(r["n_items"]), _f(r["build_seconds"], "{:.0f}")] + params +
+                        [f"{s['recall']:.4f}", _f(s["qps"], "{:,.0f}"), _f(s["p50_ms"]), _f(s["p99_ms"]),
+                         _pct(r.get("other_load")), target])
+    head = ["vectors", "items", "build s"]
+    head += (["nlist", "train pts/centroid", "probe"] if section == "recall_ivf" else ["candidates", "ef_search"])
+    head += ["recall@100", "batched q/s", "1-query p50 ms", "p99 ms", "other load",
+             f"≥ {TARGET_ANN_QPS:.0f} q/s & recall ≥ {TARGET_ANN_RECALL} (1M, d≈300)"]
+    out += _table(head, rows) + ["", note, ""]
+    return out
+
+
+def _padding(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """pad=True vs pad=False."""
+    out: List[str] = []
     pad = data.get("recall_padding", {})
     if pad:
         out += ["### Padding to a multiple of 16 floats (`pad=True`, the default) vs `pad=False`", ""]
@@ -190,7 +236,12 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                        "p99 ms", "recall@100", "build s", "other load"], rows)
         out += ["", "Exact rows with the tuned BLAS settings; HNSW with the Recaller defaults (400 candidates). "
                 "The HNSW dimension includes the augmentation coordinate (d+1).", ""]
+    return out
 
+
+def _wait_policy(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """libgomp wait policy: single-query latency in a fresh process."""
+    out: List[str] = []
     wp = data.get("recall_wait_policy", {})
     if wp:
         out += ["### OpenMP wait policy: single-query latency in a fresh process", ""]
@@ -213,7 +264,12 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 "faiss each bring their own libgomp; with the default policy the idle threads of one runtime spin "
                 "while the other runtime's threads need the same 2 cores. *1 busy process*: a `while True: pass` "
                 "Python process runs alongside (other load ≈ 50% means one of the 2 cores).", ""]
+    return out
 
+
+def _split_builder(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Split builder throughput and the GIL check."""
+    out: List[str] = []
     sp = data.get("recall_split", {})
     if sp:
         out += ["### Split builder throughput (FFM k=4, 10 query × 20 item fields, d=801)", ""]
@@ -232,7 +288,12 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
                     + ("the GIL is released." if g["spinner_ratio"] > 0.3 else "the GIL is held (the spinner stalls).")
                     + f" Other load {_pct(g.get('other_load'))}."]
         out += [""]
+    return out
 
+
+def _memory(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Peak memory of a 1M-item Recaller."""
+    out: List[str] = []
     mem = data.get("recall_memory", {})
     if mem:
         out += ["### Memory: a 1M-item Recaller in a fresh process", ""]
@@ -249,7 +310,12 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
         out += ["", "`bench/recall_child.py`: load the model and the 1M item rows (RSS before), `Recaller(...)"
                 ".add_items(items, ids)`, one batched search; peak = VmHWM of that process. *Exact vectors* = the "
                 "Recaller's own float32 copy kept for re-scoring (an exact Recaller reads faiss's storage instead: 0).", ""]
+    return out
 
+
+def _lightfm(data: Dict[str, Dict[str, Any]]) -> List[str]:
+    """MovieLens-100K: LightFM vs fmrecall."""
+    out: List[str] = []
     lf = data.get("recall_lightfm", {}).get("u1")
     if lf:
         out += ["### MovieLens-100K u1: LightFM WARP vs fmrecall (Recall@K, test users, train items excluded)", ""]
