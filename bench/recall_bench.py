@@ -372,6 +372,12 @@ def ann_sweep(R: State, rec, name: str, n: int, points, set_params) -> List[Dict
 
 
 def set_hnsw(rec, pt):
+    """Search with (candidates, ef_search). ef_search is read at every search from the index's
+    params (rec.index.params); candidates is fixed when the Recaller is built and no public API
+    changes it afterwards, so a sweep point other than the built value fails loudly instead of
+    measuring the default under another label."""
     cand, ef = pt
-    rec.candidates = cand
-    rec.params["ef_search"] = ef
+    if cand != rec.index.candidates:
+        raise NotImplementedError(f"candidates={cand} on a Recaller built with candidates={rec.index.candidates}: "
+                                  "fmrecall has no public way to change it after the build")
+    rec.index.params["ef_search"] = ef

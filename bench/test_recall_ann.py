@@ -54,7 +54,7 @@ def test_hnsw(benchmark, R, name, n):
         sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, set_hnsw)
     set_hnsw(rec, (None, 128))
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": seg.dim, "hnsw_m": 32,
-           "ef_construction": rec.params["ef_construction"], "build_seconds": build_s,
+           "ef_construction": rec.index.params["ef_construction"], "build_seconds": build_s,
            "built_in_subprocess": child is not None, "default_qps": default_qps, "sweep": sweep,
            "numpy_qps_raw": numpy_rates(R, name, n)["numpy_qps_raw"] if (name, n) in NUMPY_RATES else None,
            "other_load": load.share}
@@ -105,7 +105,7 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
     ivf = fsegment.ivf_of(rec.index.parts()[0].index)
 
     def set_nprobe(r, npb):
-        r.params["nprobe"] = npb
+        r.index.params["nprobe"] = npb
 
     with common.ForeignLoad() as load:
         set_nprobe(rec, 32)
