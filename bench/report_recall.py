@@ -36,7 +36,7 @@ def lines(data: Dict[str, Dict[str, Any]]) -> List[str]:
     models = data.get("recall_models", {})
     if not models and not any(k.startswith("recall_") for k in data):
         return []
-    out = ["## Retrieval on learned vectors (bench/test_recall.py)", ""]
+    out = ["## Retrieval on learned vectors (bench/recall_bench.py)", ""]
     out += _models(data)
     out += _exact(data)
     out += _exact_latency(data)
