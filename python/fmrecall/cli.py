@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,11 +27,15 @@ def _int_list(spec: str) -> List[int]:
     return out
 
 
-def _field_ranges(spec: Optional[str]):
+def _field_ranges(spec: Optional[str]) -> Optional[List[Tuple[int, int]]]:
     """'0:957,957:5039' -> [(0, 957), (957, 5039)] ([start, end) feature ranges, one per field)."""
     if not spec:
         return None
-    return [tuple(int(x) for x in part.split(":")) for part in spec.split(",") if part.strip()]
+    out: List[Tuple[int, int]] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        start, end = part.split(":")
+        out.append((int(start), int(end)))
+    return out
 
 
 def _read(path: str, fmt: str, fields: Optional[str]) -> Dataset:
@@ -43,10 +47,11 @@ def _read(path: str, fmt: str, fields: Optional[str]) -> Dataset:
     return Dataset.from_libsvm(path, ranges)
 
 
-def _sides(args) -> Optional[Sides]:
+def _sides(args: argparse.Namespace) -> Optional[Sides]:
     if not (args.user or args.context or args.item):
         return None
-    return Sides(user=_int_list(args.user or ""), context=_int_list(args.context or ""), item=_int_list(args.item or ""))
+    return Sides(user=_int_list(args.user or ""), context=_int_list(args.context or ""),
+                 item=_int_list(args.item or ""))
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +65,7 @@ def _add_side_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item", help="item fields, e.g. 1")
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     train = _read(args.train, args.format, args.fields)
     valid = _read(args.valid, args.format, args.fields) if args.valid else None
     hyper = dict(k=args.k, loss=args.loss, epochs=args.epochs, learning_rate=args.learning_rate,
@@ -77,7 +82,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     model = load(args.model)
     data = _read(args.data, args.format, args.fields)
     pred = model.predict(data)
@@ -93,7 +98,7 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_index(args) -> int:
+def cmd_index(args: argparse.Namespace) -> int:
     model = load(args.model)
     sides = _sides(args) or getattr(model, "sides", None)
     if sides is None:
@@ -106,7 +111,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_recommend(args) -> int:
+def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recaller.load(args.recaller)
     queries = _read(args.queries, args.format, args.fields)
     res = rec.search(queries, args.k)
@@ -116,12 +121,12 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a click log, train, index every item, recommend, and check exactness and quality;
     or, with --movielens PATH, the MovieLens-100K comparison against classic recall channels."""
     if args.movielens:
         from .experiments import movielens
-        models = {"fm": ("FM",), "hybrid": ("HybridFM",), "ffm": ("FFM",)}.get(args.model, ("FM",))
+        models: Tuple[str, ...] = {"fm": ("FM",), "hybrid": ("HybridFM",), "ffm": ("FFM",)}.get(args.model, ("FM",))
         if args.all_models:
             models = ("FM", "HybridFM", "FFM")
         movielens.run(args.movielens, split=args.split, models=models, threads=args.threads, seed=args.seed)
@@ -129,14 +134,16 @@ def cmd_demo(args) -> int:
     from .datasets import synthetic
     t0 = time.perf_counter()
     log = synthetic(n_users=args.users, n_items=args.items, seed=args.seed)
-    print(f"generated {log.impressions.n_rows} impressions ({log.impressions.labels.mean():.1%} clicked), "
+    clicked_share = float(np.mean(log.impressions.labels)) if log.impressions.labels is not None else 0.0
+    print(f"generated {log.impressions.n_rows} impressions ({clicked_share:.1%} clicked), "
           f"{args.users} users, {args.items} items, fields {log.field_names}")
     train, valid = log.impressions.holdout(0.9, seed=args.seed)
-    hyper = dict(k=args.k, epochs=30, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-3, seed=args.seed,
-                 threads=args.threads, verbose=args.verbose)
+    hyper: Dict[str, Any] = dict(k=args.k, epochs=30, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-3,
+                                 seed=args.seed, threads=args.threads, verbose=args.verbose)
     if args.model == "hybrid":
         hyper.update(sides=log.sides, field_aware="item")
     model = MODELS[args.model](**hyper).fit(train, valid)
+    assert model.best_epoch_ is not None and train.labels is not None  # fit with validation data, labelled rows
     best = model.history_[model.best_epoch_ - 1]
     print(f"trained {type(model).__name__}(k={args.k}): best epoch {model.best_epoch_}, "
           f"valid AUC {best['valid_auc']:.4f}, logloss {best['valid_loss']:.4f}")

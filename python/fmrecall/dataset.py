@@ -256,7 +256,8 @@ class Dataset:
     def _from_cache(cls, paths: List[str], kind: str, fmap: Optional[np.ndarray], n_features: Optional[int],
                     n_fields: Optional[int], cache_dir: Union[str, os.PathLike, None]) -> "Dataset":
         from .cache import open_cache
-        arrays, header, _, _ = open_cache([os.path.abspath(p) for p in paths], kind, fmap, cache_dir)
+        where = None if cache_dir is None else str(os.fspath(cache_dir))
+        arrays, header, _, _ = open_cache([os.path.abspath(p) for p in paths], kind, fmap, where)
         # The arrays are the parser's own output, checksummed: no nnz-sized validation pass (it
         # would read every page and allocate temporaries as large as the data).
         ds = cls.__new__(cls)

@@ -9,16 +9,17 @@ indexed from their features only) and the single-stage vs two-stage check. Used 
 """
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
 from ..datasets import GENRES, MovieLens, movielens100k
 from ..interactions import Interactions
 from ..metrics import precision_at_k, recall_at_k
-from ..models import FFM, FM, HybridFM
-from ..recall import Recaller
+from ..models import FFM, FM, HybridFM, _FactorizationModel
+from ..recall import Recaller, SearchResult
 from ..schema import Schema
 from . import baselines as B
 
@@ -29,7 +30,7 @@ MODEL_PARAMS: Dict[str, Dict[str, Any]] = {
                      field_aware="query"),
     "FFM": dict(k=16, loss="logistic", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16),
 }
-SAMPLING = dict(negatives=8, alpha=0.5)
+SAMPLING: Dict[str, Any] = dict(negatives=8, alpha=0.5)
 COLD_START = {"item_id": 0.3, "popularity": 0.3}  # cold-start run: train the reserved "unseen" values
 KS = (10, 50, 100)
 
@@ -46,9 +47,9 @@ def _metrics(ids: np.ndarray, relevant: Sequence[set]) -> Dict[str, float]:
     return out
 
 
-def make_model(name: str, schema: Schema, threads: int = 0, seed: int = 0, **override):
+def make_model(name: str, schema: Schema, threads: int = 0, seed: int = 0, **override: Any) -> _FactorizationModel:
     params = {**MODEL_PARAMS[name], **override}
-    cls = {"FM": FM, "HybridFM": HybridFM, "FFM": FFM}[name]
+    cls: Type[_FactorizationModel] = {"FM": FM, "HybridFM": HybridFM, "FFM": FFM}[name]
     if cls is HybridFM:
         params["sides"] = schema.sides
     return cls(threads=threads, seed=seed, **params)
@@ -57,7 +58,8 @@ def make_model(name: str, schema: Schema, threads: int = 0, seed: int = 0, **ove
 class Experiment:
     """One split: frames, schema, queries (each test user at the time of their first test event)."""
 
-    def __init__(self, ml: MovieLens, schema: Schema, train_events=None, items=None, cold_start=None) -> None:
+    def __init__(self, ml: MovieLens, schema: Schema, train_events: Any = None, items: Any = None,
+                 cold_start: Optional[Dict[str, float]] = None) -> None:
         self.ml = ml
         self.cold_start = cold_start or {}
         self.schema = schema
@@ -75,7 +77,8 @@ class Experiment:
         return Interactions(self.ml.users, self.items, self.train_events, self.schema, **SAMPLING,
                             cold_start=self.cold_start)
 
-    def recommend(self, model, k: int = 100, index: str = "exact"):
+    def recommend(self, model: _FactorizationModel, k: int = 100, index: str = "exact"
+                  ) -> Tuple[Recaller, SearchResult]:
         rec = Recaller(model, self.schema, index)
         rec.add_items(self.ml.items, "item_id")
         return rec, rec.search(self.queries, k, exclude=self.exclude)
@@ -104,7 +107,8 @@ def baseline_results(ml: MovieLens, exp: Experiment) -> Dict[str, Dict[str, floa
     return out
 
 
-def two_stage_check(model, rec: Recaller, exp: Experiment, result, n_queries: int = 50) -> Dict[str, float]:
+def two_stage_check(model: _FactorizationModel, rec: Recaller, exp: Experiment, result: SearchResult,
+                    n_queries: int = 50) -> Dict[str, float]:
     """Re-rank the retrieved candidates with the full model on the joined (query + item) rows: the
     order and the scores must be those of the retrieval (exactness of the split)."""
     import pandas as pd
@@ -147,7 +151,7 @@ def cold_start(ml: MovieLens, model_name: str = "FM", fraction: float = 0.1, see
     cold_set = set(cold.tolist())
     relevant = [r & cold_set for r in exp.relevant]
     users = sum(1 for r in relevant if r)
-    out = {"cold_items": int(cold.size), "test_users_with_cold_items": users}
+    out: Dict[str, float] = {"cold_items": int(cold.size), "test_users_with_cold_items": users}
     for kk in (50, 100):
         out[f"cold_recall@{kk}"] = recall_at_k(res.ids, relevant, kk)
         # chance: a random list of kk items out of all unseen ones
@@ -161,8 +165,8 @@ def cold_start(ml: MovieLens, model_name: str = "FM", fraction: float = 0.1, see
     return out
 
 
-def run(path, split: str = "u1", models: Sequence[str] = ("FM", "HybridFM", "FFM"), threads: int = 0,
-        seed: int = 0, cold: bool = True, verbose: bool = True) -> Dict[str, Any]:
+def run(path: Union[str, "os.PathLike[str]"], split: str = "u1", models: Sequence[str] = ("FM", "HybridFM", "FFM"),
+        threads: int = 0, seed: int = 0, cold: bool = True, verbose: bool = True) -> Dict[str, Any]:
     """The full comparison on one split; prints a table when verbose. Returns all numbers."""
     t0 = time.perf_counter()
     ml = movielens100k(path, split)
