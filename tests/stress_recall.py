@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmrecall  # noqa: E402
-from test_recall import World  # noqa: E402
+from helpers import World  # noqa: E402
 
 KS = (10, 300)
 

@@ -14,7 +14,7 @@ import pytest
 
 import fmrecall
 import reference as ref
-from conftest import one_row_dataset, random_hybrid_weights, random_weights, ref_params_and_aware
+from helpers import one_row_dataset, random_hybrid_weights, random_weights, ref_params_and_aware
 from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Recaller, Schema
 
 pd = pytest.importorskip("pandas")

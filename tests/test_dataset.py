@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fmrecall
-from conftest import random_dataset, random_rows
+from helpers import random_dataset, random_rows
 
 Dataset = fmrecall.Dataset
 

@@ -11,7 +11,7 @@ import pytest
 
 import fmrecall
 import reference as ref
-from conftest import (FRAPPE_SIDES, aware_flags, hybrid_ref_params, one_row_dataset, random_dataset,
+from helpers import (FRAPPE_SIDES, aware_flags, hybrid_ref_params, one_row_dataset, random_dataset,
                       random_hybrid_weights, rows_dataset)
 from fmrecall.metrics import auc, logloss_from_scores
 

@@ -14,7 +14,7 @@ import pytest
 
 import fmrecall
 import reference as ref
-from conftest import aware_flags, hybrid_ref_params, random_hybrid_weights, random_weights
+from helpers import aware_flags, hybrid_ref_params, random_hybrid_weights, random_weights
 from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Schema, _core
 
 pd = pytest.importorskip("pandas")

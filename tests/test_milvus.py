@@ -16,9 +16,8 @@ import pytest
 
 import fmrecall
 import fmrecall.recall.recaller as frecaller
-from conftest import _in_ci, rows_dataset, run_isolated
+from helpers import F, N, SD, World, check_top, in_ci, random_id_lists, rows_dataset, run_isolated
 from fmrecall.recall.milvus import _lite_engine_collection
-from test_recall import F, N, SD, World, _random_id_lists, check_top
 
 SIDES = fmrecall.Sides(**SD)
 
@@ -35,7 +34,7 @@ def lite(tmp_path_factory) -> str:
         client.close()
     except Exception as e:  # ImportError, or the embedded server failing to start
         msg = f"Milvus Lite cannot start here ({type(e).__name__}: {e}); pip install \"fmrecall[milvus]\""
-        if _in_ci():
+        if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
     return path
@@ -92,8 +91,8 @@ def assert_same_top(a, b, tol=1e-5):
 def filter_cases(rng, world):
     """(exclude, restrict) pairs: shared arrays and per-query lists, small and large restrictions."""
     top = world.ids[np.argsort(-world.S[0])[:6]]
-    per_ex = _random_id_lists(rng, world, world.m, size_max=40)
-    per_re = _random_id_lists(rng, world, world.m, size_max=30, with_none=True)
+    per_ex = random_id_lists(rng, world, world.m, size_max=40)
+    per_re = random_id_lists(rng, world, world.m, size_max=30, with_none=True)
     per_re[1] = world.ids[:3].tolist()
     big = rng.choice(world.ids, size=world.n - 20, replace=False)  # more than the candidates
     return [
@@ -162,7 +161,7 @@ def test_default_hnsw_scores_are_always_exact(rng, lite, name):
     world = World(rng, "hybrid-item", m=20, n=300)
     rec = milvus_recaller(world, lite, name, "HNSW")
     rec.index.flush()
-    res = rec.search(world.queries, 10, exclude=_random_id_lists(rng, world, world.m, size_max=30))
+    res = rec.search(world.queries, 10, exclude=random_id_lists(rng, world, world.m, size_max=30))
     check_scores(world, res)
     check_top(world, res, 10, exact=False, scores_only=True)
 
@@ -260,7 +259,7 @@ def test_reconnect_save_load_and_pickle(rng, lite, name, tmp_path):
     world = World(rng, "hybrid-item", m=15, n=200)
     rec = milvus_recaller(world, lite, name, "HNSW", params={"M": 16, "ef": 64})
     rec.remove_items(world.ids[:7])
-    excl = _random_id_lists(rng, world, world.m, size_max=20)
+    excl = random_id_lists(rng, world, world.m, size_max=20)
     want = rec.search(world.queries, 10, exclude=excl)
     check_scores(world, want)
 
@@ -324,7 +323,7 @@ def test_another_process_sees_the_items(rng, tmp_path):
     try:
         child = run_isolated(code, timeout=120)
     except BaseException:
-        if not _in_ci() and not _lite_available():
+        if not in_ci() and not _lite_available():
             pytest.skip("Milvus Lite cannot start here")
         raise
     back = fmrecall.Recaller.load(tmp_path / "rec")

@@ -10,7 +10,7 @@ import pytest
 
 import fmrecall
 from fmrecall import _core, cache
-from conftest import random_dataset
+from helpers import random_dataset
 
 Dataset = fmrecall.Dataset
 ARRAYS = ("indptr", "fields", "features", "values", "labels")

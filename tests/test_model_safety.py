@@ -22,7 +22,7 @@ import pytest
 import fmrecall
 from fmrecall import FFM, FM, HybridFM, NotFittedError, Sides
 from fmrecall._limits import MAX_THREADS, check_threads
-from conftest import random_dataset, run_isolated
+from helpers import random_dataset, run_isolated
 
 N_FEATURES, N_FIELDS = 40, 4
 SIDES = Sides(user=[0], context=[1], item=[2, 3])

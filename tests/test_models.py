@@ -9,7 +9,7 @@ import pytest
 
 import fmrecall
 import reference as ref
-from conftest import (AVAILABLE_ARCHS, MODEL_CLASSES, model_from_weights, one_row_dataset, random_dataset,
+from helpers import (AVAILABLE_ARCHS, MODEL_CLASSES, model_from_weights, one_row_dataset, random_dataset,
                       random_weights, run_isolated)
 from fmrecall.metrics import auc, logloss_from_scores, mse
 

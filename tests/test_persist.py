@@ -12,7 +12,7 @@ import pytest
 
 import fmrecall
 import fmrecall.persist
-from conftest import MODEL_CLASSES, random_dataset
+from helpers import MODEL_CLASSES, random_dataset
 
 KINDS = ["fm", "ffm"]
 

@@ -14,133 +14,11 @@ import pytest
 import fmrecall
 import fmrecall.recall.faiss_segment as fsegment
 import fmrecall.recall.recaller as frecaller
-from conftest import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_hybrid_weights, random_weights,
-                      rows_dataset, side_rows)
+from helpers import (FRAPPE_SIDES, SD, F, N, World, check_top, dataset_rows, join_rows, keep_fields, random_id_lists,
+                     random_weights, rows_dataset, run_isolated)
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
-N, F = 48, 6                                   # feature j belongs to field j % F
-SD = dict(user=[3, 0], context=[5], item=[4, 1, 2])  # fields out of order, a context field
 ANN = ["hnsw", "hnsw-ip", "ivf", "IVF16,Flat", "HNSW16,Flat"]
-
-
-# ---------------------------------------------------------------------------- helpers
-def _qfields(sd):
-    return list(sd.get("user", [])) + list(sd.get("context", []))
-
-
-def _pools():
-    return {f: np.arange(f, N, F) for f in range(F)}
-
-
-def _model(rng, kind, k=4, sd=SD, scale=0.3):
-    """A model with random weights (hybrid: ~15% of the features without field-aware rows)."""
-    if kind == "fm":
-        return fmrecall.FM.from_weights(random_weights(rng, "fm", N, F, k, scale), n_fields=F, threads=1)
-    if kind == "ffm":
-        return fmrecall.FFM.from_weights(random_weights(rng, "ffm", N, F, k, scale), threads=1)
-    w = random_hybrid_weights(rng, N, F, k, scale=scale, missing=0.15)
-    return fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**sd), field_aware=kind.split("-")[1], threads=1)
-
-
-class World:
-    """A model, query rows (user + context fields, multi-valued, real values of both signs), item rows
-    under non-contiguous ids, and S[i, j] = decision_function(query i ⊕ item j) (float64)."""
-
-    def __init__(self, rng, kind, *, m=25, n=150, k=4, sd=SD, max_per_field=3):
-        self.kind, self.sd = kind, sd
-        self.model = _model(rng, kind, k, sd)
-        pools = _pools()
-        self.qrows = side_rows(rng, m, _qfields(sd), pools, max_per_field=max_per_field)
-        self.irows = side_rows(rng, n, sd["item"], pools, max_per_field=max_per_field)
-        self.ids = (1000 + 7 * rng.permutation(n)).astype(np.int64)  # ids are not row numbers
-        self.queries = rows_dataset(self.qrows, n_features=N, n_fields=F)
-        self.items = rows_dataset(self.irows, n_features=N, n_fields=F)
-        joined = [join_rows(q, it, rng) for q in self.qrows for it in self.irows]
-        dec = self.model.decision_function(rows_dataset(joined, n_features=N, n_fields=F))
-        self.S = dec.astype(np.float64).reshape(m, n)
-        # absolute floor for float32 rounding of scores that cancel to ~0
-        self.tol = 2e-6 * np.maximum(1.0, np.abs(self.S).max(axis=1))
-
-    @property
-    def m(self):
-        return self.S.shape[0]
-
-    @property
-    def n(self):
-        return self.S.shape[1]
-
-    def recaller(self, index="exact", **kw):
-        kw.setdefault("threads", 1)
-        rec = fmrecall.Recaller(self.model, fmrecall.Sides(**self.sd), index, **kw)
-        rec.add_items(self.items, self.ids)
-        return rec
-
-    def cols(self, ids):
-        pos = {int(x): j for j, x in enumerate(self.ids)}
-        return np.array([pos[int(x)] for x in ids], dtype=np.int64)
-
-    def mask_of(self, per_query, default):
-        """(m, n) bool: columns whose id is in per_query[i] (None -> `default`)."""
-        out = np.full((self.m, self.n), default)
-        for i, lst in enumerate(per_query):
-            if lst is None:
-                continue
-            out[i] = np.isin(self.ids, np.asarray(lst, dtype=np.int64))
-        return out
-
-
-def check_top(world, res, k, allowed=None, *, exact=True, scores_only=False):
-    """The result is the top k (by the brute-force scores S) of the allowed items of every query:
-    padding with -1 / -inf where fewer than k are allowed, distinct allowed ids, scores sorted and
-    equal to S of the returned id (1e-5 rel), and (exact) the sorted returned S values equal the k
-    best allowed S values (the top K up to ties). Returns the per-query hit counts vs exact."""
-    S = world.S
-    allowed = np.ones(S.shape, bool) if allowed is None else allowed
-    ids, scores = res
-    assert ids.shape == (world.m, k) and scores.shape == (world.m, k)
-    assert ids.dtype == np.int64 and scores.dtype == np.float32
-    hits = []
-    for i in range(world.m):
-        n_ok = int(allowed[i].sum())
-        want_n = min(k, n_ok)
-        valid = ids[i] >= 0
-        got_n = int(valid.sum())
-        if exact:
-            assert got_n == want_n, (i, got_n, want_n)
-        assert np.all(valid[:got_n]) and not valid[got_n:].any(), ("padding not at the end", i, ids[i])
-        assert np.all(scores[i, got_n:] == -np.inf), (i, scores[i])
-        got = ids[i, :got_n]
-        assert len(set(got.tolist())) == got_n, ("duplicate ids", i, got)
-        cols = world.cols(got)
-        assert allowed[i, cols].all(), ("returned a filtered-out id", i, got[~allowed[i, cols]])
-        s = scores[i, :got_n].astype(np.float64)
-        assert np.all(np.isfinite(s))
-        np.testing.assert_allclose(s, S[i, cols], rtol=1e-5, atol=world.tol[i], err_msg=f"query {i}")
-        assert np.all(np.diff(s) <= 0), ("scores not sorted", i, s)
-        best = np.sort(S[i, allowed[i]])[::-1][:want_n]
-        if exact and not scores_only:
-            np.testing.assert_allclose(np.sort(S[i, cols])[::-1], best, rtol=1e-5, atol=world.tol[i],
-                                       err_msg=f"query {i}: not the top {k}")
-        # hits: returned items whose exact score reaches the k-th best (ties count)
-        if want_n:
-            hits.append((np.sum(S[i, cols] >= best[-1] - world.tol[i]), want_n))
-    return hits
-
-
-def _random_id_lists(rng, world, m, *, size_max, extra_unknown=True, with_none=True):
-    out = []
-    for i in range(m):
-        r = rng.random()
-        if with_none and r < 0.1:
-            out.append(None)
-        elif r < 0.2:
-            out.append([])
-        else:
-            lst = rng.choice(world.ids, size=int(rng.integers(1, size_max + 1)), replace=True).tolist()
-            if extra_unknown:
-                lst += [5, 999_999]  # ids that are not indexed are ignored
-            out.append(lst)
-    return out
 
 
 # ---------------------------------------------------------------------------- exact search
@@ -171,7 +49,7 @@ def test_exact_search_exclude(rng, kind):
     res = rec.search(world.queries, k, exclude=excl)
     check_top(world, res, k, ~world.mask_of([excl] * world.m, False))
     # one list per query (None / [] / unknown ids / duplicates); the first query excludes its true top 30
-    per = _random_id_lists(rng, world, world.m, size_max=40)
+    per = random_id_lists(rng, world, world.m, size_max=40)
     per[0] = world.ids[np.argsort(-world.S[0])[:30]].tolist()
     res = rec.search(world.queries, k, exclude=per)
     check_top(world, res, k, ~world.mask_of(per, False))
@@ -195,7 +73,7 @@ def test_exact_search_restrict(rng, kind):
     res = rec.search(world.queries, k, restrict=subset)
     check_top(world, res, k, world.mask_of([subset] * world.m, True))
     # per-query lists: sizes 0..30, unknown ids, duplicates; [] gives only padding
-    per = _random_id_lists(rng, world, world.m, size_max=30, with_none=False)
+    per = random_id_lists(rng, world, world.m, size_max=30, with_none=False)
     per[1] = world.ids[:3].tolist()  # fewer than k
     res = rec.search(world.queries, k, restrict=per)
     allowed = world.mask_of(per, True)
@@ -204,7 +82,7 @@ def test_exact_search_restrict(rng, kind):
         if not lst:
             assert np.all(res.ids[i] == -1) and np.all(res.scores[i] == -np.inf)
     # restrict and exclude together
-    excl = _random_id_lists(rng, world, world.m, size_max=15)
+    excl = random_id_lists(rng, world, world.m, size_max=15)
     res = rec.search(world.queries, k, restrict=per, exclude=excl)
     check_top(world, res, k, allowed & ~world.mask_of(excl, False))
     res = rec.search(world.queries, k, restrict=subset, exclude=excl)
@@ -420,7 +298,6 @@ def test_vectors_array_stays_valid_after_changes():
         out[index] = [same_after_add, bool(np.array_equal(v, snap))]
     print(json.dumps(out))
     """
-    from conftest import run_isolated
     got = run_isolated(code)
     assert got == {"exact": [True, True], "hnsw": [True, True]}, got
 
@@ -441,7 +318,7 @@ def test_ann_scores_are_exact(rng, index, kind):
         recall = sum(h for h, _ in hits) / sum(t for _, t in hits)
         if not kw:
             assert recall >= 0.9, recall
-        excl = _random_id_lists(rng, world, world.m, size_max=40)
+        excl = random_id_lists(rng, world, world.m, size_max=40)
         res = rec.search(world.queries, 10, exclude=excl)
         check_top(world, res, 10, ~world.mask_of(excl, False), exact=False)
         # restrict is an exact scan, whatever the index
@@ -615,7 +492,7 @@ def test_save_load_round_trip(rng, tmp_path, index, segments):
     back = fmrecall.Recaller.load(path)
     assert len(back) == len(rec) and back.dim == rec.dim and back.index.segments == segments
     np.testing.assert_array_equal(back.ids, rec.ids)
-    excl = _random_id_lists(rng, world, world.m, size_max=20)
+    excl = random_id_lists(rng, world, world.m, size_max=20)
     for kw in ({}, {"exclude": excl}, {"certify": True}):
         a, b = rec.search(world.queries, 10, **kw), back.search(world.queries, 10, **kw)
         np.testing.assert_array_equal(b.ids, a.ids)
@@ -704,7 +581,7 @@ def test_segmented_certificate_is_honest(rng, kind, segments):
 def test_segmented_with_filters_and_certify(rng, segments):
     world = World(rng, "ffm", m=40, n=250, k=3)
     seg = world.recaller("exact", segments=segments)
-    excl = _random_id_lists(rng, world, world.m, size_max=60)
+    excl = random_id_lists(rng, world, world.m, size_max=60)
     excl[0] = world.ids[np.argsort(-world.S[0])[:50]].tolist()
     res = seg.search(world.queries, 5, exclude=excl, certify=True)
     assert res.certified.all()

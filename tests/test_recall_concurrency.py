@@ -14,7 +14,7 @@ import fmrecall
 import numpy as np
 import pytest
 from fmrecall.recall import faiss_config
-from test_recall import SD, World
+from helpers import SD, World
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fmrecall.persist import load_arrays, save_arrays
 from fmrecall.recall import store
-from test_recall import SD, World
+from helpers import SD, World
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -202,7 +202,7 @@ def test_loads_during_saves_always_get_a_complete_version(rng, tmp_path):
 SAVER = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
-from test_recall import World
+from helpers import World
 world = World(np.random.default_rng(3), "ffm", m=4, n=4000)
 rec = world.recaller("exact", segments=2)
 print("ready", flush=True)

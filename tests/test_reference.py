@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from conftest import feature_field
+from helpers import feature_field
 
 from fmrecall import _core
 

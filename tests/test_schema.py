@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fmrecall
-from conftest import run_isolated
+from helpers import run_isolated
 from fmrecall import Categorical, Hashed, MultiCategorical, Numeric, Schema
 
 pd = pytest.importorskip("pandas")

@@ -9,7 +9,7 @@ import pytest
 
 import fmrecall
 import reference as ref
-from conftest import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_dataset,
+from helpers import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_dataset,
                       random_hybrid_weights, random_weights, ref_params_and_aware, rows_dataset, side_rows)
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
