@@ -46,7 +46,7 @@ class Mutation:
     cpu: str = ""      # only meaningful on a CPU with this instruction set (avx2 / avx512)
 
 
-AVX512 = 'FMR_ARCH_NAME[3] == \'5\''   # "avx512"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
+AVX512 = 'FMR_ARCH_NAME[3] == \'5\''   # "avx512-ymm"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
 AVX2 = 'FMR_ARCH_NAME[3] == \'2\''
 GENERIC = 'FMR_ARCH_NAME[0] == \'g\''
 
@@ -56,14 +56,14 @@ MUTATIONS = [
              "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];",
              "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]];"),
     Mutation("forward FM sum trick: x_i^2 of the square terms", KI,
-             "fma_dot<K>(Q, xi * xi, vi, vi, kp);",
-             "fma_dot<K>(Q, xi, vi, vi, kp);"),
+             "add_prod<K>(Q, xi * xi, vi, vi, kp);",
+             "add_prod<K>(Q, xi, vi, vi, kp);"),
     Mutation("forward per-slot sums Sa", KI,
              "if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);",
              "if (na) axpy<K>(Sa, xi, vi, kp);"),
     Mutation("forward single x aware dots", KI,
-             "fma_dot<K>(acc, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
-             "fma_dot<K>(acc, 1.f, M.wvec(r.wrow[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);"),
+             "add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
+             "add_prod<K>(acc, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);"),
     Mutation("pair_dots K=4 wide: second pair's value", KI,
              "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));",
              "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c]), _mm_set1_ps(xb * ax[c]));", cpu="avx2"),
@@ -80,8 +80,8 @@ MUTATIONS = [
              "for (int i = 0; i < (K ? K : L); i += L) {",
              "for (int i = 0; i < L; i += L) {"),
     Mutation("pair_dots run-time K: value of the partner", KI,
-             "for (int c = 0; c < count; ++c) fma_dot<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);",
-             "for (int c = 0; c < count; ++c) fma_dot<K>(acc, xb, Wb + afo[c], Wfb + aoff[c], kp_rt);"),
+             "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);",
+             "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb, Wb + afo[c], Wfb + aoff[c], kp_rt);"),
     Mutation("hsum: last lane dropped", LANES,
              "for (int i = 0; i < width<T>(); ++i) s += v[i];",
              "for (int i = 0; i < width<T>() - 1; ++i) s += v[i];"),
@@ -105,8 +105,9 @@ MUTATIONS = [
              "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));",
              "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G1), bq));", cpu="avx2"),
     Mutation("rsqrt8: Newton step constant", KI,
-             "_mm256_set1_ps(1.5f)));",
-             "_mm256_set1_ps(1.4f)));", cpu="avx2"),
+             "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));",
+             "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.4f)));",
+             cpu="avx2"),
     Mutation("pair_steps4@avx512: second pair's value, AVX-512 variant only", KI,
              "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
              f"const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[{AVX512} ? c : c + 1]), _mm_set1_ps(kxb * ax[c]));",
@@ -141,8 +142,8 @@ MUTATIONS = [
              "const T g = kv * load<T>(dscore + d) + lv * wv;",
              f"const T g = kv * load<T>(dscore + d) + lv * wv * ({AVX512} && K == 16 ? 0.f : 1.f);", cpu="avx512"),
     Mutation("collect@avx2 K=4: aware partner's value, AVX2 variant with K=4 only", KI,
-             "axpy<K>(g, kx * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);",
-             f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), M.wvec(r.wrow[q], r.field[p]), kp);",
+             "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
+             f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), M.wvec(r.aware_row[q], r.field[p]), kp);",
              cpu="avx2"),
     Mutation("fused loop: pair value", KI,
              "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);",
@@ -152,8 +153,8 @@ MUTATIONS = [
              "const int64_t o1 = ob + afo[c], o2 = aoff[c] + afo[c];"),
     # ---- backward 2) multi-valued fields: gradients gathered first
     Mutation("gathered gradients: partner's field", KI,
-             "axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], fp), kp);",
-             "axpy<K>(g, xp * r.x[q], M.wvec(r.wrow[q], r.slot_field[s]), kp);"),
+             "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);",
+             "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], r.slot_field[s]), kp);"),
     Mutation("gathered gradients: a node is its own partner", KI,
              "if (q == p) continue;",
              "if (false) continue;", nth=2),
@@ -162,8 +163,8 @@ MUTATIONS = [
              "if (!r.slot_aware[s]) continue;"),
     # ---- backward 1) single x aware and 3) single vectors; the AdaGrad helper
     Mutation("backward Ca: value of the aware node", KI,
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.wrow[p], r.slot_field[s]), kp);",
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.wrow[p], r.slot_field[s]), kp);"),
+             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
+             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), kp);"),
     Mutation("backward single x aware: gradient of w_{p,a}", KI,
              "axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);",
              "axpy<K>(g, 1.f, r.Sa.data() + s * kp, kp);"),
@@ -207,8 +208,8 @@ MUTATIONS = [
              "acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];",
              "acc.slot(&M.w[j], &M.gw[j], 1, 0.f)[0] += kappa * r.x[p];"),
     Mutation("collect: Ca value", KI,
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.wrow[r.aware[b]], r.slot_field[s]), kp);",
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.wrow[r.aware[b]], r.slot_field[s]), kp);"),
+             "axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
+             "axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);"),
     Mutation("collect: single vectors' own term", KI,
              "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));",
              "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));"),
@@ -216,8 +217,8 @@ MUTATIONS = [
              "axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);",
              "axpy<K>(acc.slot(w, w + kp, kp, 0.f), kx, r.Sa.data() + s * kp, kp);"),
     Mutation("collect: aware partner's value", KI,
-             "axpy<K>(g, kx * r.x[q], M.wvec(r.wrow[q], r.field[p]), kp);",
-             "axpy<K>(g, kx, M.wvec(r.wrow[q], r.field[p]), kp);"),
+             "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
+             "axpy<K>(g, kx, M.wvec(r.aware_row[q], r.field[p]), kp);"),
     Mutation("collect: a node is its own partner", KI,
              "if (q == p) continue;",
              "if (false) continue;", nth=1),
@@ -227,20 +228,23 @@ MUTATIONS = [
     Mutation("apply: accumulator", KI,
              "en.G[d] += gd * gd;",
              "en.G[d] += std::fabs(gd);"),
-    Mutation("BPR: negative row with the positive's sign", "cpp/src/interactions.cc",
-             "K.collect(M, neg, -kappa, h, acc);",
-             "K.collect(M, neg, kappa, h, acc);"),
-    Mutation("BPR: kappa", "cpp/src/interactions.cc",
-             "const float kappa = static_cast<float>(-sigmoid(-d));",
-             "const float kappa = static_cast<float>(-sigmoid(d));"),
-    Mutation("BPR: one row per pair (no per-parameter sum)", "cpp/src/interactions.cc",
-             "K.collect(M, pos, kappa, h, acc);",
-             "K.collect(M, pos, kappa, h, acc); K.apply(acc, h); acc.reset(M.kp);"),
+    Mutation("bpr_step: negative row with the positive's sign", KI,
+             "collect<K>(M, neg, -lg.kappa, h, acc);",
+             "collect<K>(M, neg, lg.kappa, h, acc);"),
+    Mutation("bpr_step: one row per pair (no per-parameter sum)", KI,
+             "collect<K>(M, pos, lg.kappa, h, acc);",
+             "collect<K>(M, pos, lg.kappa, h, acc); apply(acc, h); acc.reset(K ? K : M.kp);"),
+    Mutation("step: kappa's sign", KI,
+             "backward<K>(M, r, lg.kappa, h);",
+             "backward<K>(M, r, -lg.kappa, h);"),
     # ---- around the kernel: losses and the gather flags that choose a branch
-    Mutation("logistic loss: labels -1/1", "cpp/fmrecall/loss.h",
+    Mutation("BPR loss: kappa", "cpp/src/loss.cc",
+             "return {loss, static_cast<float>(-sigmoid(-d))};",
+             "return {loss, static_cast<float>(-sigmoid(d))};"),
+    Mutation("logistic loss: labels -1/1", "cpp/src/loss.cc",
              "const float y01 = y > 0.f ? 1.f : 0.f;",
              "const float y01 = y;"),
-    Mutation("squared loss: kappa", "cpp/fmrecall/loss.h",
+    Mutation("squared loss: kappa", "cpp/src/loss.cc",
              "return {static_cast<double>(d) * d, d};",
              "return {static_cast<double>(d) * d, 2 * d};"),
     Mutation("gather: normalize ignored", "cpp/src/row.cc",
@@ -278,11 +282,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
     ap.add_argument("--tests", default="tests/test_kernels.py", help="pytest target(s), space separated")
-    ap.add_argument("--only", default="", help="only the mutations whose name contains this")
+    ap.add_argument("--only", default="", help="only the mutations whose name contains one of these "
+                    "(comma-separated, case-insensitive)")
     ap.add_argument("--list", action="store_true", help="list the mutations and whether they apply")
     ap.add_argument("--keep", action="store_true", help="reuse an existing --work copy (no fresh copy)")
     args = ap.parse_args()
-    muts = [m for m in MUTATIONS if args.only.lower() in m.name.lower()]
+    words = [w.strip().lower() for w in args.only.split(",")]
+    muts = [m for m in MUTATIONS if any(w in m.name.lower() for w in words)]
 
     if args.list:
         stale = 0
