@@ -1,4 +1,4 @@
-"""Every compiled kernel variant (generic / AVX2 / AVX-512: the `arch` fixture) on rows that reach every
+"""Every compiled kernel variant (generic / avx2 / avx512-ymm: the `arch` fixture) on rows that reach every
 path of the row kernel (cpp/fmrecall/kernel_impl.h), against the plain float64 numpy reference
 (tests/reference.py): the score, and one exact AdaGrad step per row (libffm's rule: G += g²,
 w -= eta g / √G, accumulators starting at 1, L2 included) over a few steps, so that the AdaGrad state a
@@ -9,15 +9,16 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   the per-slot sums Sa and the single×aware dots; `na` field-aware nodes -> pair_dots, whose loop is
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
   chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks when wide)
-  and a run-time fma_dot loop for K = 0.
+  and a run-time add_prod loop for K = 0.
 * K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
   K=0 (run time).
-* backward: a row with a repeated feature (`shared`) -> collect + apply; otherwise 1) single×aware
-  updates (Ca) when the row has both kinds, 2) aware×aware: one node per field -> the fused in-place
-  pair loop (pair_steps4 for the pairs two at a time + pair_step for an odd one when K == 4 and wide,
-  pair_step otherwise), a field with two or more field-aware nodes -> gradients gathered first (grad /
-  used) then one adagrad per vector, 3) single vectors (with Ca in a hybrid), 4) bias and linear.
-* BPR pairs (Interactions, loss="bpr") -> collect of both rows into one GradAcc, then apply.
+* backward (the kernel's `step` runs it right after forward on the same row): a row with a repeated
+  feature (`shared`) -> collect + apply; otherwise 1) single×aware updates (Ca) when the row has both
+  kinds, 2) aware×aware: one node per field -> the fused in-place pair loop (pair_steps4 for the pairs
+  two at a time + pair_step for an odd one when K == 4 and wide, pair_step otherwise), a field with two
+  or more field-aware nodes -> gradients gathered first (grad / used) then one adagrad per vector,
+  3) single vectors (with Ca in a hybrid), 4) bias and linear.
+* BPR pairs (Interactions, loss="bpr") -> bpr_step: collect of both rows into one GradAcc, then apply.
 * Interactions with logistic loss and sampled negatives -> backward on the positive, then the negative.
 
 A deliberate one-line bug in any of these must fail this file: tools/mutation_check.py plants such
@@ -71,7 +72,7 @@ CASES = [
     Case("ffm-onehot-k4-norm", "ffm", 4, "onehot", normalize=True, path="as k4, values scaled by 1/||x|| in gather"),
     Case("ffm-onehot-k5", "ffm", 5, "onehot", path="K=8: pair_dots chunk loop (one f8 / two f4), pair_step<8>"),
     Case("ffm-onehot-k8-unit-squared", "ffm", 8, "onehot", unit=True, labels="squared", path="K=8, unit values"),
-    Case("ffm-onehot-k12", "ffm", 12, "onehot", path="K=0 (kp 12): pair_dots fma_dot loop, pair_step<0>"),
+    Case("ffm-onehot-k12", "ffm", 12, "onehot", path="K=0 (kp 12): pair_dots add_prod loop, pair_step<0>"),
     Case("ffm-onehot-k13-pm1", "ffm", 13, "onehot", labels="logistic-11", path="K=16: two f8 chunks"),
     Case("ffm-onehot-k32", "ffm", 32, "onehot", path="K=32: four f8 chunks"),
     Case("ffm-onehot-k64-unit", "ffm", 64, "onehot", unit=True, path="K=64: eight f8 chunks, unit values"),
