@@ -1,6 +1,8 @@
 """Evaluation helpers (numpy only)."""
 from __future__ import annotations
 
+from typing import Any, Iterable, Sequence
+
 import numpy as np
 
 
@@ -49,7 +51,7 @@ def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(d * d))
 
 
-def recall_at_k(recommended: np.ndarray, relevant, k: int) -> float:
+def recall_at_k(recommended: np.ndarray, relevant: Sequence[Iterable[Any]], k: int) -> float:
     """Mean over queries of |top-k ∩ relevant| / |relevant| (queries without relevant items skipped).
     recommended: int (m, >=k) item ids, best first; relevant: sequence of m id collections."""
     hits, n = 0.0, 0
@@ -62,7 +64,7 @@ def recall_at_k(recommended: np.ndarray, relevant, k: int) -> float:
     return hits / n if n else float("nan")
 
 
-def precision_at_k(recommended: np.ndarray, relevant, k: int) -> float:
+def precision_at_k(recommended: np.ndarray, relevant: Sequence[Iterable[Any]], k: int) -> float:
     """Mean over queries (with relevant items) of |top-k ∩ relevant| / k."""
     hits, n = 0.0, 0
     for rec, rel in zip(recommended, relevant):

@@ -62,10 +62,11 @@ class Sides:
         names = [f for f in refs if isinstance(f, str)]
         if names:
             raise ValueError(f"Sides: field names {names} need resolving against a schema")
-        out = sorted(f for f in refs if not 0 <= f < n_fields)
+        indices = [int(f) for f in refs]  # all ints here: names were rejected above
+        out = sorted(f for f in indices if not 0 <= f < n_fields)
         if out:
             raise ValueError(f"Sides: fields {out} do not exist (the model has {n_fields} fields)")
-        missing = sorted(set(range(n_fields)) - set(refs))
+        missing = sorted(set(range(n_fields)) - set(indices))
         if missing:
             raise ValueError(f"Sides: fields {missing} are not assigned to user, context or item")
 
@@ -73,7 +74,7 @@ class Sides:
         """uint8 (n_fields,): 1 for item fields, 0 for query (user / context) fields."""
         self.check(n_fields)
         mask = np.zeros(n_fields, dtype=np.uint8)
-        mask[list(self.item)] = 1
+        mask[[int(f) for f in self.item]] = 1
         return mask
 
     def side_of(self, field: FieldRef) -> str:

@@ -1,7 +1,7 @@
 """The exact query/item split of a trained model (DESIGN.md §2–4)."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class Split:
     the field otherwise). Built in C++ over all threads, without the GIL.
     """
 
-    def __init__(self, model, sides: Sides) -> None:
+    def __init__(self, model: Any, sides: Sides) -> None:
         core = model._require_core()
         if not isinstance(sides, Sides):
             raise ValueError("split needs a fmrecall.Sides(user=..., context=..., item=...)")
