@@ -1,11 +1,10 @@
-"""Peers: what fmrecall is compared with on the retrieval side.
+"""Peers: what fmrecall is compared with (numpy sgemm, the numpy reference SGD, LightFM).
 
 * test_numpy_sgemm     — numpy ``Q @ P.T`` (1,000 queries) at the raw and the padded dimension:
                          the sgemm rate the exact index is compared with (bench/test_recall_exact.py).
+* test_numpy_reference — the plain-numpy per-row SGD (bench/numpy_sgd.py) on a small slice: the rate
+                         bench/test_train.py's test_epoch compares fmrecall's training with.
 * test_lightfm         — LightFM WARP vs fmrecall FM on MovieLens-100K u1 (when lightfm imports).
-
-The numpy reference SGD that training is compared with stays with the training benchmarks
-(bench/test_train.py::test_numpy_reference, which test_epoch's ratio reads).
 
     PYTHONPATH=python python3 -m pytest bench/test_peers.py --benchmark-only -q
 """
@@ -23,6 +22,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import common  # noqa: E402
+import numpy_sgd  # noqa: E402
 import recall_data as rd  # noqa: E402
 import report  # noqa: E402
 from recall_bench import NUMPY_RATES, ROUNDS, grid, numpy_threads, pad_dim, pad_to  # noqa: E402
@@ -60,6 +60,20 @@ def test_numpy_sgemm(benchmark, R, name, n):
     report.record("recall_numpy", f"{name}-{n}", row)
 
 
+# ------------------------------------------------------------------------------------- numpy reference SGD
+@pytest.mark.parametrize("kind,k", common.MODELS, ids=[f"{kind}-k{k}" for kind, k in common.MODELS])
+def test_numpy_reference(benchmark, synth_data, kind, k):
+    train, valid, meta = synth_data
+    ref, rows = numpy_sgd.numpy_reference(kind, k, train)
+    benchmark.pedantic(ref.train_rows, args=(train, rows), rounds=1, iterations=1)
+    secs = benchmark.stats.stats.min
+    numpy_sgd.RATES[(kind, k)] = rows.size / secs
+    benchmark.extra_info.update(rows=int(rows.size), rows_per_s=rows.size / secs)
+    report.record("numpy_reference", f"{kind}-k{k}", {
+        "model": common.model_label(kind, k), "rows": int(rows.size), "seconds": secs,
+        "rows_per_s": rows.size / secs})
+
+
 # ------------------------------------------------------------------------------------- LightFM
 ML_PATH = os.path.join(os.environ.get("FMRECALL_DATA", "/work/shared/data"), "ml-100k")
 
@@ -70,9 +84,9 @@ def test_lightfm(benchmark):
         pytest.skip(f"MovieLens-100K not found at {ML_PATH}")
     import scipy.sparse as sp
 
+    import fmrecall.experiments.movielens as fml
     from fmrecall.datasets import movielens100k
     from fmrecall.metrics import recall_at_k
-    import fmrecall.experiments.movielens as fml
 
     t0 = time.perf_counter()
     ours = fml.run(ML_PATH, models=("FM",), cold=False, verbose=False)

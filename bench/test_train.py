@@ -1,10 +1,8 @@
 """Training throughput, memory and accuracy on the Criteo-shaped data (bench/synth.py).
 
-* test_numpy_reference  — the plain-numpy per-row SGD (reference.NumpyFFM / NumpyFM in
-                          tests/reference.py) on a small slice; tests/test_kernels.py checks that it
-                          makes the same updates as fmrecall (so the ratio compares like with like).
 * test_epoch            — one epoch (`partial_fit`) of FFM k=4, FFM k=8, FM k=16 with 1 and 2 threads
-                          on the 900k train rows, rows/s ratio against the numpy reference.
+                          on the 900k train rows, rows/s ratio against the numpy reference SGD
+                          (bench/numpy_sgd.py; timed as a benchmark by bench/test_peers.py).
 * test_fit_subprocess   — a separate process per config: load the libffm file, fit a few epochs with
                           validation; peak RSS, s/epoch, validation logloss vs the planted floor.
 
@@ -24,56 +22,15 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-TESTS = os.path.join(os.path.dirname(HERE), "tests")  # reference.py: the numpy SGD baseline
-if TESTS not in sys.path:
-    sys.path.append(TESTS)
 
 import common  # noqa: E402
-import reference  # noqa: E402
 import report  # noqa: E402
+from numpy_sgd import numpy_rate  # noqa: E402
 
 import fmrecall  # noqa: E402
 
 CONFIGS = [(kind, k, t) for kind, k in common.MODELS for t in common.THREADS]
 IDS = [common.config_id(*c) for c in CONFIGS]
-
-_numpy_rate = {}  # (kind, k) -> rows/s of the numpy reference, measured once per session
-
-
-_REF_HYPER = {k: common.HYPER[k] for k in ("learning_rate", "reg_linear", "reg_factors")}
-
-
-def _numpy_reference(kind, k, train):
-    """(reference model, rows) ready to time: full-size tables (all n_features ids), random init."""
-    rows = np.arange(min(common.NUMPY_ROWS, train.n_rows))
-    reference.check_one_hot(train, rows)
-    ref = reference.make_sgd(kind, train.n_features, train.n_fields, k, seed=0,
-                             init_std=common.HYPER["init_std"], **_REF_HYPER)
-    return ref, rows
-
-
-def numpy_rate(kind, k, train):
-    """rows/s of the numpy reference (measured here if test_numpy_reference did not run)."""
-    if (kind, k) not in _numpy_rate:
-        ref, rows = _numpy_reference(kind, k, train)
-        t0 = time.perf_counter()
-        ref.train_rows(train, rows)
-        _numpy_rate[(kind, k)] = rows.size / (time.perf_counter() - t0)
-    return _numpy_rate[(kind, k)]
-
-
-@pytest.mark.parametrize("kind,k", common.MODELS, ids=[f"{kind}-k{k}" for kind, k in common.MODELS])
-def test_numpy_reference(benchmark, synth_data, kind, k):
-    train, valid, meta = synth_data
-    ref, rows = _numpy_reference(kind, k, train)
-    benchmark.pedantic(ref.train_rows, args=(train, rows), rounds=1, iterations=1)
-    secs = benchmark.stats.stats.min
-    _numpy_rate[(kind, k)] = rows.size / secs
-    benchmark.extra_info.update(rows=int(rows.size), rows_per_s=rows.size / secs)
-    report.record("numpy_reference", f"{kind}-k{k}", {
-        "model": common.model_label(kind, k), "rows": int(rows.size), "seconds": secs,
-        "rows_per_s": rows.size / secs})
-
 
 @pytest.mark.parametrize("kind,k,threads", CONFIGS, ids=IDS)
 def test_epoch(benchmark, synth_data, kind, k, threads):
