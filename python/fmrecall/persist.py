@@ -137,7 +137,8 @@ def save_arrays(path: PathOrFile, meta: Dict[str, Any], arrays: Dict[str, np.nda
         atomic_write(cast(PathLike, path), lambda f: np.savez(f, **members))
 
 
-def load_arrays(path: PathOrFile, expected_format: str, max_version: int, *, name: Optional[str] = None):
+def load_arrays(path: PathOrFile, expected_format: str, max_version: int, *,
+                name: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(meta, {name: array}) of a file (path or binary file-like object) written by save_arrays,
     with format / version checks and the checksums verified (when the file has them; they are
     removed from the returned meta). ValueError names the file (``name`` overrides how) and the
@@ -192,7 +193,7 @@ def _verify(sums: Any, arrays: Dict[str, np.ndarray], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- models
-def _json_params(model) -> Dict[str, Any]:
+def _json_params(model: Any) -> Dict[str, Any]:
     params = {}
     for name, value in model.get_params().items():
         if hasattr(value, "to_dict"):
@@ -224,7 +225,7 @@ def _restore_params(params: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def model_to_arrays(model):
+def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(meta, arrays) of a fitted model: its hyper-parameters and the core's own (compact) arrays.
     ValueError if a weight is not finite (a diverged model is not worth keeping)."""
     from . import __version__
@@ -243,7 +244,7 @@ def model_to_arrays(model):
     return meta, arrays
 
 
-def _unfitted_meta(model) -> Dict[str, Any]:
+def _unfitted_meta(model: Any) -> Dict[str, Any]:
     from . import __version__
     return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
             "params": _json_params(model), "fmrecall": __version__, "fitted": False}
@@ -256,7 +257,7 @@ def _count(meta: Dict[str, Any], key: str, path: str) -> int:
     return value
 
 
-def _member(arrays: Dict[str, np.ndarray], name: str, dtype, shape: Tuple[int, ...], path: str) -> np.ndarray:
+def _member(arrays: Dict[str, np.ndarray], name: str, dtype: Any, shape: Tuple[int, ...], path: str) -> np.ndarray:
     a = arrays[name]
     if a.dtype != np.dtype(dtype) or a.shape != shape:
         raise ValueError(f"{path}: member {name!r} has dtype {a.dtype} and shape {a.shape}, expected "
@@ -266,7 +267,7 @@ def _member(arrays: Dict[str, np.ndarray], name: str, dtype, shape: Tuple[int, .
     return np.ascontiguousarray(a)
 
 
-def _check_state(model, arrays: Dict[str, np.ndarray], n: int, F: int, path: str) -> Dict[str, Any]:
+def _check_state(model: Any, arrays: Dict[str, np.ndarray], n: int, F: int, path: str) -> Dict[str, Any]:
     """The core arrays of a file, each checked (dtype, shape, values) against n_features = n,
     n_fields = F, k and the model type, as _set_core_state takes them."""
     k = int(model.k)
@@ -308,7 +309,7 @@ def _check_state(model, arrays: Dict[str, np.ndarray], n: int, F: int, path: str
 
 
 def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str = "<memory>",
-                      expected_class: Optional[type] = None):
+                      expected_class: Optional[type] = None) -> Any:
     """The model of (meta, arrays) read by load_arrays, every parameter and array validated first
     (ValueError naming `path`). With `expected_class`, a file holding another class is an error."""
     classes = _model_classes()
@@ -366,12 +367,12 @@ def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path:
     return model
 
 
-def save_model(model, path: PathOrFile) -> None:
+def save_model(model: Any, path: PathOrFile) -> None:
     meta, arrays = model_to_arrays(model)
     save_arrays(path, meta, arrays)
 
 
-def load(path: PathOrFile, expected_class: Optional[type] = None):
+def load(path: PathOrFile, expected_class: Optional[type] = None) -> Any:
     """Load a model written by ``model.save(path)`` (a path or a binary file-like object); it
     predicts bit-identically. Every array and parameter is validated (ValueError naming the file)."""
     meta, arrays = load_arrays(path, MODEL_FORMAT, MODEL_VERSION)
@@ -382,7 +383,7 @@ def load(path: PathOrFile, expected_class: Optional[type] = None):
         raise ValueError(f"{where}: missing entry {e}") from None
 
 
-def model_to_bytes(model) -> bytes:
+def model_to_bytes(model: Any) -> bytes:
     """The .npz bytes of a model, fitted or not (what pickling a model stores)."""
     buf = io.BytesIO()
     if model._core is None:
@@ -392,7 +393,7 @@ def model_to_bytes(model) -> bytes:
     return buf.getvalue()
 
 
-def model_from_bytes(data: bytes, expected_class: Optional[type] = None):
+def model_from_bytes(data: bytes, expected_class: Optional[type] = None) -> Any:
     """Inverse of model_to_bytes, validated like a file."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"a pickled fmrecall model holds bytes, got {type(data).__name__}")
