@@ -35,15 +35,21 @@ def synth_data(synth_file):
     return train, valid, meta
 
 
+_R: dict = {}  # "state": the live R; "last_user": node id of the last test that needs it
+
+
 @pytest.fixture(scope="session")
 def R(synth_file):
     """The retrieval benchmarks' shared state (bench/recall_bench.py State: models, item catalogue,
     vectors, queries, exact truth, cached Recallers), built once for test_peers.py,
-    test_recall_exact.py, test_recall_ann.py and test_split_builder.py."""
+    test_recall_exact.py, test_recall_ann.py and test_split_builder.py, and freed after the last
+    test that uses it (pytest_runtest_teardown below), not at the end of the session."""
     import recall_bench  # faiss and the models: only when a retrieval benchmark runs
 
     st = recall_bench.new_state(synth_file)
+    _R["state"] = st
     yield st
+    _R.pop("state", None)
     recall_bench.close_state(st)
 
 
@@ -53,6 +59,7 @@ def R(synth_file):
 MODULE_ORDER = ["test_peers.py", "test_recall_exact.py", "test_recall_ann.py", "test_split_builder.py"]
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(session, config, items):
     def rank(item):
         name = os.path.basename(str(item.fspath))
@@ -61,6 +68,18 @@ def pytest_collection_modifyitems(session, config, items):
     ranked = sorted((it for it in items if rank(it) >= 0), key=rank)  # stable: order within a file kept
     slots = iter(ranked)
     items[:] = [next(slots) if rank(it) >= 0 else it for it in items]
+    users = [it.nodeid for it in items if "R" in getattr(it, "fixturenames", ())]
+    _R["last_user"] = users[-1] if users else None
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Free R's models, vectors and Recallers once its last user has run (gigabytes at 1M items),
+    so that the benchmarks after it (test_train.py) run without them, as they did when R was the
+    module fixture of one bench/test_recall.py."""
+    if item.nodeid == _R.get("last_user") and "state" in _R:
+        import recall_bench
+
+        recall_bench.close_state(_R.pop("state"))
 
 
 def pytest_sessionfinish(session, exitstatus):

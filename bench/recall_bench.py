@@ -240,8 +240,14 @@ def new_state(synth_file) -> State:
 
 
 def close_state(st: State) -> None:
+    """Drop the cached Recallers and the subprocess files, then every array of the State (it may
+    still be referenced by pytest's fixture cache). A second call does nothing."""
+    if not vars(st):
+        return
     st.drop(lambda k: True)
     shutil.rmtree(os.path.join(rd.CACHE, f"recall_child_{os.getpid()}"), ignore_errors=True)
+    vars(st).clear()
+    gc.collect()
 
 
 def grid(sizes=None):
