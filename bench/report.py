@@ -105,7 +105,7 @@ def environment() -> Dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------- rendering
-def _f(x: Any, fmt: str = "{:.2f}") -> str:
+def fmt_num(x: Any, fmt: str = "{:.2f}") -> str:
     if x is None:
         return "–"
     try:
@@ -114,7 +114,7 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
         return str(x)
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+def md_table(header: List[str], rows: List[List[str]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
@@ -168,7 +168,7 @@ def _data(data: Dict[str, Dict[str, Any]]) -> List[str]:
     meta = data.get("data", {}).get("synth")
     if meta:
         lines += ["## Data: Criteo-shaped synthetic clicks (bench/synth.py)", ""]
-        lines += _table(
+        lines += md_table(
             ["rows", "train / valid", "fields", "feature ids (seen)", "libffm file", "positives",
              "floor logloss (planted model)", "base-rate logloss", "floor AUC"],
             [[f"{meta['rows']:,}", f"{meta['train_rows']:,} / {meta['valid_rows']:,}", str(meta["n_fields"]),
@@ -198,11 +198,11 @@ def _train_epoch(data: Dict[str, Dict[str, Any]]) -> List[str]:
             if key == common.config_id("ffm", 4, 2):
                 target = (f"≤ {common.TARGET_EPOCH_S_FFM4_T2} s (libffm {common.LIBFFM_EPOCH_S} s)"
                           + _met(r["seconds_min"] <= common.TARGET_EPOCH_S_FFM4_T2))
-            rows.append([r["model"], str(r["threads"]), _f(r["seconds_min"]), _f(r["seconds_mean"]),
-                         _f(r.get("first_epoch_seconds")), _f(r.get("cpu_seconds_of_fastest")), _f(r["rows_per_s"], "{:,.0f}"),
-                         _f(r["ns_per_pair"], "{:.1f}"), _f(r.get("numpy_rows_per_s"), "{:,.0f}"),
-                         _f(r.get("ratio_vs_numpy"), "{:.0f}×"), _pct(r.get("other_load")), target])
-        lines += _table(["model", "threads", "s/epoch (min)", "s/epoch (mean)", "1st epoch s (+ model alloc)",
+            rows.append([r["model"], str(r["threads"]), fmt_num(r["seconds_min"]), fmt_num(r["seconds_mean"]),
+                         fmt_num(r.get("first_epoch_seconds")), fmt_num(r.get("cpu_seconds_of_fastest")), fmt_num(r["rows_per_s"], "{:,.0f}"),
+                         fmt_num(r["ns_per_pair"], "{:.1f}"), fmt_num(r.get("numpy_rows_per_s"), "{:,.0f}"),
+                         fmt_num(r.get("ratio_vs_numpy"), "{:.0f}×"), _pct(r.get("other_load")), target])
+        lines += md_table(["model", "threads", "s/epoch (min)", "s/epoch (mean)", "1st epoch s (+ model alloc)",
                          "CPU s (fastest epoch)", "rows/s",
                          "ns/pair update", "numpy ref rows/s", "fmrecall / numpy", "other load", "target"], rows)
         any_r = next(iter(tr.values()))
@@ -232,12 +232,12 @@ def _train_fit(data: Dict[str, Dict[str, Any]]) -> List[str]:
             if key.startswith("ffm-k4"):
                 target = (f"≤ {common.TARGET_PEAK_RSS_GB:.1f} GiB (libffm {common.LIBFFM_PEAK_RSS_GB} GB)"
                           + _met(r["peak_rss_mb"] / 1024 <= common.TARGET_PEAK_RSS_GB))
-            rows.append([r["model"], str(r["threads"]), _f(r["load_seconds"], "{:.1f}"),
-                         _f(r["train_seconds_per_epoch"]), _f(r["ns_per_pair"], "{:.1f}"),
-                         _f(r["rss_after_load_mb"], "{:,.0f}"), _f(r["peak_rss_mb"], "{:,.0f}"), target,
+            rows.append([r["model"], str(r["threads"]), fmt_num(r["load_seconds"], "{:.1f}"),
+                         fmt_num(r["train_seconds_per_epoch"]), fmt_num(r["ns_per_pair"], "{:.1f}"),
+                         fmt_num(r["rss_after_load_mb"], "{:,.0f}"), fmt_num(r["peak_rss_mb"], "{:,.0f}"), target,
                          f"{r['best_valid_logloss']:.4f} (ep {r['best_epoch']})", f"{r['best_valid_auc']:.4f}",
                          f"{100 * gap:.0f}%", _pct(r.get("other_load"))])
-        lines += _table(["model", "threads", "load s", "train s/epoch", "ns/pair update", "RSS after load MiB",
+        lines += md_table(["model", "threads", "load s", "train s/epoch", "ns/pair update", "RSS after load MiB",
                          "peak RSS MiB", "RSS target", "best valid logloss", "valid AUC",
                          "gap closed", "other load"], rows)
         any_r = next(iter(fit.values()))
@@ -259,9 +259,9 @@ def _numpy_reference(data: Dict[str, Dict[str, Any]]) -> List[str]:
     ref = data.get("numpy_reference", {})
     if ref:
         lines += ["## Numpy reference SGD", ""]
-        rows = [[r["model"], f"{r['rows']:,}", _f(r["seconds"], "{:.2f}"), _f(r["rows_per_s"], "{:,.0f}")]
+        rows = [[r["model"], f"{r['rows']:,}", fmt_num(r["seconds"], "{:.2f}"), fmt_num(r["rows_per_s"], "{:,.0f}")]
                 for key, r in sorted(ref.items())]
-        lines += _table(["model", "rows", "seconds", "rows/s"], rows) + [""]
+        lines += md_table(["model", "rows", "seconds", "rows/s"], rows) + [""]
     return lines
 
 
@@ -279,10 +279,10 @@ def _parse(data: Dict[str, Dict[str, Any]]) -> List[str]:
             target = ""
             if key.startswith("fmrecall"):
                 target = f"≥ {common.TARGET_PARSE_MB_S:.0f} MB/s" + _met(r["mb_per_s"] >= common.TARGET_PARSE_MB_S)
-            rows.append([r["what"], f"{r['bytes'] / 1e6:,.1f} MB", _f(r["seconds"], "{:.3f}"),
-                         _f(r["mb_per_s"], "{:,.1f}"), _f(r.get("ratio_vs_python"), "{:.0f}×"),
+            rows.append([r["what"], f"{r['bytes'] / 1e6:,.1f} MB", fmt_num(r["seconds"], "{:.3f}"),
+                         fmt_num(r["mb_per_s"], "{:,.1f}"), fmt_num(r.get("ratio_vs_python"), "{:.0f}×"),
                          _pct(r.get("other_load")), target])
-        lines += _table(["parser", "input", "seconds (min)", "MB/s", "vs pure Python", "other load", "target"], rows)
+        lines += md_table(["parser", "input", "seconds (min)", "MB/s", "vs pure Python", "other load", "target"], rows)
         lines += ["", "MB = 10^6 bytes of libffm text, warm page cache. `Dataset.from_libffm` is single-threaded "
                   "(two passes: count, parse). The pure-Python baseline is a `str.split` parser into lists "
                   "then numpy arrays, run on the slice (the first lines of the same file); the ratio compares "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from report import _f, _table  # noqa: F401  (report imports this module lazily, in render())
+from report import fmt_num, md_table  # report imports this module lazily, in render()
 
 TARGET_ANN_QPS = 600.0       # ≥ 600 queries/s at 1M items, d≈300, recall@100 ≥ 0.95
 TARGET_ANN_RECALL = 0.95
@@ -88,7 +88,7 @@ def _models(data: Dict[str, Dict[str, Any]]) -> List[str]:
                          f"{r['train_rows']:,} × {r['epochs']} epochs ({r['seconds']:.0f} s)",
                          f"{r['valid_logloss']:.4f}", f"{r['valid_auc']:.4f}", str(r["dim"]),
                          f"{r['p_norm_median']:.2f} / {r['q_norm_median']:.2f}"])
-        out += _table(["model", "fields", "trained on", "valid logloss", "valid AUC", "d", "median ‖p‖ / ‖q‖"], rows)
+        out += md_table(["model", "fields", "trained on", "valid logloss", "valid AUC", "d", "median ‖p‖ / ‖q‖"], rows)
         any_r = next(iter(models.values()))
         cat = any_r["catalogue"]
         out += ["", f"Trained on the synthetic Criteo-shaped rows above (floor logloss {any_r['floor_logloss']:.4f}, "
@@ -119,10 +119,10 @@ def _exact(data: Dict[str, Dict[str, Any]]) -> List[str]:
             b = r["blas"]
             rows.append([f"d={r['dim']} (→{r['index_dim']})", _n(r["n_items"]), r["setting"],
                          f"{b['distance_compute_blas_threshold']}/{b['distance_compute_blas_query_bs']}/{b['distance_compute_blas_database_bs']}",
-                         _f(r["qps"], "{:,.0f}"), _f(r["faiss_only_qps"], "{:,.0f}"), _f(r["numpy_qps_padded"], "{:,.0f}"),
+                         fmt_num(r["qps"], "{:,.0f}"), fmt_num(r["faiss_only_qps"], "{:,.0f}"), fmt_num(r["numpy_qps_padded"], "{:,.0f}"),
                          _pct(r["ratio_vs_numpy_padded"]), _pct(r["faiss_only_ratio_vs_numpy_padded"]),
-                         _f(r["qps"] / dflt["qps"], "{:.2f}×") if dflt else "–", _pct(r.get("other_load")), target])
-        out += _table(["vectors", "items", "BLAS setting", "threshold/query_bs/db_bs", "q/s Recaller", "q/s faiss only",
+                         fmt_num(r["qps"] / dflt["qps"], "{:.2f}×") if dflt else "–", _pct(r.get("other_load")), target])
+        out += md_table(["vectors", "items", "BLAS setting", "threshold/query_bs/db_bs", "q/s Recaller", "q/s faiss only",
                        "numpy sgemm q/s", "Recaller / numpy", "faiss / numpy", "vs faiss default",
                        "other load", "target"], rows)
         numpy = data.get("recall_numpy", {})
@@ -134,10 +134,10 @@ def _exact(data: Dict[str, Dict[str, Any]]) -> List[str]:
                 "*faiss-default* leaves faiss's globals alone, *EXACT_BLAS* is `fmrecall.recall.EXACT_BLAS` as shipped, "
                 "*tuned* the values recommended below.", ""]
         if numpy:
-            rows = [[f"d={r['dim']}", _n(r["n_items"]), _f(r["numpy_qps_raw"], "{:,.0f}"), _f(r["gflops_raw"], "{:.0f}"),
-                     f"{r['dim_padded']}", _f(r["numpy_qps_padded"], "{:,.0f}"), _f(r["gflops_padded"], "{:.0f}"),
+            rows = [[f"d={r['dim']}", _n(r["n_items"]), fmt_num(r["numpy_qps_raw"], "{:,.0f}"), fmt_num(r["gflops_raw"], "{:.0f}"),
+                     f"{r['dim_padded']}", fmt_num(r["numpy_qps_padded"], "{:,.0f}"), fmt_num(r["gflops_padded"], "{:.0f}"),
                      _pct(r.get("other_load"))] for r in _by_model_n(numpy)]
-            out += _table(["vectors", "items", "numpy q/s (raw d)", "GFLOP/s", "padded d", "numpy q/s (padded)",
+            out += md_table(["vectors", "items", "numpy q/s (raw d)", "GFLOP/s", "padded d", "numpy q/s (padded)",
                            "GFLOP/s", "other load"], rows) + [""]
     return out
 
@@ -149,10 +149,10 @@ def _exact_latency(data: Dict[str, Dict[str, Any]]) -> List[str]:
     if lat:
         out += ["#### Exact single-query latency (one query per `Recaller.search` call)", ""]
         order = {"faiss-default": 0, "tuned": 1}
-        rows = [[f"d={r['dim']}", _n(r["n_items"]), r["setting"], _f(r["p50_ms"]), _f(r["p99_ms"]), str(r["n"]),
-                 _f(r["faiss_only"]["p50_ms"]), _f(r["faiss_only"]["p99_ms"]), _pct(r.get("other_load"))]
+        rows = [[f"d={r['dim']}", _n(r["n_items"]), r["setting"], fmt_num(r["p50_ms"]), fmt_num(r["p99_ms"]), str(r["n"]),
+                 fmt_num(r["faiss_only"]["p50_ms"]), fmt_num(r["faiss_only"]["p99_ms"]), _pct(r.get("other_load"))]
                 for r in sorted(lat.values(), key=lambda r: (r["dim"], r["n_items"], order.get(r["setting"], 9)))]
-        out += _table(["vectors", "items", "setting", "p50 ms", "p99 ms", "queries", "faiss-only p50 ms",
+        out += md_table(["vectors", "items", "setting", "p50 ms", "p99 ms", "queries", "faiss-only p50 ms",
                        "faiss-only p99 ms", "other load"], rows)
         out += ["", "p50 / p99 over up to 200 different queries (fewer when one takes long: a ~6 s budget). "
                 "*faiss-only* = `index.search` of the same single query vector in the same process. "
@@ -175,16 +175,16 @@ def _blas_sweep(data: Dict[str, Dict[str, Any]]) -> List[str]:
                     f"database_bs (columns), threshold 0, best of {r.get('rounds', '?')} interleaved rounds; faiss "
                     f"defaults {r['faiss_default_qps']:,.0f} q/s, tuned {r['tuned_qps']:,.0f} q/s, numpy sgemm "
                     f"{r['numpy_qps_padded']:,.0f} q/s; k=100 top-k by faiss's reservoir (default for k ≥ 100) "
-                    f"{_f(r.get('reservoir_qps'), '{:,.0f}')} q/s vs heap {_f(r.get('heap_qps'), '{:,.0f}')} q/s; "
+                    f"{fmt_num(r.get('reservoir_qps'), '{:,.0f}')} q/s vs heap {fmt_num(r.get('heap_qps'), '{:,.0f}')} q/s; "
                     f"other load {_pct(r.get('other_load'))}", ""]
-            out += _table(["query_bs \\ database_bs"] + [f"{d:,}" for d in dbbs],
-                          [[f"{q:,}"] + [_f(cell.get((q, d)), "{:,.0f}") for d in dbbs] for q in qbs]) + [""]
+            out += md_table(["query_bs \\ database_bs"] + [f"{d:,}" for d in dbbs],
+                          [[f"{q:,}"] + [fmt_num(cell.get((q, d)), "{:,.0f}") for d in dbbs] for q in qbs]) + [""]
             if r.get("crossover"):
                 out += [f"Sequential path vs BLAS by batch size (d={r['index_dim']}, {_n(r['n_items'])} items; the "
                         "threshold compares nq·d):", ""]
-                out += _table(["queries per call", "nq·d", "sequential q/s", "BLAS q/s", "BLAS / sequential"],
-                              [[str(c["nq"]), f"{c['nq'] * r['index_dim']:,}", _f(c["seq_qps"], "{:,.0f}"),
-                                _f(c["blas_qps"], "{:,.0f}"), _f(c["blas_over_seq"], "{:.2f}×")] for c in r["crossover"]]) + [""]
+                out += md_table(["queries per call", "nq·d", "sequential q/s", "BLAS q/s", "BLAS / sequential"],
+                              [[str(c["nq"]), f"{c['nq'] * r['index_dim']:,}", fmt_num(c["seq_qps"], "{:,.0f}"),
+                                fmt_num(c["blas_qps"], "{:,.0f}"), fmt_num(c["blas_over_seq"], "{:.2f}×")] for c in r["crossover"]]) + [""]
     return out
 
 
@@ -207,14 +207,14 @@ def _ann(data: Dict[str, Dict[str, Any]], section: str, title: str, note: str) -
             target = ""
             if r["n_items"] >= 1_000_000 and r["dim"] >= 250:
                 target = _met(s["qps"] >= TARGET_ANN_QPS and s["recall"] >= TARGET_ANN_RECALL)
-            rows.append([f"d={r['dim']} (→{r['index_dim']})", _n(r["n_items"]), _f(r["build_seconds"], "{:.0f}")] + params +
-                        [f"{s['recall']:.4f}", _f(s["qps"], "{:,.0f}"), _f(s["p50_ms"]), _f(s["p99_ms"]),
+            rows.append([f"d={r['dim']} (→{r['index_dim']})", _n(r["n_items"]), fmt_num(r["build_seconds"], "{:.0f}")] + params +
+                        [f"{s['recall']:.4f}", fmt_num(s["qps"], "{:,.0f}"), fmt_num(s["p50_ms"]), fmt_num(s["p99_ms"]),
                          _pct(r.get("other_load")), target])
     head = ["vectors", "items", "build s"]
     head += (["nlist", "train pts/centroid", "probe"] if section == "recall_ivf" else ["candidates", "ef_search"])
     head += ["recall@100", "batched q/s", "1-query p50 ms", "p99 ms", "other load",
              f"≥ {TARGET_ANN_QPS:.0f} q/s & recall ≥ {TARGET_ANN_RECALL} (1M, d≈300)"]
-    out += _table(head, rows) + ["", note, ""]
+    out += md_table(head, rows) + ["", note, ""]
     return out
 
 
@@ -229,10 +229,10 @@ def _padding(data: Dict[str, Dict[str, Any]]) -> List[str]:
             other = next((o for o in pad.values() if o["dim"] == r["dim"] and o["index"] == r["index"]
                           and o["n_items"] == r["n_items"] and o["pad"] != r["pad"]), None)
             rows.append([f"d={r['dim']}", r["index"], "pad" if r["pad"] else "no pad", str(r["index_dim"]), _n(r["n_items"]),
-                         _f(r["qps"], "{:,.0f}"), _f(r["qps"] / other["qps"], "{:.2f}×") if other else "–",
-                         _f(r["p50_ms"]), _f(r["p99_ms"]), f"{r['recall']:.4f}", _f(r["build_seconds"], "{:.1f}"),
+                         fmt_num(r["qps"], "{:,.0f}"), fmt_num(r["qps"] / other["qps"], "{:.2f}×") if other else "–",
+                         fmt_num(r["p50_ms"]), fmt_num(r["p99_ms"]), f"{r['recall']:.4f}", fmt_num(r["build_seconds"], "{:.1f}"),
                          _pct(r.get("other_load"))])
-        out += _table(["vectors", "index", "padding", "index dim", "items", "batched q/s", "vs other", "1-query p50 ms",
+        out += md_table(["vectors", "index", "padding", "index dim", "items", "batched q/s", "vs other", "1-query p50 ms",
                        "p99 ms", "recall@100", "build s", "other load"], rows)
         out += ["", "Exact rows with the tuned BLAS settings; HNSW with the Recaller defaults (400 candidates). "
                 "The HNSW dimension includes the augmentation coordinate (d+1).", ""]
@@ -254,10 +254,10 @@ def _wait_policy(data: Dict[str, Dict[str, Any]]) -> List[str]:
             rows.append([f"d={r['dim']}", r["index"], _n(r["n_items"]),
                          "1 busy process" if bg == "busy" else "idle",
                          "libgomp default" if r["policy"] == "default" else f"OMP_WAIT_POLICY={r['policy']}",
-                         _f(r["p50_ms"], "{:.3f}"), _f(r["p99_ms"], "{:.3f}"), _f(r["mean_ms"], "{:.3f}"),
-                         _f(other["p50_ms"] / r["p50_ms"], "{:.2f}×") if other else "–",
-                         _f(r["batch_qps"], "{:,.0f}"), _pct(r.get("other_load"))])
-        out += _table(["vectors", "index", "items", "background", "OpenMP", "1-query p50 ms", "p99 ms", "mean ms",
+                         fmt_num(r["p50_ms"], "{:.3f}"), fmt_num(r["p99_ms"], "{:.3f}"), fmt_num(r["mean_ms"], "{:.3f}"),
+                         fmt_num(other["p50_ms"] / r["p50_ms"], "{:.2f}×") if other else "–",
+                         fmt_num(r["batch_qps"], "{:,.0f}"), _pct(r.get("other_load"))])
+        out += md_table(["vectors", "index", "items", "background", "OpenMP", "1-query p50 ms", "p99 ms", "mean ms",
                        "other p50 / this p50", "batched q/s", "other load"], rows)
         out += ["", "`bench/recall_child.py --load`: the Recaller saved by the main process (exact with "
                 "`EXACT_BLAS` as shipped; hnsw with its defaults), one query per `search` call. fmrecall's C++ core and "
@@ -273,10 +273,10 @@ def _split_builder(data: Dict[str, Dict[str, Any]]) -> List[str]:
     sp = data.get("recall_split", {})
     if sp:
         out += ["### Split builder throughput (FFM k=4, 10 query × 20 item fields, d=801)", ""]
-        rows = [[r["what"], str(r["threads"]), f"{r['rows']:,}", str(r["fields"]), _f(r["seconds"], "{:.3f}"),
-                 _f(r["rows_per_s"], "{:,.0f}"), _f(r["mb_per_s"], "{:,.0f}"), _pct(r.get("other_load"))]
+        rows = [[r["what"], str(r["threads"]), f"{r['rows']:,}", str(r["fields"]), fmt_num(r["seconds"], "{:.3f}"),
+                 fmt_num(r["rows_per_s"], "{:,.0f}"), fmt_num(r["mb_per_s"], "{:,.0f}"), _pct(r.get("other_load"))]
                 for r in sorted(sp.values(), key=lambda r: (r["what"], r["threads"]))]
-        out += _table(["builder", "threads", "rows", "fields per row", "seconds (min)", "rows/s", "output MiB/s",
+        out += md_table(["builder", "threads", "rows", "fields per row", "seconds (min)", "rows/s", "output MiB/s",
                        "other load"], rows)
         g = data.get("recall_split_gil", {}).get("item_vectors-t1")
         if g:
@@ -300,11 +300,11 @@ def _memory(data: Dict[str, Dict[str, Any]]) -> List[str]:
         rows = []
         for r in sorted(mem.values(), key=lambda r: r["index"]):
             label = r["index"] + (f" (add_items in {r['add_chunk']:,}-row slices)" if r.get("add_chunk") else "")
-            rows.append([r["model"], f"{r['n_items']:,}", label, str(r["index_dim"]), _f(r["rss_baseline_mb"], "{:,.0f}"),
-                         _f(r["hwm_built_mb"], "{:,.0f}"), _f(r["hwm_mb"], "{:,.0f}"), _f(r["recaller_peak_mb"], "{:,.0f}"),
-                         _f(r["rss_end_mb"] - r["rss_baseline_mb"], "{:,.0f}"),
-                         _f(r["vectors_mb"], "{:,.0f}"), _f(r["index_vectors_mb"], "{:,.0f}"), _f(r["build_seconds"], "{:.1f}")])
-        out += _table(["model", "items", "index", "index dim", "RSS before MiB", "peak after build MiB",
+            rows.append([r["model"], f"{r['n_items']:,}", label, str(r["index_dim"]), fmt_num(r["rss_baseline_mb"], "{:,.0f}"),
+                         fmt_num(r["hwm_built_mb"], "{:,.0f}"), fmt_num(r["hwm_mb"], "{:,.0f}"), fmt_num(r["recaller_peak_mb"], "{:,.0f}"),
+                         fmt_num(r["rss_end_mb"] - r["rss_baseline_mb"], "{:,.0f}"),
+                         fmt_num(r["vectors_mb"], "{:,.0f}"), fmt_num(r["index_vectors_mb"], "{:,.0f}"), fmt_num(r["build_seconds"], "{:.1f}")])
+        out += md_table(["model", "items", "index", "index dim", "RSS before MiB", "peak after build MiB",
                        "peak after 1,000-query search MiB", "peak − before MiB", "resident − before MiB",
                        "exact vectors MiB", "vectors in index MiB", "build s"], rows)
         out += ["", "`bench/recall_child.py`: load the model and the 1M item rows (RSS before), `Recaller(...)"
@@ -325,7 +325,7 @@ def _lightfm(data: Dict[str, Dict[str, Any]]) -> List[str]:
         for name, r in lf["lightfm"].items():
             rows.append([name, f"{r['recall@10']:.4f}", f"{r['recall@50']:.4f}", f"{r['recall@100']:.4f}",
                          f"{r['fit_seconds']:.1f}"])
-        out += _table(["system", "Recall@10", "Recall@50", "Recall@100", "fit s"], rows)
+        out += md_table(["system", "Recall@10", "Recall@50", "Recall@100", "fit s"], rows)
         out += ["", f"{lf['test_users']} test users of u1.test, relevant = their u1.test items, each user's u1.base items "
                 "excluded, `fmrecall.metrics.recall_at_k` for all rows. fmrecall rows: `fmrecall.movielens.run(path, "
                 "models=(\"FM\",), cold=False)` (its baselines and the one FM model, exact Recaller). LightFM "
