@@ -8,11 +8,15 @@ from ._core import best_arch
 from ._limits import MAX_THREADS
 from .dataset import Dataset
 from .interactions import Interactions
-from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
 from .models import FFM, FM, HybridFM, NotFittedError
-from .sides import Sides
-from .split import Split
-from .recall import FaissIndex, ItemIndex, MilvusIndex, Recaller, SearchResult, configure_faiss
 from .persist import load
+from .recall import FaissIndex, ItemIndex, MilvusIndex, Recaller, SearchResult, configure_faiss
+from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
+from .sides import Sides
+from .source import TrainingSource
+from .split import Split
 
-__all__ = ["Dataset", "Interactions", "Schema", "Categorical", "MultiCategorical", "Numeric", "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex", "MilvusIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS", "__version__"]
+__all__ = ["Dataset", "Interactions", "TrainingSource", "Schema", "Categorical", "MultiCategorical", "Numeric",
+           "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex",
+           "MilvusIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS",
+           "__version__"]
