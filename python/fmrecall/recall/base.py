@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -100,10 +100,12 @@ class ItemIndex(abc.ABC):
         """float32 (n, dim) stored vectors of `ids` (KeyError naming an id not indexed)."""
 
     @abc.abstractmethod
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter,
-               certify: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
+               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top k by exact <q, p> for q float32 (m, dim): (ids int64 (m, k) with -1 padding,
-        inner products float32 (m, k) with -inf padding, certified bool (m,) = provably exact)."""
+        inner products float32 (m, k) with -inf padding, certified bool (m,) = provably exact).
+        `params` overrides search parameters for this call only (e.g. candidates, ef_search,
+        nprobe): nothing shared is changed; an unknown name is a ValueError."""
 
     @abc.abstractmethod
     def state(self) -> IndexState:

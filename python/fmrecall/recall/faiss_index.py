@@ -9,7 +9,7 @@ on fresh indexes, so searches go on against the previous snapshot until the swap
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import faiss as _faiss
 import numpy as np
@@ -19,7 +19,7 @@ from .catalogue import Catalogue
 from .faiss_config import ensure_configured, faiss_threads
 from .faiss_segment import BUILTIN_KINDS, Segment, pad_width
 from .rwlock import ReadWriteLock
-from .search import Snapshot, search
+from .search import Settings, Snapshot, search
 
 faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
@@ -113,7 +113,7 @@ class FaissIndex(ItemIndex):
                         f"; with pad=True the vectors would be padded to {pad_width(seg.hi - seg.lo, True)}")
                     raise ValueError(f"faiss index_factory string {self.kind!r} does not fit vectors of "
                                      f"dimension {seg.dim}{hint}: {str(e).strip().splitlines()[-1]}") from None
-        self._snap = Snapshot(Catalogue.empty(), segs, np.zeros((0, dim), np.float32), self.exact, self.candidates)
+        self._snap = Snapshot(Catalogue.empty(), segs, np.zeros((0, dim), np.float32), self.exact)
 
     def _current(self) -> Snapshot:
         if self._snap is None:
@@ -125,7 +125,7 @@ class FaissIndex(ItemIndex):
         aside). `vecs` None: read the vectors from the single exact index's own storage."""
         if vecs is None:
             vecs = _flat_vectors(segments[0], self.dim)
-        self._snap = Snapshot(catalogue, tuple(segments), vecs, self.exact, self.candidates)
+        self._snap = Snapshot(catalogue, tuple(segments), vecs, self.exact)
 
     # ------------------------------------------------------------------ reads (any thread)
     def __len__(self) -> int:
@@ -157,10 +157,24 @@ class FaissIndex(ItemIndex):
         with self._rw.read():
             return np.array(self._current().vectors, dtype=np.float32, copy=True)
 
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter,
-               certify: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
+               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        settings = self.settings(params)
         with self._rw.read(), faiss_threads(self.threads):
-            return search(self._current(), q, k, exclude, restrict, certify)
+            return search(self._current(), q, k, exclude, restrict, certify, settings)
+
+    def settings(self, params: Optional[Mapping[str, Any]] = None) -> Settings:
+        """This index's search settings, with `params` (candidates, ef_search, nprobe) overriding
+        them for one call (validated like the constructor's)."""
+        p = dict(params or {})
+        unknown = sorted(set(p) - {"candidates", "ef_search", "nprobe"})
+        if unknown:
+            raise ValueError(f"unknown search parameters {unknown}; a faiss index takes candidates, ef_search, nprobe")
+        cand = check_int(p["candidates"], "candidates", 1) if p.get("candidates") is not None else self.candidates
+        ef = check_int(p["ef_search"], "ef_search", 1, 1 << 20) if p.get("ef_search") is not None else None
+        nprobe = check_int(p["nprobe"], "nprobe", 1, 1 << 24) if p.get("nprobe") is not None else None
+        return Settings(cand, int(ef if ef is not None else self.params["ef_search"]),
+                        int(nprobe if nprobe is not None else self.params["nprobe"]))
 
     # ------------------------------------------------------------------ writes (one at a time)
     def add(self, ids: np.ndarray, batches: Iterable[np.ndarray]) -> None:

@@ -188,15 +188,15 @@ class Segment:
             self.index.remove_ids(faiss.IDSelectorBatch(rows.astype(np.int64)))
 
     # -------- search (read-only: safe from many threads)
-    def search(self, q: np.ndarray, kk: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(partial inner products or -inf, rows or -1), each (m, kk)."""
+    def search(self, q: np.ndarray, kk: int, ef_search: int, nprobe: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(partial inner products or -inf, rows or -1), each (m, kk); ef_search / nprobe for this
+        call only."""
         if self.index is None:
             m = q.shape[0]
             return np.full((m, kk), -np.inf, np.float32), np.full((m, kk), -1, np.int64)
         keep: List[Any] = []
         # HNSW stops its graph walk after efSearch nodes: never fetch filler
-        params = search_params(self.index, max(int(self.params["ef_search"]), int(kk)), int(self.params["nprobe"]),
-                               keep)
+        params = search_params(self.index, max(int(ef_search), int(kk)), int(nprobe), keep)
         D, I = self.index.search(self.queries(q), int(kk), params=params)
         if self.augment:  # L2 distances -> -inf where nothing was found; scores are recomputed anyway
             D = np.where(I >= 0, -D, -np.inf).astype(np.float32)

@@ -33,7 +33,7 @@ import os
 import re
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -332,8 +332,9 @@ class MilvusIndex(ItemIndex):
             raise KeyError(f"id {int(ids[np.argmax(missing)])} is not indexed")
         return np.ascontiguousarray(vecs[pos], dtype=np.float32)
 
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter,
-               certify: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
+               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        call = self._call_params(params)
         q = np.ascontiguousarray(q, dtype=np.float32)
         m = q.shape[0]
         if k > MAX_TOPK:
@@ -341,7 +342,8 @@ class MilvusIndex(ItemIndex):
         ids = np.full((m, k), -1, np.int64)
         ips = np.full((m, k), -np.inf, np.float32)
         cert = np.zeros(m, bool)
-        n_cand = min(max(self.candidates if self.candidates is not None else max(4 * k, 100), k), MAX_TOPK)
+        cand = call.get("candidates", self.candidates)
+        n_cand = min(max(cand if cand is not None else max(4 * k, 100), k), MAX_TOPK)
         # queries with identical filters form one request
         groups: Dict[Tuple[Optional[bytes], Optional[bytes]], Tuple[Optional[np.ndarray], Optional[np.ndarray],
                                                                     List[int]]] = {}
@@ -364,12 +366,25 @@ class MilvusIndex(ItemIndex):
                     self._cut(found, vecs @ q[i], k, ids, ips, i)
                 cert[rows] = True
                 continue
-            self._ann(q, rows, k, n_cand, ex, rs, ids, ips)
+            self._ann(q, rows, k, n_cand, ex, rs, ids, ips, call)
             cert[rows] = self.exact
         return ids, ips, cert
 
+    def _call_params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, int]:
+        """This call's overrides (candidates, ef_search -> HNSW "ef", nprobe), validated."""
+        out: Dict[str, int] = {}
+        for name, value in (params or {}).items():
+            if name not in ("candidates", "ef_search", "nprobe"):
+                raise ValueError(f"unknown search parameter {name!r}; MilvusIndex takes candidates, ef_search, nprobe")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            out[name] = int(value)
+        return out
+
     def _ann(self, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int, ex: Optional[np.ndarray],
-             rs: Optional[np.ndarray], ids: np.ndarray, ips: np.ndarray) -> None:
+             rs: Optional[np.ndarray], ids: np.ndarray, ips: np.ndarray, call: Dict[str, int]) -> None:
         """Milvus's candidates for the queries `rows` under one filter, re-scored exactly."""
         conds = []
         drop: Optional[np.ndarray] = None
@@ -391,9 +406,9 @@ class MilvusIndex(ItemIndex):
         search_params: Dict[str, Any] = {"metric_type": self.metric}
         p: Dict[str, int] = {}
         if self.index_type == "HNSW":
-            p["ef"] = max(self.params.get("ef", 0), limit)  # Milvus requires ef >= topk
-        elif self.index_type == "IVF_FLAT" and "nprobe" in self.params:
-            p["nprobe"] = self.params["nprobe"]
+            p["ef"] = max(call.get("ef_search", self.params.get("ef", 0)), limit)  # Milvus requires ef >= topk
+        elif self.index_type == "IVF_FLAT" and ("nprobe" in call or "nprobe" in self.params):
+            p["nprobe"] = call.get("nprobe", self.params.get("nprobe", 0))
         if p:
             search_params["params"] = p
         res = self.client.search(self.collection, data=q[rows], filter=" and ".join(conds), limit=limit,

@@ -205,7 +205,8 @@ class Recaller:
 
     # ------------------------------------------------------------------ search
     def search(self, query_ds: Any, k: int = 10, *, exclude: Any = None, restrict: Any = None,
-               certify: bool = False) -> SearchResult:
+               certify: bool = False, candidates: Optional[int] = None, ef_search: Optional[int] = None,
+               nprobe: Optional[int] = None) -> SearchResult:
         """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or a
         DataFrame / dict rows when the Recaller has a schema).
 
@@ -215,6 +216,9 @@ class Recaller:
             query unrestricted)
         certify : with segments > 1 and exact segment indexes, widen the per-segment K' until
             every query's top k is certified exact (DESIGN.md §5)
+        candidates, ef_search, nprobe : this call's search parameters, overriding the index's
+            (ANN candidates re-scored exactly, HNSW walk depth, IVF lists probed); passed to the
+            index with the call, so concurrent searches with different values do not interfere
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -227,7 +231,9 @@ class Recaller:
         allow: IdFilter = id_filter(restrict, m, "restrict")
         if m == 0:
             return SearchResult.empty(m, k, loss)
-        ids, ip, cert = self.index.search(q, k, excl, allow, bool(certify))
+        params = {name: value for name, value in (("candidates", candidates), ("ef_search", ef_search),
+                                                  ("nprobe", nprobe)) if value is not None}
+        ids, ip, cert = self.index.search(q, k, excl, allow, bool(certify), params or None)
         scores = (ip + b[:, None]).astype(np.float32)  # b_q + <q, p>: the model's score on the joined row
         return SearchResult(ids, scores, cert, loss)
 

@@ -29,7 +29,16 @@ class Snapshot:
     segments: Tuple[Segment, ...]
     vectors: np.ndarray       # float32 (rows, dim) exact item vectors by row
     exact: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One search's parameters (the index's own, or overridden for one call): ANN candidates
+    re-scored exactly (None: max(4k, 100); never fewer than k), HNSW ef_search, IVF nprobe."""
+
     candidates: Optional[int]
+    ef_search: int
+    nprobe: int
 
 
 class Exclusion:
@@ -117,34 +126,37 @@ def rescore(snap: Snapshot, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def search(snap: Snapshot, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool) -> Result:
+def search(snap: Snapshot, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
+           settings: Settings) -> Result:
     m = q.shape[0]
     if len(snap.catalogue) == 0:
         return np.full((m, k), -1, np.int64), np.full((m, k), -np.inf, np.float32), np.ones(m, bool)
     excl = Exclusion.of(exclude, m, snap.catalogue)
     if restrict is not None:
-        return search_restricted(snap, q, k, restrict, excl)
+        return search_restricted(snap, q, k, restrict, excl, settings)
     if len(snap.segments) == 1:
-        return search_single(snap, q, k, excl)
-    return search_segmented(snap, q, k, excl, certify)
+        return search_single(snap, q, k, excl, settings)
+    return search_segmented(snap, q, k, excl, certify, settings)
 
 
-def search_single(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion]) -> Result:
+def search_single(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion], settings: Settings) -> Result:
     m = q.shape[0]
     n_rows = snap.catalogue.n_rows
     extra = (excl.most if excl is not None else 0) + snap.catalogue.dead
     seg = snap.segments[0]
     if snap.exact:
-        D, I = visible(seg.search(q, max(min(k + extra, n_rows), 1)), n_rows)
+        D, I = visible(seg.search(q, max(min(k + extra, n_rows), 1), settings.ef_search, settings.nprobe), n_rows)
         ids, ip = top_k(snap, I, D, k, excl)  # flat inner products are exact
         return ids, ip, np.ones(m, bool)
-    cand = max(snap.candidates or max(4 * k, 100), k)  # never fewer candidates than k
-    _, I = visible(seg.search(q, max(min(cand + extra, n_rows), 1)), n_rows)
+    cand = max(settings.candidates or max(4 * k, 100), k)  # never fewer candidates than k
+    kk = max(min(cand + extra, n_rows), 1)
+    _, I = visible(seg.search(q, kk, settings.ef_search, settings.nprobe), n_rows)
     ids, ip = top_k(snap, I, rescore(snap, q, I), k, excl)
     return ids, ip, np.zeros(m, bool)
 
 
-def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion], certify: bool) -> Result:
+def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion], certify: bool,
+                     settings: Settings) -> Result:
     """Per-segment top-K' lists, merged and re-scored exactly. An item returned by no segment
     has <q, p> <= Σ_s τ_s (τ_s = the lowest partial score segment s returned), so the result is
     certified exact when the k-th exact score reaches that bound (exact segment indexes only)."""
@@ -163,7 +175,7 @@ def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclu
         bound = np.zeros(todo.size)
         everything = np.zeros(todo.size, bool)  # some segment returned every item it holds
         for seg in snap.segments:
-            D, I = visible(seg.search(qs, kk), n_rows)
+            D, I = visible(seg.search(qs, kk, settings.ef_search, settings.nprobe), n_rows)
             cand.append(I)
             full = (I >= 0).all(axis=1)
             everything |= ~full
@@ -189,8 +201,8 @@ def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclu
     return ids, ips, cert
 
 
-def search_restricted(snap: Snapshot, q: np.ndarray, k: int, restrict: IdFilter,
-                      excl: Optional[Exclusion]) -> Result:
+def search_restricted(snap: Snapshot, q: np.ndarray, k: int, restrict: IdFilter, excl: Optional[Exclusion],
+                      settings: Settings) -> Result:
     """Only the allowed ids, by an exact scan; a None entry leaves that query unrestricted."""
     m = q.shape[0]
     ids = np.full((m, k), -1, np.int64)
@@ -199,9 +211,10 @@ def search_restricted(snap: Snapshot, q: np.ndarray, k: int, restrict: IdFilter,
     if free.any():
         sel = np.flatnonzero(free)
         sub = excl.subset(sel) if excl is not None else None
-        inner = search_single if len(snap.segments) == 1 else (
-            lambda s_, q_, k_, e_: search_segmented(s_, q_, k_, e_, False))
-        ids[free], ips[free], _ = inner(snap, q[free], k, sub)
+        if len(snap.segments) == 1:
+            ids[free], ips[free], _ = search_single(snap, q[free], k, sub, settings)
+        else:
+            ids[free], ips[free], _ = search_segmented(snap, q[free], k, sub, False, settings)
         if free.all():
             return ids, ips, np.ones(m, bool)
     if isinstance(restrict, np.ndarray):  # one allowed set for every query: one product
