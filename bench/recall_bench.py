@@ -363,27 +363,22 @@ def hnsw_recaller(R: State, name: str, n: int):
     return rec, out["build_seconds"], out
 
 
-def ann_sweep(R: State, rec, name: str, n: int, points, set_params) -> List[Dict]:
-    """For each sweep point: batched q/s (best of 2), recall@K vs exact, single-query latency."""
+def ann_sweep(R: State, rec, name: str, n: int, points, params_of) -> List[Dict]:
+    """For each sweep point: batched q/s (best of 2), recall@K vs exact, single-query latency;
+    params_of(point) gives that point's per-call search parameters (Recaller.search keywords)."""
     truth = R.truth(name, n)
     qds, qs = R.qds[name], R.q1[name]
     rows = []
     for pt in points:
-        set_params(rec, pt)
-        res = rec.search(qds, K)  # warm + result
-        secs = common.best_of(lambda: rec.search(qds, K), max(1, ROUNDS - 1))
-        lat = latency(lambda x: rec.search(x, K), qs, budget_s=LAT_BUDGET_S / 2)
+        kw = params_of(pt)
+        res = rec.search(qds, K, **kw)  # warm + result
+        secs = common.best_of(lambda: rec.search(qds, K, **kw), max(1, ROUNDS - 1))
+        lat = latency(lambda x: rec.search(x, K, **kw), qs, budget_s=LAT_BUDGET_S / 2)
         rows.append({"point": pt, "qps": qds.n_rows / secs, "recall": recall_at(res.ids, truth), **lat})
     return rows
 
 
-def set_hnsw(rec, pt):
-    """Search with (candidates, ef_search). ef_search is read at every search from the index's
-    params (rec.index.params); candidates is fixed when the Recaller is built and no public API
-    changes it afterwards, so a sweep point other than the built value fails loudly instead of
-    measuring the default under another label."""
+def hnsw_params(pt) -> Dict:
+    """Per-call search parameters of an HNSW sweep point (candidates, ef_search); None = default."""
     cand, ef = pt
-    if cand != rec.index.candidates:
-        raise NotImplementedError(f"candidates={cand} on a Recaller built with candidates={rec.index.candidates}: "
-                                  "fmrecall has no public way to change it after the build")
-    rec.index.params["ef_search"] = ef
+    return {"ef_search": ef, **({"candidates": cand} if cand is not None else {})}

@@ -36,7 +36,7 @@ import recall_data as rd  # noqa: E402
 import report  # noqa: E402
 from recall_bench import (CHILD_MIN_N, CHILD_RESULTS, HNSW_SWEEP, IVF_MPPC, IVF_NPROBE, K, LAT_MAX,  # noqa: E402
                           MODEL_NAMES, NUMPY_RATES, RAW_IP_ALL, ROUNDS, SIZES, TUNED_BLAS, ann_sweep, child_env, grid,
-                          hnsw_recaller, latency, numpy_rates, recall_at, run_child, set_hnsw, sizes_id, timed_rounds)
+                          hnsw_recaller, latency, numpy_rates, recall_at, run_child, hnsw_params, sizes_id, timed_rounds)
 
 import fmrecall.recall.faiss_config as fconfig  # noqa: E402
 import fmrecall.recall.faiss_segment as fsegment  # noqa: E402
@@ -48,11 +48,9 @@ def test_hnsw(benchmark, R, name, n):
     rec, build_s, child = hnsw_recaller(R, name, n)
     seg = rec.index.parts()[0]
     with common.ForeignLoad() as load:
-        set_hnsw(rec, (None, 128))  # the Recaller defaults: candidates max(4k, 100), ef_search 128
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         default_qps = R.qds[name].n_rows / benchmark.stats.stats.min
-        sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, set_hnsw)
-    set_hnsw(rec, (None, 128))
+        sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, hnsw_params)
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": seg.dim, "hnsw_m": 32,
            "ef_construction": rec.index.params["ef_construction"], "build_seconds": build_s,
            "built_in_subprocess": child is not None, "default_qps": default_qps, "sweep": sweep,
@@ -73,9 +71,8 @@ def test_hnsw_raw_ip(benchmark, R, name, n):
     R.drop(lambda k: k[1] >= CHILD_MIN_N)
     rec, build_s = R.recaller(name, n, "HNSW32,Flat", keep=False)
     with common.ForeignLoad() as load:
-        set_hnsw(rec, (None, 128))
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, set_hnsw)
+        sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, hnsw_params)
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
            "build_seconds": build_s, "ef_construction": 80, "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
            "sweep": sweep, "other_load": load.share}
@@ -104,13 +101,10 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
     rec, build_s = R.recaller(name, n, "ivf", keep=False)
     ivf = fsegment.ivf_of(rec.index.parts()[0].index)
 
-    def set_nprobe(r, npb):
-        r.index.params["nprobe"] = npb
-
     with common.ForeignLoad() as load:
-        set_nprobe(rec, 32)
-        benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        sweep = ann_sweep(R, rec, name, n, IVF_NPROBE, set_nprobe)
+        benchmark.pedantic(rec.search, args=(R.qds[name], K), kwargs={"nprobe": 32}, rounds=ROUNDS, iterations=1,
+                           warmup_rounds=1)
+        sweep = ann_sweep(R, rec, name, n, IVF_NPROBE, lambda npb: {"nprobe": npb})
     row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
            "nlist": int(ivf.nlist), "train_points_per_centroid": mppc or 256, "build_seconds": build_s,
            "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min, "sweep": sweep, "other_load": load.share}
@@ -140,8 +134,6 @@ def test_padding(benchmark, R, monkeypatch, name, index, n, pad):
         rec, build_s, _ = hnsw_recaller(R, name, n)
     else:
         rec, build_s = R.recaller(name, n, index, pad=pad) if not pad else R.recaller(name, n, index)
-    if index == "hnsw":
-        set_hnsw(rec, (None, 128))
     with common.ForeignLoad() as load:
         t0 = time.perf_counter()
         rec.search(R.qds[name], K)
@@ -173,7 +165,6 @@ def test_wait_policy(benchmark, R, name, index, policy, background):
     key = (name, index)
     if key not in _saved_dirs or not os.path.isdir(_saved_dirs[key]):
         rec = R.recaller(name, n, "exact")[0] if index == "exact" else hnsw_recaller(R, name, n)[0]
-        set_hnsw(rec, (None, 128))
         work = os.path.join(rd.CACHE, f"recall_child_{os.getpid()}")
         os.makedirs(work, exist_ok=True)
         _saved_dirs[key] = os.path.join(work, f"saved_{name}_{index}_{n}")
