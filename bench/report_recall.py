@@ -327,7 +327,7 @@ def _lightfm(data: Dict[str, Dict[str, Any]]) -> List[str]:
                          f"{r['fit_seconds']:.1f}"])
         out += md_table(["system", "Recall@10", "Recall@50", "Recall@100", "fit s"], rows)
         out += ["", f"{lf['test_users']} test users of u1.test, relevant = their u1.test items, each user's u1.base items "
-                "excluded, `fmrecall.metrics.recall_at_k` for all rows. fmrecall rows: `fmrecall.movielens.run(path, "
+                "excluded, `fmrecall.metrics.recall_at_k` for all rows. fmrecall rows: `fmrecall.experiments.movielens.run(path, "
                 "models=(\"FM\",), cold=False)` (its baselines and the one FM model, exact Recaller). LightFM "
                 f"{lf['lightfm_version']}: 64 components, WARP, learning rate 0.05, 30 epochs, 2 threads, all u1.base "
                 "events as positives; the second row adds user demographics and item genres / decade as features.", ""]

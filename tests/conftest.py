@@ -49,4 +49,4 @@ def rng(request) -> np.random.Generator:
 def frappe_data(data_dir):
     """(train 80%, holdout 20%) of frappe, seeded split (the same as test_real_data.py)."""
     ds = fmrecall.Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_FIELD_RANGES)
-    return ds.split(0.8, seed=0)
+    return ds.holdout(0.8, seed=0)

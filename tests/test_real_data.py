@@ -75,7 +75,7 @@ def test_criteo_train_and_predict(criteo, data_dir, cls):
 @pytest.fixture(scope="module")
 def frappe_split(data_dir):
     ds = fmrecall.Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_RANGES)
-    return ds.split(0.8, seed=0)
+    return ds.holdout(0.8, seed=0)
 
 
 def _check_restored_best(model, valid):
