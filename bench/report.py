@@ -148,10 +148,24 @@ def render(path: str = RESULTS_MD, n_rows: Optional[int] = None) -> str:
     lines += _parse(data)
     lines += report_recall.lines(data)
     lines += _environment(data)
-    text = "\n".join(lines)
+    text = "\n".join(lines) + _kept_sections(path)
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+KEPT = "<!-- sections below are written by their own benchmarks (bench/test_milvus.py, bench/test_mmap.py); render() keeps them -->"
+
+
+def _kept_sections(path: str) -> str:
+    """The part of the existing file from the KEPT marker on (results no JSON cache holds)."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    at = old.find(KEPT)
+    return "" if at < 0 else "\n\n" + old[at:]
 
 
 def _header() -> List[str]:
