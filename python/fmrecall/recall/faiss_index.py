@@ -35,7 +35,8 @@ def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None, *, optio
     """`value` as an int in [lo, hi] (ValueError naming the parameter otherwise)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not integer or value < lo or (hi is not None and value > hi):
         bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name} must be an integer {bounds}{' or None' if optional else ''}, got {value!r}")
     return int(value)
@@ -193,7 +194,8 @@ class FaissIndex(ItemIndex):
                 with self._rw.write():
                     self._publish(Catalogue(ids.copy()), (seg,), None)
                 return
-            vecs = np.concatenate([self._checked(p) for p in batches]) if ids.size else np.zeros((0, self.dim), np.float32)
+            parts = [self._checked(p) for p in batches]
+            vecs = np.concatenate(parts) if ids.size else np.zeros((0, self.dim), np.float32)
             self._check_count(vecs.shape[0], ids.size)
             if self._own and (unbuilt or any(seg.needs_rebuild(vecs) for seg in snap.segments)):
                 live = snap.catalogue.row_ids >= 0

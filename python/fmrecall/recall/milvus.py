@@ -30,7 +30,6 @@ of processes, which then see the same items.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -38,55 +37,27 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .base import IdFilter, IndexState, ItemIndex, filter_of
-
-ID_FIELD = "id"
-VECTOR_FIELD = "vector"
-MAX_TOPK = 16384            # Milvus's limit on topk / limit (and on query results per request)
-MAX_DIM = 32768             # Milvus's limit on a vector's dimension
-INSTALL_HINT = 'pip install "fmrecall[milvus]"'
-TOKEN_ENV = "FMRECALL_MILVUS_TOKEN"
-
-# index type -> {parameter: (lo, hi, used at "build" or "search")}
-_PARAMS: Dict[str, Dict[str, Tuple[int, int, str]]] = {
-    "HNSW": {"M": (2, 2048, "build"), "efConstruction": (1, 1 << 31, "build"), "ef": (1, 1 << 31, "search")},
-    "IVF_FLAT": {"nlist": (1, 65536, "build"), "nprobe": (1, 65536, "search")},
-    "FLAT": {},
-    "AUTOINDEX": {},
-}
-_METRICS = ("IP",)
-_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_REMOTE = ("http://", "https://", "tcp://", "unix:", "grpc://")
-
-
-def _pymilvus() -> Any:
-    try:
-        import pymilvus
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"fmrecall.MilvusIndex needs pymilvus (and milvus-lite for a local .db file): "
-                          f"{INSTALL_HINT}") from e
-    return pymilvus
-
-
-def _check_params(index_type: str, params: Any) -> Dict[str, int]:
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict of {index_type} parameters, got {type(params).__name__}")
-    allowed = _PARAMS[index_type]
-    out = {}
-    for key, value in params.items():
-        if key not in allowed:
-            names = ", ".join(allowed) or "none"
-            raise ValueError(f"params[{key!r}] is not a {index_type} parameter (allowed: {names})")
-        lo, hi, _ = allowed[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise ValueError(f"params[{key!r}] must be an integer in [{lo}, {hi}], got {value!r}")
-        out[str(key)] = int(value)
-    return out
-
-
-def _id_list(ids: np.ndarray) -> str:
-    return "[" + ",".join(map(str, ids.tolist())) + "]"
+from .milvus_collection import check_collection, create_collection
+from .milvus_search import ann_search, call_params, cut
+from .milvus_support import (  # noqa: F401
+    _COLLECTION_NAME,
+    _METRICS,
+    _PARAMS,
+    _REMOTE,
+    ID_FIELD,
+    INSTALL_HINT,
+    MAX_DIM,
+    MAX_TOPK,
+    TOKEN_ENV,
+    VECTOR_FIELD,
+    RollbackError,
+    _AddLog,
+    _check_params,
+    _hit_arrays,
+    _id_list,
+    _lite_engine_collection,
+    _pymilvus,
+)
 
 
 class MilvusIndex(ItemIndex):
@@ -187,9 +158,9 @@ class MilvusIndex(ItemIndex):
         client = self._connect()
         try:
             if client.has_collection(self.collection):
-                self._check_collection(client)
+                check_collection(self, client)
             elif create:
-                self._create_collection(client)
+                create_collection(self, client)
             else:
                 raise ValueError(f"Milvus collection {self.collection!r} does not exist at {self.uri!r}")
             client.load_collection(self.collection)
@@ -199,52 +170,6 @@ class MilvusIndex(ItemIndex):
         if self._client is not None:
             self._client.close()
         self._client = client
-
-    def _create_collection(self, client: Any) -> None:
-        DataType = _pymilvus().DataType
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
-        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
-        index_params = client.prepare_index_params()
-        build = {k: v for k, v in self.params.items() if _PARAMS[self.index_type][k][2] == "build"}
-        if self.lite and build:
-            # pymilvus sends build parameters as separate keys; Milvus Lite reads only a JSON "params"
-            # key (the older wire format) and would silently build with its defaults
-            build = {**build, "params": dict(build)}
-        index_params.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric,
-                               params=build)
-        client.create_collection(self.collection, schema=schema, index_params=index_params,
-                                 consistency_level="Strong")
-
-    def _check_collection(self, client: Any) -> None:
-        """The existing collection has our two fields, our dimension and our index type / metric."""
-        name = self.collection
-        desc = client.describe_collection(name)
-        DataType = _pymilvus().DataType
-        fields = {f["name"]: f for f in desc.get("fields", [])}
-        pk = fields.get(ID_FIELD)
-        vec = fields.get(VECTOR_FIELD)
-        if set(fields) != {ID_FIELD, VECTOR_FIELD} or pk is None or vec is None or not pk.get("is_primary") \
-                or pk.get("type") != DataType.INT64 or vec.get("type") != DataType.FLOAT_VECTOR:
-            got = ", ".join(f"{n} {getattr(f.get('type'), 'name', f.get('type'))}" for n, f in fields.items())
-            raise ValueError(f"Milvus collection {name!r} is not an fmrecall item collection: it has fields ({got}), "
-                             f"expected {ID_FIELD} INT64 primary key and {VECTOR_FIELD} FLOAT_VECTOR")
-        if desc.get("auto_id"):
-            raise ValueError(f"Milvus collection {name!r} generates its ids (auto_id); fmrecall gives item ids")
-        have = int(vec.get("params", {}).get("dim", -1))
-        if have != self.dim:
-            raise ValueError(f"Milvus collection {name!r} holds vectors of dimension {have}, this Recaller's "
-                             f"vectors have dimension {self.dim} (another model or sides?)")
-        indexes = client.list_indexes(name, field_name=VECTOR_FIELD)
-        if not indexes:
-            raise ValueError(f"Milvus collection {name!r} has no index on {VECTOR_FIELD!r}")
-        info = client.describe_index(name, indexes[0]) or {}
-        if info.get("index_type") != self.index_type or info.get("metric_type") != self.metric:
-            raise ValueError(f"Milvus collection {name!r} has a {info.get('index_type')} index with metric "
-                             f"{info.get('metric_type')}, expected {self.index_type} with {self.metric}")
-        for key, value in self.params.items():  # build parameters, where the server reports them
-            if _PARAMS[self.index_type][key][2] == "build" and key in info and int(info[key]) != value:
-                raise ValueError(f"Milvus collection {name!r} was built with {key}={info[key]}, params say {value}")
 
     def flush(self, wait: bool = True, timeout: float = 3600.0) -> None:
         """Seal the rows added so far, so that Milvus indexes them now (optional: Milvus seals by
@@ -334,7 +259,7 @@ class MilvusIndex(ItemIndex):
 
     def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
                params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        call = self._call_params(params)
+        call = call_params(params)
         q = np.ascontiguousarray(q, dtype=np.float32)
         m = q.shape[0]
         if k > MAX_TOPK:
@@ -363,72 +288,12 @@ class MilvusIndex(ItemIndex):
             if rs is not None and rs.size <= n_cand:  # a small restriction: score all of its items exactly
                 found, vecs = self._fetch(rs)
                 for i in rows:
-                    self._cut(found, vecs @ q[i], k, ids, ips, i)
+                    cut(found, vecs @ q[i], k, ids, ips, i)
                 cert[rows] = True
                 continue
-            self._ann(q, rows, k, n_cand, ex, rs, ids, ips, call)
+            ann_search(self, q, rows, k, n_cand, ex, rs, ids, ips, call)
             cert[rows] = self.exact
         return ids, ips, cert
-
-    def _call_params(self, params: Optional[Mapping[str, Any]]) -> Dict[str, int]:
-        """This call's overrides (candidates, ef_search -> HNSW "ef", nprobe), validated."""
-        out: Dict[str, int] = {}
-        for name, value in (params or {}).items():
-            if name not in ("candidates", "ef_search", "nprobe"):
-                raise ValueError(f"unknown search parameter {name!r}; MilvusIndex takes candidates, ef_search, nprobe")
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            out[name] = int(value)
-        return out
-
-    def _ann(self, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int, ex: Optional[np.ndarray],
-             rs: Optional[np.ndarray], ids: np.ndarray, ips: np.ndarray, call: Dict[str, int]) -> None:
-        """Milvus's candidates for the queries `rows` under one filter, re-scored exactly."""
-        conds = []
-        drop: Optional[np.ndarray] = None
-        limit = n_cand
-        if rs is not None:
-            if rs.size > self.max_filter_ids:
-                raise ValueError(f"restrict holds {rs.size} ids; one Milvus filter expression lists at most "
-                                 f"{self.max_filter_ids} (MilvusIndex max_filter_ids)")
-            conds.append(f"{ID_FIELD} in {_id_list(rs)}")
-        if ex is not None:
-            if ex.size <= self.max_filter_ids:
-                conds.append(f"{ID_FIELD} not in {_id_list(ex)}")
-            elif n_cand + ex.size <= MAX_TOPK:  # over-fetch, drop the excluded ids here
-                drop, limit = ex, n_cand + ex.size
-            else:
-                raise ValueError(f"exclude holds {ex.size} ids: more than one Milvus filter expression lists "
-                                 f"({self.max_filter_ids}, MilvusIndex max_filter_ids) and too many to over-fetch "
-                                 f"within Milvus's topk limit ({MAX_TOPK})")
-        search_params: Dict[str, Any] = {"metric_type": self.metric}
-        p: Dict[str, int] = {}
-        if self.index_type == "HNSW":
-            p["ef"] = max(call.get("ef_search", self.params.get("ef", 0)), limit)  # Milvus requires ef >= topk
-        elif self.index_type == "IVF_FLAT" and ("nprobe" in call or "nprobe" in self.params):
-            p["nprobe"] = call.get("nprobe", self.params.get("nprobe", 0))
-        if p:
-            search_params["params"] = p
-        res = self.client.search(self.collection, data=q[rows], filter=" and ".join(conds), limit=limit,
-                                 output_fields=[VECTOR_FIELD], search_params=search_params,
-                                 anns_field=VECTOR_FIELD, consistency_level="Strong")
-        for j, i in enumerate(rows):
-            found, vecs = _hit_arrays(res[j], self.dim)
-            if drop is not None and found.size:
-                keep = ~np.isin(found, drop)
-                found, vecs = found[keep], vecs[keep]
-            self._cut(found, vecs @ q[i], k, ids, ips, i)
-
-    @staticmethod
-    def _cut(found: np.ndarray, ip: np.ndarray, k: int, ids: np.ndarray, ips: np.ndarray, i: int) -> None:
-        """The top k of (found, ip) into row i, best first (ties: smaller id first)."""
-        if found.size == 0:
-            return
-        order = np.lexsort((found, -ip.astype(np.float32)))[:k]
-        ids[i, :order.size] = found[order]
-        ips[i, :order.size] = ip[order]
 
     # ------------------------------------------------------------------ writes (one at a time)
     def _rows_per_request(self) -> int:
@@ -478,7 +343,10 @@ class MilvusIndex(ItemIndex):
 
     def _upsert(self, part: np.ndarray, vecs: np.ndarray, log: "_AddLog") -> int:
         """Write one request's rows, first saving the vectors those ids have now (for a roll-back)."""
-        old_ids, old_vecs = (np.zeros(0, np.int64), None) if log.fresh else self._fetch(part)
+        if log.fresh:
+            old_ids, old_vecs = np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        else:
+            old_ids, old_vecs = self._fetch(part)
         if old_ids.size:
             log.old_ids.append(old_ids)
             log.old_vecs.append(old_vecs)
@@ -551,21 +419,6 @@ class MilvusIndex(ItemIndex):
         return f"MilvusIndex({self.uri!r}, collection={self.collection!r}, index_type={self.index_type!r})"
 
 
-class RollbackError(Exception):
-    """An add failed and undoing it failed too (not a RuntimeError: the Recaller reports those as
-    faiss errors)."""
-
-
-class _AddLog:
-    """What a running add has done: rows sent so far, and the vectors it replaced."""
-
-    def __init__(self) -> None:
-        self.attempted = 0
-        self.fresh = False
-        self.old_ids: List[np.ndarray] = []
-        self.old_vecs: List[np.ndarray] = []
-
-
 def _reopen(config: Dict[str, Any], dim: int, threads: int) -> MilvusIndex:
     """Unpickle: reconnect to the same collection (token from FMRECALL_MILVUS_TOKEN)."""
     index = MilvusIndex(config["uri"], config["collection"], config["index_type"], config["metric"],
@@ -574,32 +427,3 @@ def _reopen(config: Dict[str, Any], dim: int, threads: int) -> MilvusIndex:
     if dim:
         index._open(dim, threads, create=False)
     return index
-
-
-def _lite_engine_collection(uri: str, collection: str) -> Any:
-    """Milvus Lite's own collection object of a .db file this process serves (None if unknown):
-    the only way to wait for its background index build (private to milvus-lite; best effort)."""
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-        entry = server_manager_instance._servers.get(os.path.abspath(uri))
-        return None if entry is None else entry[1].get_collection(collection)
-    except Exception:
-        return None
-
-
-def _hit_arrays(hits: Any, dim: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(ids int64, vectors float32 (n, dim)) of one query's hits: read straight from the response's
-    columnar vector data when pymilvus exposes it, else from the hit dicts."""
-    found = np.asarray(list(hits.ids) if hasattr(hits, "ids") else [h["id"] for h in hits], np.int64)
-    n = found.size
-    if n == 0:
-        return found, np.zeros((0, dim), np.float32)
-    lazy, start = getattr(hits, "lazy_field_data", None), getattr(hits, "start", None)
-    if lazy is not None and isinstance(start, int):
-        for fd in lazy:
-            if fd.field_name == VECTOR_FIELD and fd.vectors.dim == dim and not list(getattr(fd, "valid_data", [])):
-                data = fd.vectors.float_vector.data
-                if len(data) >= (start + n) * dim:
-                    return found, np.asarray(data[start * dim:(start + n) * dim], np.float32).reshape(n, dim)
-    vecs = np.asarray([h["entity"][VECTOR_FIELD] for h in hits], np.float32)
-    return found, vecs.reshape(n, dim)

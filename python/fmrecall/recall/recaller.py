@@ -188,6 +188,8 @@ class Recaller:
         try:
             self.index.add(ids, self._vector_batches(item_ds))
         except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
+            if not isinstance(self.index, FaissIndex):
+                raise
             raise ValueError(f"faiss could not index these {ids.size} items ({str(e).strip().splitlines()[-1]}); "
                              f"nothing was added. An IVF index trains on its first batch: give it at least as many "
                              f"items as it has lists") from None
