@@ -1,16 +1,7 @@
 """Named feature fields: how table columns become field-aware sparse rows.
 
-Each field has a name (its column), a side (user / context / item) and a kind:
-
-- ``Categorical``       one value per row; vocabulary learned by fit; values seen fewer than
-                         ``min_count`` times share an "other" feature; unseen values map to a reserved
-                         feature that no training row uses, so it is neutral (zero weights).
-- ``MultiCategorical``  a list per row (list column, or a string split on ``sep``), optional
-                         per-value weights; values scaled per field (L2 by default) so a row with
-                         many tags does not outweigh one with a single tag.
-- ``Numeric``           the standardised raw value (one feature) or quantile buckets (one-hot).
-- ``Hashed``            a categorical with ``buckets`` features chosen by a stable hash of the
-                         value, inside its own field's range only (ids with 10^8 values).
+A Schema lists named fields (their kinds, Categorical, MultiCategorical, Numeric and Hashed, are in
+fmrecall.fields) and encodes tables with them.
 
 Field i of the schema is field index i of the model; every field owns a contiguous range of
 feature indices, so hashing never collides across fields (DESIGN.md §6).
