@@ -113,8 +113,8 @@ class ItemIndex(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, str],
+    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
                    dim: int, threads: int, where: str, **options: Any) -> "ItemIndex":
-        """The index `state` described (`files`: member name -> path of a verified file), opened
+        """The index `state` described (`files`: member name -> an open, verified binary file), opened
         and validated: ValueError naming `where` and the entry for anything inconsistent.
         `options` are backend-specific load options (e.g. MilvusIndex's token)."""

@@ -309,7 +309,7 @@ class FaissIndex(ItemIndex):
             return meta, arrays, files
 
     @classmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, str],
+    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
                    dim: int, threads: int, where: str, **options: Any) -> "FaissIndex":
         if options:
             raise ValueError(f"unknown load options for a faiss index: {sorted(options)}")
@@ -374,9 +374,12 @@ def _writer(index: faiss.Index) -> Callable[[str], None]:
     return lambda path: faiss.write_index(index, path)
 
 
-def _read_index(path: str, where: str, name: str) -> faiss.Index:
+def _read_index(source: Any, where: str, name: str) -> Any:
+    """A faiss index from a path or an open binary file (read through faiss's callback reader)."""
     try:
-        return faiss.read_index(path)
+        if isinstance(source, str):
+            return faiss.read_index(source)
+        return faiss.read_index(faiss.PyCallbackIOReader(source.read))
     except RuntimeError as e:
         raise ValueError(f"{where}: {name} is not a faiss index ({str(e).strip().splitlines()[-1]})") from None
 

@@ -391,7 +391,7 @@ class MilvusIndex(ItemIndex):
         return {**self.config(), "dim": self.dim}, {}, {}
 
     @classmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, str],
+    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
                    dim: int, threads: int, where: str, **options: Any) -> "MilvusIndex":
         unknown = sorted(set(options) - {"token", "uri"})
         if unknown:

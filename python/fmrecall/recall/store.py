@@ -14,6 +14,7 @@ no checksums) still load.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from typing import Any, Dict, Optional, Tuple, Type, Union
+from typing import Any, BinaryIO, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 import numpy as np
 
@@ -47,7 +48,14 @@ POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v-[0-9a-f]{1,20}-[0-9a-f]{8}$")
 _MEMBER = re.compile(r"^(model\.npz|items\.npz|index[0-9]{1,4}\.faiss)$")
-_LOAD_RETRIES = 5
+_LOAD_PATIENCE_S = 60.0  # how long a load keeps following the pointer while saves overtake it
+
+
+class Member(NamedTuple):
+    """One file of a saved version: its path (for messages) and the open handle it is read from."""
+
+    path: str
+    file: BinaryIO
 
 
 def _backends() -> Dict[str, Type[ItemIndex]]:
@@ -184,8 +192,10 @@ def _read_pointer(directory: str) -> Tuple[str, str]:
     return name, sha
 
 
-def _verified_members(version: str, manifest_sha: Optional[str]) -> Dict[str, str]:
-    """member name -> path, every file checked against the manifest's SHA-256 and size."""
+def _open_members(version: str, manifest_sha: Optional[str], stack: contextlib.ExitStack) -> Dict[str, Member]:
+    """member name -> (path, open file), every file checked against the manifest's SHA-256 and size.
+    The files are opened first and read through those handles only, so a concurrent save that
+    removes this version afterwards cannot take them away (FileNotFoundError only while opening)."""
     mpath = os.path.join(version, MANIFEST)
     with open(mpath, "rb") as f:
         raw = f.read()
@@ -198,20 +208,26 @@ def _verified_members(version: str, manifest_sha: Optional[str]) -> Dict[str, st
             raise KeyError("format")
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{mpath}: corrupt manifest ({e})") from None
-    paths = {}
+    opened: Dict[str, Member] = {}
     for name, info in members.items():
         if not isinstance(name, str) or not _MEMBER.match(name) or not isinstance(info, dict):
             raise ValueError(f"{mpath}: bad member entry {name!r}")
         path = os.path.join(version, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(2, "member missing", path)
-        if os.path.getsize(path) != info.get("size") or sha256_file(path) != info.get("sha256"):
-            raise ValueError(f"{path}: checksum mismatch (the file is corrupt or was changed after saving)")
-        paths[name] = path
+        opened[name] = Member(path, stack.enter_context(open(path, "rb")))
     for need in ("model.npz", "items.npz"):
-        if need not in paths:
+        if need not in opened:
             raise ValueError(f"{mpath}: no {need}")
-    return paths
+    for name, member in opened.items():  # verified through the open handles
+        info = members[name]
+        h = hashlib.sha256()
+        size = 0
+        for block in iter(lambda: member.file.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+        member.file.seek(0)
+        if size != info.get("size") or h.hexdigest() != info.get("sha256"):
+            raise ValueError(f"{member.path}: checksum mismatch (the file is corrupt or was changed after saving)")
+    return opened
 
 
 def load_recaller(directory: Union[str, os.PathLike], **options: Any) -> Any:
@@ -220,32 +236,39 @@ def load_recaller(directory: Union[str, os.PathLike], **options: Any) -> Any:
         raise FileNotFoundError(2, "No such directory", directory)
     if not os.path.exists(os.path.join(directory, POINTER)):
         if os.path.exists(os.path.join(directory, "items.npz")):  # fmrecall 0.1 layout, no checksums
-            files = {e: os.path.join(directory, e) for e in os.listdir(directory) if _MEMBER.match(e)}
-            return _load_members(files, directory, options)
+            with contextlib.ExitStack() as stack:
+                paths = [os.path.join(directory, e) for e in os.listdir(directory) if _MEMBER.match(e)]
+                files = {os.path.basename(p): Member(p, stack.enter_context(open(p, "rb"))) for p in paths}
+                return _load_members(files, directory, options)
         raise ValueError(f"{directory}: not a saved Recaller (no {POINTER} file)")
-    for attempt in range(_LOAD_RETRIES):
+    deadline = time.monotonic() + _LOAD_PATIENCE_S
+    while True:
         name, sha = _read_pointer(directory)
-        try:
-            files = _verified_members(os.path.join(directory, name), sha)
+        with contextlib.ExitStack() as stack:
+            try:
+                files = _open_members(os.path.join(directory, name), sha, stack)
+            except FileNotFoundError:
+                # saves removed the version we started on before we opened its files: read the
+                # pointer again; a version missing files while it is still current is broken
+                if time.monotonic() > deadline or _read_pointer(directory)[0] == name:
+                    raise
+                continue
             return _load_members(files, os.path.join(directory, name), options)
-        except (FileNotFoundError, ValueError):
-            # saves moved on while we read (the version we started on was removed): read the
-            # pointer again; a version that fails while it is still current is really broken
-            if attempt + 1 == _LOAD_RETRIES or _read_pointer(directory)[0] == name:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_members(files: Dict[str, str], where: str, options: Dict[str, Any]) -> Any:
+def _load_members(files: Dict[str, Member], where: str, options: Dict[str, Any]) -> Any:
     from .recaller import Recaller
-    mpath = files.get("model.npz", os.path.join(where, "model.npz"))
-    meta_m, arrays_m = load_arrays(mpath, MODEL_FORMAT, MODEL_VERSION)
+    for need in ("model.npz", "items.npz"):
+        if need not in files:
+            raise FileNotFoundError(2, "member missing", os.path.join(where, need))
+    mpath = files["model.npz"].path
+    meta_m, arrays_m = load_arrays(files["model.npz"].file, MODEL_FORMAT, MODEL_VERSION, name=mpath)
     try:
         model = model_from_arrays(meta_m, arrays_m, mpath)
     except KeyError as e:
         raise ValueError(f"{mpath}: missing entry {e}") from None
-    ipath = files.get("items.npz", os.path.join(where, "items.npz"))
-    meta, arrays = load_arrays(ipath, RECALLER_FORMAT, RECALLER_VERSION)
+    ipath = files["items.npz"].path
+    meta, arrays = load_arrays(files["items.npz"].file, RECALLER_FORMAT, RECALLER_VERSION, name=ipath)
     if meta.get("version") == 1:
         meta = _upgrade_v1(meta)
     try:
@@ -256,7 +279,7 @@ def _load_members(files: Dict[str, str], where: str, options: Dict[str, Any]) ->
             raise ValueError(f"unknown index backend {conf['backend']!r}")
         rec = Recaller.__new__(Recaller)
         rec._init_loaded(model, sides, conf["threads"])  # validates like the constructor
-        index_files = {n: p for n, p in files.items() if n.endswith(".faiss")}
+        index_files = {n: m.file for n, m in files.items() if n.endswith(".faiss")}
         rec.index = backend.from_state(index_meta, arrays, index_files, rec.dim, rec.threads, ipath, **options)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{ipath}: bad Recaller metadata ({e!r})") from None
@@ -302,4 +325,5 @@ def recaller_from_bytes(payload: bytes) -> Any:
                         shutil.copyfileobj(src, dst)
         except zipfile.BadZipFile as e:
             raise ValueError(f"corrupt pickled Recaller ({e})") from None
-        return _load_members(_verified_members(tmp, None), "<pickle>", {})
+        with contextlib.ExitStack() as stack:
+            return _load_members(_open_members(tmp, None, stack), "<pickle>", {})
