@@ -31,11 +31,11 @@ struct KernelFns {
 };
 
 // Picks the widest instruction set this CPU supports (AVX-512 > AVX2+FMA > SSE2) unless the
-// environment variable FMRECALL_ARCH (generic | avx2 | avx512) asks for a narrower one. The levels
-// and their kernel variants (KernelFns::arch): generic -> "generic" (SSE2, 128-bit lanes), avx2 ->
-// "avx2" (256-bit), avx512 -> "avx512-ymm" (AVX-512 encodings on 256-bit lanes).
+// environment variable FMRECALL_ARCH (generic | avx2 | avx512) asks for a narrower one. Lanes:
+// generic 128-bit; avx2 256-bit; avx512 512-bit where the padded latent size is a multiple of 16,
+// else 256-bit (lanes.h: Chunk).
 KernelFns select_kernels(int32_t kp);
-const char* best_arch();  // the level: "generic", "avx2" or "avx512"
+const char* best_arch();  // "generic", "avx2" or "avx512"
 
 namespace generic {
 KernelFns kernels(int32_t kp);
@@ -43,7 +43,7 @@ KernelFns kernels(int32_t kp);
 namespace avx2 {
 KernelFns kernels(int32_t kp);
 }
-namespace avx512_ymm {
+namespace avx512 {
 KernelFns kernels(int32_t kp);
 }
 

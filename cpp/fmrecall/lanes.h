@@ -1,18 +1,22 @@
 // Fixed-width float vectors for the kernel's lane loops (GCC/Clang vector extensions), included by
 // kernel_impl.h inside the per-instruction-set namespace. kp is a multiple of 4 and every latent
-// vector starts 16-byte aligned, so a vector of K floats is K/4 (or K/8 with FMR_WIDE) chunks.
+// vector starts 16-byte aligned, so a vector of K floats is K/4 chunks (K/8 or K/16 when wide).
 #pragma once
 
 typedef float f4 __attribute__((vector_size(16)));
 typedef float f8 __attribute__((vector_size(32)));
+typedef float f16 __attribute__((vector_size(64)));
 
 #ifndef FMR_WIDE
 #define FMR_WIDE 0
 #endif
 
-// The chunk type for a compile-time size K (K = 0: run-time kp, chunks of 4).
+// The chunk type for a compile-time size K (K = 0: run-time kp, chunks of 4): 16 floats when
+// FMR_WIDE >= 2 (AVX-512) and 16 divides K, 8 when FMR_WIDE and 8 divides K, else 4.
 template <int K>
-using Chunk = typename std::conditional<(FMR_WIDE && K > 0 && K % 8 == 0), f8, f4>::type;
+using Chunk =
+    typename std::conditional<(FMR_WIDE >= 2 && K > 0 && K % 16 == 0), f16,
+                              typename std::conditional<(FMR_WIDE && K > 0 && K % 8 == 0), f8, f4>::type>::type;
 
 template <class T>
 constexpr int width() {
@@ -58,4 +62,11 @@ inline f4 vrsqrt(f4 v) {
 }
 #if FMR_WIDE
 inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }
+#endif
+#if FMR_WIDE >= 2
+// The AVX-512 estimate has 14 bits (the Newton step still follows); the maskz form with every lane
+// set is the same instruction without GCC 12's false -Wmaybe-uninitialized on _mm512_rsqrt14_ps.
+inline f16 vrsqrt(f16 v) {
+  return newton_rsqrt(v, reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v))));
+}
 #endif

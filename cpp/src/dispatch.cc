@@ -42,7 +42,7 @@ const char* best_arch() {
 KernelFns select_kernels(int32_t kp) {
 #if defined(FMRECALL_X86)
   switch (chosen_level()) {
-    case 2: return avx512_ymm::kernels(kp);
+    case 2: return avx512::kernels(kp);
     case 1: return avx2::kernels(kp);
     default: break;
   }
