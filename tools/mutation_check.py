@@ -46,7 +46,7 @@ class Mutation:
     cpu: str = ""      # only meaningful on a CPU with this instruction set (avx2 / avx512)
 
 
-AVX512 = 'FMR_ARCH_NAME[3] == \'5\''   # "avx512-ymm"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
+AVX512 = 'FMR_ARCH_NAME[3] == \'5\''   # "avx512"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
 AVX2 = 'FMR_ARCH_NAME[3] == \'2\''
 GENERIC = 'FMR_ARCH_NAME[0] == \'g\''
 
@@ -184,6 +184,14 @@ MUTATIONS = [
              "inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }",
              "inline f8 vrsqrt(f8 v) { return reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v))); }",
              cpu="avx2"),
+    Mutation("vrsqrt f16: no Newton step (14-bit estimate)", LANES,
+             "return newton_rsqrt(v, reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v))));",
+             "return reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v)));",
+             cpu="avx512"),
+    Mutation("pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)", KI,
+             "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+             f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
+             "load<T>(p + afo[c]) * load<T>(q + aoff[c]);", cpu="avx512"),
     Mutation("newton_rsqrt: constant", LANES,
              "return y * (1.5f - 0.5f * v * y * y);",
              "return y * (1.5f - 0.49f * v * y * y);"),
