@@ -1,4 +1,4 @@
-"""Every compiled kernel variant (generic / avx2 / avx512-ymm: the `arch` fixture) on rows that reach every
+"""Every compiled kernel variant (generic / AVX2 / AVX-512: the `arch` fixture) on rows that reach every
 path of the row kernel (cpp/fmrecall/kernel_impl.h), against the plain float64 numpy reference
 (tests/reference.py): the score, and one exact AdaGrad step per row (libffm's rule: G += g²,
 w -= eta g / √G, accumulators starting at 1, L2 included) over a few steps, so that the AdaGrad state a
@@ -8,7 +8,8 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
 * forward: linear terms; `ns` single nodes -> the FM sum trick (S, Q) and, with field-aware nodes too,
   the per-slot sums Sa and the single×aware dots; `na` field-aware nodes -> pair_dots, whose loop is
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
-  chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks when wide)
+  chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks on AVX2; on
+  AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks)
   and a run-time add_prod loop for K = 0.
 * K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
   K=0 (run time).
