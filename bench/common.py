@@ -1,4 +1,5 @@
 """Benchmark configurations and definitions shared by the bench files and the training child."""
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,14 @@ THREADS = [1, 2]
 # keeps the query/item split exact (DESIGN.md §6).
 HYPER = dict(learning_rate=0.02, reg_linear=2e-5, reg_factors=2e-5, init_std=0.05, normalize=False, seed=0)
 
-EPOCH_ROUNDS = int(os.environ.get("FMRECALL_BENCH_ROUNDS", 3))   # timed epochs per in-process config
-FIT_EPOCHS = int(os.environ.get("FMRECALL_BENCH_EPOCHS", 3))     # epochs of the subprocess fit
+EPOCH_ROUNDS = int(os.environ.get("FMRECALL_BENCH_ROUNDS", 3))  # timed epochs per in-process config
+FIT_EPOCHS = int(os.environ.get("FMRECALL_BENCH_EPOCHS", 3))  # epochs of the subprocess fit
 NUMPY_ROWS = int(os.environ.get("FMRECALL_BENCH_NUMPY_ROWS", 2000))  # rows timed for the numpy reference
 
 # Targets to report against (never asserted)
-TARGET_EPOCH_S_FFM4_T2 = 3.5      # s/epoch, FFM k=4, 2 threads, 1M-row data (900k train rows)
-LIBFFM_EPOCH_S = "4.4-4.8"        # libffm on this machine, same data
-TARGET_PEAK_RSS_GB = 1.0          # read as GiB (1024 MiB), the lenient reading
+TARGET_EPOCH_S_FFM4_T2 = 3.5  # s/epoch, FFM k=4, 2 threads, 1M-row data (900k train rows)
+LIBFFM_EPOCH_S = "4.4-4.8"  # libffm on this machine, same data
+TARGET_PEAK_RSS_GB = 1.0  # read as GiB (1024 MiB), the lenient reading
 LIBFFM_PEAK_RSS_GB = 1.73
 TARGET_PARSE_MB_S = 100.0
 

@@ -1,8 +1,9 @@
 """Shared fixtures of the benchmarks and the hook that writes bench/results.md.
 
-    cd /work/main && PYTHONPATH=python python3 -m pytest bench -q --benchmark-only
-    FMRECALL_BENCH_ROWS=100000 ... for a quick run (smaller data set, cached separately)
+cd /work/main && PYTHONPATH=python python3 -m pytest bench -q --benchmark-only
+FMRECALL_BENCH_ROWS=100000 ... for a quick run (smaller data set, cached separately)
 """
+
 from __future__ import annotations
 
 import os

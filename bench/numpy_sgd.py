@@ -2,6 +2,7 @@
 compared with: bench/test_peers.py times it as a benchmark, bench/test_train.py's test_epoch divides
 by its rate. tests/test_kernels.py checks that it makes the same updates as fmrecall (so the ratio
 compares like with like)."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def numpy_reference(kind, k, train):
     """(reference model, rows) ready to time: full-size tables (all n_features ids), random init."""
     rows = np.arange(min(common.NUMPY_ROWS, train.n_rows))
     reference.check_one_hot(train, rows)
-    ref = reference.make_sgd(kind, train.n_features, train.n_fields, k, seed=0,
-                             init_std=common.HYPER["init_std"], **REF_HYPER)
+    ref = reference.make_sgd(
+        kind, train.n_features, train.n_fields, k, seed=0, init_std=common.HYPER["init_std"], **REF_HYPER
+    )
     return ref, rows
 
 

@@ -23,6 +23,7 @@ Environment (defaults = the full run, ~25 min on 2 cores):
                                                   per 1M-item build)
 A quick run: FMRECALL_BENCH_ROWS=100000 FMRECALL_BENCH_RECALL_SIZES=20000,50000.
 """
+
 from __future__ import annotations
 
 import gc
@@ -42,10 +43,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import common  # noqa: E402
+import faiss  # noqa: E402
 import recall_data as rd  # noqa: E402
 import report  # noqa: E402
-
-import faiss  # noqa: E402
 
 import fmrecall  # noqa: E402
 import fmrecall.recall.faiss_segment as fsegment  # noqa: E402
@@ -64,9 +64,11 @@ BLAS_KEYS = ("distance_compute_blas_threshold", "distance_compute_blas_query_bs"
 FAISS_DEFAULT_BLAS = {k: int(getattr(faiss.cvar, k)) for k in BLAS_KEYS}  # read at import: untouched
 # Recommended recall.EXACT_BLAS (from test_blas_sweep on this machine; see results.md): the shipped
 # block sizes are within noise of the best cell; BLAS pays off from nq·d ≈ 1,000 (4 queries at d=304).
-TUNED_BLAS = {"distance_compute_blas_threshold": 1024,
-              "distance_compute_blas_query_bs": 4096,
-              "distance_compute_blas_database_bs": 16384}
+TUNED_BLAS = {
+    "distance_compute_blas_threshold": 1024,
+    "distance_compute_blas_query_bs": 4096,
+    "distance_compute_blas_database_bs": 16384,
+}
 BLAS_SETTINGS = {"faiss-default": {}, "EXACT_BLAS": None, "tuned": TUNED_BLAS}  # None = as shipped
 
 # (candidates, ef_search); None = the Recaller's default candidates (max(4k, 100) = 400 for k = 100)
@@ -84,7 +86,7 @@ def pad_to(a: np.ndarray, d: int) -> np.ndarray:
     if a.shape[1] == d:
         return np.ascontiguousarray(a, dtype=np.float32)
     out = np.zeros((a.shape[0], d), dtype=np.float32)
-    out[:, :a.shape[1]] = a
+    out[:, : a.shape[1]] = a
     return out
 
 
@@ -129,8 +131,13 @@ def latency(fn, items: List, budget_s: float = LAT_BUDGET_S, max_n: int = LAT_MA
         fn(x)
         ts[i] = time.perf_counter() - t0
     ts *= 1e3
-    return {"p50_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)), "mean_ms": float(ts.mean()),
-            "min_ms": float(ts.min()), "n": n}
+    return {
+        "p50_ms": float(np.median(ts)),
+        "p99_ms": float(np.percentile(ts, 99)),
+        "mean_ms": float(ts.mean()),
+        "min_ms": float(ts.min()),
+        "n": n,
+    }
 
 
 def recall_at(ids: np.ndarray, truth: np.ndarray, k: int = K) -> float:
@@ -143,8 +150,13 @@ def recall_at(ids: np.ndarray, truth: np.ndarray, k: int = K) -> float:
 
 def stats_ms(benchmark) -> Dict[str, float]:
     data = np.asarray(benchmark.stats.stats.data) * 1e3
-    return {"p50_ms": float(np.median(data)), "p99_ms": float(np.percentile(data, 99)), "mean_ms": float(data.mean()),
-            "min_ms": float(data.min()), "n": int(data.size)}
+    return {
+        "p50_ms": float(np.median(data)),
+        "p99_ms": float(np.percentile(data, 99)),
+        "mean_ms": float(data.mean()),
+        "min_ms": float(data.min()),
+        "n": int(data.size),
+    }
 
 
 # ------------------------------------------------------------------------------------- state
@@ -171,7 +183,7 @@ class State:
             self.qrows[name] = rows
             self.qds[name] = spec.queries(rows)
             self.q[name], self.b[name] = split.query_vectors(self.qds[name])
-            self.q1[name] = [spec.queries(rows[i:i + 1]) for i in range(min(LAT_MAX, rows.shape[0]))]
+            self.q1[name] = [spec.queries(rows[i : i + 1]) for i in range(min(LAT_MAX, rows.shape[0]))]
         self._truth: Dict[Tuple[str, int], np.ndarray] = {}
         self._recallers: Dict[Tuple, Tuple] = {}
         self.setup_seconds = time.perf_counter() - t0
@@ -228,13 +240,20 @@ def new_state(synth_file) -> State:
     st = State(path, meta)
     for name in MODEL_NAMES:
         info = dict(st.models[name][1])
-        info.update(dim=int(st.P[name].shape[1]), catalogue=st.cat_info, n_items_max=st.n_max,
-                    queries=int(st.q[name].shape[0]),
-                    p_norm_median=float(np.median(np.linalg.norm(st.P[name], axis=1))),
-                    q_norm_median=float(np.median(np.linalg.norm(st.q[name], axis=1))),
-                    sides={"user": list(st.specs[name].sides.user), "context": list(st.specs[name].sides.context),
-                           "item": list(st.specs[name].sides.item)},
-                    data_columns={"query": st.specs[name].query_cols, "item": st.specs[name].item_cols})
+        info.update(
+            dim=int(st.P[name].shape[1]),
+            catalogue=st.cat_info,
+            n_items_max=st.n_max,
+            queries=int(st.q[name].shape[0]),
+            p_norm_median=float(np.median(np.linalg.norm(st.P[name], axis=1))),
+            q_norm_median=float(np.median(np.linalg.norm(st.q[name], axis=1))),
+            sides={
+                "user": list(st.specs[name].sides.user),
+                "context": list(st.specs[name].sides.context),
+                "item": list(st.specs[name].sides.item),
+            },
+            data_columns={"query": st.specs[name].query_cols, "item": st.specs[name].item_cols},
+        )
         report.record("recall_models", name, info)
     return st
 
@@ -267,7 +286,7 @@ def _numpy_rate(q: np.ndarray, P: np.ndarray, reps: int) -> float:
     def run():
         for s in range(0, q.shape[0], chunk):
             c = min(chunk, q.shape[0] - s)
-            np.matmul(q[s:s + c], P.T, out=buf[:c])
+            np.matmul(q[s : s + c], P.T, out=buf[:c])
 
     run()
     return q.shape[0] / common.best_of(run, reps)
@@ -288,6 +307,7 @@ def numpy_rates(R: State, name: str, n: int) -> Dict[str, float]:
 def numpy_threads() -> Optional[int]:
     try:
         from threadpoolctl import threadpool_info
+
         for i in threadpool_info():
             if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", ""):
                 return int(i["num_threads"])
@@ -303,7 +323,9 @@ def numpy_threads() -> Optional[int]:
 def child_env():
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [pkg_parent, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     return env
 
 
@@ -325,8 +347,20 @@ def run_child(R: State, name: str, n: int, index: str, save: bool, chunk: int = 
     queries = os.path.join(work, f"queries_{name}.npy")
     if not os.path.exists(queries):
         np.save(queries, R.qrows[name])
-    cmd = [sys.executable, os.path.join(HERE, "recall_child.py"), "--model-file", model_file, "--spec", name,
-           "--items", items, "--queries", queries, "--index", index]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "recall_child.py"),
+        "--model-file",
+        model_file,
+        "--spec",
+        name,
+        "--items",
+        items,
+        "--queries",
+        queries,
+        "--index",
+        index,
+    ]
     if chunk:
         cmd += ["--chunk", str(chunk)]
     saved = os.path.join(work, f"rec_{name}_{n}_{index}") if save else ""

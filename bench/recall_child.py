@@ -9,6 +9,7 @@ and search seconds, and the bytes of the exact item vectors and of the faiss ind
 bench/test_recall_ann.py (memory table; the 1M-item HNSW indexes are built here once and loaded by
 the search benchmarks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,9 @@ def main() -> None:
         return latency(a)
 
     import numpy as np
+    import recall_data as rd
 
     import fmrecall
-    import recall_data as rd
 
     out = {"rss_imports_mb": common.status_mb("VmRSS")}
     model = fmrecall.load(a.model_file)
@@ -90,15 +91,15 @@ def main() -> None:
 def latency(a) -> None:
     """Single-query latency and batched q/s of a saved Recaller (the process's OMP settings apply)."""
     import numpy as np
+    import recall_data as rd
 
     import fmrecall
-    import recall_data as rd
 
     spec = rd.ModelSpec(a.spec)
     rec = fmrecall.Recaller.load(a.load)
     Q = np.load(a.queries)
     queries = spec.queries(Q)
-    singles = [spec.queries(Q[i:i + 1]) for i in range(min(a.latency, Q.shape[0]))]
+    singles = [spec.queries(Q[i : i + 1]) for i in range(min(a.latency, Q.shape[0]))]
     for x in singles[:5]:
         rec.search(x, a.k)
     ts = np.empty(a.latency)
@@ -110,10 +111,21 @@ def latency(a) -> None:
     ts *= 1e3
     rec.search(queries, a.k)
     best = common.best_of(lambda: rec.search(queries, a.k), 3)
-    print(json.dumps({"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "n": int(a.latency),
-                      "p50_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)),
-                      "mean_ms": float(ts.mean()), "min_ms": float(ts.min()),
-                      "batch_qps": queries.n_rows / best, "queries": int(queries.n_rows)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                "n": int(a.latency),
+                "p50_ms": float(np.median(ts)),
+                "p99_ms": float(np.percentile(ts, 99)),
+                "mean_ms": float(ts.mean()),
+                "min_ms": float(ts.min()),
+                "batch_qps": queries.n_rows / best,
+                "queries": int(queries.n_rows),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

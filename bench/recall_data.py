@@ -14,6 +14,7 @@ rows with 1-3 item fields replaced by another id of that field (drawn from the f
 empirical distribution, so it is a trained id). Queries are distinct query-field rows of the
 validation rows. Everything is seeded; nothing here uses random vectors.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,7 @@ MODELS = {
 LABELS = {"fm64": "FM k=64 (d=65)", "ffm4": "FFM k=4, 5×15 fields (d=301)"}
 
 # Environment knobs (defaults = the full run)
-TRAIN_ROWS = int(os.environ.get("FMRECALL_BENCH_RECALL_TRAIN_ROWS", 0))    # 0 = all train rows
+TRAIN_ROWS = int(os.environ.get("FMRECALL_BENCH_RECALL_TRAIN_ROWS", 0))  # 0 = all train rows
 EPOCHS = int(os.environ.get("FMRECALL_BENCH_RECALL_EPOCHS", 2))
 N_QUERIES = int(os.environ.get("FMRECALL_BENCH_RECALL_QUERIES", 1000))
 SEED = 7
@@ -74,16 +75,21 @@ def _matrix(ds) -> np.ndarray:
     return ds.features.reshape(n, F)
 
 
-def onehot(X: np.ndarray, fields, labels=None, n_features: int = synth.TOTAL_FEATURES,
-           n_fields: Optional[int] = None):
+def onehot(X: np.ndarray, fields, labels=None, n_features: int = synth.TOTAL_FEATURES, n_fields: Optional[int] = None):
     """Dataset of one-hot rows: column c of X is a feature of field fields[c]."""
     from fmrecall import Dataset
 
     n, c = X.shape
     fields = np.asarray(fields, dtype=np.int32)
-    return Dataset(np.arange(0, n * c + 1, c, dtype=np.int64), np.tile(fields, n),
-                   np.ascontiguousarray(X, dtype=np.int32).reshape(-1), None, labels,
-                   n_features=n_features, n_fields=n_fields if n_fields is not None else int(fields.max()) + 1)
+    return Dataset(
+        np.arange(0, n * c + 1, c, dtype=np.int64),
+        np.tile(fields, n),
+        np.ascontiguousarray(X, dtype=np.int32).reshape(-1),
+        None,
+        labels,
+        n_features=n_features,
+        n_fields=n_fields if n_fields is not None else int(fields.max()) + 1,
+    )
 
 
 class ModelSpec:
@@ -166,25 +172,41 @@ def train_model(data: Data, name: str, verbose: bool = True):
     hyper = dict(common.HYPER)
     model = cls(k=spec.k, epochs=EPOCHS, threads=0, patience=None, **hyper)
     train = spec.rows(data.X[:n_train], data.y[:n_train])
-    valid = spec.rows(data.X[data.cut:], data.y[data.cut:])
+    valid = spec.rows(data.X[data.cut :], data.y[data.cut :])
     if verbose:
         print(f"[recall] training {spec.label} on {n_train:,} rows, {EPOCHS} epochs", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     model.fit(train, valid)
     secs = time.perf_counter() - t0
     h = model.history_[-1]
-    info = {"name": name, "model": spec.label, "kind": spec.kind, "k": spec.k, "train_rows": n_train,
-            "data_rows": data.n_rows, "epochs": EPOCHS, "seconds": secs, "valid_logloss": h["valid_loss"],
-            "valid_auc": h["valid_auc"], "hyper": hyper, "n_fields": spec.n_fields,
-            "floor_logloss": data.meta["floor_logloss_valid"], "base_rate_logloss": data.meta["base_rate_logloss_valid"]}
+    info = {
+        "name": name,
+        "model": spec.label,
+        "kind": spec.kind,
+        "k": spec.k,
+        "train_rows": n_train,
+        "data_rows": data.n_rows,
+        "epochs": EPOCHS,
+        "seconds": secs,
+        "valid_logloss": h["valid_loss"],
+        "valid_auc": h["valid_auc"],
+        "hyper": hyper,
+        "n_fields": spec.n_fields,
+        "floor_logloss": data.meta["floor_logloss_valid"],
+        "base_rate_logloss": data.meta["base_rate_logloss_valid"],
+    }
     os.makedirs(CACHE, exist_ok=True)
     model.save(path)
     with open(js + ".tmp", "w") as f:
         json.dump(info, f, indent=1)
     os.replace(js + ".tmp", js)
     if verbose:
-        print(f"[recall] {spec.label}: valid logloss {info['valid_logloss']:.4f} AUC {info['valid_auc']:.4f} "
-              f"({secs:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[recall] {spec.label}: valid logloss {info['valid_logloss']:.4f} AUC {info['valid_auc']:.4f} "
+            f"({secs:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return model, info
 
 
@@ -226,7 +248,7 @@ def catalogue(data: Data, n_items: int, seed: int = SEED) -> Tuple[np.ndarray, D
 
 def query_rows(data: Data, spec: ModelSpec, n: int = N_QUERIES, seed: int = SEED) -> np.ndarray:
     """(n, 39) rows of the validation part whose query fields are distinct (shuffled, seeded)."""
-    V = data.X[data.cut:]
+    V = data.X[data.cut :]
     first = _unique_rows(V[:, spec.query_cols])
     pick = np.random.default_rng([seed, 1]).permutation(first.size)[:n]
     return V[first[pick]]

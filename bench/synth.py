@@ -23,6 +23,7 @@ Split: first 90% of rows = train, last 10% = valid (``split_views``, zero-copy).
 
 Run ``python bench/synth.py [N]`` to generate ahead of time.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,34 @@ PAIR_WEAK = 0.1
 
 # Criteo's 26 categorical cardinalities (Kaggle display-advertising set), large ones capped; the
 # largest is then adjusted so that all 39 fields together have exactly TOTAL_FEATURES ids.
-_CATEGORICAL_PROFILE = [1460, 583, 150_000, 90_000, 305, 24, 12517, 633, 3, 60_000, 5683, 130_000, 3194,
-                        27, 14992, 80_000, 10, 5652, 2173, 4, 100_000, 18, 15, 30_000, 105, 3000]
+_CATEGORICAL_PROFILE = [
+    1460,
+    583,
+    150_000,
+    90_000,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    60_000,
+    5683,
+    130_000,
+    3194,
+    27,
+    14992,
+    80_000,
+    10,
+    5652,
+    2173,
+    4,
+    100_000,
+    18,
+    15,
+    30_000,
+    105,
+    3000,
+]
 
 
 def rows_from_env() -> int:
@@ -95,8 +122,7 @@ def _power_law_ids(rng: np.random.Generator, n: int, size: int, s: float):
     return perm[rank], perm
 
 
-def planted_scores(ids: np.ndarray, lin: np.ndarray, W: np.ndarray, bias: float = 0.0,
-                   chunk: int = 4096) -> np.ndarray:
+def planted_scores(ids: np.ndarray, lin: np.ndarray, W: np.ndarray, bias: float = 0.0, chunk: int = 4096) -> np.ndarray:
     """Plain-numpy FFM scores of one-hot rows ``ids`` (n, F), feature ids[:, f] in field f.
 
     score = bias + Σ_f lin[ids_f] + Σ_{a<b} <W[ids_a, b], W[ids_b, a]>,  W: (n_features, F, k).
@@ -105,11 +131,11 @@ def planted_scores(ids: np.ndarray, lin: np.ndarray, W: np.ndarray, bias: float 
     out = np.empty(n, dtype=np.float64)
     diag = np.arange(F)
     for s in range(0, n, chunk):
-        idx = ids[s:s + chunk]
-        G = W[idx]                                   # (r, F, F, k): G[r, a, b] = w_{ids_a, b}
+        idx = ids[s : s + chunk]
+        G = W[idx]  # (r, F, F, k): G[r, a, b] = w_{ids_a, b}
         full = np.einsum("rabk,rbak->r", G, G, optimize=False, dtype=np.float64)
         self_pairs = np.einsum("rak,rak->r", G[:, diag, diag], G[:, diag, diag], dtype=np.float64)
-        out[s:s + chunk] = 0.5 * (full - self_pairs) + lin[idx].sum(axis=1, dtype=np.float64)
+        out[s : s + chunk] = 0.5 * (full - self_pairs) + lin[idx].sum(axis=1, dtype=np.float64)
     return out + bias
 
 
@@ -163,7 +189,7 @@ def generate_arrays(n_rows: int, seed: int = SEED):
     c = np.where(strong | strong.T, 1.0, PAIR_WEAK)
     for a in range(N_FIELDS):
         lo, hi = offsets[a], offsets[a] + sizes[a]
-        W[lo:hi] *= (np.sqrt(c[a]).astype(np.float32)[None, :, None] * scale[lo:hi, None, None])
+        W[lo:hi] *= np.sqrt(c[a]).astype(np.float32)[None, :, None] * scale[lo:hi, None, None]
     raw = planted_scores(ids, lin, W)
     del W
     bias = _solve_bias(raw, TARGET_POSITIVE_RATE)
@@ -175,18 +201,29 @@ def generate_arrays(n_rows: int, seed: int = SEED):
     p_tr = float(labels[:cut].mean())
     base_t = np.full(y_va.size, np.log(p_tr / (1.0 - p_tr)))
     meta = {
-        "version": VERSION, "seed": seed, "rows": n_rows, "n_fields": N_FIELDS,
-        "n_features": TOTAL_FEATURES, "field_sizes": sizes.tolist(), "zipf_exponents": exps.round(4).tolist(),
-        "k_planted": K_PLANTED, "sigma_linear": SIGMA_LIN, "sigma_factors": SIGMA_FAC, "planted_bias": bias,
-        "rank_scale": [RANK_SCALE_R0, RANK_SCALE_POWER], "strong_field_pairs": int(strong.sum()),
+        "version": VERSION,
+        "seed": seed,
+        "rows": n_rows,
+        "n_fields": N_FIELDS,
+        "n_features": TOTAL_FEATURES,
+        "field_sizes": sizes.tolist(),
+        "zipf_exponents": exps.round(4).tolist(),
+        "k_planted": K_PLANTED,
+        "sigma_linear": SIGMA_LIN,
+        "sigma_factors": SIGMA_FAC,
+        "planted_bias": bias,
+        "rank_scale": [RANK_SCALE_R0, RANK_SCALE_POWER],
+        "strong_field_pairs": int(strong.sum()),
         "weak_pair_strength": PAIR_WEAK,
-        "train_rows": cut, "valid_rows": n_rows - cut,
-        "positive_rate": float(labels.mean()), "positive_rate_train": p_tr,
+        "train_rows": cut,
+        "valid_rows": n_rows - cut,
+        "positive_rate": float(labels.mean()),
+        "positive_rate_train": p_tr,
         "positive_rate_valid": float(y_va.mean()),
         "planted_score_std": float(raw.std()),
-        "floor_logloss_valid": _logloss(y_va, t[cut:]),        # the planted model itself
+        "floor_logloss_valid": _logloss(y_va, t[cut:]),  # the planted model itself
         "floor_auc_valid": _auc(y_va, t[cut:]),
-        "base_rate_logloss_valid": _logloss(y_va, base_t),   # constant = train positive rate
+        "base_rate_logloss_valid": _logloss(y_va, base_t),  # constant = train positive rate
         "distinct_features_used": int(np.unique(ids).size),
         "seconds_ids": round(t_ids, 2),
     }
@@ -215,9 +252,15 @@ def ensure(n_rows: Optional[int] = None, verbose: bool = True) -> Tuple[str, Dic
     t0 = time.perf_counter()
     ids, labels, meta = generate_arrays(n_rows)
     n = ids.shape[0]
-    ds = Dataset(np.arange(0, N_FIELDS * n + 1, N_FIELDS, dtype=np.int64),
-                 np.tile(np.arange(N_FIELDS, dtype=np.int32), n), ids.reshape(-1), None, labels,
-                 n_features=TOTAL_FEATURES, n_fields=N_FIELDS)
+    ds = Dataset(
+        np.arange(0, N_FIELDS * n + 1, N_FIELDS, dtype=np.int64),
+        np.tile(np.arange(N_FIELDS, dtype=np.int32), n),
+        ids.reshape(-1),
+        None,
+        labels,
+        n_features=TOTAL_FEATURES,
+        n_fields=N_FIELDS,
+    )
     tmp = ffm + f".tmp{os.getpid()}"
     t1 = time.perf_counter()
     ds.to_libffm(tmp)
@@ -229,9 +272,13 @@ def ensure(n_rows: Optional[int] = None, verbose: bool = True) -> Tuple[str, Dic
         json.dump(meta, f, indent=1)
     os.replace(js + ".tmp", js)
     if verbose:
-        print(f"[synth] done in {meta['seconds_total']} s: {meta['file_bytes'] / 1e6:.0f} MB, positives "
-              f"{meta['positive_rate']:.3f}, floor logloss {meta['floor_logloss_valid']:.4f}, base-rate "
-              f"{meta['base_rate_logloss_valid']:.4f}", file=sys.stderr, flush=True)
+        print(
+            f"[synth] done in {meta['seconds_total']} s: {meta['file_bytes'] / 1e6:.0f} MB, positives "
+            f"{meta['positive_rate']:.3f}, floor logloss {meta['floor_logloss_valid']:.4f}, base-rate "
+            f"{meta['base_rate_logloss_valid']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
     return ffm, meta
 
 
@@ -252,9 +299,15 @@ def split_views(ds, n_train: Optional[int] = None):
     vals = ds.values
 
     def part(lo_row, hi_row, lo, hi):
-        return Dataset(ds.indptr[lo_row:hi_row + 1] - lo if lo else ds.indptr[:hi_row + 1],
-                       ds.fields[lo:hi], ds.features[lo:hi], None if vals is None else vals[lo:hi],
-                       ds.labels[lo_row:hi_row], n_features=ds.n_features, n_fields=ds.n_fields)
+        return Dataset(
+            ds.indptr[lo_row : hi_row + 1] - lo if lo else ds.indptr[: hi_row + 1],
+            ds.fields[lo:hi],
+            ds.features[lo:hi],
+            None if vals is None else vals[lo:hi],
+            ds.labels[lo_row:hi_row],
+            n_features=ds.n_features,
+            n_fields=ds.n_fields,
+        )
 
     return part(0, cut, 0, e), part(cut, ds.n_rows, e, ds.nnz)
 

@@ -21,6 +21,7 @@ The table is written into bench/results.md under "## Milvus Lite vs faiss" (that
 is replaced when the benchmark runs again). Nothing here calls bench/report.py, so this run does
 not regenerate the rest of results.md. Speed is reported, never asserted.
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,10 +41,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import common  # noqa: E402
+import faiss  # noqa: E402
 import recall_data as rd  # noqa: E402
 import synth  # noqa: E402
-
-import faiss  # noqa: E402
 
 import fmrecall  # noqa: E402
 
@@ -86,7 +86,7 @@ class World:
         self.I, _ = rd.catalogue(data, n_max)
         rows = rd.query_rows(data, self.spec, n=N_QUERIES)
         self.queries = self.spec.queries(rows)
-        self.singles = [self.spec.queries(rows[i:i + 1]) for i in range(min(N_LATENCY, rows.shape[0]))]
+        self.singles = [self.spec.queries(rows[i : i + 1]) for i in range(min(N_LATENCY, rows.shape[0]))]
         split = self.model.split(self.spec.sides)
         self.P = split.item_vectors(self.spec.items(self.I))
         self.q = split.query_vectors(self.queries)[0]
@@ -120,8 +120,12 @@ def lite_dir():
 
 
 def _grid():
-    return [pytest.param(name, n, engine, id=f"{name}-{n // 1000}k-{engine}")
-            for name in rd.MODELS for n in SIZES for engine in ("faiss", "milvus")]
+    return [
+        pytest.param(name, n, engine, id=f"{name}-{n // 1000}k-{engine}")
+        for name in rd.MODELS
+        for n in SIZES
+        for engine in ("faiss", "milvus")
+    ]
 
 
 @pytest.mark.parametrize("name,n,engine", _grid())
@@ -131,14 +135,24 @@ def test_milvus_vs_faiss(benchmark, worlds, lite_dir, name, n, engine):
     extra = {}
     with common.ForeignLoad() as load:
         if engine == "faiss":
-            rec = fmrecall.Recaller(w.model, w.spec.sides, index="hnsw-ip", hnsw_m=HNSW_M,
-                                    ef_construction=EF_CONSTRUCTION, ef_search=EF_SEARCH)
+            rec = fmrecall.Recaller(
+                w.model,
+                w.spec.sides,
+                index="hnsw-ip",
+                hnsw_m=HNSW_M,
+                ef_construction=EF_CONSTRUCTION,
+                ef_search=EF_SEARCH,
+            )
             t0 = time.perf_counter()
             rec.add_items(items, ids)
             build = time.perf_counter() - t0
         else:
-            index = fmrecall.MilvusIndex(os.path.join(lite_dir, f"{name}_{n}.db"), f"{name}_{n}", "HNSW",
-                                         params={"M": HNSW_M, "efConstruction": EF_CONSTRUCTION, "ef": EF_SEARCH})
+            index = fmrecall.MilvusIndex(
+                os.path.join(lite_dir, f"{name}_{n}.db"),
+                f"{name}_{n}",
+                "HNSW",
+                params={"M": HNSW_M, "efConstruction": EF_CONSTRUCTION, "ef": EF_SEARCH},
+            )
             rec = fmrecall.Recaller(w.model, w.spec.sides, index=index)
             t0 = time.perf_counter()
             rec.add_items(items, ids)
@@ -147,14 +161,25 @@ def test_milvus_vs_faiss(benchmark, worlds, lite_dir, name, n, engine):
             build = time.perf_counter() - t0
         res = benchmark.pedantic(rec.search, args=(w.queries, K), rounds=2, iterations=1, warmup_rounds=1)
         qps = w.queries.n_rows / benchmark.stats.stats.min
-        p50 = p50_ms(lambda qd: rec.search(qd, K), w.singles)
+        search = rec.search
+        p50 = p50_ms(lambda qd: search(qd, K), w.singles)
     # every score is exact: b + <q, p> of the returned id
     b = w.model.split(w.spec.sides).query_vectors(w.queries)[1]
     got = res.ids[:, :5]
     want = b[:, None] + np.einsum("qd,qkd->qk", w.q, w.P[got])
     np.testing.assert_allclose(res.scores[:, :5], want, rtol=1e-4, atol=1e-4)
-    row = {"model": rd.LABELS[name], "n": n, "engine": engine, "dim": rec.dim, "build_s": build,
-           "recall": recall_at(res.ids, w.truth(n)), "qps": qps, "p50_ms": p50, "other_load": load.share, **extra}
+    row = {
+        "model": rd.LABELS[name],
+        "n": n,
+        "engine": engine,
+        "dim": rec.dim,
+        "build_s": build,
+        "recall": recall_at(res.ids, w.truth(n)),
+        "qps": qps,
+        "p50_ms": p50,
+        "other_load": load.share,
+        **extra,
+    }
     benchmark.extra_info.update(row)
     ROWS[f"{name}-{n}-{engine}"] = row
     if engine == "milvus":
@@ -167,35 +192,44 @@ def test_milvus_vs_faiss(benchmark, worlds, lite_dir, name, n, engine):
 def _write_results() -> None:
     if not ROWS:
         return
-    lines = [HEADING, "",
-             f"`fmrecall.MilvusIndex(uri=<file>.db, index_type=\"HNSW\", params={{\"M\": {HNSW_M}, "
-             f"\"efConstruction\": {EF_CONSTRUCTION}, \"ef\": {EF_SEARCH}}})` (Milvus Lite "
-             f"{_version('milvus_lite')}, pymilvus {_version('pymilvus')}, embedded in the process) vs "
-             f"`Recaller(index=\"hnsw-ip\", hnsw_m={HNSW_M}, ef_construction={EF_CONSTRUCTION}, "
-             f"ef_search={EF_SEARCH})`; k = {K}, candidates max(4k, 100) = 400 re-scored exactly on both sides "
-             f"(HNSW walks max(ef, 400)). Recall@{K} against exact search on the same learned vectors; q/s = "
-             f"{N_QUERIES} queries in one `search` call (best of 2); p50 = one query per call, "
-             f"{N_LATENCY} calls. Milvus build = upserts + flush + Milvus Lite's background HNSW build. "
-             "Milvus Lite 3 is a Python server running in threads of the benchmark process (gRPC over "
-             "127.0.0.1, its HNSW is faiss's IndexHNSWFlat per 100k-row segment): its time per query is "
-             "mostly that server's Python code and the candidate vectors' transfer, not the graph walk; a "
-             "Milvus cluster would be measured over the network instead. Beyond 100k items Milvus Lite "
-             "searches every 100k-row segment for the 400 candidates and merges them (10 graph walks at 1M "
-             "items): more candidates, hence its higher recall there, and per-request work that grows with "
-             "the catalogue (its single-query latency).", "",
-             "| model | items | engine | build s (upsert s) | recall@100 | q/s (batched) | p50 ms (1 query) "
-             "| other load |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        HEADING,
+        "",
+        f'`fmrecall.MilvusIndex(uri=<file>.db, index_type="HNSW", params={{"M": {HNSW_M}, '
+        f'"efConstruction": {EF_CONSTRUCTION}, "ef": {EF_SEARCH}}})` (Milvus Lite '
+        f"{_version('milvus_lite')}, pymilvus {_version('pymilvus')}, embedded in the process) vs "
+        f'`Recaller(index="hnsw-ip", hnsw_m={HNSW_M}, ef_construction={EF_CONSTRUCTION}, '
+        f"ef_search={EF_SEARCH})`; k = {K}, candidates max(4k, 100) = 400 re-scored exactly on both sides "
+        f"(HNSW walks max(ef, 400)). Recall@{K} against exact search on the same learned vectors; q/s = "
+        f"{N_QUERIES} queries in one `search` call (best of 2); p50 = one query per call, "
+        f"{N_LATENCY} calls. Milvus build = upserts + flush + Milvus Lite's background HNSW build. "
+        "Milvus Lite 3 is a Python server running in threads of the benchmark process (gRPC over "
+        "127.0.0.1, its HNSW is faiss's IndexHNSWFlat per 100k-row segment): its time per query is "
+        "mostly that server's Python code and the candidate vectors' transfer, not the graph walk; a "
+        "Milvus cluster would be measured over the network instead. Beyond 100k items Milvus Lite "
+        "searches every 100k-row segment for the 400 candidates and merges them (10 graph walks at 1M "
+        "items): more candidates, hence its higher recall there, and per-request work that grows with "
+        "the catalogue (its single-query latency).",
+        "",
+        "| model | items | engine | build s (upsert s) | recall@100 | q/s (batched) | p50 ms (1 query) | other load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key in sorted(ROWS, key=lambda k: (ROWS[k]["dim"], ROWS[k]["n"], ROWS[k]["engine"])):
         r = ROWS[key]
         up = f" ({r['upsert_s']:.1f})" if "upsert_s" in r else ""
         load = "" if r["other_load"] is None else f"{100 * r['other_load']:.0f}%"
         engine = "Milvus Lite HNSW" if r["engine"] == "milvus" else "faiss hnsw-ip"
-        lines.append(f"| {r['model']} | {r['n']:,} | {engine} | {r['build_s']:.1f}{up} | {r['recall']:.4f} | "
-                     f"{r['qps']:,.0f} | {r['p50_ms']:.1f} | {load} |")
+        lines.append(
+            f"| {r['model']} | {r['n']:,} | {engine} | {r['build_s']:.1f}{up} | {r['recall']:.4f} | "
+            f"{r['qps']:,.0f} | {r['p50_ms']:.1f} | {load} |"
+        )
     env = "" if SIZES == [100000] else f"FMRECALL_BENCH_MILVUS_SIZES={','.join(map(str, SIZES))} "
-    lines += ["", f"Reproduce: `{env}{COMMAND}` ({time.strftime('%Y-%m-%d')}, 2 cores; *other load* = CPU share "
-              "of other processes meanwhile).", ""]
+    lines += [
+        "",
+        f"Reproduce: `{env}{COMMAND}` ({time.strftime('%Y-%m-%d')}, 2 cores; *other load* = CPU share "
+        "of other processes meanwhile).",
+        "",
+    ]
     section = "\n".join(lines)
     path = os.path.join(HERE, "results.md")
     with open(path) as f:

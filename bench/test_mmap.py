@@ -16,6 +16,7 @@ at 20M rows).
 
 Not part of the test suite; numbers go to bench/results.md by hand ("Data larger than memory").
 """
+
 from __future__ import annotations
 
 import gc
@@ -47,8 +48,8 @@ def child() -> dict:
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.join(ROOT, "python"))
     import numpy as np
-
     import synth
+
     import fmrecall
     from fmrecall import cache
 
@@ -96,20 +97,39 @@ def child() -> dict:
     call_us = (time.perf_counter() - t0) / reps * 1e6
     w = model.weights()
     state_mib = (w["factors"].nbytes * 2 + w["linear"].nbytes * 2) / 2**20  # weights + AdaGrad
-    return {"rows": ds.n_rows, "nnz": ds.nnz, "copies": COPIES, "text_bytes": COPIES * os.path.getsize(path),
-            "cache_bytes": cache_bytes, "cache_built_now": not existed, "open_s": open_s,
-            "rss_anon_before_mib": before, "rss_anon_after_fit_mib": after_fit,
-            "rss_anon_after_predict_mib": after_predict, "rss_anon_peak_fit_mib": peak_fit,
-            "rss_anon_peak_mib": peak[0],
-            "rss_file_mib": _status("RssFile"), "model_state_mib": state_mib, "fit_s": fit_s,
-            "predict_s": predict_s, "train_call_1row_us": call_us, "mean_p": float(p.mean())}
+    return {
+        "rows": ds.n_rows,
+        "nnz": ds.nnz,
+        "copies": COPIES,
+        "text_bytes": COPIES * os.path.getsize(path),
+        "cache_bytes": cache_bytes,
+        "cache_built_now": not existed,
+        "open_s": open_s,
+        "rss_anon_before_mib": before,
+        "rss_anon_after_fit_mib": after_fit,
+        "rss_anon_after_predict_mib": after_predict,
+        "rss_anon_peak_fit_mib": peak_fit,
+        "rss_anon_peak_mib": peak[0],
+        "rss_file_mib": _status("RssFile"),
+        "model_state_mib": state_mib,
+        "fit_s": fit_s,
+        "predict_s": predict_s,
+        "train_call_1row_us": call_us,
+        "mean_p": float(p.mean()),
+    }
 
 
 def run_child() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.join(ROOT, "python") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], capture_output=True, text=True,
-                         env=env, check=True, timeout=3600)
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=3600,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -118,8 +138,11 @@ def _check(r: dict) -> None:
     fit_growth = r["rss_anon_peak_fit_mib"] - r["rss_anon_before_mib"]
     all_growth = r["rss_anon_peak_mib"] - r["rss_anon_before_mib"]
     bound = r["model_state_mib"] + LIMIT_MIB
-    print(json.dumps(r, indent=1), f"\nRssAnon growth: fit peak {fit_growth:.0f} MiB (bound {bound:.0f} MiB), "
-          f"fit + predict peak {all_growth:.0f} MiB")
+    print(
+        json.dumps(r, indent=1),
+        f"\nRssAnon growth: fit peak {fit_growth:.0f} MiB (bound {bound:.0f} MiB), "
+        f"fit + predict peak {all_growth:.0f} MiB",
+    )
     assert fit_growth < bound, (fit_growth, bound)
 
 

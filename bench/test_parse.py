@@ -7,6 +7,7 @@
 
     PYTHONPATH=python python3 -m pytest bench/test_parse.py --benchmark-only
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ def parse_python(path):
                 feats.append(int(b))
                 vals.append(float(c))
             indptr.append(len(feats))
-    return (np.array(indptr, dtype=np.int64), np.array(fields, dtype=np.int32), np.array(feats, dtype=np.int32),
-            np.array(vals, dtype=np.float32), np.array(labels, dtype=np.float32))
+    return (
+        np.array(indptr, dtype=np.int64),
+        np.array(fields, dtype=np.int32),
+        np.array(feats, dtype=np.int32),
+        np.array(vals, dtype=np.float32),
+        np.array(labels, dtype=np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def slice_file(synth_file):
     if not os.path.exists(out):
         with open(path, "rb") as f:
             head = f.read(SLICE_BYTES)
-        head = head[:head.rfind(b"\n") + 1]
+        head = head[: head.rfind(b"\n") + 1]
         tmp = out + f".tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(head)
@@ -69,12 +75,17 @@ def test_parse_full(benchmark, synth_file):
     path, meta = synth_file
     size = os.path.getsize(path)
     with common.ForeignLoad() as load:
-        ds = benchmark.pedantic(Dataset.from_libffm, args=(path,), rounds=PARSE_ROUNDS, iterations=1,
-                                warmup_rounds=1)
+        ds = benchmark.pedantic(Dataset.from_libffm, args=(path,), rounds=PARSE_ROUNDS, iterations=1, warmup_rounds=1)
     assert ds.n_rows == meta["rows"] and ds.nnz == meta["rows"] * meta["n_fields"]
     secs = benchmark.stats.stats.min
-    row = {"what": "fmrecall `Dataset.from_libffm`, whole file", "bytes": size, "seconds": secs,
-           "mb_per_s": size / 1e6 / secs, "rows": ds.n_rows, "other_load": load.share}
+    row = {
+        "what": "fmrecall `Dataset.from_libffm`, whole file",
+        "bytes": size,
+        "seconds": secs,
+        "mb_per_s": size / 1e6 / secs,
+        "rows": ds.n_rows,
+        "other_load": load.share,
+    }
     _fmrecall_full.update(row)
     benchmark.extra_info.update(row)
     report.record("parse", "fmrecall_full", row)
@@ -83,8 +94,9 @@ def test_parse_full(benchmark, synth_file):
 def test_parse_python_baseline(benchmark, slice_file):
     size = os.path.getsize(slice_file)
     with common.ForeignLoad() as load:
-        indptr, fields, feats, vals, labels = benchmark.pedantic(parse_python, args=(slice_file,), rounds=1,
-                                                                 iterations=1, warmup_rounds=0)
+        indptr, fields, feats, vals, labels = benchmark.pedantic(
+            parse_python, args=(slice_file,), rounds=1, iterations=1, warmup_rounds=0
+        )
     py_secs = benchmark.stats.stats.min
     # same result as fmrecall's parser
     ds = Dataset.from_libffm(slice_file)
@@ -97,10 +109,21 @@ def test_parse_python_baseline(benchmark, slice_file):
     with common.ForeignLoad() as load_fm:
         fm_secs = common.best_of(lambda: Dataset.from_libffm(slice_file), 5)
     py_rate, fm_rate = size / 1e6 / py_secs, size / 1e6 / fm_secs
-    py_row = {"what": "pure Python `str.split`, slice", "bytes": size, "seconds": py_secs, "mb_per_s": py_rate,
-              "other_load": load.share}
-    fm_row = {"what": "fmrecall `Dataset.from_libffm`, same slice", "bytes": size, "seconds": fm_secs,
-              "mb_per_s": fm_rate, "ratio_vs_python": fm_rate / py_rate, "other_load": load_fm.share}
+    py_row = {
+        "what": "pure Python `str.split`, slice",
+        "bytes": size,
+        "seconds": py_secs,
+        "mb_per_s": py_rate,
+        "other_load": load.share,
+    }
+    fm_row = {
+        "what": "fmrecall `Dataset.from_libffm`, same slice",
+        "bytes": size,
+        "seconds": fm_secs,
+        "mb_per_s": fm_rate,
+        "ratio_vs_python": fm_rate / py_rate,
+        "other_load": load_fm.share,
+    }
     benchmark.extra_info.update(python_mb_per_s=py_rate, fmrecall_mb_per_s=fm_rate, ratio=fm_rate / py_rate)
     report.record("parse", "python_slice", py_row)
     report.record("parse", "fmrecall_slice", fm_row)

@@ -8,6 +8,7 @@
 
     PYTHONPATH=python python3 -m pytest bench/test_peers.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ def test_numpy_sgemm(benchmark, R, name, n):
     def run(qq, PP):
         for s in range(0, n_q, chunk):
             c = min(chunk, n_q - s)
-            np.matmul(qq[s:s + c], PP.T, out=buf[:c])
+            np.matmul(qq[s : s + c], PP.T, out=buf[:c])
 
     t0 = time.perf_counter()
     run(qp, Pp)
@@ -52,10 +53,20 @@ def test_numpy_sgemm(benchmark, R, name, n):
         padded = n_q / benchmark.stats.stats.min
         raw = n_q / common.best_of(lambda: run(q, P), rounds) if dp != d else padded
     NUMPY_RATES[(name, n)] = {"numpy_qps_raw": raw, "numpy_qps_padded": padded, "dim": d, "dim_padded": dp}
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "dim_padded": dp, "queries": n_q,
-           "numpy_qps_padded": padded, "numpy_qps_raw": raw,
-           "gflops_padded": 2.0 * n_q * n * dp / (n_q / padded) / 1e9, "gflops_raw": 2.0 * n_q * n * d / (n_q / raw) / 1e9,
-           "numpy_threads": numpy_threads(), "chunk_queries": chunk, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": d,
+        "dim_padded": dp,
+        "queries": n_q,
+        "numpy_qps_padded": padded,
+        "numpy_qps_raw": raw,
+        "gflops_padded": 2.0 * n_q * n * dp / (n_q / padded) / 1e9,
+        "gflops_raw": 2.0 * n_q * n * d / (n_q / raw) / 1e9,
+        "numpy_threads": numpy_threads(),
+        "chunk_queries": chunk,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_numpy", f"{name}-{n}", row)
 
@@ -69,9 +80,11 @@ def test_numpy_reference(benchmark, synth_data, kind, k):
     secs = benchmark.stats.stats.min
     numpy_sgd.RATES[(kind, k)] = rows.size / secs
     benchmark.extra_info.update(rows=int(rows.size), rows_per_s=rows.size / secs)
-    report.record("numpy_reference", f"{kind}-k{k}", {
-        "model": common.model_label(kind, k), "rows": int(rows.size), "seconds": secs,
-        "rows_per_s": rows.size / secs})
+    report.record(
+        "numpy_reference",
+        f"{kind}-k{k}",
+        {"model": common.model_label(kind, k), "rows": int(rows.size), "seconds": secs, "rows_per_s": rows.size / secs},
+    )
 
 
 # ------------------------------------------------------------------------------------- LightFM
@@ -95,8 +108,9 @@ def test_lightfm(benchmark):
     exp = fml.Experiment(ml, fml.default_schema(ml))  # same users, exclusions, relevant sets
     n_users, n_items = int(ml.users.user_id.max()), int(ml.items.item_id.max())
     tr = ml.train
-    X = sp.coo_matrix((np.ones(len(tr), np.float32), (tr.user_id.to_numpy() - 1, tr.item_id.to_numpy() - 1)),
-                      shape=(n_users, n_items)).tocsr()
+    X = sp.coo_matrix(
+        (np.ones(len(tr), np.float32), (tr.user_id.to_numpy() - 1, tr.item_id.to_numpy() - 1)), shape=(n_users, n_items)
+    ).tocsr()
     X.data[:] = 1.0
     users = exp.queries.user_id.to_numpy() - 1
     rows = {}
@@ -106,33 +120,56 @@ def test_lightfm(benchmark):
         model.fit(X, epochs=epochs, num_threads=2, **fit_kw)
         fit_s = time.perf_counter() - t
         uf, itf = fit_kw.get("user_features"), fit_kw.get("item_features")
-        scores = np.stack([model.predict(int(u), np.arange(n_items), user_features=uf, item_features=itf,
-                                         num_threads=2) for u in users])
+        scores = np.stack(
+            [
+                model.predict(int(u), np.arange(n_items), user_features=uf, item_features=itf, num_threads=2)
+                for u in users
+            ]
+        )
         scores[X[users].nonzero()] = -np.inf  # exclude the user's train items
         top = np.argsort(-scores, axis=1)[:, :100] + 1
         rows[label] = {f"recall@{k}": recall_at_k(top, exp.relevant, k) for k in (10, 50, 100)}
         rows[label]["fit_seconds"] = fit_s
 
     def run_all():
-        fit_eval("LightFM WARP (ids only)", lightfm.LightFM(no_components=64, loss="warp", learning_rate=0.05,
-                                                            random_state=0), 30)
+        fit_eval(
+            "LightFM WARP (ids only)",
+            lightfm.LightFM(no_components=64, loss="warp", learning_rate=0.05, random_state=0),
+            30,
+        )
         # with side features: user demographics, item genres / decade (+ identity features)
         from sklearn.preprocessing import OneHotEncoder
+
         u = ml.users.sort_values("user_id")
-        uf = sp.hstack([sp.identity(n_users, format="csr"),
-                        OneHotEncoder().fit_transform(u[["age", "gender", "occupation", "zip"]].astype(str))]).tocsr()
+        uf = sp.hstack(
+            [
+                sp.identity(n_users, format="csr"),
+                OneHotEncoder().fit_transform(u[["age", "gender", "occupation", "zip"]].astype(str)),
+            ]
+        ).tocsr()
         it = ml.items.sort_values("item_id")
         g = sp.csr_matrix(np.array([[1.0 if gg in gs else 0.0 for gg in fml.GENRES] for gs in it.genres], np.float32))
-        itf = sp.hstack([sp.identity(n_items, format="csr"), g,
-                         OneHotEncoder().fit_transform(it[["year"]].astype(str))]).tocsr()
-        fit_eval("LightFM WARP (ids + side features)", lightfm.LightFM(no_components=64, loss="warp",
-                                                                      learning_rate=0.05, random_state=0), 30,
-                 user_features=uf, item_features=itf)
+        itf = sp.hstack(
+            [sp.identity(n_items, format="csr"), g, OneHotEncoder().fit_transform(it[["year"]].astype(str))]
+        ).tocsr()
+        fit_eval(
+            "LightFM WARP (ids + side features)",
+            lightfm.LightFM(no_components=64, loss="warp", learning_rate=0.05, random_state=0),
+            30,
+            user_features=uf,
+            item_features=itf,
+        )
 
     benchmark.pedantic(run_all, rounds=1, iterations=1)
     ours_rows = {k: {m: v[m] for m in ("recall@10", "recall@50", "recall@100")} for k, v in ours["rows"].items()}
-    row = {"split": "u1", "test_users": int(len(users)), "lightfm": rows, "fmrecall": ours_rows,
-           "fmrecall_fit_seconds": ours["fit_seconds"], "fmrecall_run_seconds": ours_s,
-           "lightfm_version": getattr(lightfm, "__version__", "?")}
+    row = {
+        "split": "u1",
+        "test_users": int(len(users)),
+        "lightfm": rows,
+        "fmrecall": ours_rows,
+        "fmrecall_fit_seconds": ours["fit_seconds"],
+        "fmrecall_run_seconds": ours_s,
+        "lightfm_version": getattr(lightfm, "__version__", "?"),
+    }
     benchmark.extra_info.update({"lightfm": rows})
     report.record("recall_lightfm", "u1", row)

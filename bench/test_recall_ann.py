@@ -14,6 +14,7 @@ catalogue, queries and exact truth: bench/recall_bench.py (the session's ``R``).
 
 Environment: see bench/recall_bench.py.
 """
+
 from __future__ import annotations
 
 import gc
@@ -34,12 +35,36 @@ if HERE not in sys.path:
 import common  # noqa: E402
 import recall_data as rd  # noqa: E402
 import report  # noqa: E402
-from recall_bench import (CHILD_MIN_N, CHILD_RESULTS, HNSW_SWEEP, IVF_MPPC, IVF_NPROBE, K, LAT_MAX,  # noqa: E402
-                          MODEL_NAMES, NUMPY_RATES, RAW_IP_ALL, ROUNDS, SIZES, TUNED_BLAS, ann_sweep, child_env, grid,
-                          hnsw_recaller, latency, numpy_rates, recall_at, run_child, hnsw_params, sizes_id, timed_rounds)
+from recall_bench import (  # noqa: E402
+    CHILD_MIN_N,
+    CHILD_RESULTS,
+    HNSW_SWEEP,
+    IVF_MPPC,
+    IVF_NPROBE,
+    LAT_MAX,  # noqa: E402
+    MODEL_NAMES,
+    NUMPY_RATES,
+    RAW_IP_ALL,
+    ROUNDS,
+    SIZES,
+    TUNED_BLAS,
+    K,
+    ann_sweep,
+    child_env,
+    grid,
+    hnsw_params,
+    hnsw_recaller,
+    latency,
+    numpy_rates,
+    recall_at,
+    run_child,
+    sizes_id,
+    timed_rounds,
+)
 
 import fmrecall.recall.faiss_config as fconfig  # noqa: E402
 import fmrecall.recall.faiss_segment as fsegment  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------- ANN
 @pytest.mark.parametrize("name,n", grid())
@@ -51,11 +76,20 @@ def test_hnsw(benchmark, R, name, n):
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         default_qps = R.qds[name].n_rows / benchmark.stats.stats.min
         sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, hnsw_params)
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": seg.dim, "hnsw_m": 32,
-           "ef_construction": rec.index.params["ef_construction"], "build_seconds": build_s,
-           "built_in_subprocess": child is not None, "default_qps": default_qps, "sweep": sweep,
-           "numpy_qps_raw": numpy_rates(R, name, n)["numpy_qps_raw"] if (name, n) in NUMPY_RATES else None,
-           "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": rec.dim,
+        "index_dim": seg.dim,
+        "hnsw_m": 32,
+        "ef_construction": rec.index.params["ef_construction"],
+        "build_seconds": build_s,
+        "built_in_subprocess": child is not None,
+        "default_qps": default_qps,
+        "sweep": sweep,
+        "numpy_qps_raw": numpy_rates(R, name, n)["numpy_qps_raw"] if (name, n) in NUMPY_RATES else None,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
     report.record("recall_hnsw", f"{name}-{n}", row)
 
@@ -73,9 +107,17 @@ def test_hnsw_raw_ip(benchmark, R, name, n):
     with common.ForeignLoad() as load:
         benchmark.pedantic(rec.search, args=(R.qds[name], K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         sweep = ann_sweep(R, rec, name, n, HNSW_SWEEP, hnsw_params)
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
-           "build_seconds": build_s, "ef_construction": 80, "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
-           "sweep": sweep, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": rec.dim,
+        "index_dim": rec.index.parts()[0].dim,
+        "build_seconds": build_s,
+        "ef_construction": 80,
+        "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
+        "sweep": sweep,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
     report.record("recall_hnsw_raw_ip", f"{name}-{n}", row)
 
@@ -102,12 +144,22 @@ def test_ivf(benchmark, R, monkeypatch, name, n):
     ivf = fsegment.ivf_of(rec.index.parts()[0].index)
 
     with common.ForeignLoad() as load:
-        benchmark.pedantic(rec.search, args=(R.qds[name], K), kwargs={"nprobe": 32}, rounds=ROUNDS, iterations=1,
-                           warmup_rounds=1)
+        benchmark.pedantic(
+            rec.search, args=(R.qds[name], K), kwargs={"nprobe": 32}, rounds=ROUNDS, iterations=1, warmup_rounds=1
+        )
         sweep = ann_sweep(R, rec, name, n, IVF_NPROBE, lambda npb: {"nprobe": npb})
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": rec.index.parts()[0].dim,
-           "nlist": int(ivf.nlist), "train_points_per_centroid": mppc or 256, "build_seconds": build_s,
-           "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min, "sweep": sweep, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": rec.dim,
+        "index_dim": rec.index.parts()[0].dim,
+        "nlist": int(ivf.nlist),
+        "train_points_per_centroid": mppc or 256,
+        "build_seconds": build_s,
+        "default_qps": R.qds[name].n_rows / benchmark.stats.stats.min,
+        "sweep": sweep,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "sweep"})
     report.record("recall_ivf", f"{name}-{n}" + (f"-mppc{mppc}" if mppc else ""), row)
     del rec
@@ -120,8 +172,11 @@ def _padding_grid():
         for index, sizes in (("exact", SIZES), ("hnsw", SIZES[:1])):
             for n in sizes:
                 for pad in (True, False):
-                    out.append(pytest.param(name, index, n, pad,
-                                            id=f"{name}-{index}-{sizes_id(n)}-{'pad' if pad else 'nopad'}"))
+                    out.append(
+                        pytest.param(
+                            name, index, n, pad, id=f"{name}-{index}-{sizes_id(n)}-{'pad' if pad else 'nopad'}"
+                        )
+                    )
     return out
 
 
@@ -142,9 +197,19 @@ def test_padding(benchmark, R, monkeypatch, name, index, n, pad):
         lat = latency(lambda x: rec.search(x, K), R.q1[name])
     if not pad and n >= CHILD_MIN_N:
         R.drop(lambda k: k[1] == n)
-    row = {"model": rd.LABELS[name], "n_items": n, "index": index, "pad": pad, "dim": rec.dim,
-           "index_dim": rec.index.parts()[0].dim, "qps": R.qds[name].n_rows / benchmark.stats.stats.min,
-           "build_seconds": build_s, "recall": recall_at(res.ids, R.truth(name, n)), **lat, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "index": index,
+        "pad": pad,
+        "dim": rec.dim,
+        "index_dim": rec.index.parts()[0].dim,
+        "qps": R.qds[name].n_rows / benchmark.stats.stats.min,
+        "build_seconds": build_s,
+        "recall": recall_at(res.ids, R.truth(name, n)),
+        **lat,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_padding", f"{name}-{index}-{n}-{'pad' if pad else 'nopad'}", row)
 
@@ -177,8 +242,18 @@ def test_wait_policy(benchmark, R, name, index, policy, background):
     env.pop("GOMP_SPINCOUNT", None)
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy
-    cmd = [sys.executable, os.path.join(HERE, "recall_child.py"), "--spec", name, "--queries", queries,
-           "--load", _saved_dirs[key], "--latency", str(min(LAT_MAX, 150))]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "recall_child.py"),
+        "--spec",
+        name,
+        "--queries",
+        queries,
+        "--load",
+        _saved_dirs[key],
+        "--latency",
+        str(min(LAT_MAX, 150)),
+    ]
     out = {}
 
     def run():
@@ -197,12 +272,18 @@ def test_wait_policy(benchmark, R, name, index, policy, background):
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-    row = {"model": rd.LABELS[name], "n_items": n, "index": index, "policy": policy, "background": background,
-           "dim": R.P[name].shape[1], **out, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "index": index,
+        "policy": policy,
+        "background": background,
+        "dim": R.P[name].shape[1],
+        **out,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_wait_policy", f"{name}-{index}-{policy}-{background}", row)
-
-
 
 
 # ------------------------------------------------------------------------------------- memory
@@ -217,8 +298,12 @@ def test_memory(benchmark, R, index):
         out.update(CHILD_RESULTS.get((name, n, index)) or run_child(R, name, n, index, save=False))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    row = {"model": rd.LABELS[name], "index": index, "add_chunk": fsegment.ADD_CHUNK,
-           **{k: v for k, v in out.items() if k != "saved_dir"}}
+    row = {
+        "model": rd.LABELS[name],
+        "index": index,
+        "add_chunk": fsegment.ADD_CHUNK,
+        **{k: v for k, v in out.items() if k != "saved_dir"},
+    }
     row["recaller_peak_mb"] = row["hwm_mb"] - row["rss_baseline_mb"]
     benchmark.extra_info.update(row)
     report.record("recall_memory", f"{name}-{n}-{index}", row)

@@ -11,6 +11,7 @@ settings. Models, catalogue and queries: bench/recall_bench.py (the session's ``
 
 Environment: see bench/recall_bench.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,30 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import common  # noqa: E402
+import faiss  # noqa: E402
 import recall_data as rd  # noqa: E402
 import report  # noqa: E402
-from recall_bench import (BLAS_SETTINGS, FAISS_DEFAULT_BLAS, K, LAT_BUDGET_S, LAT_MAX, SIZES, TUNED_BLAS,  # noqa: E402
-                          blas, grid, latency, numpy_rates, pad_dim, pad_to, recall_at, stats_ms, timed_rounds)
-
-import faiss  # noqa: E402
+from recall_bench import (  # noqa: E402
+    BLAS_SETTINGS,
+    FAISS_DEFAULT_BLAS,
+    LAT_BUDGET_S,
+    LAT_MAX,
+    SIZES,
+    TUNED_BLAS,  # noqa: E402
+    K,
+    blas,
+    grid,
+    latency,
+    numpy_rates,
+    pad_dim,
+    pad_to,
+    recall_at,
+    stats_ms,
+    timed_rounds,
+)
 
 import fmrecall.recall.faiss_config as fconfig  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------- exact
 @pytest.mark.parametrize("setting", list(BLAS_SETTINGS))
@@ -58,13 +75,28 @@ def test_exact_batch(benchmark, R, monkeypatch, name, n, setting):
     ref = numpy_rates(R, name, n)
     nq = qds.n_rows
     qps = nq / secs
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "index_dim": seg.dim, "setting": setting,
-           "blas": used, "queries": nq, "k": K, "seconds_min": secs, "seconds_mean": benchmark.stats.stats.mean,
-           "qps": qps, "faiss_only_qps": nq / raw_secs, "build_seconds": build_s,
-           "numpy_qps_padded": ref["numpy_qps_padded"], "numpy_qps_raw": ref["numpy_qps_raw"],
-           "ratio_vs_numpy_padded": qps / ref["numpy_qps_padded"], "ratio_vs_numpy_raw": qps / ref["numpy_qps_raw"],
-           "faiss_only_ratio_vs_numpy_padded": (nq / raw_secs) / ref["numpy_qps_padded"],
-           "recall_vs_truth": recall_at(res.ids, R.truth(name, n)), "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": rec.dim,
+        "index_dim": seg.dim,
+        "setting": setting,
+        "blas": used,
+        "queries": nq,
+        "k": K,
+        "seconds_min": secs,
+        "seconds_mean": benchmark.stats.stats.mean,
+        "qps": qps,
+        "faiss_only_qps": nq / raw_secs,
+        "build_seconds": build_s,
+        "numpy_qps_padded": ref["numpy_qps_padded"],
+        "numpy_qps_raw": ref["numpy_qps_raw"],
+        "ratio_vs_numpy_padded": qps / ref["numpy_qps_padded"],
+        "ratio_vs_numpy_raw": qps / ref["numpy_qps_raw"],
+        "faiss_only_ratio_vs_numpy_padded": (nq / raw_secs) / ref["numpy_qps_padded"],
+        "recall_vs_truth": recall_at(res.ids, R.truth(name, n)),
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_exact", f"{name}-{n}-{setting}", row)
     assert row["recall_vs_truth"] > 0.999  # exact is exact (ties aside)
@@ -88,11 +120,19 @@ def test_exact_latency(benchmark, R, monkeypatch, name, n, setting):
         benchmark.pedantic(rec.search, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
         lat = stats_ms(benchmark)
         seg = rec.index.parts()[0]
-        qp = [seg.queries(R.q[name][i:i + 1]) for i in range(min(len(qs), rounds))]
+        qp = [seg.queries(R.q[name][i : i + 1]) for i in range(min(len(qs), rounds))]
         with blas({**FAISS_DEFAULT_BLAS, **BLAS_SETTINGS[setting]}):
             raw = latency(lambda x: seg.index.search(x, K), qp, max_n=rounds)
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": rec.dim, "setting": setting, "k": K,
-           **lat, "faiss_only": raw, "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": rec.dim,
+        "setting": setting,
+        "k": K,
+        **lat,
+        "faiss_only": raw,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_exact_latency", f"{name}-{n}-{setting}", row)
 
@@ -121,8 +161,11 @@ def test_blas_sweep(benchmark, R, name, n):
             index.search(qp, K)  # warm
         for _ in range(reps):
             for qbs, dbbs in grid:
-                s = {"distance_compute_blas_threshold": 0, "distance_compute_blas_query_bs": qbs,
-                     "distance_compute_blas_database_bs": dbbs}
+                s = {
+                    "distance_compute_blas_threshold": 0,
+                    "distance_compute_blas_query_bs": qbs,
+                    "distance_compute_blas_database_bs": dbbs,
+                }
                 with blas(s):
                     best[(qbs, dbbs)] = min(best[(qbs, dbbs)], common.best_of(lambda: index.search(qp, K), 1))
             with blas(FAISS_DEFAULT_BLAS):
@@ -139,7 +182,7 @@ def test_blas_sweep(benchmark, R, name, n):
         blocks = [{"query_bs": qb, "database_bs": db, "qps": nq / best[(qb, db)]} for qb, db in grid]
         # crossover: sequential path (threshold = inf) vs BLAS (threshold = 0), tuned block sizes
         cross = []
-        for m in ((1, 2, 4, 8, 16, 32, 64, 128, 256) if small else (1, 4, 16)):
+        for m in (1, 2, 4, 8, 16, 32, 64, 128, 256) if small else (1, 4, 16):
             x = qp[:m]
             row = {"nq": m}
             times = {"seq": float("inf"), "blas": float("inf")}
@@ -154,16 +197,32 @@ def test_blas_sweep(benchmark, R, name, n):
                 for path, thr in (("seq", 1 << 30), ("blas", 0)):
                     with blas(dict(TUNED_BLAS, distance_compute_blas_threshold=thr)):
                         times[path] = min(times[path], common.best_of(lambda: index.search(x, K), 1))
-            row.update(seq_qps=m / times["seq"], blas_qps=m / times["blas"],
-                       blas_over_seq=times["seq"] / times["blas"], reps=reps_m)
+            row.update(
+                seq_qps=m / times["seq"],
+                blas_qps=m / times["blas"],
+                blas_over_seq=times["seq"] / times["blas"],
+                reps=reps_m,
+            )
             cross.append(row)
         with blas(TUNED_BLAS):
             benchmark.pedantic(index.search, args=(qp, K), rounds=reps, iterations=1)
     top = max(blocks, key=lambda r: r["qps"])
-    row = {"model": rd.LABELS[name], "n_items": n, "dim": d, "index_dim": dp, "queries": nq, "rounds": reps,
-           "blocks": blocks, "best": top, "faiss_default_qps": nq / best_default,
-           "tuned_qps": nq / benchmark.stats.stats.min, "reservoir_qps": nq / heap["reservoir"],
-           "heap_qps": nq / heap["heap"], "crossover": cross,
-           "numpy_qps_padded": numpy_rates(R, name, n)["numpy_qps_padded"], "other_load": load.share}
+    row = {
+        "model": rd.LABELS[name],
+        "n_items": n,
+        "dim": d,
+        "index_dim": dp,
+        "queries": nq,
+        "rounds": reps,
+        "blocks": blocks,
+        "best": top,
+        "faiss_default_qps": nq / best_default,
+        "tuned_qps": nq / benchmark.stats.stats.min,
+        "reservoir_qps": nq / heap["reservoir"],
+        "heap_qps": nq / heap["heap"],
+        "crossover": cross,
+        "numpy_qps_padded": numpy_rates(R, name, n)["numpy_qps_padded"],
+        "other_load": load.share,
+    }
     benchmark.extra_info.update({k: v for k, v in row.items() if k not in ("blocks", "crossover")})
     report.record("recall_blas_sweep", f"{name}-{n}", row)

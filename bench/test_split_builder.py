@@ -8,6 +8,7 @@
 
     FMRECALL_BENCH_SPLIT_ITEMS=100000   rows built per call
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,8 @@ from recall_bench import ROUNDS  # noqa: E402
 import fmrecall  # noqa: E402
 
 SPLIT_ITEMS = int(os.environ.get("FMRECALL_BENCH_SPLIT_ITEMS", 100_000))
-SPLIT_QUERY_COLS = [24, 17, 29, 0, 1, 5, 6, 7, 8, 9]                       # 10 query fields
-SPLIT_ITEM_COLS = rd.ITEM_FIELDS + [21, 26, 28, 32, 34]                    # 20 item fields
+SPLIT_QUERY_COLS = [24, 17, 29, 0, 1, 5, 6, 7, 8, 9]  # 10 query fields
+SPLIT_ITEM_COLS = rd.ITEM_FIELDS + [21, 26, 28, 32, 34]  # 20 item fields
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,18 @@ def test_split_builder(benchmark, split_setup, threads, what):
         model.threads = 0
     secs = benchmark.stats.stats.min
     p = out if what == "item_vectors" else out[0]
-    row = {"what": what, "threads": threads, "rows": data.n_rows, "dim": split.dim, "fields": 20 if what == "item_vectors" else 10,
-           "seconds": secs, "rows_per_s": data.n_rows / secs, "mb_per_s": p.nbytes / 2**20 / secs,
-           "model_fit_seconds": fit_s, "other_load": load.share}
+    row = {
+        "what": what,
+        "threads": threads,
+        "rows": data.n_rows,
+        "dim": split.dim,
+        "fields": 20 if what == "item_vectors" else 10,
+        "seconds": secs,
+        "rows_per_s": data.n_rows / secs,
+        "mb_per_s": p.nbytes / 2**20 / secs,
+        "model_fit_seconds": fit_s,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_split", f"{what}-t{threads}", row)
 
@@ -126,9 +136,17 @@ def test_split_gil(benchmark, split_setup):
             rate, work_s, wall = together()
     finally:
         model.threads = 0
-    row = {"rows": items.n_rows, "dim": split.dim, "builder_alone_s": alone_s, "builder_with_spinner_s": work_s,
-           "spinner_alone_per_s": alone_rate, "spinner_during_per_s": rate, "spinner_ratio": rate / alone_rate,
-           "wall_s": wall, "other_load": load.share}
+    row = {
+        "rows": items.n_rows,
+        "dim": split.dim,
+        "builder_alone_s": alone_s,
+        "builder_with_spinner_s": work_s,
+        "spinner_alone_per_s": alone_rate,
+        "spinner_during_per_s": rate,
+        "spinner_ratio": rate / alone_rate,
+        "wall_s": wall,
+        "other_load": load.share,
+    }
     benchmark.extra_info.update(row)
     report.record("recall_split_gil", "item_vectors-t1", row)
     # a held GIL would stall the spinner for the whole call (ratio ~0)

@@ -8,6 +8,7 @@
 
     PYTHONPATH=python python3 -m pytest bench/test_train.py --benchmark-only
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ import fmrecall  # noqa: E402
 
 CONFIGS = [(kind, k, t) for kind, k in common.MODELS for t in common.THREADS]
 IDS = [common.config_id(*c) for c in CONFIGS]
+
 
 @pytest.mark.parametrize("kind,k,threads", CONFIGS, ids=IDS)
 def test_epoch(benchmark, synth_data, kind, k, threads):
@@ -56,12 +58,21 @@ def test_epoch(benchmark, synth_data, kind, k, threads):
     rate = train.n_rows / st.min
     ref_rate = numpy_rate(kind, k, train)
     row = {
-        "model": common.model_label(kind, k), "threads": threads, "train_rows": train.n_rows,
-        "rounds": common.EPOCH_ROUNDS, "seconds_min": st.min, "seconds_mean": st.mean,
-        "rows_per_s": rate, "ns_per_pair": common.ns_per_pair(st.min, threads, train.n_rows),
-        "numpy_rows_per_s": ref_rate, "ratio_vs_numpy": rate / ref_rate,
+        "model": common.model_label(kind, k),
+        "threads": threads,
+        "train_rows": train.n_rows,
+        "rounds": common.EPOCH_ROUNDS,
+        "seconds_min": st.min,
+        "seconds_mean": st.mean,
+        "rows_per_s": rate,
+        "ns_per_pair": common.ns_per_pair(st.min, threads, train.n_rows),
+        "numpy_rows_per_s": ref_rate,
+        "ratio_vs_numpy": rate / ref_rate,
         "train_loss_last_epoch": model.history_[-1]["train_loss"],
-        "first_epoch_seconds": first, "cpu_seconds": cpu, "wall_seconds": walls, "other_load": load.share,
+        "first_epoch_seconds": first,
+        "cpu_seconds": cpu,
+        "wall_seconds": walls,
+        "other_load": load.share,
         "cpu_seconds_of_fastest": cpu[int(np.argmin(walls))] if len(walls) == len(cpu) else None,
     }
     benchmark.extra_info.update(row)
@@ -72,13 +83,27 @@ def test_epoch(benchmark, synth_data, kind, k, threads):
 def _child_env():
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [pkg_parent, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     return env
 
 
 def run_child(kind, k, threads, epochs, path):
-    cmd = [sys.executable, os.path.join(HERE, "train_child.py"), "--kind", kind, "--k", str(k),
-           "--threads", str(threads), "--epochs", str(epochs), "--data", path]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "train_child.py"),
+        "--kind",
+        kind,
+        "--k",
+        str(k),
+        "--threads",
+        str(threads),
+        "--epochs",
+        str(epochs),
+        "--data",
+        path,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -90,20 +115,31 @@ def test_fit_subprocess(benchmark, synth_file, kind, k, threads):
     path, meta = synth_file
     out = {}
     with common.ForeignLoad() as load:
-        benchmark.pedantic(lambda: out.update(run_child(kind, k, threads, common.FIT_EPOCHS, path)),
-                           rounds=1, iterations=1)
+        benchmark.pedantic(
+            lambda: out.update(run_child(kind, k, threads, common.FIT_EPOCHS, path)), rounds=1, iterations=1
+        )
     row = {
-        "model": common.model_label(kind, k), "threads": threads, "epochs": common.FIT_EPOCHS,
-        "train_rows": out["train_rows"], "load_seconds": out["load_seconds"],
+        "model": common.model_label(kind, k),
+        "threads": threads,
+        "epochs": common.FIT_EPOCHS,
+        "train_rows": out["train_rows"],
+        "load_seconds": out["load_seconds"],
         "train_seconds_per_epoch": out["train_seconds_per_epoch"],
         "ns_per_pair": common.ns_per_pair(out["train_seconds_per_epoch"], threads, out["train_rows"]),
-        "eval_seconds": out["eval_seconds"], "rss_after_load_mb": out["rss_after_load_mb"],
-        "peak_rss_after_load_mb": out["peak_rss_after_load_mb"], "peak_rss_mb": out["peak_rss_mb"],
-        "rss_end_mb": out["rss_end_mb"], "ru_maxrss_mb": out["ru_maxrss_mb"],
-        "best_valid_logloss": out["best_valid_logloss"], "best_epoch": out["best_epoch"],
-        "best_valid_auc": out["best_valid_auc"], "final_valid_logloss": out["final_valid_logloss"],
-        "floor_logloss": meta["floor_logloss_valid"], "base_rate_logloss": meta["base_rate_logloss_valid"],
-        "history": out["history"], "other_load": load.share,
+        "eval_seconds": out["eval_seconds"],
+        "rss_after_load_mb": out["rss_after_load_mb"],
+        "peak_rss_after_load_mb": out["peak_rss_after_load_mb"],
+        "peak_rss_mb": out["peak_rss_mb"],
+        "rss_end_mb": out["rss_end_mb"],
+        "ru_maxrss_mb": out["ru_maxrss_mb"],
+        "best_valid_logloss": out["best_valid_logloss"],
+        "best_epoch": out["best_epoch"],
+        "best_valid_auc": out["best_valid_auc"],
+        "final_valid_logloss": out["final_valid_logloss"],
+        "floor_logloss": meta["floor_logloss_valid"],
+        "base_rate_logloss": meta["base_rate_logloss_valid"],
+        "history": out["history"],
+        "other_load": load.share,
     }
     benchmark.extra_info.update({k_: v for k_, v in row.items() if k_ != "history"})
     report.record("train_fit", common.config_id(kind, k, threads), row)

@@ -6,6 +6,7 @@ Loads the libffm file (Dataset.from_libffm), takes the first 90% of rows as trai
 10% as valid (zero-copy views), fits for --epochs epochs with valid and patience=None (no early
 stopping, no weight snapshot), and prints one JSON object on the last stdout line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +52,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np  # noqa: F401  (imported before the first RSS reading, like fmrecall)
-
     import synth
 
     for attempt in range(4):  # the extension may be being rebuilt in place right now
         try:
             from fmrecall import metrics
+
             break
         except ImportError as e:
             if attempt == 3 or "too short" not in str(e) and "invalid ELF" not in str(e):

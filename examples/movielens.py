@@ -4,6 +4,7 @@
 
 Same as `fmrecall demo --movielens PATH --all-models`. The data is never copied into this repo.
 """
+
 import argparse
 import os
 

@@ -1,5 +1,6 @@
 """Shared pytest fixtures: real-data location, per-test random generator, the kernel instruction
 sets (FMRECALL_ARCH) this CPU can run, frappe. Plain helpers live in helpers.py."""
+
 from __future__ import annotations
 
 import os
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import AVAILABLE_ARCHS, FRAPPE_FIELD_RANGES, REPO_ROOT, aware_flags, hybrid_ref_params, in_ci  # noqa: F401  (tests/test_kernels.py still imports these from conftest)
 
 import fmrecall
-from helpers import AVAILABLE_ARCHS, FRAPPE_FIELD_RANGES, REPO_ROOT, in_ci
-from helpers import aware_flags, hybrid_ref_params  # noqa: F401  (tests/test_kernels.py still imports these from conftest)
 
 
 # ---------------------------------------------------------------------------- real data
@@ -20,8 +20,10 @@ def data_dir() -> Path:
     """Directory of the shared real data sets ($FMRECALL_DATA, default ../shared/data)."""
     path = Path(os.environ.get("FMRECALL_DATA", REPO_ROOT.parent / "shared" / "data"))
     if not path.is_dir():
-        msg = (f"real data directory {path} is missing: set FMRECALL_DATA to the shared data "
-               f"directory (see shared/data/README.md)")
+        msg = (
+            f"real data directory {path} is missing: set FMRECALL_DATA to the shared data "
+            f"directory (see shared/data/README.md)"
+        )
         if in_ci():
             pytest.fail(msg)
         pytest.skip(msg)

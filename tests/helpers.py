@@ -4,6 +4,7 @@ a fresh interpreter, split / hybrid row helpers, and the Recaller test world (``
 ``check_top``) used by test_recall*.py, test_milvus.py and stress_recall.py.
 
 Test modules import them with ``from helpers import ...`` (tests/ is on sys.path under pytest)."""
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,17 @@ def feature_field(n_features: int, n_fields: int) -> np.ndarray:
     return np.arange(n_features) % n_fields
 
 
-def random_rows(rng: np.random.Generator, n_rows: int, n_features: int, n_fields: int, *,
-                max_per_field: int = 3, field_prob: float = 0.8, real_values: bool = True,
-                negative_values: bool = True):
+def random_rows(
+    rng: np.random.Generator,
+    n_rows: int,
+    n_features: int,
+    n_fields: int,
+    *,
+    max_per_field: int = 3,
+    field_prob: float = 0.8,
+    real_values: bool = True,
+    negative_values: bool = True,
+):
     """CSR arrays of random rows: several fields per row, multi-valued fields (up to
     `max_per_field` distinct features of one field), nodes shuffled so fields are out of order,
     real (optionally negative) values. Every feature appears at most once per row and every row
@@ -89,12 +98,15 @@ def random_rows(rng: np.random.Generator, n_rows: int, n_features: int, n_fields
         if negative_values:
             values *= np.where(rng.random(nnz) < 0.2, -1.0, 1.0)
         values = values.astype(np.float32)
-    return (np.asarray(indptr, dtype=np.int64), np.asarray(fields, dtype=np.int32),
-            np.asarray(features, dtype=np.int32), values)
+    return (
+        np.asarray(indptr, dtype=np.int64),
+        np.asarray(fields, dtype=np.int32),
+        np.asarray(features, dtype=np.int32),
+        values,
+    )
 
 
-def random_labels(rng: np.random.Generator, n_rows: int, loss: str = "logistic",
-                  minus_one: bool = False) -> np.ndarray:
+def random_labels(rng: np.random.Generator, n_rows: int, loss: str = "logistic", minus_one: bool = False) -> np.ndarray:
     if loss == "logistic":
         y = rng.integers(0, 2, size=n_rows).astype(np.float32)
         if minus_one:
@@ -103,25 +115,36 @@ def random_labels(rng: np.random.Generator, n_rows: int, loss: str = "logistic",
     return rng.normal(0.0, 1.0, size=n_rows).astype(np.float32)
 
 
-def random_dataset(rng: np.random.Generator, n_rows: int = 50, n_features: int = 40, n_fields: int = 5, *,
-                   loss: str = "logistic", labels: bool = True, **kw) -> fmrecall.Dataset:
+def random_dataset(
+    rng: np.random.Generator,
+    n_rows: int = 50,
+    n_features: int = 40,
+    n_fields: int = 5,
+    *,
+    loss: str = "logistic",
+    labels: bool = True,
+    **kw,
+) -> fmrecall.Dataset:
     indptr, fields, features, values = random_rows(rng, n_rows, n_features, n_fields, **kw)
     y = random_labels(rng, n_rows, loss) if labels else None
     return fmrecall.Dataset(indptr, fields, features, values, y, n_features=n_features, n_fields=n_fields)
 
 
-def one_row_dataset(fields, features, values, label: Optional[float], *, n_features: int,
-                    n_fields: int) -> fmrecall.Dataset:
+def one_row_dataset(
+    fields, features, values, label: Optional[float], *, n_features: int, n_fields: int
+) -> fmrecall.Dataset:
     fields = np.asarray(fields, dtype=np.int32)
     indptr = np.array([0, fields.size], dtype=np.int64)
     vals = None if values is None else np.asarray(values, dtype=np.float32)
     y = None if label is None else np.array([label], dtype=np.float32)
-    return fmrecall.Dataset(indptr, fields, np.asarray(features, dtype=np.int32), vals, y,
-                            n_features=n_features, n_fields=n_fields)
+    return fmrecall.Dataset(
+        indptr, fields, np.asarray(features, dtype=np.int32), vals, y, n_features=n_features, n_fields=n_fields
+    )
 
 
-def random_weights(rng: np.random.Generator, kind: str, n_features: int, n_fields: int, k: int,
-                   scale: float = 0.3) -> dict:
+def random_weights(
+    rng: np.random.Generator, kind: str, n_features: int, n_fields: int, k: int, scale: float = 0.3
+) -> dict:
     """Weights in the layout of FM.weights() ("fm") or FFM.weights() ("ffm"), float32."""
     shape = (n_features, k) if kind == "fm" else (n_features, n_fields, k)
     return {
@@ -148,20 +171,34 @@ def run_isolated(code: str, timeout: float = 120.0):
     test with the exit status and stderr instead of killing the whole pytest run."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     if proc.returncode != 0:
-        pytest.fail(f"subprocess exited with status {proc.returncode} "
-                    f"({'signal ' + str(-proc.returncode) if proc.returncode < 0 else 'error'}):\n"
-                    f"{proc.stderr[-3000:]}", pytrace=False)
+        pytest.fail(
+            f"subprocess exited with status {proc.returncode} "
+            f"({'signal ' + str(-proc.returncode) if proc.returncode < 0 else 'error'}):\n"
+            f"{proc.stderr[-3000:]}",
+            pytrace=False,
+        )
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines else None
 
 
 # ---------------------------------------------------------------------------- split / hybrid helpers
 # (numpy only: nothing here calls the code under test except to build Datasets)
-FRAPPE_FIELD_RANGES = [(0, 957), (957, 5039), (5039, 5046), (5046, 5053), (5053, 5055), (5055, 5058),
-                       (5058, 5060), (5060, 5069), (5069, 5149), (5149, 5382)]
+FRAPPE_FIELD_RANGES = [
+    (0, 957),
+    (957, 5039),
+    (5039, 5046),
+    (5046, 5053),
+    (5053, 5055),
+    (5055, 5058),
+    (5058, 5060),
+    (5060, 5069),
+    (5069, 5149),
+    (5149, 5382),
+]
 FRAPPE_SIDES = dict(user=[0], item=[1], context=[2, 3, 4, 5, 6, 7, 8, 9])
 
 
@@ -171,8 +208,16 @@ def aware_flags(sides_dict: dict, field_aware: str, n_fields: int) -> np.ndarray
     return item if field_aware == "item" else ~item
 
 
-def random_hybrid_weights(rng: np.random.Generator, n_features: int, n_fields: int, k: int, *,
-                          scale: float = 0.3, aware_features=None, missing: float = 0.0) -> dict:
+def random_hybrid_weights(
+    rng: np.random.Generator,
+    n_features: int,
+    n_fields: int,
+    k: int,
+    *,
+    scale: float = 0.3,
+    aware_features=None,
+    missing: float = 0.0,
+) -> dict:
     """Weights in the layout of HybridFM.weights(): every feature of `aware_features` (default: all)
     gets a row of field_factors, in a shuffled order; a fraction `missing` of them gets -1 instead."""
     feats = np.arange(n_features) if aware_features is None else np.unique(np.asarray(aware_features))
@@ -192,6 +237,7 @@ def hybrid_ref_params(w: dict):
     """reference.py params of HybridFM weights: v = factors; W[j] = field_factors[field_rows[j]],
     or zeros for field_rows[j] = -1 (such a feature's pairs vanish: only its linear term is left)."""
     import reference as ref
+
     rows = np.asarray(w["field_rows"])
     F, k = w["field_factors"].shape[1:]
     W = np.zeros((rows.size, F, k))
@@ -202,6 +248,7 @@ def hybrid_ref_params(w: dict):
 def ref_params_and_aware(kind: str, w: dict, n_fields: int, sides_dict=None):
     """(reference params, aware flags) of weights of kind fm / ffm / hybrid-item / hybrid-query."""
     import reference as ref
+
     if kind == "fm":
         return ref.make_params(w["bias"], w["linear"], v=w["factors"]), ref.fm_aware(n_fields)
     if kind == "ffm":
@@ -209,8 +256,16 @@ def ref_params_and_aware(kind: str, w: dict, n_fields: int, sides_dict=None):
     return hybrid_ref_params(w), aware_flags(sides_dict, kind.split("-")[1], n_fields)
 
 
-def side_rows(rng: np.random.Generator, n_rows: int, fields, pools: dict, *, max_per_field: int = 3,
-              field_prob: float = 0.8, dup_prob: float = 0.3):
+def side_rows(
+    rng: np.random.Generator,
+    n_rows: int,
+    fields,
+    pools: dict,
+    *,
+    max_per_field: int = 3,
+    field_prob: float = 0.8,
+    dup_prob: float = 0.3,
+):
     """Rows (list of (fields, features, values) int/int/float32 arrays) over `fields` only: a random
     subset of the fields per row, 1..max_per_field features of each (drawn from pools[f]), sometimes
     one of them twice (same feature twice in one field), real values of both signs, nodes shuffled
@@ -233,8 +288,7 @@ def side_rows(rng: np.random.Generator, n_rows: int, fields, pools: dict, *, max
             rf, rj = [f], [int(rng.choice(pools[f]))]
         x = rng.uniform(0.2, 1.5, size=len(rj)) * np.where(rng.random(len(rj)) < 0.2, -1.0, 1.0)
         order = rng.permutation(len(rj))
-        out.append((np.asarray(rf, np.int64)[order], np.asarray(rj, np.int64)[order],
-                    x.astype(np.float32)[order]))
+        out.append((np.asarray(rf, np.int64)[order], np.asarray(rj, np.int64)[order], x.astype(np.float32)[order]))
     return out
 
 
@@ -242,11 +296,18 @@ def rows_dataset(rows, *, n_features: int, n_fields: int, labels=None) -> fmreca
     """A Dataset of (fields, features, values) rows."""
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(r[1]) for r in rows])
-    cat = lambda i, dt: (np.concatenate([np.asarray(r[i]) for r in rows]).astype(dt)  # noqa: E731
-                         if indptr[-1] else np.zeros(0, dt))
-    return fmrecall.Dataset(indptr, cat(0, np.int32), cat(1, np.int32), cat(2, np.float32),
-                            None if labels is None else np.asarray(labels, np.float32),
-                            n_features=n_features, n_fields=n_fields)
+    cat = lambda i, dt: (  # noqa: E731
+        np.concatenate([np.asarray(r[i]) for r in rows]).astype(dt) if indptr[-1] else np.zeros(0, dt)
+    )
+    return fmrecall.Dataset(
+        indptr,
+        cat(0, np.int32),
+        cat(1, np.int32),
+        cat(2, np.float32),
+        None if labels is None else np.asarray(labels, np.float32),
+        n_features=n_features,
+        n_fields=n_fields,
+    )
 
 
 def dataset_rows(ds: fmrecall.Dataset, rows=None):
@@ -280,7 +341,7 @@ def join_rows(a, b, rng: Optional[np.random.Generator] = None):
 
 # ---------------------------------------------------------------------------- Recaller world
 # (tests/test_recall.py, test_recall_store.py, test_recall_concurrency.py, test_milvus.py, stress_recall.py)
-N, F = 48, 6                                   # feature j belongs to field j % F
+N, F = 48, 6  # feature j belongs to field j % F
 SD = dict(user=[3, 0], context=[5], item=[4, 1, 2])  # fields out of order, a context field
 
 
@@ -379,8 +440,9 @@ def check_top(world, res, k, allowed=None, *, exact=True, scores_only=False):
         assert np.all(np.diff(s) <= 0), ("scores not sorted", i, s)
         best = np.sort(S[i, allowed[i]])[::-1][:want_n]
         if exact and not scores_only:
-            np.testing.assert_allclose(np.sort(S[i, cols])[::-1], best, rtol=1e-5, atol=world.tol[i],
-                                       err_msg=f"query {i}: not the top {k}")
+            np.testing.assert_allclose(
+                np.sort(S[i, cols])[::-1], best, rtol=1e-5, atol=world.tol[i], err_msg=f"query {i}: not the top {k}"
+            )
         # hits: returned items whose exact score reaches the k-th best (ties count)
         if want_n:
             hits.append((np.sum(S[i, cols] >= best[-1] - world.tol[i]), want_n))

@@ -16,6 +16,7 @@ and a pair (p, q) scores x_p x_q <vec(p, f_q), vec(q, f_p)>. This gives all thre
 both single -> <v_i, v_j>; both aware -> <w_{i,f(j)}, w_{j,f(i)}>; i single, j aware ->
 <v_i, w_{j,f(i)}>. FM = no aware field, FFM = every field aware, the hybrid = one side aware.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,8 +76,7 @@ def row_nodes(fields, features, values, n_features: int, n_fields: int, normaliz
     if values is None:
         values = np.ones(features.size, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    keep = ((features >= 0) & (features < n_features) & (fields >= 0) & (fields < n_fields)
-            & (values != 0.0))
+    keep = (features >= 0) & (features < n_features) & (fields >= 0) & (fields < n_fields) & (values != 0.0)
     f, j, x = fields[keep], features[keep], values[keep]
     if normalize and x.size:
         x = x / np.sqrt(np.sum(x * x))
@@ -203,8 +203,9 @@ def sigmoid(t):
 
 
 # ---------------------------------------------------------------------------- optimiser
-def adagrad_apply(params: Params, state: Params, grad: Params, touched: Params, *, lr: float,
-                  reg_linear: float, reg_factors: float) -> Tuple[Params, Params]:
+def adagrad_apply(
+    params: Params, state: Params, grad: Params, touched: Params, *, lr: float, reg_linear: float, reg_factors: float
+) -> Tuple[Params, Params]:
     """One AdaGrad step of every touched parameter, given d objective / d theta (`grad`, L2 not
     included): (new params, new state). Untouched parameters and accumulators are left as they are.
 
@@ -232,8 +233,20 @@ def _scaled(grad: Params, kappa: float) -> Params:
     return {name: None if g is None else kappa * g for name, g in grad.items()}
 
 
-def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: float, *, loss: str,
-                 lr: float, reg_linear: float, reg_factors: float):
+def adagrad_step(
+    params: Params,
+    state: Params,
+    aware: np.ndarray,
+    f,
+    j,
+    x,
+    y: float,
+    *,
+    loss: str,
+    lr: float,
+    reg_linear: float,
+    reg_factors: float,
+):
     """One row of libffm-style AdaGrad: (new params, new state, reported loss of the row).
 
     kappa = d loss / d score at the weights before the update; grad = kappa * d score / d theta;
@@ -242,13 +255,15 @@ def adagrad_step(params: Params, state: Params, aware: np.ndarray, f, j, x, y: f
     t = score(params, aware, f, j, x)
     kappa = loss_grad(t, y, loss)
     ds, touched = score_grad(params, aware, f, j, x)
-    new, st = adagrad_apply(params, state, _scaled(ds, kappa), touched, lr=lr, reg_linear=reg_linear,
-                            reg_factors=reg_factors)
+    new, st = adagrad_apply(
+        params, state, _scaled(ds, kappa), touched, lr=lr, reg_linear=reg_linear, reg_factors=reg_factors
+    )
     return new, st, loss_value(t, y, loss)
 
 
-def bpr_step(params: Params, state: Params, aware: np.ndarray, pos, neg, *, lr: float, reg_linear: float,
-             reg_factors: float):
+def bpr_step(
+    params: Params, state: Params, aware: np.ndarray, pos, neg, *, lr: float, reg_linear: float, reg_factors: float
+):
     """One BPR pair as one AdaGrad step: (new params, new state, loss, touched masks).
 
     pos, neg: (f, j, x) of the positive and the negative row. loss = log(1 + e^{-d}),
@@ -279,8 +294,7 @@ def touched_mask(params: Params, aware: np.ndarray, f, j, x) -> Params:
 
 
 # ---------------------------------------------------------------------------- checks
-def finite_difference_grad(params: Params, aware: np.ndarray, f, j, x, y: float, loss: str,
-                           h: float = 1e-6) -> Params:
+def finite_difference_grad(params: Params, aware: np.ndarray, f, j, x, y: float, loss: str, h: float = 1e-6) -> Params:
     """Central differences of objective(score(theta)) w.r.t. every parameter entry (float64)."""
     out = {"bias": None, "linear": None, "v": None, "W": None}
 
@@ -316,7 +330,6 @@ def fm_score_sum_trick(params: Params, j, x) -> float:
     return float(params["bias"] + np.dot(params["linear"][j], x) + inter)
 
 
-
 # ---------------------------------------------------------------------------- vectorised per-row SGD
 # The benchmarks' speed baseline (bench/test_train.py times it against fmrecall): the same AdaGrad
 # rule, all in float32, one row at a time, vectorised over the row's pairs with numpy. Unlike
@@ -326,8 +339,9 @@ F32 = np.float32
 
 
 class _SgdBase:
-    def __init__(self, bias: float, linear: np.ndarray, learning_rate: float, reg_linear: float,
-                 reg_factors: float) -> None:
+    def __init__(
+        self, bias: float, linear: np.ndarray, learning_rate: float, reg_linear: float, reg_factors: float
+    ) -> None:
         self.w0 = F32(bias)
         self.g0 = F32(1.0)
         self.w = np.array(linear, dtype=F32)
@@ -374,14 +388,14 @@ class NumpyFFM(_SgdBase):
         return p
 
     def _row(self, j, f, x, y) -> float:
-        ia, ib = self._offdiag(j.size)          # ordered pairs a != b (each unordered pair twice)
+        ia, ib = self._offdiag(j.size)  # ordered pairs a != b (each unordered pair twice)
         ja, fb = j[ia], f[ib]
-        P = self.W[ja, fb]                       # w_{a, f(b)}      (m, k)
-        Q = self.W[j[ib], f[ia]]                 # w_{b, f(a)}
+        P = self.W[ja, fb]  # w_{a, f(b)}      (m, k)
+        Q = self.W[j[ib], f[ia]]  # w_{b, f(a)}
         xx = (x[ia] * x[ib])[:, None]
         t = self.w0 + np.sum(self.w[j] * x) + F32(0.5) * np.sum(xx * P * Q)
         kappa = F32(1.0) / (F32(1.0) + np.exp(-t)) - y
-        g = kappa * (xx * Q) + self.l2_fac * P   # d score / d w_{a,f(b)} = x_a x_b w_{b,f(a)}
+        g = kappa * (xx * Q) + self.l2_fac * P  # d score / d w_{a,f(b)} = x_a x_b w_{b,f(a)}
         G = self.GW[ja, fb] + g * g
         self.GW[ja, fb] = G
         self.W[ja, fb] = P - self.eta * g / np.sqrt(G)
@@ -401,7 +415,7 @@ class NumpyFM(_SgdBase):
         self.gv = np.ones_like(self.v)
 
     def _row(self, j, f, x, y) -> float:
-        V = self.v[j]                            # (n, k)
+        V = self.v[j]  # (n, k)
         xv = x[:, None] * V
         S = xv.sum(axis=0)
         t = self.w0 + np.sum(self.w[j] * x) + F32(0.5) * (S @ S - np.sum(xv * xv))
@@ -417,8 +431,7 @@ class NumpyFM(_SgdBase):
         return {"bias": float(self.w0), "linear": self.w, "factors": self.v}
 
 
-def make_sgd(kind: str, n_features: int, n_fields: int, k: int, seed: int = 0, init_std: float = 0.05,
-             **hyper):
+def make_sgd(kind: str, n_features: int, n_fields: int, k: int, seed: int = 0, init_std: float = 0.05, **hyper):
     """A NumpyFFM ("ffm") / NumpyFM ("fm") with U(-a, a) factors (std init_std), zero linear weights
     and bias."""
     rng = np.random.default_rng(seed)
@@ -433,6 +446,6 @@ def make_sgd(kind: str, n_features: int, n_fields: int, k: int, seed: int = 0, i
 def check_one_hot(ds, rows: np.ndarray) -> None:
     """Raise unless every listed row of ``ds`` has distinct fields (what the vectorised SGD needs)."""
     for r in rows:
-        f = ds.fields[ds.indptr[r]:ds.indptr[r + 1]]
+        f = ds.fields[ds.indptr[r] : ds.indptr[r + 1]]
         if np.unique(f).size != f.size:
             raise ValueError(f"row {r} has a repeated field; the numpy reference needs one-hot rows")

@@ -9,6 +9,7 @@ changes with every add, so each result is checked instead: every (id, score) is 
 score for that id, ids distinct, scores sorted, padding only at the end, and the returned ids all
 belong to one of the two states.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fmrecall  # noqa: E402
 from helpers import World  # noqa: E402
+
+import fmrecall  # noqa: E402
 
 KS = (10, 300)
 
@@ -31,7 +33,7 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
     rng = np.random.default_rng(7)
     world = World(rng, "ffm", m=24, n=900)
     rec = world.recaller(index, threads=1)
-    moved = world.ids[:150]                           # removed and re-added by the writer
+    moved = world.ids[:150]  # removed and re-added by the writer
     moved_items = world.items.subset(np.arange(150))
     excl = [world.ids[i::7][:20] for i in range(world.m)]
     # one full cycle first, so the exact index's storage order is the one every later cycle repeats
@@ -39,9 +41,12 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
     slices = [slice(0, world.m)] + [slice(i, i + 1) for i in range(world.m)]
 
     def serial():
-        return {(k, e, s.start, s.stop): rec.search(_rows(world, s), k,
-                                            exclude=None if not e else excl[s]) for k in KS for e in (0, 1)
-                for s in slices}
+        return {
+            (k, e, s.start, s.stop): rec.search(_rows(world, s), k, exclude=None if not e else excl[s])
+            for k in KS
+            for e in (0, 1)
+            for s in slices
+        }
 
     refs = [serial()]
     rec.remove_items(moved)
@@ -63,8 +68,11 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
 
     def check(res, k, e, s):
         if index == "exact":
-            if not any(np.array_equal(res.ids, r[(k, e, s.start, s.stop)].ids)
-                       and np.array_equal(res.scores, r[(k, e, s.start, s.stop)].scores) for r in refs):
+            if not any(
+                np.array_equal(res.ids, r[(k, e, s.start, s.stop)].ids)
+                and np.array_equal(res.scores, r[(k, e, s.start, s.stop)].scores)
+                for r in refs
+            ):
                 fail(f"exact result differs from both serial states (k={k}, exclude={e}, queries {s})")
             return
         for row, i in enumerate(range(s.start, s.stop)):

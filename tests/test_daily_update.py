@@ -4,6 +4,7 @@ the first AdaGrad step on them against the float64 numpy reference (FM, FFM, Hyb
 old features untouched by the growth; a new Recaller over the grown model retrieving new items
 with exact scores; the errors; and MovieLens u1 users held out of fit who get personalised lists
 after the update."""
+
 from __future__ import annotations
 
 import copy
@@ -11,10 +12,10 @@ import time
 
 import numpy as np
 import pytest
-
-import fmrecall
 import reference as ref
 from helpers import one_row_dataset, random_hybrid_weights, random_weights, ref_params_and_aware
+
+import fmrecall
 from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Recaller, Schema
 
 pd = pytest.importorskip("pandas")
@@ -25,14 +26,22 @@ SIDES = dict(user=[3], context=[0], item=[4, 1, 2])
 
 
 def _from_weights(rng, kind, **hyper):
-    hyper = {"threads": 1, "learning_rate": 0.1, "reg_linear": 0.05, "reg_factors": 0.1, "init_std": 0.2,
-             "seed": 11, **hyper}
+    hyper = {
+        "threads": 1,
+        "learning_rate": 0.1,
+        "reg_linear": 0.05,
+        "reg_factors": 0.1,
+        "init_std": 0.2,
+        "seed": 11,
+        **hyper,
+    }
     if kind == "fm":
         return fmrecall.FM.from_weights(random_weights(rng, "fm", N, F, 4), n_fields=F, **hyper)
     if kind == "ffm":
         return fmrecall.FFM.from_weights(random_weights(rng, "ffm", N, F, 4), **hyper)
-    return fmrecall.HybridFM.from_weights(random_hybrid_weights(rng, N, F, 4), sides=fmrecall.Sides(**SIDES),
-                                          field_aware=kind.split("-")[1], **hyper)
+    return fmrecall.HybridFM.from_weights(
+        random_hybrid_weights(rng, N, F, 4), sides=fmrecall.Sides(**SIDES), field_aware=kind.split("-")[1], **hyper
+    )
 
 
 # ---------------------------------------------------------------------------- the core's growth
@@ -65,8 +74,9 @@ def test_grown_parameters_and_first_step_match_reference(rng, kind):
     assert not w0["linear"][N:].any()
     if kind != "ffm":  # single vectors: exactly the ones a fresh model of N + NEW features would draw
         np.testing.assert_array_equal(w0["factors"][:N], old["factors"])
-        fresh = fmrecall._core.Model(N + NEW, F, 4, np.zeros(F, np.uint8), None, 0, grown.init_std, grown.seed,
-                                     False).get_weights()["v"]
+        fresh = fmrecall._core.Model(
+            N + NEW, F, 4, np.zeros(F, np.uint8), None, 0, grown.init_std, grown.seed, False
+        ).get_weights()["v"]
         for t in range(NEW):
             want = fresh[N + t] if seen[t] else np.zeros(4, np.float32)
             np.testing.assert_array_equal(w0["factors"][N + t], want)
@@ -75,17 +85,19 @@ def test_grown_parameters_and_first_step_match_reference(rng, kind):
     elif kind.startswith("hybrid"):
         rows = w0["field_rows"]
         np.testing.assert_array_equal(rows[:N], old["field_rows"])
-        np.testing.assert_array_equal(w0["field_factors"][:old["field_factors"].shape[0]], old["field_factors"])
+        np.testing.assert_array_equal(w0["field_factors"][: old["field_factors"].shape[0]], old["field_factors"])
         new_aware = need[need >= N]
-        assert sorted(rows[new_aware]) == list(range(old["field_factors"].shape[0],
-                                                     old["field_factors"].shape[0] + new_aware.size))
+        assert sorted(rows[new_aware]) == list(
+            range(old["field_factors"].shape[0], old["field_factors"].shape[0] + new_aware.size)
+        )
         assert (rows[N:][~np.isin(np.arange(N, N + NEW), new_aware)] == -1).all()
 
     # one step from the grown weights (every accumulator 1: from_weights starts AdaGrad afresh)
     p0, ref_aware = ref_params_and_aware(kind, w0, F, SIDES)
     f, j, x = ref.dataset_row(ds, 0, N + NEW, F)
-    p1, _, loss1 = ref.adagrad_step(p0, ref.fresh_state(p0), ref_aware, f, j, x, 1.0, loss="logistic", lr=0.1,
-                                    reg_linear=0.05, reg_factors=0.1)
+    p1, _, loss1 = ref.adagrad_step(
+        p0, ref.fresh_state(p0), ref_aware, f, j, x, 1.0, loss="logistic", lr=0.1, reg_linear=0.05, reg_factors=0.1
+    )
     touched = ref.touched_mask(p0, ref_aware, f, j, x)
     gen = model.generation_
     model.partial_fit(ds)
@@ -97,8 +109,9 @@ def test_grown_parameters_and_first_step_match_reference(rng, kind):
         if p0[key] is None:
             continue
         np.testing.assert_allclose(got[key], p1[key], rtol=1e-5, atol=1e-6, err_msg=key)
-        np.testing.assert_array_equal(got[key][~touched[key]], np.asarray(p0[key], np.float32)[~touched[key]],
-                                      err_msg=key)
+        np.testing.assert_array_equal(
+            got[key][~touched[key]], np.asarray(p0[key], np.float32)[~touched[key]], err_msg=key
+        )
     # the new features were trained (the new parameters moved)
     assert got["linear"][N + 1] != 0.0
 
@@ -130,21 +143,37 @@ def test_partial_fit_refuses_new_fields(rng):
 
 # ---------------------------------------------------------------------------- schema + model + Recaller
 def _tables(rng, n_users, n_items, n_events, *, u0=0, i0=0, tags="abcde"):
-    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(u0, u0 + n_users)],
-                          "age": rng.choice(["young", "mid", "old"], n_users)})
-    items = pd.DataFrame({"item_id": 100 + np.arange(i0, i0 + n_items),
-                          "tags": [list(rng.choice(list(tags), 2, replace=False)) for _ in range(n_items)],
-                          "price": rng.uniform(1, 20, n_items).round(2)})
-    events = pd.DataFrame({"user_id": rng.choice(users.user_id.to_numpy(), n_events),
-                           "item_id": rng.choice(items.item_id.to_numpy(), n_events),
-                           "hour": rng.integers(0, 4, n_events)})
+    users = pd.DataFrame(
+        {"user_id": [f"u{i}" for i in range(u0, u0 + n_users)], "age": rng.choice(["young", "mid", "old"], n_users)}
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": 100 + np.arange(i0, i0 + n_items),
+            "tags": [list(rng.choice(list(tags), 2, replace=False)) for _ in range(n_items)],
+            "price": rng.uniform(1, 20, n_items).round(2),
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": rng.choice(users.user_id.to_numpy(), n_events),
+            "item_id": rng.choice(items.item_id.to_numpy(), n_events),
+            "hour": rng.integers(0, 4, n_events),
+        }
+    )
     return users, items, events
 
 
 def _schema():
-    return Schema([Categorical("user_id", "user"), Categorical("age", "user"), Categorical("hour", "context"),
-                   Categorical("item_id", "item"), MultiCategorical("tags", "item"),
-                   Numeric("price", "item", buckets=4)])
+    return Schema(
+        [
+            Categorical("user_id", "user"),
+            Categorical("age", "user"),
+            Categorical("hour", "context"),
+            Categorical("item_id", "item"),
+            MultiCategorical("tags", "item"),
+            Numeric("price", "item", buckets=4),
+        ]
+    )
 
 
 def _model(kind, schema):
@@ -190,10 +219,12 @@ def test_new_recaller_over_the_grown_model_retrieves_new_items_exactly(rng, kind
     assert np.isin(res.ids, ni.item_id).any()
     for q in range(len(queries)):
         ids = res.ids[q][res.ids[q] >= 0]
-        joined = pd.concat([queries.iloc[[q] * ids.size].reset_index(drop=True),
-                            items2.set_index("item_id").loc[ids].reset_index()], axis=1)
+        joined = pd.concat(
+            [queries.iloc[[q] * ids.size].reset_index(drop=True), items2.set_index("item_id").loc[ids].reset_index()],
+            axis=1,
+        )
         want = new.decision_function(new.schema_.transform(joined))
-        np.testing.assert_allclose(res.scores[q][:ids.size], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(res.scores[q][: ids.size], want, rtol=1e-5, atol=1e-5)
     # new users differ from each other (their ids have trained vectors now)
     uid = new.schema_.transform(nu, fields=["user_id"]).features
     assert np.unique(uid).size == len(nu) and (uid >= model.n_features_).all()
@@ -205,8 +236,9 @@ def test_old_recaller_refuses_the_grown_model_and_save_load_keeps_the_growth(rng
     model = _model("fm", schema).fit(Interactions(users, items, events, schema, negatives=2))
     rec = Recaller(model, model.schema_).add_items(items, "item_id")
     nu, ni, ne = _tables(rng, 3, 2, 30, u0=15, i0=10)
-    data = Interactions(pd.concat([users, nu]), pd.concat([items, ni]), pd.concat([events, ne]), model.schema_,
-                        negatives=2, grow=True)
+    data = Interactions(
+        pd.concat([users, nu]), pd.concat([items, ni]), pd.concat([events, ne]), model.schema_, negatives=2, grow=True
+    )
     model.partial_fit(data)  # grows in place: the schema_ object is the one grown
     with pytest.raises(RuntimeError):
         rec.search(users.assign(hour=0).iloc[:2], 3)
@@ -237,17 +269,19 @@ def test_movielens_held_out_users_get_personalised_lists(data_dir):
     their demographics and request context); after growing a copy's schema with every user and
     partial_fit on all u1.base events (two epochs), every one has its own user_id feature and
     Recall@50 on u1.test is about twice the unseen-user baseline (measured 0.257 -> 0.570)."""
-    from fmrecall.experiments import movielens as M
     from fmrecall.datasets import movielens100k
+    from fmrecall.experiments import movielens as M
     from fmrecall.metrics import recall_at_k
+
     t0 = time.perf_counter()
     ml = movielens100k(data_dir / "ml-100k", "u1")
     held = ml.users.user_id.between(400, 499)
     old_users, old_train = ml.users[~held], ml.train[~ml.train.user_id.between(400, 499)]
     schema = M.default_schema(ml).fit([old_users, ml.items, old_train])
     hyper = dict(k=32, learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, threads=1, seed=0)
-    model = fmrecall.FM(epochs=5, **hyper).fit(Interactions(old_users, ml.items, old_train, schema, negatives=4,
-                                                             alpha=0.5))
+    model = fmrecall.FM(epochs=5, **hyper).fit(
+        Interactions(old_users, ml.items, old_train, schema, negatives=4, alpha=0.5)
+    )
     test = ml.test[ml.test.user_id.between(400, 499)]
     queries = ml.request_context(test)
     seen = ml.train.groupby("user_id").item_id.apply(np.array)
@@ -272,12 +306,15 @@ def test_movielens_held_out_users_get_personalised_lists(data_dir):
     new.partial_fit(data)
     uid = new.schema_.transform(queries, fields=["user_id"]).features
     assert np.unique(uid).size == len(queries) and (uid >= model.n_features_).all()
-    np.testing.assert_array_equal(new.schema_.transform(old_train.merge(old_users).merge(ml.items)).features,
-                                  old_rows.features)
+    np.testing.assert_array_equal(
+        new.schema_.transform(old_train.merge(old_users).merge(ml.items)).features, old_rows.features
+    )
     res, distinct1, recall1 = lists(new)
     seconds = time.perf_counter() - t0
-    print(f"\nheld-out users {len(queries)}: distinct top-10 lists {distinct0} -> {distinct1}, "
-          f"Recall@50 {recall0:.4f} -> {recall1:.4f} ({seconds:.1f} s)")
+    print(
+        f"\nheld-out users {len(queries)}: distinct top-10 lists {distinct0} -> {distinct1}, "
+        f"Recall@50 {recall0:.4f} -> {recall1:.4f} ({seconds:.1f} s)"
+    )
     assert distinct1 == len(queries)
     assert recall1 > recall0 + 0.15 and recall1 > 0.45
     # the lists changed for (nearly) every held-out user: the new user vectors are used
@@ -291,6 +328,7 @@ def test_growth_while_other_threads_predict(rng, kind):
     predicting old rows meanwhile always get the old scores, bit for bit, and the model ends with
     every feature appended."""
     import threading
+
     model = _from_weights(rng, kind)
     ds = one_row_dataset([0, 1, 2, 3, 4], [1, 5, 9, 13, 17], None, None, n_features=N, n_fields=F)
     want = model.decision_function(ds)

@@ -1,11 +1,12 @@
 """fmrecall.Dataset: construction, zero copy, validation, subset / split, libffm round trip."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import random_dataset, random_rows
 
 import fmrecall
-from helpers import random_dataset, random_rows
 
 Dataset = fmrecall.Dataset
 
@@ -37,8 +38,13 @@ def test_zero_copy_when_dtypes_match(ctor):
     indptr, fields, features, values, labels = _small()
     make = Dataset if ctor == "init" else Dataset.from_arrays
     ds = make(indptr, fields, features, values, labels)
-    for got, given in ((ds.indptr, indptr), (ds.fields, fields), (ds.features, features),
-                       (ds.values, values), (ds.labels, labels)):
+    for got, given in (
+        (ds.indptr, indptr),
+        (ds.fields, fields),
+        (ds.features, features),
+        (ds.values, values),
+        (ds.labels, labels),
+    ):
         assert np.shares_memory(got, given)
 
 
@@ -57,8 +63,9 @@ def test_attributes_and_inferred_sizes():
 
 def test_other_dtypes_are_converted():
     indptr, fields, features, values, labels = _small()
-    ds = Dataset(indptr.tolist(), fields.astype(np.int64), features.tolist(), values.astype(np.float64),
-                 labels.tolist())
+    ds = Dataset(
+        indptr.tolist(), fields.astype(np.int64), features.tolist(), values.astype(np.float64), labels.tolist()
+    )
     assert ds.indptr.dtype == np.int64 and ds.fields.dtype == np.int32 and ds.features.dtype == np.int32
     assert ds.values.dtype == np.float32 and ds.labels.dtype == np.float32
     np.testing.assert_array_equal(ds.features, features)
@@ -98,31 +105,47 @@ def _bad(**change):
     return args, kw
 
 
-@pytest.mark.parametrize("change, pattern", [
-    (dict(features=np.array([7, 1, -3, 4, 0], np.int32)), r"features\[2\]"),
-    (dict(fields=np.array([2, -1, 2, 1, 0], np.int32)), r"fields\[1\]"),
-    (dict(features=np.array([7, 1, 8, 2**31, 0], np.int64)), r"features\[3\]"),
-    (dict(values=np.array([0.5, 1.0, -2.0, np.nan, 0.25], np.float32)), r"values\[3\]"),
-    (dict(values=np.array([0.5, np.inf, -2.0, 1.0, 0.25], np.float32)), r"values\[1\]"),
-    (dict(labels=np.array([1.0, np.nan, 0.0], np.float32)), r"labels\[1\]"),
-    (dict(indptr=np.array([0, 4, 3, 5], np.int64)), r"indptr.*\b1\b"),
-    (dict(indptr=np.array([0, 3, 3, 4], np.int64)), r"indptr"),
-    (dict(indptr=np.array([1, 3, 3, 5], np.int64)), r"indptr"),
-    (dict(fields=np.array([2, 0, 2, 1], np.int32)), r"fields"),
-    (dict(values=np.array([0.5, 1.0, -2.0, 3.0], np.float32)), r"values"),
-    (dict(labels=np.array([1.0, 0.0], np.float32)), r"labels"),
-    (dict(n_features=8), r"n_features.*\b8\b"),
-    (dict(n_fields=2), r"n_fields.*\b2\b"),
-], ids=["neg-feature", "neg-field", "feature-2^31", "nan-value", "inf-value", "nan-label", "indptr-decreasing",
-        "indptr-end", "indptr-start", "fields-length", "values-length", "labels-length", "n_features-small",
-        "n_fields-small"])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (dict(features=np.array([7, 1, -3, 4, 0], np.int32)), r"features\[2\]"),
+        (dict(fields=np.array([2, -1, 2, 1, 0], np.int32)), r"fields\[1\]"),
+        (dict(features=np.array([7, 1, 8, 2**31, 0], np.int64)), r"features\[3\]"),
+        (dict(values=np.array([0.5, 1.0, -2.0, np.nan, 0.25], np.float32)), r"values\[3\]"),
+        (dict(values=np.array([0.5, np.inf, -2.0, 1.0, 0.25], np.float32)), r"values\[1\]"),
+        (dict(labels=np.array([1.0, np.nan, 0.0], np.float32)), r"labels\[1\]"),
+        (dict(indptr=np.array([0, 4, 3, 5], np.int64)), r"indptr.*\b1\b"),
+        (dict(indptr=np.array([0, 3, 3, 4], np.int64)), r"indptr"),
+        (dict(indptr=np.array([1, 3, 3, 5], np.int64)), r"indptr"),
+        (dict(fields=np.array([2, 0, 2, 1], np.int32)), r"fields"),
+        (dict(values=np.array([0.5, 1.0, -2.0, 3.0], np.float32)), r"values"),
+        (dict(labels=np.array([1.0, 0.0], np.float32)), r"labels"),
+        (dict(n_features=8), r"n_features.*\b8\b"),
+        (dict(n_fields=2), r"n_fields.*\b2\b"),
+    ],
+    ids=[
+        "neg-feature",
+        "neg-field",
+        "feature-2^31",
+        "nan-value",
+        "inf-value",
+        "nan-label",
+        "indptr-decreasing",
+        "indptr-end",
+        "indptr-start",
+        "fields-length",
+        "values-length",
+        "labels-length",
+        "n_features-small",
+        "n_fields-small",
+    ],
+)
 def test_invalid_arrays_raise_naming_array_and_index(change, pattern):
     args, kw = _bad(**change)
     with pytest.raises(ValueError, match=pattern):
         Dataset(args["indptr"], args["fields"], args["features"], args["values"], args["labels"], **kw)
     with pytest.raises(ValueError, match=pattern):
-        Dataset.from_arrays(args["indptr"], args["fields"], args["features"], args["values"], args["labels"],
-                            **kw)
+        Dataset.from_arrays(args["indptr"], args["fields"], args["features"], args["values"], args["labels"], **kw)
 
 
 def test_non_integer_indices_rejected():
@@ -225,46 +248,65 @@ def test_to_libffm_round_trip_one_hot_and_empty_rows(tmp_path):
 
 
 # ---------------------------------------------------------------------------- no silent truncation / wrap
-@pytest.mark.parametrize("change, pattern", [
-    (dict(indptr=np.array([0, 2.7, 3, 5])), r"indptr\[1\] = 2\.7 is not an integer"),
-    (dict(indptr=np.array([0, 3, np.nan, 5])), r"indptr\[2\] = nan is not an integer"),
-    (dict(indptr=np.array([0, 3, 3, 2**64 - 1], np.uint64)), r"indptr\[3\] = \d+ is out of range"),
-    (dict(indptr=np.array(["0", "3", "3", "5"])), r"indptr must be integers"),
-    (dict(fields=np.array([2, 0, 2, 2**32, 0], np.int64)), r"fields\[3\] = 4294967296 is out of range"),
-    (dict(features=np.array([7, 1, 2**32, 4, 0], np.int64)), r"features\[2\] = 4294967296 is out of range"),
-    (dict(features=np.array([7, 1, 2**32, 4, 0], np.uint64)), r"features\[2\] = 4294967296 is out of range"),
-    (dict(features=np.array([7, 1, 8.5, 4, 0])), r"features\[2\] = 8\.5 is not an integer"),
-    (dict(fields=np.array([2, 0, 2, 1, 0], np.float32) + 0.25), r"fields\[0\] = 2\.25 is not an integer"),
-    (dict(n_features=9.5), r"n_features must be an integer"),
-    (dict(n_features=2**32), r"n_features=4294967296 is out of range"),
-    (dict(n_fields=True), r"n_fields must be an integer"),
-], ids=["indptr-float", "indptr-nan", "indptr-uint64-wrap", "indptr-str", "fields-2^32", "features-2^32",
-        "features-uint64", "features-float", "fields-float", "n_features-float", "n_features-2^32",
-        "n_fields-bool"])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (dict(indptr=np.array([0, 2.7, 3, 5])), r"indptr\[1\] = 2\.7 is not an integer"),
+        (dict(indptr=np.array([0, 3, np.nan, 5])), r"indptr\[2\] = nan is not an integer"),
+        (dict(indptr=np.array([0, 3, 3, 2**64 - 1], np.uint64)), r"indptr\[3\] = \d+ is out of range"),
+        (dict(indptr=np.array(["0", "3", "3", "5"])), r"indptr must be integers"),
+        (dict(fields=np.array([2, 0, 2, 2**32, 0], np.int64)), r"fields\[3\] = 4294967296 is out of range"),
+        (dict(features=np.array([7, 1, 2**32, 4, 0], np.int64)), r"features\[2\] = 4294967296 is out of range"),
+        (dict(features=np.array([7, 1, 2**32, 4, 0], np.uint64)), r"features\[2\] = 4294967296 is out of range"),
+        (dict(features=np.array([7, 1, 8.5, 4, 0])), r"features\[2\] = 8\.5 is not an integer"),
+        (dict(fields=np.array([2, 0, 2, 1, 0], np.float32) + 0.25), r"fields\[0\] = 2\.25 is not an integer"),
+        (dict(n_features=9.5), r"n_features must be an integer"),
+        (dict(n_features=2**32), r"n_features=4294967296 is out of range"),
+        (dict(n_fields=True), r"n_fields must be an integer"),
+    ],
+    ids=[
+        "indptr-float",
+        "indptr-nan",
+        "indptr-uint64-wrap",
+        "indptr-str",
+        "fields-2^32",
+        "features-2^32",
+        "features-uint64",
+        "features-float",
+        "fields-float",
+        "n_features-float",
+        "n_features-2^32",
+        "n_fields-bool",
+    ],
+)
 def test_non_integers_and_wrapping_values_are_rejected(change, pattern):
     args, kw = _bad(**change)
     with pytest.raises(ValueError, match=pattern):
-        Dataset.from_arrays(args["indptr"], args["fields"], args["features"], args["values"], args["labels"],
-                            **kw)
+        Dataset.from_arrays(args["indptr"], args["fields"], args["features"], args["values"], args["labels"], **kw)
 
 
 def test_integral_floats_still_accepted():
     indptr, fields, features, values, labels = _small()
-    ds = Dataset.from_arrays(indptr.astype(float), fields.astype(float), features.astype(float), values, labels,
-                             n_features=np.int64(9))
+    ds = Dataset.from_arrays(
+        indptr.astype(float), fields.astype(float), features.astype(float), values, labels, n_features=np.int64(9)
+    )
     np.testing.assert_array_equal(ds.indptr, indptr)
     np.testing.assert_array_equal(ds.features, features)
     assert ds.n_features == 9
 
 
-@pytest.mark.parametrize("fields, pattern", [
-    ([(0, 1.5), (1.5, 3)], r"fields: range bounds must be integers"),
-    ([(0, 3), (3, float("nan"))], r"fields: range bounds must be integers"),
-    ([(0, 3), (3, 2**32)], r"fields: range ends must be <= 2\^31"),
-    (np.array([0, 0, 1.5]), r"fields: a feature -> field array must be integers"),
-    (np.array([0, 2**32, 1], np.int64), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
-    (np.array([0, -2, 1]), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
-], ids=["float-ranges", "nan-range", "range-2^32", "float-map", "map-2^32", "map-neg"])
+@pytest.mark.parametrize(
+    "fields, pattern",
+    [
+        ([(0, 1.5), (1.5, 3)], r"fields: range bounds must be integers"),
+        ([(0, 3), (3, float("nan"))], r"fields: range bounds must be integers"),
+        ([(0, 3), (3, 2**32)], r"fields: range ends must be <= 2\^31"),
+        (np.array([0, 0, 1.5]), r"fields: a feature -> field array must be integers"),
+        (np.array([0, 2**32, 1], np.int64), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
+        (np.array([0, -2, 1]), r"fields: field_of_feature entries must be in \[-1, 2\^31\)"),
+    ],
+    ids=["float-ranges", "nan-range", "range-2^32", "float-map", "map-2^32", "map-neg"],
+)
 def test_libsvm_fields_reject_non_integers_and_wrap(tmp_path, fields, pattern):
     path = tmp_path / "d.txt"
     path.write_text("1 0:1 2:1\n")

@@ -2,17 +2,25 @@
 float64 numpy reference (tests/reference.py with per-field `aware` flags), weights / persistence round
 trips, the field_rows rule, parameter validation, determinism, and the frappe comparison of
 FM / HybridFM / FFM (holdout AUC and split dimension)."""
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import (
+    FRAPPE_SIDES,
+    aware_flags,
+    hybrid_ref_params,
+    one_row_dataset,
+    random_dataset,
+    random_hybrid_weights,
+    rows_dataset,
+)
 
 import fmrecall
-import reference as ref
-from helpers import (FRAPPE_SIDES, aware_flags, hybrid_ref_params, one_row_dataset, random_dataset,
-                      random_hybrid_weights, rows_dataset)
 from fmrecall.metrics import auc, logloss_from_scores
 
 N, F = 30, 5
@@ -59,16 +67,16 @@ def test_scores_with_features_in_two_fields_and_missing_rows(rng, field_aware):
     for _ in range(n_rows):
         f = rng.integers(0, F, size=9)
         j = rng.integers(0, N, size=9)
-        j[1] = j[0]            # the same feature in two (maybe different) fields
+        j[1] = j[0]  # the same feature in two (maybe different) fields
         f[3], j[3] = f[2], j[2]  # the same feature twice in one field
         fields += f.tolist()
         feats += j.tolist()
         vals += (rng.uniform(0.2, 1.5, 9) * np.where(rng.random(9) < 0.2, -1, 1)).tolist()
         indptr.append(len(feats))
-    ds = fmrecall.Dataset(np.array(indptr), np.array(fields), np.array(feats), np.array(vals, np.float32),
-                          n_features=N, n_fields=F)
-    _assert_scores(hybrid_ref_params(w), aware_flags(SIDES, field_aware, F), ds, model.decision_function(ds),
-                   N, F)
+    ds = fmrecall.Dataset(
+        np.array(indptr), np.array(fields), np.array(feats), np.array(vals, np.float32), n_features=N, n_fields=F
+    )
+    _assert_scores(hybrid_ref_params(w), aware_flags(SIDES, field_aware, F), ds, model.decision_function(ds), N, F)
 
 
 @pytest.mark.parametrize("field_aware", ORIENT)
@@ -93,8 +101,9 @@ def test_the_three_pair_rules(rng, field_aware):
             b = W[rows[j], fi] if aware[fj] else v[j]
             want = w["bias"] + lin[i] * xi + lin[j] * xj + xi * xj * float(np.dot(a.astype(np.float64), b))
             cases.append(((fi, fj), (i, j), (xi, xj), want))
-    ds = rows_dataset([(np.array(f), np.array(j), np.array(x, np.float32)) for f, j, x, _ in cases],
-                      n_features=N, n_fields=F)
+    ds = rows_dataset(
+        [(np.array(f), np.array(j), np.array(x, np.float32)) for f, j, x, _ in cases], n_features=N, n_fields=F
+    )
     got = model.decision_function(ds)
     for (f, j, x, want), g in zip(cases, got):
         assert g == pytest.approx(want, rel=1e-5, abs=1e-6), (f, j, x)
@@ -109,8 +118,14 @@ def test_feature_without_field_row_contributes_only_its_linear_weight(rng, field
     w["field_rows"][j0] = -1  # its old row of field_factors becomes unused
     model = _hybrid(w, field_aware)
     aware_fields = [f for f in range(F) if aware_flags(SIDES, field_aware, F)[f]]
-    base = [(np.array([0, 1, 2, 3, 4]), rng.choice(np.setdiff1d(np.arange(N), [j0]), 5, replace=False),
-             rng.uniform(0.5, 1.2, 5).astype(np.float32)) for _ in range(4)]
+    base = [
+        (
+            np.array([0, 1, 2, 3, 4]),
+            rng.choice(np.setdiff1d(np.arange(N), [j0]), 5, replace=False),
+            rng.uniform(0.5, 1.2, 5).astype(np.float32),
+        )
+        for _ in range(4)
+    ]
     extra = []
     for t, (f, j, x) in enumerate(base):
         fa = aware_fields[t % len(aware_fields)]
@@ -119,8 +134,7 @@ def test_feature_without_field_row_contributes_only_its_linear_weight(rng, field
     s1 = model.decision_function(rows_dataset(extra, n_features=N, n_fields=F)).astype(np.float64)
     np.testing.assert_allclose(s1 - s0, w["linear"][j0] * np.float32(1.7), rtol=1e-4, atol=2e-6)
     # and alone in a row: bias + linear
-    alone = model.decision_function(one_row_dataset([aware_fields[0]], [j0], [1.7], None, n_features=N,
-                                                    n_fields=F))
+    alone = model.decision_function(one_row_dataset([aware_fields[0]], [j0], [1.7], None, n_features=N, n_fields=F))
     assert alone[0] == pytest.approx(w["bias"] + w["linear"][j0] * 1.7, rel=1e-6)
 
 
@@ -200,8 +214,9 @@ def test_one_adagrad_step_matches_reference(rng, arch, field_aware, loss, label,
     w, rows = _grow_for(model, aware, fields, feats)
     p0 = hybrid_ref_params(w)
     st0 = ref.fresh_state(p0)
-    p1, st1, loss1, t1 = _ref_step(p0, st0, aware, rows, f, j, x, label, loss=loss, lr=lr, reg_linear=reg_l,
-                                   reg_factors=reg_f)
+    p1, st1, loss1, t1 = _ref_step(
+        p0, st0, aware, rows, f, j, x, label, loss=loss, lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds)
     _compare(model, p1, p0, t1, rows)
     assert model.history_[-1]["train_loss"] == pytest.approx(loss1, rel=1e-5, abs=1e-6)
@@ -220,8 +235,9 @@ def test_one_adagrad_step_matches_reference(rng, arch, field_aware, loss, label,
     p1 = _params_of(model)
     f2, j2, x2 = ref.dataset_row(ds2, 0, N, F)
     # the accumulators of W rows the library does not store do not matter: those entries are never compared
-    p2, _, loss2, t2 = _ref_step(p1, st1, aware, rows, f2, j2, x2, label, loss=loss, lr=lr, reg_linear=reg_l,
-                                 reg_factors=reg_f)
+    p2, _, loss2, t2 = _ref_step(
+        p1, st1, aware, rows, f2, j2, x2, label, loss=loss, lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds2)
     _compare(model, p2, p1, t2, rows)
     assert model.history_[-1]["train_loss"] == pytest.approx(loss2, rel=1e-5, abs=1e-6)
@@ -234,14 +250,16 @@ def test_one_step_with_feature_in_a_single_and_an_aware_field(rng, field_aware):
     lr, reg_l, reg_f = 0.1, 0.05, 0.1
     w = random_hybrid_weights(rng, N, F, 4)
     model = _hybrid(w, field_aware, learning_rate=lr, reg_linear=reg_l, reg_factors=reg_f)
-    ds = one_row_dataset([0, 1, 2, 2, 3, 4], [5, 5, 8, 8, 11, 13], [0.8, 1.1, -0.6, 1.3, 0.9, 0.7], 1.0,
-                         n_features=N, n_fields=F)
+    ds = one_row_dataset(
+        [0, 1, 2, 2, 3, 4], [5, 5, 8, 8, 11, 13], [0.8, 1.1, -0.6, 1.3, 0.9, 0.7], 1.0, n_features=N, n_fields=F
+    )
     aware = aware_flags(SIDES, field_aware, F)
     p0 = hybrid_ref_params(w)
     f, j, x = ref.dataset_row(ds, 0, N, F)
     assert model.decision_function(ds)[0] == pytest.approx(ref.score(p0, aware, f, j, x), rel=1e-5, abs=1e-6)
-    p1, _, _ = ref.adagrad_step(p0, ref.fresh_state(p0), aware, f, j, x, 1.0, loss="logistic", lr=lr,
-                                reg_linear=reg_l, reg_factors=reg_f)
+    p1, _, _ = ref.adagrad_step(
+        p0, ref.fresh_state(p0), aware, f, j, x, 1.0, loss="logistic", lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds)
     _compare(model, p1, p0, ref.touched_mask(p0, aware, f, j, x), w["field_rows"])
 
@@ -263,12 +281,14 @@ def test_partial_fit_gives_a_new_feature_field_aware_vectors(rng, field_aware):
     # a feature without a row contributes only its linear term until then
     f, j, x = ref.dataset_row(ds, 0, N, F)
     assert model.decision_function(ds)[0] == pytest.approx(
-        ref.score(hybrid_ref_params(before), aware, f, j, x), rel=1e-5, abs=1e-6)
+        ref.score(hybrid_ref_params(before), aware, f, j, x), rel=1e-5, abs=1e-6
+    )
     grown, rows = _grow_for(model, aware, np.array([fs, fa, fa]), np.array([2, j0, 4]))
     assert rows[j0] == before["field_rows"].max() + 1
     p0 = hybrid_ref_params(grown)
-    p1, _, _, t1 = _ref_step(p0, ref.fresh_state(p0), aware, rows, f, j, x, 1.0, loss="logistic",
-                             lr=0.1, reg_linear=0.1, reg_factors=0.1)
+    p1, _, _, t1 = _ref_step(
+        p0, ref.fresh_state(p0), aware, rows, f, j, x, 1.0, loss="logistic", lr=0.1, reg_linear=0.1, reg_factors=0.1
+    )
     model.partial_fit(ds)
     got = model.weights()
     np.testing.assert_array_equal(got["field_rows"], rows)
@@ -285,11 +305,18 @@ def test_field_rows_only_for_features_in_aware_fields(rng, field_aware):
     ds = random_dataset(rng, n_rows=120, n_features=N, n_fields=F)
     # features 0 and 1 also occur in the other side's fields (two fields for one feature)
     extra = one_row_dataset([0, 1, 2, 3, 4], [1, 0, 1, 0, 3], None, 1.0, n_features=N, n_fields=F)
-    ds = fmrecall.Dataset(np.r_[ds.indptr, ds.indptr[-1] + extra.indptr[1:]], np.r_[ds.fields, extra.fields],
-                          np.r_[ds.features, extra.features], np.r_[ds.values, np.ones(5, np.float32)],
-                          np.r_[ds.labels, extra.labels], n_features=N, n_fields=F)
-    m = fmrecall.HybridFM(k=3, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=1, threads=1,
-                          n_features=n_model).fit(ds)
+    ds = fmrecall.Dataset(
+        np.r_[ds.indptr, ds.indptr[-1] + extra.indptr[1:]],
+        np.r_[ds.fields, extra.fields],
+        np.r_[ds.features, extra.features],
+        np.r_[ds.values, np.ones(5, np.float32)],
+        np.r_[ds.labels, extra.labels],
+        n_features=N,
+        n_fields=F,
+    )
+    m = fmrecall.HybridFM(
+        k=3, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=1, threads=1, n_features=n_model
+    ).fit(ds)
     w = m.weights()
     rows = w["field_rows"]
     assert rows.dtype == np.int32 and rows.shape == (n_model,)
@@ -309,10 +336,16 @@ def test_field_rows_of_a_single_side_id_field(rng):
     users = rng.integers(0, n_users, 300)
     items = n_users + rng.integers(0, n_items, 300)
     ctx = n_users + n_items + rng.integers(0, 3, 300)
-    ds = fmrecall.Dataset(np.arange(0, 901, 3), np.tile([0, 1, 2], 300), np.c_[users, items, ctx].ravel(),
-                          None, rng.integers(0, 2, 300).astype(np.float32))
-    m = fmrecall.HybridFM(k=4, sides=fmrecall.Sides(user=[0], item=[1], context=[2]), field_aware="item",
-                          epochs=1, threads=1).fit(ds)
+    ds = fmrecall.Dataset(
+        np.arange(0, 901, 3),
+        np.tile([0, 1, 2], 300),
+        np.c_[users, items, ctx].ravel(),
+        None,
+        rng.integers(0, 2, 300).astype(np.float32),
+    )
+    m = fmrecall.HybridFM(
+        k=4, sides=fmrecall.Sides(user=[0], item=[1], context=[2]), field_aware="item", epochs=1, threads=1
+    ).fit(ds)
     w = m.weights()
     np.testing.assert_array_equal(np.flatnonzero(w["field_rows"] >= 0), np.unique(items))
     assert w["field_factors"].shape[0] == np.unique(items).size
@@ -322,8 +355,7 @@ def test_field_rows_of_a_single_side_id_field(rng):
 @pytest.mark.parametrize("field_aware", ORIENT)
 def test_weights_round_trip(rng, field_aware):
     ds = random_dataset(rng, n_rows=60, n_features=N, n_fields=F)
-    m = fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=2,
-                          threads=1).fit(ds)
+    m = fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=2, threads=1).fit(ds)
     w = m.weights()
     assert isinstance(w["bias"], float)
     assert set(w) == {"bias", "linear", "factors", "field_factors", "field_rows"}
@@ -350,8 +382,17 @@ def test_weights_round_trip(rng, field_aware):
 def test_save_load_round_trip_is_bit_identical(rng, tmp_path, field_aware):
     sides = fmrecall.Sides(**SIDES)
     ds = random_dataset(rng, n_rows=60, n_features=N, n_fields=F)
-    m = fmrecall.HybridFM(k=5, sides=sides, field_aware=field_aware, epochs=2, threads=1, seed=3,
-                          learning_rate=0.07, loss="logistic", n_features=N + 4).fit(ds)
+    m = fmrecall.HybridFM(
+        k=5,
+        sides=sides,
+        field_aware=field_aware,
+        epochs=2,
+        threads=1,
+        seed=3,
+        learning_rate=0.07,
+        loss="logistic",
+        n_features=N + 4,
+    ).fit(ds)
     m.save(tmp_path / "h.npz")
     loaded = fmrecall.load(tmp_path / "h.npz")
     assert type(loaded) is fmrecall.HybridFM
@@ -366,10 +407,12 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path, field_aware):
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     np.testing.assert_array_equal(loaded.decision_function(ds), m.decision_function(ds))
     # its split is the same, bit for bit
-    q_rows = rows_dataset([(np.array([3, 0]), np.array([3, 10]), np.array([1.0, 0.5], np.float32))],
-                          n_features=N, n_fields=F)
-    i_rows = rows_dataset([(np.array([4, 1, 2]), np.array([4, 6, 7]), np.array([1.0, 1.0, 2.0], np.float32))],
-                          n_features=N, n_fields=F)
+    q_rows = rows_dataset(
+        [(np.array([3, 0]), np.array([3, 10]), np.array([1.0, 0.5], np.float32))], n_features=N, n_fields=F
+    )
+    i_rows = rows_dataset(
+        [(np.array([4, 1, 2]), np.array([4, 6, 7]), np.array([1.0, 1.0, 2.0], np.float32))], n_features=N, n_fields=F
+    )
     for x, y in zip(m.split().query_vectors(q_rows), loaded.split().query_vectors(q_rows)):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(m.split().item_vectors(i_rows), loaded.split().item_vectors(i_rows))
@@ -409,9 +452,16 @@ def test_from_weights_validation(rng):
 def test_get_params():
     p = fmrecall.HybridFM().get_params()
     assert p["field_aware"] == "item" and p["sides"] is None
-    assert {n: p[n] for n in ("k", "loss", "epochs", "learning_rate", "normalize", "patience", "threads",
-                                "seed")} == {"k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.05,
-                                             "normalize": False, "patience": 2, "threads": 0, "seed": 0}
+    assert {n: p[n] for n in ("k", "loss", "epochs", "learning_rate", "normalize", "patience", "threads", "seed")} == {
+        "k": 4,
+        "loss": "logistic",
+        "epochs": 10,
+        "learning_rate": 0.05,
+        "normalize": False,
+        "patience": 2,
+        "threads": 0,
+        "seed": 0,
+    }
     sides = fmrecall.Sides(**SIDES)
     m = fmrecall.HybridFM(k=3, field_aware="query", sides=sides, epochs=2)
     clone = fmrecall.HybridFM(**m.get_params())
@@ -419,13 +469,17 @@ def test_get_params():
     assert m.set_params(field_aware="item") is m and m.field_aware == "item"
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(field_aware="both"), "field_aware"),
-    (dict(field_aware=None), "field_aware"),
-    (dict(sides=None), "sides"),
-    (dict(sides={"user": [3], "context": [0], "item": [4, 1, 2]}), "sides"),
-    (dict(k=0), "k"),
-], ids=["field_aware-both", "field_aware-None", "no-sides", "sides-dict", "k0"])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(field_aware="both"), "field_aware"),
+        (dict(field_aware=None), "field_aware"),
+        (dict(sides=None), "sides"),
+        (dict(sides={"user": [3], "context": [0], "item": [4, 1, 2]}), "sides"),
+        (dict(k=0), "k"),
+    ],
+    ids=["field_aware-both", "field_aware-None", "no-sides", "sides-dict", "k0"],
+)
 def test_invalid_params_raise(rng, bad, match):
     ds = random_dataset(rng, n_rows=10, n_features=N, n_fields=F)
     hyper = dict(sides=fmrecall.Sides(**SIDES), field_aware="item", epochs=1)
@@ -443,8 +497,9 @@ def test_sides_must_fit_the_data(rng):
     with pytest.raises(ValueError, match=r"\b6\b"):  # field 6: neither in the data nor in n_fields
         fmrecall.HybridFM(sides=fmrecall.Sides(user=[3], context=[0, 5, 6], item=[4, 1, 2]), epochs=1).fit(ds)
     # with n_fields covering the extra fields the model is fine, and splits with its own sides
-    m = fmrecall.HybridFM(k=2, sides=fmrecall.Sides(user=[3], context=[0, 5, 6], item=[4, 1, 2]), epochs=1,
-                          n_fields=7, threads=1).fit(ds)
+    m = fmrecall.HybridFM(
+        k=2, sides=fmrecall.Sides(user=[3], context=[0, 5, 6], item=[4, 1, 2]), epochs=1, n_fields=7, threads=1
+    ).fit(ds)
     assert m.n_fields_ == 7 and m.split().dim == 4 * 2 + 1
 
 
@@ -454,8 +509,13 @@ def test_deterministic_with_one_thread(rng, field_aware):
     ds = random_dataset(rng, n_rows=80, n_features=N, n_fields=F)
 
     def fit(seed):
-        return fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=3,
-                                 threads=1, seed=seed).fit(ds).weights()
+        return (
+            fmrecall.HybridFM(
+                k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=3, threads=1, seed=seed
+            )
+            .fit(ds)
+            .weights()
+        )
 
     a, b, c = fit(11), fit(11), fit(12)
     assert a["bias"] == b["bias"]
@@ -474,7 +534,7 @@ def test_learns_and_early_stops(rng, field_aware):
     train = random_dataset(rng, n_rows=600, n_features=N, n_fields=F)
     valid = random_dataset(rng, n_rows=300, n_features=N, n_fields=F)
     for ds in (train, valid):
-        ds.labels[:] = (teacher.decision_function(ds) > np.median(teacher.decision_function(ds)))
+        ds.labels[:] = teacher.decision_function(ds) > np.median(teacher.decision_function(ds))
     m = fmrecall.HybridFM(k=3, sides=sides, field_aware=field_aware, epochs=15, learning_rate=0.1, threads=1)
     m.fit(train, valid)
     losses = [h["valid_loss"] for h in m.history_]
@@ -489,12 +549,32 @@ def test_learns_and_early_stops(rng, field_aware):
 FRAPPE_MODELS = [
     # name, constructor (hybrids: the FFM hyper-parameters)
     ("FM", lambda: fmrecall.FM(k=8, epochs=30, threads=1)),
-    ("HybridFM(item)", lambda: fmrecall.HybridFM(k=8, field_aware="item", sides=fmrecall.Sides(**FRAPPE_SIDES),
-                                                 learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30,
-                                                 threads=1)),
-    ("HybridFM(query)", lambda: fmrecall.HybridFM(k=8, field_aware="query",
-                                                  sides=fmrecall.Sides(**FRAPPE_SIDES), learning_rate=0.3,
-                                                  reg_factors=2e-3, init_std=0.1, epochs=30, threads=1)),
+    (
+        "HybridFM(item)",
+        lambda: fmrecall.HybridFM(
+            k=8,
+            field_aware="item",
+            sides=fmrecall.Sides(**FRAPPE_SIDES),
+            learning_rate=0.3,
+            reg_factors=2e-3,
+            init_std=0.1,
+            epochs=30,
+            threads=1,
+        ),
+    ),
+    (
+        "HybridFM(query)",
+        lambda: fmrecall.HybridFM(
+            k=8,
+            field_aware="query",
+            sides=fmrecall.Sides(**FRAPPE_SIDES),
+            learning_rate=0.3,
+            reg_factors=2e-3,
+            init_std=0.1,
+            epochs=30,
+            threads=1,
+        ),
+    ),
     ("FFM", lambda: fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=1)),
 ]
 
@@ -513,8 +593,10 @@ def test_frappe_model_comparison(frappe_data):
         score, ll = auc(holdout.labels, s), logloss_from_scores(holdout.labels, s)
         split = model.split() if isinstance(model, fmrecall.HybridFM) else model.split(sides)
         results[name] = score
-        lines.append(f"{name:<16} {score:8.4f} {ll:9.4f} {split.dim:5d} "
-                     f"{model.best_epoch_:5d}/{len(model.history_):<3d} {secs:6.1f}s")
+        lines.append(
+            f"{name:<16} {score:8.4f} {ll:9.4f} {split.dim:5d} "
+            f"{model.best_epoch_:5d}/{len(model.history_):<3d} {secs:6.1f}s"
+        )
     print("\nfrappe holdout (seeded 80/20 split)\nmodel                 AUC   logloss   dim  best/epochs  time")
     print("\n".join(lines))
     for name, score in results.items():

@@ -4,6 +4,7 @@ multi-valued item fields, leave-one-out history); materialize() against rows joi
 negative sampling laws (chi-square of the alias sampler and of the negatives training really draws);
 one BPR step against finite differences of log σ(s+ - s-) on the float64 reference; determinism;
 errors."""
+
 from __future__ import annotations
 
 import copy
@@ -11,10 +12,10 @@ import math
 
 import numpy as np
 import pytest
-
-import fmrecall
 import reference as ref
 from helpers import aware_flags, hybrid_ref_params, random_hybrid_weights, random_weights
+
+import fmrecall
 from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Schema, _core
 
 pd = pytest.importorskip("pandas")
@@ -26,19 +27,28 @@ KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
 def _toy(rng, *, n_users=12, n_items=15, n_events=150, context=True, label=True, history=False):
     """Users, items, events where every user and every item has at least two events (so every table
     feature occurs in some training row), a context field, a multi-valued and a numeric item field."""
-    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n_users)],
-                          "age": rng.choice(["young", "mid", "old"], n_users)})
+    users = pd.DataFrame(
+        {"user_id": [f"u{i}" for i in range(n_users)], "age": rng.choice(["young", "mid", "old"], n_users)}
+    )
     tag_pool = list("abcdef")
-    items = pd.DataFrame({"item_id": 100 + np.arange(n_items),
-                          "cat": rng.choice(["x", "y", "z"], n_items),
-                          "tags": [list(rng.choice(tag_pool, int(rng.integers(1, 4)), replace=False))
-                                   for _ in range(n_items)],
-                          "price": rng.uniform(1, 20, n_items).round(2)})
+    items = pd.DataFrame(
+        {
+            "item_id": 100 + np.arange(n_items),
+            "cat": rng.choice(["x", "y", "z"], n_items),
+            "tags": [list(rng.choice(tag_pool, int(rng.integers(1, 4)), replace=False)) for _ in range(n_items)],
+            "price": rng.uniform(1, 20, n_items).round(2),
+        }
+    )
     u = np.r_[np.repeat(np.arange(n_users), 2), rng.integers(0, n_users, n_events - 2 * n_users)]
     it = np.r_[rng.permutation(np.tile(np.arange(n_items), 2)), rng.integers(0, n_items, n_events - 2 * n_items)]
-    it = it[:u.size]
-    events = pd.DataFrame({"user_id": users.user_id.to_numpy()[u], "item_id": items.item_id.to_numpy()[it],
-                           "hour": rng.integers(0, 4, u.size)})
+    it = it[: u.size]
+    events = pd.DataFrame(
+        {
+            "user_id": users.user_id.to_numpy()[u],
+            "item_id": items.item_id.to_numpy()[it],
+            "hour": rng.integers(0, 4, u.size),
+        }
+    )
     if label:
         events["y"] = rng.integers(0, 2, u.size).astype(float)
     fields = [Categorical("user_id", "user"), Categorical("age", "user")]
@@ -48,8 +58,12 @@ def _toy(rng, *, n_users=12, n_items=15, n_events=150, context=True, label=True,
         fields.append(MultiCategorical("history", "user"))
     if context:
         fields.append(Categorical("hour", "context"))
-    fields += [Categorical("item_id", "item"), Categorical("cat", "item"), MultiCategorical("tags", "item"),
-               Numeric("price", "item")]
+    fields += [
+        Categorical("item_id", "item"),
+        Categorical("cat", "item"),
+        MultiCategorical("tags", "item"),
+        Numeric("price", "item"),
+    ]
     schema = Schema(fields).fit([users, items, events])
     return users, items, events, schema
 
@@ -95,7 +109,7 @@ def test_materialize_is_the_joined_rows(rng):
     for r in range(ds.n_rows):
         assert _row_set(ds, r) == _row_set(want, r), r
         # node order: user fields, then context, then item fields
-        f = ds.fields[ds.indptr[r]:ds.indptr[r + 1]]
+        f = ds.fields[ds.indptr[r] : ds.indptr[r + 1]]
         side = np.array([0 if x in schema.sides.user else 1 if x in schema.sides.context else 2 for x in f])
         assert np.all(np.diff(side) >= 0)
     np.testing.assert_array_equal(ds.labels, events.y.to_numpy(np.float32))
@@ -118,7 +132,7 @@ def test_positives_and_sample_weights(rng):
         np.testing.assert_allclose(inter.sample_weights(), want, rtol=1e-12)
     ptr, pos = inter.positives()
     for ui, uid in enumerate(users.user_id):
-        got = items.item_id.to_numpy()[pos[ptr[ui]:ptr[ui + 1]]]
+        got = items.item_id.to_numpy()[pos[ptr[ui] : ptr[ui + 1]]]
         np.testing.assert_array_equal(np.sort(got), np.sort(events.item_id[events.user_id == uid].unique()))
 
 
@@ -156,10 +170,19 @@ def test_users_and_items_without_events_stay_neutral(rng, kind):
     never trained (they would add noise to every score of that user / item)."""
     users, items, events, _ = _toy(rng, context=False)
     users = pd.concat([users, pd.DataFrame({"user_id": ["lonely"], "age": ["young"]})], ignore_index=True)
-    items = pd.concat([items, pd.DataFrame({"item_id": [999], "cat": ["x"], "tags": [["a"]], "price": [3.0]})],
-                      ignore_index=True)
-    schema = Schema([Categorical("user_id", "user"), Categorical("age", "user"), Categorical("item_id", "item"),
-                     Categorical("cat", "item"), MultiCategorical("tags", "item"), Numeric("price", "item")])
+    items = pd.concat(
+        [items, pd.DataFrame({"item_id": [999], "cat": ["x"], "tags": [["a"]], "price": [3.0]})], ignore_index=True
+    )
+    schema = Schema(
+        [
+            Categorical("user_id", "user"),
+            Categorical("age", "user"),
+            Categorical("item_id", "item"),
+            Categorical("cat", "item"),
+            MultiCategorical("tags", "item"),
+            Numeric("price", "item"),
+        ]
+    )
     schema.fit([users, items, events])
     inter = Interactions(users, items, events, schema, label="y")
     a = _make(kind, schema).fit(inter)
@@ -169,7 +192,8 @@ def test_users_and_items_without_events_stay_neutral(rng, kind):
         j = int(schema.offsets[schema.index(name)]) + 2 + schema.field(name).vocab.index(value)
         assert w["linear"][j] == 0.0 and not np.any(w["factors"][j]), (
             f"{name}={value!r} (no events) has non-zero weights after training on Interactions: "
-            f"factors {w['factors'][j].ravel()[:4]}...")
+            f"factors {w['factors'][j].ravel()[:4]}..."
+        )
     _assert_same_weights(a, b)
 
 
@@ -178,10 +202,12 @@ def test_implicit_item_without_events_is_trained_only_if_it_can_be_drawn(rng, al
     """Implicit feedback: an item without events is drawn as a negative with alpha = 0 (so it is
     trained), never with alpha > 0 (count^alpha = 0), in which case it must stay neutral."""
     users, items, events, _ = _toy(rng, context=False, label=False)
-    items = pd.concat([items, pd.DataFrame({"item_id": [999], "cat": ["x"], "tags": [["a"]], "price": [3.0]})],
-                      ignore_index=True)
-    schema = Schema([Categorical("user_id", "user"), Categorical("item_id", "item"),
-                     Categorical("cat", "item")]).fit([users, items, events])
+    items = pd.concat(
+        [items, pd.DataFrame({"item_id": [999], "cat": ["x"], "tags": [["a"]], "price": [3.0]})], ignore_index=True
+    )
+    schema = Schema([Categorical("user_id", "user"), Categorical("item_id", "item"), Categorical("cat", "item")]).fit(
+        [users, items, events]
+    )
     inter = Interactions(users, items, events, schema, negatives=3, alpha=alpha)
     w = _make("fm", schema).fit(inter).weights()
     j = int(schema.offsets[schema.index("item_id")]) + 2 + schema.field("item_id").vocab.index(999)
@@ -246,7 +272,7 @@ def test_chi2_bound_matches_tables():
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_sample_items_follows_the_law(alpha):
     counts = np.array([0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 0, 4, 7, 9, 100, 1, 2, 6, 10], dtype=np.float64)
-    w = np.ones_like(counts) if alpha == 0 else counts ** alpha
+    w = np.ones_like(counts) if alpha == 0 else counts**alpha
     p = w / w.sum()
     n = 200_000
     draws = _core.sample_items(w, n, 12345)
@@ -342,7 +368,7 @@ def test_hard_negatives_are_the_best_scored_of_the_draws(hard):
     assert np.all(np.diff(scores[order]) > 0.05)  # no near-ties
     F = np.cumsum(law[order])
     want = np.empty_like(law)
-    want[order] = F ** hard - np.r_[0.0, F[:-1]] ** hard
+    want[order] = F**hard - np.r_[0.0, F[:-1]] ** hard
     stat, df = _chi2(got, want)
     assert stat < _chi2_bound(df), (stat, got, np.round(n * want))
     # and it differs from plain draws (the test can tell them apart)
@@ -357,18 +383,28 @@ def _bpr_world(rng, kind):
     users = pd.DataFrame({"user_id": ["u"], "age": ["mid"]})
     items = pd.DataFrame({"item_id": ["A", "B"], "tags": [["t", "a1", "a2"], ["t", "b1"]], "price": [2.0, 7.0]})
     events = pd.DataFrame({"user_id": ["u"], "item_id": ["A"], "hour": [2]})
-    schema = Schema([Categorical("user_id", "user"), Categorical("age", "user"), Categorical("hour", "context"),
-                     Categorical("item_id", "item"), MultiCategorical("tags", "item"), Numeric("price", "item")])
+    schema = Schema(
+        [
+            Categorical("user_id", "user"),
+            Categorical("age", "user"),
+            Categorical("hour", "context"),
+            Categorical("item_id", "item"),
+            MultiCategorical("tags", "item"),
+            Numeric("price", "item"),
+        ]
+    )
     schema.fit([users, items, events, pd.DataFrame({"price": [1.0, 3.0, 9.0]})])
     inter = Interactions(users, items, events, schema, negatives=1)
     nf, F = schema.n_features, schema.n_fields
     hyper = dict(loss="bpr", learning_rate=1e-2, reg_linear=0.0, reg_factors=0.0, threads=1)
     if kind in ("fm", "ffm"):
         w = random_weights(rng, kind, nf, F, 3, scale=0.4)
-        model = (fmrecall.FM.from_weights(w, n_fields=F, **hyper) if kind == "fm"
-                 else fmrecall.FFM.from_weights(w, **hyper))
-        params = ref.make_params(w["bias"], w["linear"], **({"v": w["factors"]} if kind == "fm" else
-                                                             {"W": w["factors"]}))
+        model = (
+            fmrecall.FM.from_weights(w, n_fields=F, **hyper) if kind == "fm" else fmrecall.FFM.from_weights(w, **hyper)
+        )
+        params = ref.make_params(
+            w["bias"], w["linear"], **({"v": w["factors"]} if kind == "fm" else {"W": w["factors"]})
+        )
         aware = ref.fm_aware(F) if kind == "fm" else ref.ffm_aware(F)
     else:
         w = random_hybrid_weights(rng, nf, F, 3, scale=0.4)
@@ -431,12 +467,16 @@ def test_bpr_step_matches_finite_differences(rng, kind):
     model.partial_fit(inter)
     p1 = _model_params(kind, model)
 
-    assert ref.adagrad_gradient(p1["bias"] - p0["bias"], lr) == pytest.approx(0.0, abs=1e-6)  # the bias cancels in s+ - s-
+    assert ref.adagrad_gradient(p1["bias"] - p0["bias"], lr) == pytest.approx(
+        0.0, abs=1e-6
+    )  # the bias cancels in s+ - s-
     assert fd["bias"] == pytest.approx(0.0, abs=1e-8)
     for name in ("linear", "v", "W"):
         if name not in fd:
             continue
-        np.testing.assert_allclose(ref.adagrad_gradient(p1[name] - p0[name], lr), fd[name], rtol=1e-3, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(
+            ref.adagrad_gradient(p1[name] - p0[name], lr), fd[name], rtol=1e-3, atol=2e-4, err_msg=name
+        )
     # the pair really exercised interaction gradients, including the shared tag's partial cancellation
     big = sum(np.count_nonzero(np.abs(fd[n]) > 1e-3) for n in ("v", "W") if n in fd)
     assert big >= 10
@@ -451,8 +491,9 @@ def test_bpr_learns_to_rank(rng):
     fav = rng.choice(["x", "y", "z"], len(users))
     ev = [(u, i) for u, f in zip(users.user_id, fav) for i in items.item_id[items.cat == f]]
     events = pd.DataFrame(ev, columns=["user_id", "item_id"]).sample(frac=0.7, random_state=0)
-    schema = Schema([Categorical("user_id", "user"), Categorical("item_id", "item"),
-                     Categorical("cat", "item")]).fit([users, items, events])
+    schema = Schema([Categorical("user_id", "user"), Categorical("item_id", "item"), Categorical("cat", "item")]).fit(
+        [users, items, events]
+    )
     inter = Interactions(users, items, events, schema, negatives=2)
     m = _make("fm", schema, loss="bpr", epochs=12, learning_rate=0.1, patience=None).fit(inter, inter)
     aucs = [h["valid_auc"] for h in m.history_]
@@ -469,8 +510,17 @@ def test_implicit_training_is_deterministic_with_one_thread(rng, kind):
     users, items, events, schema = _toy(rng, label=False, history=True)
 
     def make():
-        return Interactions(users, items, events, schema, negatives=2, alpha=0.5, hard_negatives=2,
-                            history="history", cold_start={"item_id": 0.2})
+        return Interactions(
+            users,
+            items,
+            events,
+            schema,
+            negatives=2,
+            alpha=0.5,
+            hard_negatives=2,
+            history="history",
+            cold_start={"item_id": 0.2},
+        )
 
     a = _make(kind, schema, seed=5).fit(make())
     b = _make(kind, schema, seed=5).fit(make())
@@ -509,9 +559,16 @@ def test_interactions_errors(rng):
     nan = events.assign(y=events.y.where(events.index != 4, np.nan))
     with pytest.raises(ValueError, match="not finite"):
         Interactions(users, items, nan, schema, label="y")
-    for kw in ({"negatives": -1}, {"alpha": -0.5}, {"hard_negatives": 0}, {"history": "item_id"},
-               {"history": "price"}, {"history": "nope"},
-               {"cold_start": {"price": 0.1}}, {"cold_start": {"item_id": 1.5}}):
+    for kw in (
+        {"negatives": -1},
+        {"alpha": -0.5},
+        {"hard_negatives": 0},
+        {"history": "item_id"},
+        {"history": "price"},
+        {"history": "nope"},
+        {"cold_start": {"price": 0.1}},
+        {"cold_start": {"item_id": 1.5}},
+    ):
         with pytest.raises((ValueError, KeyError)):
             Interactions(users, items, events, schema, label="y", **kw)
     implicit = Interactions(users, items, events.drop(columns="y"), schema)
@@ -543,18 +600,25 @@ def test_grow_adds_new_users_items_and_history_values(rng, kind):
     new_user = pd.DataFrame({"user_id": ["new"], "age": ["mid"], "history": [[500, 101]]})
     new_events = pd.DataFrame({"user_id": ["new", "new", "u1"], "item_id": [500, 101, 500], "hour": [1, 2, 1]})
     users2 = pd.concat([users, new_user], ignore_index=True)
-    users2.loc[users2.user_id == "u1", "history"] = pd.Series([sorted(users.history[1]) + [500]],
-                                                              index=users2.index[users2.user_id == "u1"])
+    users2.loc[users2.user_id == "u1", "history"] = pd.Series(
+        [sorted(users.history[1]) + [500]], index=users2.index[users2.user_id == "u1"]
+    )
     items2 = pd.concat([items, new_item], ignore_index=True)
     events2 = pd.concat([events, new_events], ignore_index=True)
     unseen = Interactions(users2, items2, events2, copy.deepcopy(schema), negatives=2, history="history")
     assert unseen.schema.n_features == n0  # without grow: new values are the reserved unseen feature
     s = copy.deepcopy(schema)
-    inter = Interactions(users2, items2, events2, s, negatives=2, history="history", grow=True,
-                         cold_start={"item_id": 0.2})
+    inter = Interactions(
+        users2, items2, events2, s, negatives=2, history="history", grow=True, cold_start={"item_id": 0.2}
+    )
     assert inter.schema is s
     assert [s.describe(j) for j in range(n0, s.n_features)] == [
-        "user_id='new'", "history=500", "item_id=500", "cat='w'", "tags='g'"]
+        "user_id='new'",
+        "history=500",
+        "item_id=500",
+        "cat='w'",
+        "tags='g'",
+    ]
     hist = s.index("history")
     j500 = int(s.feature(hist, 2 + s.field("history").vocab.index(500)))
     assert j500 >= n0 and s.describe(j500) == "history=500"

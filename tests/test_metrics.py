@@ -1,4 +1,5 @@
 """fmrecall.metrics against brute-force definitions."""
+
 from __future__ import annotations
 
 import numpy as np

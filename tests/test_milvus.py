@@ -3,6 +3,7 @@ Recaller (FLAT, and HNSW / IVF_FLAT / AUTOINDEX with generous parameters on a sm
 under exclude / restrict; scores checked against b + <q, p> computed here in numpy; add / replace /
 remove; reconnecting, save / load, pickle, another process; validation; a failed add rolled back;
 searches concurrent with writes."""
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,10 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import SD, F, N, World, check_top, in_ci, random_id_lists, rows_dataset, run_isolated
 
 import fmrecall
 import fmrecall.recall.recaller as frecaller
-from helpers import F, N, SD, World, check_top, in_ci, random_id_lists, rows_dataset, run_isolated
 from fmrecall.recall.milvus import _lite_engine_collection
 
 SIDES = fmrecall.Sides(**SD)
@@ -29,11 +30,12 @@ def lite(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("milvus") / "items.db")
     try:
         from pymilvus import MilvusClient
+
         client = MilvusClient(path)
         client.list_collections()
         client.close()
     except Exception as e:  # ImportError, or the embedded server failing to start
-        msg = f"Milvus Lite cannot start here ({type(e).__name__}: {e}); pip install \"fmrecall[milvus]\""
+        msg = f'Milvus Lite cannot start here ({type(e).__name__}: {e}); pip install "fmrecall[milvus]"'
         if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
@@ -47,8 +49,9 @@ def name(request) -> str:
 
 
 def milvus_recaller(world, uri, collection, index_type="FLAT", add=True, **kw):
-    rec = fmrecall.Recaller(world.model, SIDES, index=fmrecall.MilvusIndex(uri, collection, index_type, **kw),
-                            threads=1)
+    rec = fmrecall.Recaller(
+        world.model, SIDES, index=fmrecall.MilvusIndex(uri, collection, index_type, **kw), threads=1
+    )
     if add:
         rec.add_items(world.items, world.ids)
     return rec
@@ -69,7 +72,7 @@ def check_scores(world, res, ref=None, ids=None):
     for i in range(res.ids.shape[0]):
         got = res.ids[i][res.ids[i] >= 0]
         want = ref[i, [pos[int(x)] for x in got]]
-        np.testing.assert_allclose(res.scores[i, :got.size], want, rtol=1e-5, atol=world.tol[i])
+        np.testing.assert_allclose(res.scores[i, : got.size], want, rtol=1e-5, atol=world.tol[i])
 
 
 def assert_same_top(a, b, tol=1e-5):
@@ -85,7 +88,7 @@ def assert_same_top(a, b, tol=1e-5):
             continue
         gap = np.abs(s[:, None] - s[None, :]) + np.eye(s.size) * 1e9
         alone = (gap.min(axis=1) > 1e-4) & (s > s.min() + 1e-4)
-        np.testing.assert_array_equal(b.ids[i, :s.size][alone], a.ids[i, :s.size][alone], err_msg=f"query {i}")
+        np.testing.assert_array_equal(b.ids[i, : s.size][alone], a.ids[i, : s.size][alone], err_msg=f"query {i}")
 
 
 def filter_cases(rng, world):
@@ -129,13 +132,18 @@ def test_flat_equals_exact_faiss_under_filters(rng, lite, name, kind):
     b = rec.search(world.queries, 40)
     check_top(world, b, 40)
     b = rec.search(world.queries, world.n + 5)
-    assert np.all(b.ids[:, world.n:] == -1) and np.all(b.scores[:, world.n:] == -np.inf)
+    assert np.all(b.ids[:, world.n :] == -1) and np.all(b.scores[:, world.n :] == -np.inf)
     check_top(world, b, world.n + 5)
 
 
-@pytest.mark.parametrize("index_type,params", [("HNSW", {"M": 16, "efConstruction": 200, "ef": 400}),
-                                                ("IVF_FLAT", {"nlist": 4, "nprobe": 4}),
-                                                ("AUTOINDEX", None)])
+@pytest.mark.parametrize(
+    "index_type,params",
+    [
+        ("HNSW", {"M": 16, "efConstruction": 200, "ef": 400}),
+        ("IVF_FLAT", {"nlist": 4, "nprobe": 4}),
+        ("AUTOINDEX", None),
+    ],
+)
 def test_ann_with_generous_parameters_equals_exact(rng, lite, name, index_type, params):
     world = World(rng, "ffm", m=20, n=300)
     exact = world.recaller("exact")
@@ -271,8 +279,9 @@ def test_reconnect_save_load_and_pickle(rng, lite, name, tmp_path):
         np.testing.assert_array_equal(got.scores, want.scores)
 
     # a second index on the same collection (another Recaller) sees the same items
-    again = fmrecall.Recaller(world.model, SIDES, fmrecall.MilvusIndex(lite, name, "HNSW", params={"M": 16, "ef": 64}),
-                              threads=1)
+    again = fmrecall.Recaller(
+        world.model, SIDES, fmrecall.MilvusIndex(lite, name, "HNSW", params={"M": 16, "ef": 64}), threads=1
+    )
     same(again)
     # save / load: the directory holds the model and the collection reference, no item vectors
     rec.save(tmp_path / "rec")
@@ -310,13 +319,13 @@ def test_another_process_sees_the_items(rng, tmp_path):
     db = str(tmp_path / "child.db")
     code = f"""
         import json, numpy as np, fmrecall
-        base = fmrecall.Recaller.load({str(tmp_path / 'model')!r})
+        base = fmrecall.Recaller.load({str(tmp_path / "model")!r})
         rec = fmrecall.Recaller(base.model, base.sides, index=fmrecall.MilvusIndex({db!r}, "shared", "FLAT"))
-        ids, p = np.load({str(tmp_path / 'ids.npy')!r}), np.load({str(tmp_path / 'p.npy')!r})
+        ids, p = np.load({str(tmp_path / "ids.npy")!r}), np.load({str(tmp_path / "p.npy")!r})
         rec.index.add(ids, [p[:50], p[50:]])
         rec.remove_items(ids[:10])
-        rec.save({str(tmp_path / 'rec')!r})
-        q = np.load({str(tmp_path / 'q.npy')!r})
+        rec.save({str(tmp_path / "rec")!r})
+        q = np.load({str(tmp_path / "q.npy")!r})
         top, ip, cert = rec.index.search(q, 5, None, None, False)
         print(json.dumps({{"ids": top.tolist(), "ip": ip.tolist(), "n": len(rec)}}))
     """
@@ -355,6 +364,7 @@ def test_dimension_and_field_mismatch(rng, lite, name):
         fmrecall.Recaller(world.model, SIDES, fmrecall.MilvusIndex(lite, name, "HNSW"))
     # a collection that is not ours
     from pymilvus import DataType, MilvusClient
+
     client = MilvusClient(lite)
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("pk", DataType.INT64, is_primary=True)
@@ -366,21 +376,24 @@ def test_dimension_and_field_mismatch(rng, lite, name):
         fmrecall.Recaller(world.model, SIDES, fmrecall.MilvusIndex(lite, name + "_x", "FLAT"))
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(uri="items.txt"), "must end in '.db'"),
-    (dict(uri=""), "uri must be"),
-    (dict(collection="bad-name"), "collection must be"),
-    (dict(index_type="IVF_PQ"), "index_type must be one of"),
-    (dict(metric="L2"), "metric must be 'IP'"),
-    (dict(params={"M": 1}), r"params\['M'\] must be an integer in \[2, 2048\]"),
-    (dict(params={"ef": "64"}), r"params\['ef'\] must be an integer"),
-    (dict(params={"nlist": 8}), r"params\['nlist'\] is not a HNSW parameter"),
-    (dict(index_type="FLAT", params={"ef": 8}), r"params\['ef'\] is not a FLAT parameter"),
-    (dict(params=[("M", 8)]), "params must be a dict"),
-    (dict(candidates=0), "candidates must be"),
-    (dict(candidates=20000), "candidates must be"),
-    (dict(token=3), "token must be"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(uri="items.txt"), "must end in '.db'"),
+        (dict(uri=""), "uri must be"),
+        (dict(collection="bad-name"), "collection must be"),
+        (dict(index_type="IVF_PQ"), "index_type must be one of"),
+        (dict(metric="L2"), "metric must be 'IP'"),
+        (dict(params={"M": 1}), r"params\['M'\] must be an integer in \[2, 2048\]"),
+        (dict(params={"ef": "64"}), r"params\['ef'\] must be an integer"),
+        (dict(params={"nlist": 8}), r"params\['nlist'\] is not a HNSW parameter"),
+        (dict(index_type="FLAT", params={"ef": 8}), r"params\['ef'\] is not a FLAT parameter"),
+        (dict(params=[("M", 8)]), "params must be a dict"),
+        (dict(candidates=0), "candidates must be"),
+        (dict(candidates=20000), "candidates must be"),
+        (dict(token=3), "token must be"),
+    ],
+)
 def test_bad_parameters(tmp_path, kw, match):
     args = {"uri": str(tmp_path / "x.db"), **kw}
     with pytest.raises(ValueError, match=match):
@@ -428,8 +441,9 @@ def test_searches_during_adds_and_removes(rng, lite, name):
                 res = rec.search(world.queries.subset(rows), 5)
                 for i, row in enumerate(rows):
                     got = res.ids[i][res.ids[i] >= 0]
-                    np.testing.assert_allclose(res.scores[i, :got.size], ref[row, [pos[int(x)] for x in got]],
-                                               rtol=1e-5, atol=world.tol[row])
+                    np.testing.assert_allclose(
+                        res.scores[i, : got.size], ref[row, [pos[int(x)] for x in got]], rtol=1e-5, atol=world.tol[row]
+                    )
                 n += 1
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)

@@ -1,5 +1,6 @@
 """Dataset.from_libffm / from_libsvm(mmap=True): the binary cache (fmrecall.cache), its staleness and
 corruption checks, and training on memory-mapped rows (exactly as in memory)."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from helpers import random_dataset
 
 import fmrecall
 from fmrecall import _core, cache
-from helpers import random_dataset
 
 Dataset = fmrecall.Dataset
 ARRAYS = ("indptr", "fields", "features", "values", "labels")
@@ -165,8 +166,10 @@ def test_one_thread_training_on_mmap_equals_in_memory(ffm_file, monkeypatch):
     mem = Dataset.from_libffm(ffm_file)
     mm = Dataset.from_libffm(ffm_file, mmap=True)
     valid = mem.subset(np.arange(0, 3000, 7))
-    for make in (lambda: fmrecall.FM(4, epochs=3, threads=1, seed=3),
-                 lambda: fmrecall.FFM(2, epochs=2, threads=1, seed=3)):
+    for make in (
+        lambda: fmrecall.FM(4, epochs=3, threads=1, seed=3),
+        lambda: fmrecall.FFM(2, epochs=2, threads=1, seed=3),
+    ):
         a, b = make().fit(mem, valid), make().fit(mm, valid)
         wa, wb = a.weights(), b.weights()
         for key in wa:

@@ -5,6 +5,7 @@ and tampering (checksums, parameters validated like constructor arguments).
 
 Crash-prone checks (concurrent growth of the tables, 1024 OpenMP threads) run in a child process
 with a time limit, so a segfault or a deadlock fails one test instead of the whole run."""
+
 from __future__ import annotations
 
 import copy
@@ -18,11 +19,11 @@ import zipfile
 import joblib
 import numpy as np
 import pytest
+from helpers import random_dataset, run_isolated
 
 import fmrecall
 from fmrecall import FFM, FM, HybridFM, NotFittedError, Sides
 from fmrecall._limits import MAX_THREADS, check_threads
-from helpers import random_dataset, run_isolated
 
 N_FEATURES, N_FIELDS = 40, 4
 SIDES = Sides(user=[0], context=[1], item=[2, 3])
@@ -120,8 +121,10 @@ def test_partial_fit_growing_tables_while_three_threads_predict(kind, capsys):
     rounds = 80
     out = run_isolated(_STRESS_CHILD.format(kind=kind, rounds=rounds), timeout=60)
     with capsys.disabled():
-        print(f"\n[{kind}] {out['calls']} reader calls ({out['per_thread']}) during {out['grows']} grows "
-              f"in {out['seconds']:.2f} s")
+        print(
+            f"\n[{kind}] {out['calls']} reader calls ({out['per_thread']}) during {out['grows']} grows "
+            f"in {out['seconds']:.2f} s"
+        )
     assert out["errors"] == []
     assert out["grows"] == rounds  # every partial_fit brought new features
     assert out["generation"] == 1 + rounds
@@ -270,7 +273,8 @@ def test_1024_threads_predict_and_train():
     """1024 OpenMP threads on this (2-core) machine: training and prediction work, prediction
     equals the 1-thread one; the core itself rejects 1025 and 100000 (in a child process: a crash
     must not take the test run with it, and 1024 idle OpenMP threads must not stay in pytest)."""
-    out = run_isolated("""
+    out = run_isolated(
+        """
         import json
         import numpy as np
         import fmrecall
@@ -298,7 +302,9 @@ def test_1024_threads_predict_and_train():
             except ValueError as e:
                 res[t] = str(e)
         print(json.dumps(res))
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     for kind in ("FM", "FFM"):
         r = out[kind]
         assert r["finite"] and r["same"] and r["moved"], r
@@ -314,9 +320,13 @@ def _round_trips(tmp_path):
         joblib.dump(m, path)
         return joblib.load(path)
 
-    return {"pickle": lambda m: pickle.loads(pickle.dumps(m)),
-            "pickle-protocol-2": lambda m: pickle.loads(pickle.dumps(m, protocol=2)),
-            "deepcopy": copy.deepcopy, "copy": copy.copy, "joblib": joblib_file}
+    return {
+        "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+        "pickle-protocol-2": lambda m: pickle.loads(pickle.dumps(m, protocol=2)),
+        "deepcopy": copy.deepcopy,
+        "copy": copy.copy,
+        "joblib": joblib_file,
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -394,7 +404,7 @@ def _members(payload: bytes):
     with zipfile.ZipFile(io.BytesIO(payload)) as z:
         for info in z.infolist():
             off = info.header_offset
-            name_len, extra_len = struct.unpack("<HH", payload[off + 26:off + 30])
+            name_len, extra_len = struct.unpack("<HH", payload[off + 26 : off + 30])
             out.append((info.filename, off + 30 + name_len + extra_len, info.file_size))
     return out
 

@@ -1,16 +1,24 @@
 """FM / FFM estimators against the numpy reference (tests/reference.py): scores, one AdaGrad
 step, gradients by finite differences, ignored nodes, parameters, determinism, kernel variants."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import (
+    AVAILABLE_ARCHS,
+    MODEL_CLASSES,
+    model_from_weights,
+    one_row_dataset,
+    random_dataset,
+    random_weights,
+    run_isolated,
+)
 
 import fmrecall
-import reference as ref
-from helpers import (AVAILABLE_ARCHS, MODEL_CLASSES, model_from_weights, one_row_dataset, random_dataset,
-                      random_weights, run_isolated)
 from fmrecall.metrics import auc, logloss_from_scores, mse
 
 KINDS = ["fm", "ffm"]
@@ -73,18 +81,19 @@ def test_values_none_equals_ones(rng, kind):
     assert ds.values is None
     ones = fmrecall.Dataset(ds.indptr, ds.fields, ds.features, np.ones(ds.nnz, np.float32), ds.labels)
     np.testing.assert_array_equal(model.decision_function(ds), model.decision_function(ones))
-    _assert_scores_match(kind, ref.params_from_model_weights(kind, w), ds, model.decision_function(ds), False,
-                         N_FEATURES, N_FIELDS)
+    _assert_scores_match(
+        kind, ref.params_from_model_weights(kind, w), ds, model.decision_function(ds), False, N_FEATURES, N_FIELDS
+    )
 
 
 def test_fm_score_does_not_depend_on_fields(rng):
     w = random_weights(rng, "fm", N_FEATURES, N_FIELDS, 6)
     model = model_from_weights("fm", w, N_FIELDS)
     ds = random_dataset(rng, n_rows=30, n_features=N_FEATURES, n_fields=N_FIELDS)
-    shuffled = fmrecall.Dataset(ds.indptr, rng.integers(0, N_FIELDS, ds.nnz).astype(np.int32), ds.features,
-                                ds.values, ds.labels)
-    np.testing.assert_allclose(model.decision_function(shuffled), model.decision_function(ds), rtol=1e-6,
-                               atol=1e-6)
+    shuffled = fmrecall.Dataset(
+        ds.indptr, rng.integers(0, N_FIELDS, ds.nnz).astype(np.int32), ds.features, ds.values, ds.labels
+    )
+    np.testing.assert_allclose(model.decision_function(shuffled), model.decision_function(ds), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -102,10 +111,11 @@ def test_unseen_indices_and_zero_values_are_ignored(rng, kind, normalize):
         values += base.values[s:e].tolist() + [2.0, 1.5, 0.0]
         perm = rng.permutation(e - s + 3)  # mix them into the row
         for lst in (fields, features, values):
-            lst[-(e - s + 3):] = [lst[-(e - s + 3):][i] for i in perm]
+            lst[-(e - s + 3) :] = [lst[-(e - s + 3) :][i] for i in perm]
         indptr.append(len(features))
-    extra = fmrecall.Dataset(np.array(indptr), np.array(fields), np.array(features),
-                             np.array(values, np.float32), base.labels)
+    extra = fmrecall.Dataset(
+        np.array(indptr), np.array(fields), np.array(features), np.array(values, np.float32), base.labels
+    )
     assert extra.n_features > N_FEATURES and extra.n_fields > N_FIELDS
     want = model.decision_function(base)
     np.testing.assert_allclose(model.decision_function(extra), want, rtol=1e-6, atol=1e-6)
@@ -133,11 +143,21 @@ else:
 """
 
 
-def _isolated(kind, w, n_fields, indptr, fields, features, *, train=False, threads=1, ds_features=None,
-              ds_fields=None):
-    cfg = dict(kind=kind, bias=w["bias"], linear=w["linear"].tolist(), factors=w["factors"].tolist(),
-               n_fields=n_fields, indptr=indptr, fields=fields, features=features, train=train, threads=threads,
-               ds_features=ds_features, ds_fields=ds_fields)
+def _isolated(kind, w, n_fields, indptr, fields, features, *, train=False, threads=1, ds_features=None, ds_fields=None):
+    cfg = dict(
+        kind=kind,
+        bias=w["bias"],
+        linear=w["linear"].tolist(),
+        factors=w["factors"].tolist(),
+        n_fields=n_fields,
+        indptr=indptr,
+        fields=fields,
+        features=features,
+        train=train,
+        threads=threads,
+        ds_features=ds_features,
+        ds_fields=ds_fields,
+    )
     return run_isolated(_ISOLATED_MODEL.format(cfg=json.dumps(cfg)))
 
 
@@ -203,16 +223,16 @@ def _compare_weights(kind, model, want, old, touched, *, rtol=1e-5, atol=1e-6):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("loss, label", [("logistic", 1.0), ("logistic", -1.0), ("logistic", 0.0),
-                                         ("squared", 0.7)])
+@pytest.mark.parametrize("loss, label", [("logistic", 1.0), ("logistic", -1.0), ("logistic", 0.0), ("squared", 0.7)])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("k", [1, 5, 8, 12])
 def test_one_adagrad_step_matches_reference(rng, arch, kind, loss, label, normalize, k):
     n, F = 16, 4
     lr, reg_l, reg_f = 0.1, 0.05, 0.1  # large L2 so its part of the gradient is visible
     w = random_weights(rng, kind, n, F, k)
-    model = model_from_weights(kind, w, F, loss=loss, learning_rate=lr, reg_linear=reg_l, reg_factors=reg_f,
-                               normalize=normalize, threads=1)
+    model = model_from_weights(
+        kind, w, F, loss=loss, learning_rate=lr, reg_linear=reg_l, reg_factors=reg_f, normalize=normalize, threads=1
+    )
     aware = _aware(kind, F)
     p0 = ref.params_from_model_weights(kind, w)
     st0 = ref.fresh_state(p0)
@@ -221,8 +241,9 @@ def test_one_adagrad_step_matches_reference(rng, arch, kind, loss, label, normal
     fields, feats, values = _step_row(rng, n, F)
     ds = one_row_dataset(fields, feats, values, label, n_features=n, n_fields=F)
     f, j, x = ref.dataset_row(ds, 0, n, F, normalize)
-    p1, st1, loss1 = ref.adagrad_step(p0, st0, aware, f, j, x, label, loss=loss, lr=lr, reg_linear=reg_l,
-                                      reg_factors=reg_f)
+    p1, st1, loss1 = ref.adagrad_step(
+        p0, st0, aware, f, j, x, label, loss=loss, lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds)
     _compare_weights(kind, model, p1, p0, ref.touched_mask(p0, aware, f, j, x))
     assert model.history_[-1]["train_loss"] == pytest.approx(loss1, rel=1e-5, abs=1e-6)
@@ -234,8 +255,9 @@ def test_one_adagrad_step_matches_reference(rng, arch, kind, loss, label, normal
     feats2 = np.concatenate([feats[:3], others])  # still distinct within the row
     ds2 = one_row_dataset(fields2, feats2, values2, label, n_features=n, n_fields=F)
     f2, j2, x2 = ref.dataset_row(ds2, 0, n, F, normalize)
-    p2, _, loss2 = ref.adagrad_step(p1, st1, aware, f2, j2, x2, label, loss=loss, lr=lr, reg_linear=reg_l,
-                                    reg_factors=reg_f)
+    p2, _, loss2 = ref.adagrad_step(
+        p1, st1, aware, f2, j2, x2, label, loss=loss, lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds2)
     _compare_weights(kind, model, p2, p1, ref.touched_mask(p1, aware, f2, j2, x2))
     assert model.history_[-1]["train_loss"] == pytest.approx(loss2, rel=1e-5, abs=1e-6)
@@ -251,8 +273,9 @@ def test_one_step_with_repeated_feature(rng, kind, case):
     n, F, k = 12, 3, 4
     lr, reg_l, reg_f = 0.1, 0.05, 0.1
     w = random_weights(rng, kind, n, F, k)
-    model = model_from_weights(kind, w, F, loss="logistic", learning_rate=lr, reg_linear=reg_l,
-                               reg_factors=reg_f, threads=1)
+    model = model_from_weights(
+        kind, w, F, loss="logistic", learning_rate=lr, reg_linear=reg_l, reg_factors=reg_f, threads=1
+    )
     if case == "same-field":
         fields, feats = [1, 0, 1, 2], [5, 2, 5, 7]
     else:
@@ -264,8 +287,9 @@ def test_one_step_with_repeated_feature(rng, kind, case):
     f, j, x = ref.dataset_row(ds, 0, n, F)
     # the score itself is right
     assert model.decision_function(ds)[0] == pytest.approx(ref.score(p0, aware, f, j, x), rel=1e-5, abs=1e-6)
-    p1, _, _ = ref.adagrad_step(p0, ref.fresh_state(p0), aware, f, j, x, 1.0, loss="logistic", lr=lr,
-                                reg_linear=reg_l, reg_factors=reg_f)
+    p1, _, _ = ref.adagrad_step(
+        p0, ref.fresh_state(p0), aware, f, j, x, 1.0, loss="logistic", lr=lr, reg_linear=reg_l, reg_factors=reg_f
+    )
     model.partial_fit(ds)
     _compare_weights(kind, model, p1, p0, ref.touched_mask(p0, aware, f, j, x))
 
@@ -297,8 +321,9 @@ def test_gradient_matches_finite_differences(rng, kind, loss, normalize):
     n, F, k = 10, 4, 3
     lr = 1e-2  # Δ/lr = -g/sqrt(1+g²) does not depend on lr; lr only sets how many float32 bits Δ keeps
     w = random_weights(rng, kind, n, F, k, scale=0.25)
-    model = model_from_weights(kind, w, F, loss=loss, learning_rate=lr, reg_linear=0.0, reg_factors=0.0,
-                               normalize=normalize, threads=1)
+    model = model_from_weights(
+        kind, w, F, loss=loss, learning_rate=lr, reg_linear=0.0, reg_factors=0.0, normalize=normalize, threads=1
+    )
     fields, feats, values = _step_row(rng, n, F, n_nodes=7)
     label = 1.0 if loss == "logistic" else 0.4
     ds = one_row_dataset(fields, feats, values, label, n_features=n, n_fields=F)
@@ -312,7 +337,9 @@ def test_gradient_matches_finite_differences(rng, kind, loss, normalize):
     assert ref.adagrad_gradient(p1["bias"] - p0["bias"], lr) == pytest.approx(fd["bias"], rel=1e-3, abs=2e-4)
     name = "v" if kind == "fm" else "W"
     for key in ("linear", name):
-        np.testing.assert_allclose(ref.adagrad_gradient(p1[key] - p0[key], lr), fd[key], rtol=1e-3, atol=2e-4, err_msg=key)
+        np.testing.assert_allclose(
+            ref.adagrad_gradient(p1[key] - p0[key], lr), fd[key], rtol=1e-3, atol=2e-4, err_msg=key
+        )
     # the row really exercised the interaction gradients
     assert np.count_nonzero(np.abs(fd[name]) > 1e-3) >= 10
 
@@ -321,9 +348,20 @@ def test_gradient_matches_finite_differences(rng, kind, loss, normalize):
 @pytest.mark.parametrize("cls", [fmrecall.FM, fmrecall.FFM], ids=["FM", "FFM"])
 def test_get_params_defaults(cls):
     assert cls().get_params() == {
-        "k": 4, "loss": "logistic", "epochs": 10, "learning_rate": 0.05, "reg_linear": 2e-5,
-        "reg_factors": 2e-5, "init_std": 0.05, "normalize": False, "patience": 2, "threads": 0, "seed": 0,
-        "n_features": None, "n_fields": None, "verbose": False,
+        "k": 4,
+        "loss": "logistic",
+        "epochs": 10,
+        "learning_rate": 0.05,
+        "reg_linear": 2e-5,
+        "reg_factors": 2e-5,
+        "init_std": 0.05,
+        "normalize": False,
+        "patience": 2,
+        "threads": 0,
+        "seed": 0,
+        "n_features": None,
+        "n_fields": None,
+        "verbose": False,
     }
 
 
@@ -344,10 +382,23 @@ def test_set_params_and_clone(rng, cls):
 
 
 BAD_PARAMS = [
-    dict(k=0), dict(k=513), dict(k=2.5), dict(k="4"), dict(loss="hinge"), dict(epochs=0), dict(epochs=1.5),
-    dict(learning_rate=0.0), dict(learning_rate=-0.1), dict(learning_rate=float("nan")),
-    dict(learning_rate=float("inf")), dict(reg_linear=-1e-3), dict(reg_factors=float("nan")),
-    dict(init_std=-0.1), dict(patience=0), dict(patience=1.5), dict(threads=-1),
+    dict(k=0),
+    dict(k=513),
+    dict(k=2.5),
+    dict(k="4"),
+    dict(loss="hinge"),
+    dict(epochs=0),
+    dict(epochs=1.5),
+    dict(learning_rate=0.0),
+    dict(learning_rate=-0.1),
+    dict(learning_rate=float("nan")),
+    dict(learning_rate=float("inf")),
+    dict(reg_linear=-1e-3),
+    dict(reg_factors=float("nan")),
+    dict(init_std=-0.1),
+    dict(patience=0),
+    dict(patience=1.5),
+    dict(threads=-1),
 ]
 
 
@@ -362,8 +413,9 @@ def test_invalid_params_raise(rng, cls, bad):
 
 
 @pytest.mark.parametrize("cls", [fmrecall.FM, fmrecall.FFM], ids=["FM", "FFM"])
-@pytest.mark.parametrize("labels", [[0, 1, 0.5], [0, 2, 1], [-1, 1, 3], [0, 1, -1]],
-                         ids=["half", "two", "three", "mixed-conventions"])
+@pytest.mark.parametrize(
+    "labels", [[0, 1, 0.5], [0, 2, 1], [-1, 1, 3], [0, 1, -1]], ids=["half", "two", "three", "mixed-conventions"]
+)
 def test_logistic_rejects_other_labels(rng, cls, labels):
     ds = random_dataset(rng, n_rows=3, n_features=N_FEATURES, n_fields=N_FIELDS)
     ds.labels[:] = labels
@@ -540,8 +592,9 @@ def test_early_stopping_restores_best_epoch(rng, kind):
     cls = MODEL_CLASSES[kind]
     train = random_dataset(rng, n_rows=40, n_features=N_FEATURES, n_fields=N_FIELDS)
     valid = random_dataset(rng, n_rows=200, n_features=N_FEATURES, n_fields=N_FIELDS)
-    m = cls(k=8, epochs=30, learning_rate=0.5, init_std=0.3, reg_linear=0, reg_factors=0, patience=2,
-            threads=1).fit(train, valid)
+    m = cls(k=8, epochs=30, learning_rate=0.5, init_std=0.3, reg_linear=0, reg_factors=0, patience=2, threads=1).fit(
+        train, valid
+    )
     losses = [h["valid_loss"] for h in m.history_]
     best = int(np.argmin(losses)) + 1
     assert m.best_epoch_ == best

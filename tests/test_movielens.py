@@ -3,6 +3,7 @@ with the fmrecall.movielens settings (fewer epochs, for time), all 1,682 items i
 user recommended 100 unseen items. Recall@50 must beat a popularity baseline computed here; the
 retrieved scores must be the model's own scores of the joined rows (re-ranking by the full model
 changes nothing, checked with code independent of fmrecall.movielens); a small cold-start run."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 import fmrecall
-from fmrecall.experiments import movielens as M
 from fmrecall.datasets import movielens100k
+from fmrecall.experiments import movielens as M
 
 pd = pytest.importorskip("pandas")
 EPOCHS = 8  # MODEL_PARAMS uses 16; 8 is within ~0.01 of it on u1 and halves the time
@@ -74,8 +75,10 @@ def test_recall_beats_popularity(ml, trained):
     rel = exp.relevant
     fm50, pop50 = _recall(ids, rel, 50), _recall(pop_lists, rel, 50)
     fm10, pop10 = _recall(ids, rel, 10), _recall(pop_lists, rel, 10)
-    print(f"\nRecall@50: FM (one model) {fm50:.4f}  popularity {pop50:.4f};  "
-          f"Recall@10: FM {fm10:.4f}  popularity {pop10:.4f}")
+    print(
+        f"\nRecall@50: FM (one model) {fm50:.4f}  popularity {pop50:.4f};  "
+        f"Recall@10: FM {fm10:.4f}  popularity {pop10:.4f}"
+    )
     # the library's metric agrees with this one
     assert fmrecall.metrics.recall_at_k(ids, rel, 50) == pytest.approx(fm50, rel=1e-12)
     assert fm50 > pop50 + 0.05  # measured ~0.48 vs ~0.27
@@ -108,8 +111,9 @@ def test_two_stage_rerank_changes_nothing(ml, trained):
         rer = ids[i][np.argsort(-full[i], kind="stable")][:10]
         # same top 10 up to exact ties at the cut
         tenth = np.sort(full[i])[::-1][9]
-        assert set(rer[full[i][np.argsort(-full[i], kind="stable")][:10] > tenth + 1e-5 * scale[i, 0]]) <= \
-            set(ids[i, :10].tolist())
+        assert set(rer[full[i][np.argsort(-full[i], kind="stable")][:10] > tenth + 1e-5 * scale[i, 0]]) <= set(
+            ids[i, :10].tolist()
+        )
     # and the library's own check says the same
     ts = M.two_stage_check(model, rec, exp, res, n_queries=20)
     assert ts["inversions"] == 0 and ts["max_abs_score_diff"] < 1e-4
@@ -173,7 +177,8 @@ def test_cold_start_smoke(ml):
     c0 = items[items.item_id == cold[0]]
     np.testing.assert_array_equal(
         rec.item_vectors([cold[0]]),
-        model.split(schema.sides).item_vectors(schema.transform(c0.assign(item_id=10 ** 6), side="item")))
+        model.split(schema.sides).item_vectors(schema.transform(c0.assign(item_id=10**6), side="item")),
+    )
     q = exp.queries.iloc[:40]
     res = rec.search(q, 100, exclude=exp.exclude[:40])
     assert np.isin(res.ids, cold).any()  # cold items do get recommended

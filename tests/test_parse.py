@@ -1,4 +1,5 @@
 """Text parsers: Dataset.from_libffm / Dataset.from_libsvm, contents and error reporting."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,18 @@ import fmrecall
 
 Dataset = fmrecall.Dataset
 
-FRAPPE_RANGES = [(0, 957), (957, 5039), (5039, 5046), (5046, 5053), (5053, 5055), (5055, 5058),
-                 (5058, 5060), (5060, 5069), (5069, 5149), (5149, 5382)]
+FRAPPE_RANGES = [
+    (0, 957),
+    (957, 5039),
+    (5039, 5046),
+    (5046, 5053),
+    (5053, 5055),
+    (5055, 5058),
+    (5058, 5060),
+    (5060, 5069),
+    (5069, 5149),
+    (5149, 5382),
+]
 
 
 def _write(tmp_path, text, name="data.txt", binary=False):
@@ -30,13 +41,13 @@ def _write(tmp_path, text, name="data.txt", binary=False):
 # ---------------------------------------------------------------------------- libffm contents
 def test_libffm_contents(tmp_path):
     text = (
-        "1 0:3:0.5 2:7:1.25 1:4:-2\n"          # out-of-order fields
-        "\n"                                    # blank line skipped
-        "-1 1:4:1 1:5:3e-1 1:6:1\t0:2:1\n"      # multi-valued field 1, tab separator
-        "   \n"                                 # whitespace-only line skipped
-        "0.75 2:9:+4\n"                         # real label, explicit '+'
-        "0\n"                                   # a row without nodes
-        "1 0:0:1"                               # no trailing newline
+        "1 0:3:0.5 2:7:1.25 1:4:-2\n"  # out-of-order fields
+        "\n"  # blank line skipped
+        "-1 1:4:1 1:5:3e-1 1:6:1\t0:2:1\n"  # multi-valued field 1, tab separator
+        "   \n"  # whitespace-only line skipped
+        "0.75 2:9:+4\n"  # real label, explicit '+'
+        "0\n"  # a row without nodes
+        "1 0:0:1"  # no trailing newline
     )
     ds = Dataset.from_libffm(_write(tmp_path, text))
     assert ds.n_rows == 5
@@ -106,8 +117,7 @@ def test_libsvm_range_list_equals_field_array(tmp_path):
 # ---------------------------------------------------------------------------- file-level errors
 @pytest.mark.parametrize("parser", ["libffm", "libsvm"])
 def test_missing_file_and_directory(tmp_path, parser):
-    parse = ((lambda p: Dataset.from_libffm(p)) if parser == "libffm"
-             else (lambda p: Dataset.from_libsvm(p, [(0, 10)])))
+    parse = (lambda p: Dataset.from_libffm(p)) if parser == "libffm" else (lambda p: Dataset.from_libsvm(p, [(0, 10)]))
     with pytest.raises(FileNotFoundError):
         parse(tmp_path / "nope.txt")
     with pytest.raises(IsADirectoryError):
@@ -115,12 +125,12 @@ def test_missing_file_and_directory(tmp_path, parser):
 
 
 @pytest.mark.parametrize("parser", ["libffm", "libsvm"])
-@pytest.mark.parametrize("text", ["", "\n", "\n\n   \n", "\r\n\r\n", " \t "], ids=["empty", "nl", "blanks", "crlf",
-                                                                            "spaces"])
+@pytest.mark.parametrize(
+    "text", ["", "\n", "\n\n   \n", "\r\n\r\n", " \t "], ids=["empty", "nl", "blanks", "crlf", "spaces"]
+)
 def test_empty_file(tmp_path, parser, text):
     path = _write(tmp_path, text)
-    parse = ((lambda p: Dataset.from_libffm(p)) if parser == "libffm"
-             else (lambda p: Dataset.from_libsvm(p, [(0, 10)])))
+    parse = (lambda p: Dataset.from_libffm(p)) if parser == "libffm" else (lambda p: Dataset.from_libsvm(p, [(0, 10)]))
     with pytest.raises(ValueError, match=re.escape(f"{path}: empty file (no rows)")):
         parse(path)
 
@@ -183,7 +193,7 @@ def test_libffm_error_on_first_and_last_line(tmp_path):
 GOOD_SVM = "1 0:1 4:0.5"
 LIBSVM_ERRORS = {
     "beyond-all-ranges": "1 0:1 9:1",
-    "in-gap": "1 3:1",              # ranges [0,3) and [4,9): feature 3 belongs to no field
+    "in-gap": "1 3:1",  # ranges [0,3) and [4,9): feature 3 belongs to no field
     "missing-colon": "1 2",
     "bad-value": "1 2:zz",
     "nan-value": "1 2:NaN",
@@ -296,8 +306,9 @@ def _run_child(code: str, timeout: float = 60.0) -> str:
     env = dict(os.environ)
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
     env["PYTHONPATH"] = pkg + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                         timeout=timeout, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
@@ -308,16 +319,17 @@ def test_fifo_and_dev_zero_are_refused_quickly(tmp_path):
     the C++ parser itself (which opens without blocking and checks the file type first)."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    out = _run_child(f"""
+    out = _run_child(
+        f"""
         import fmrecall
         from fmrecall import _core
         D = fmrecall.Dataset
         calls = [lambda p: D.from_libffm(p), lambda p: D.from_libsvm(p, [(0, 10)]),
-                 lambda p: D.from_libffm(p, mmap=True, cache_dir={str(tmp_path / 'c')!r}),
-                 lambda p: D.from_libffm([{str(tmp_path / 'ok.txt')!r}, p]),
+                 lambda p: D.from_libffm(p, mmap=True, cache_dir={str(tmp_path / "c")!r}),
+                 lambda p: D.from_libffm([{str(tmp_path / "ok.txt")!r}, p]),
                  _core.parse_libffm, lambda p: _core.parse_libsvm(p, [0]),
                  lambda p: _core.stream_libffm(p, print)]
-        open({str(tmp_path / 'ok.txt')!r}, "w").write("1 0:1:1\\n")
+        open({str(tmp_path / "ok.txt")!r}, "w").write("1 0:1:1\\n")
         for path in ("/dev/zero", {str(fifo)!r}):
             for call in calls:
                 try:
@@ -328,18 +340,21 @@ def test_fifo_and_dev_zero_are_refused_quickly(tmp_path):
                 else:
                     raise AssertionError("accepted " + path)
         print("ok")
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     assert out.strip() == "ok"
 
 
 def test_ctrl_c_stops_a_long_parse(tmp_path):
     """SIGINT while the C++ parser runs (GIL released) raises KeyboardInterrupt within one 16 MiB
     chunk instead of at the end; an interrupted cache build leaves no partial cache behind."""
-    out = _run_child(f"""
+    out = _run_child(
+        f"""
         import os, signal, threading, time
         import fmrecall
-        path = {str(tmp_path / 'big.ffm')!r}
-        cache = {str(tmp_path / 'cache')!r}
+        path = {str(tmp_path / "big.ffm")!r}
+        cache = {str(tmp_path / "cache")!r}
         line = b"1 " + b" ".join(b"%d:%d:1" % (f, 1000 + f) for f in range(39)) + b"\\n"
         open(path, "wb").write(line * ((64 << 20) // len(line)))
         t0 = time.perf_counter()
@@ -370,5 +385,7 @@ def test_ctrl_c_stops_a_long_parse(tmp_path):
         ds = fmrecall.Dataset.from_libffm(path, mmap=True, cache_dir=cache)
         assert ds.n_rows == (64 << 20) // len(line)
         print("ok")
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert out.strip() == "ok"

@@ -1,5 +1,6 @@
 """model.save / fmrecall.load: one pickle-free .npz, bit-identical predictions, atomic writes,
 clear errors for files that are not fmrecall models."""
+
 from __future__ import annotations
 
 import io
@@ -9,10 +10,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import MODEL_CLASSES, random_dataset
 
 import fmrecall
 import fmrecall.persist
-from helpers import MODEL_CLASSES, random_dataset
 
 KINDS = ["fm", "ffm"]
 
@@ -25,8 +26,11 @@ def _fitted(rng, kind, **hyper):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("hyper", [dict(), dict(normalize=True, loss="squared", k=3, learning_rate=0.05)],
-                         ids=["default", "normalize-squared"])
+@pytest.mark.parametrize(
+    "hyper",
+    [dict(), dict(normalize=True, loss="squared", k=3, learning_rate=0.05)],
+    ids=["default", "normalize-squared"],
+)
 def test_round_trip_is_bit_identical(rng, tmp_path, kind, hyper):
     model, ds = _fitted(rng, kind, **hyper)
     path = tmp_path / "model.npz"
@@ -39,13 +43,24 @@ def test_round_trip_is_bit_identical(rng, tmp_path, kind, hyper):
     assert a["bias"] == b["bias"]
     np.testing.assert_array_equal(a["linear"], b["linear"])
     np.testing.assert_array_equal(a["factors"], b["factors"])
-    for name in ("k", "loss", "normalize", "learning_rate", "reg_linear", "reg_factors", "epochs", "seed",
-                 "patience", "init_std"):
+    for name in (
+        "k",
+        "loss",
+        "normalize",
+        "learning_rate",
+        "reg_linear",
+        "reg_factors",
+        "epochs",
+        "seed",
+        "patience",
+        "init_std",
+    ):
         assert loaded.get_params()[name] == model.get_params()[name], name
     # str paths work too
     model.save(str(tmp_path / "again.npz"))
-    np.testing.assert_array_equal(fmrecall.load(str(tmp_path / "again.npz")).decision_function(ds),
-                                  model.decision_function(ds))
+    np.testing.assert_array_equal(
+        fmrecall.load(str(tmp_path / "again.npz")).decision_function(ds), model.decision_function(ds)
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -59,8 +74,13 @@ def test_loaded_model_keeps_unseen_index_rules(rng, tmp_path, kind):
     # in-model node at all have their own tests in test_models.py)
     pos = np.arange(ds.nnz) - np.repeat(ds.indptr[:-1], np.diff(ds.indptr))
     odd = pos % 2 == 1
-    wide = fmrecall.Dataset(ds.indptr, ds.fields + (odd & (ds.features % 2 == 0)) * 10,
-                            ds.features + (odd & (ds.features % 2 == 1)) * 100, ds.values, ds.labels)
+    wide = fmrecall.Dataset(
+        ds.indptr,
+        ds.fields + (odd & (ds.features % 2 == 0)) * 10,
+        ds.features + (odd & (ds.features % 2 == 1)) * 100,
+        ds.values,
+        ds.labels,
+    )
     assert wide.n_features > model.n_features_ and wide.n_fields > model.n_fields_
     np.testing.assert_array_equal(loaded.decision_function(wide), model.decision_function(wide))
 
@@ -142,8 +162,9 @@ def test_newer_version_and_wrong_format_rejected(rng, tmp_path):
     model.save(path)
     # sanity: rewriting with the same metadata still loads
     _rewrite_meta(path, tmp_path / "same.npz", lambda m: None)
-    np.testing.assert_array_equal(fmrecall.load(tmp_path / "same.npz").decision_function(ds),
-                                  model.decision_function(ds))
+    np.testing.assert_array_equal(
+        fmrecall.load(tmp_path / "same.npz").decision_function(ds), model.decision_function(ds)
+    )
     _rewrite_meta(path, tmp_path / "newer.npz", lambda m: m.update(version=m["version"] + 1))
     with pytest.raises(ValueError, match="version"):
         fmrecall.load(tmp_path / "newer.npz")
@@ -182,8 +203,11 @@ def _pickled_npz(path):
     np.savez(path, meta=np.array([{"format": "fmrecall.model"}], dtype=object))
 
 
-@pytest.mark.parametrize("make", [_text, _plain_npz, _npy, _zip_of_text, _pickled_npz],
-                         ids=["text", "npz-without-meta", "npy", "zip-of-text", "pickled-meta"])
+@pytest.mark.parametrize(
+    "make",
+    [_text, _plain_npz, _npy, _zip_of_text, _pickled_npz],
+    ids=["text", "npz-without-meta", "npy", "zip-of-text", "pickled-meta"],
+)
 def test_non_fmrecall_files_raise_value_error(tmp_path, make):
     path = tmp_path / "x.npz"
     make(path)
@@ -205,11 +229,12 @@ def test_truncated_model_file_raises_value_error(rng, tmp_path):
 def _zip_members(data: bytes):
     """[(name, offset of the member's data, size)] of a zip file's members."""
     import struct
+
     out = []
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             off = info.header_offset
-            name_len, extra_len = struct.unpack("<HH", data[off + 26:off + 30])
+            name_len, extra_len = struct.unpack("<HH", data[off + 26 : off + 30])
             out.append((info.filename, off + 30 + name_len + extra_len, info.file_size))
     return out
 
@@ -261,6 +286,7 @@ def test_changed_array_with_valid_zip_fails_its_checksum(rng, tmp_path, kind):
         names = [n for n in z.files if n != "meta"]
     assert set(names) >= {"bias", "linear"}
     for name in names:
+
         def flip(arrays, name=name):
             raw = bytearray(arrays[name].tobytes())
             raw[len(raw) // 2] ^= 0x01
@@ -304,6 +330,7 @@ def test_checksums_cover_dtype_and_shape():
     digests = {fmrecall.persist.array_sha256(x) for x in (a, a.reshape(2, 3), a.reshape(3, 2), a.view(np.int32))}
     assert len(digests) == 4
     import hashlib
+
     expected = hashlib.sha256(json.dumps(["<f4", [6]]).encode() + a.tobytes()).hexdigest()
     assert fmrecall.persist.array_sha256(a) == expected
 
@@ -327,12 +354,35 @@ def test_save_arrays_and_load_arrays_are_generic(tmp_path):
 
 # every parameter bound a constructor argument has, applied to a tampered file
 TAMPERED_PARAMS = [
-    ("threads", 100000), ("threads", -1), ("threads", 2.5), ("threads", True), ("threads", "4"),
-    ("k", -1), ("k", 0), ("k", 513), ("k", 2.5), ("k", "5"), ("k", None),
-    ("learning_rate", float("nan")), ("learning_rate", 0), ("learning_rate", -0.1), ("learning_rate", "0.1"),
-    ("learning_rate", float("inf")), ("reg_linear", -1e-3), ("reg_factors", float("nan")), ("init_std", -1),
-    ("epochs", 0), ("epochs", 1.5), ("patience", 0), ("loss", "hinge"), ("loss", ["logistic"]),
-    ("normalize", "yes"), ("seed", -1), ("seed", 2**64), ("n_features", -5), ("n_fields", 1.5),
+    ("threads", 100000),
+    ("threads", -1),
+    ("threads", 2.5),
+    ("threads", True),
+    ("threads", "4"),
+    ("k", -1),
+    ("k", 0),
+    ("k", 513),
+    ("k", 2.5),
+    ("k", "5"),
+    ("k", None),
+    ("learning_rate", float("nan")),
+    ("learning_rate", 0),
+    ("learning_rate", -0.1),
+    ("learning_rate", "0.1"),
+    ("learning_rate", float("inf")),
+    ("reg_linear", -1e-3),
+    ("reg_factors", float("nan")),
+    ("init_std", -1),
+    ("epochs", 0),
+    ("epochs", 1.5),
+    ("patience", 0),
+    ("loss", "hinge"),
+    ("loss", ["logistic"]),
+    ("normalize", "yes"),
+    ("seed", -1),
+    ("seed", 2**64),
+    ("n_features", -5),
+    ("n_fields", 1.5),
 ]
 
 
@@ -346,23 +396,39 @@ def test_tampered_parameters_raise_value_error_naming_file_and_parameter(rng, tm
         fmrecall.load(tmp_path / "bad.npz")
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda m: m["params"].update(bogus=1), "bogus"),
-    (lambda m: m.update(params=[1, 2]), "params"),
-    (lambda m: m.update(n_features=10**12), "n_features"),
-    (lambda m: m.update(n_features=-1), "n_features"),
-    (lambda m: m.update(n_features=24), "linear"),
-    (lambda m: m.update(n_fields=3), "W"),
-    (lambda m: m["params"].update(k=4), "W"),
-    (lambda m: m.update(generation=-2), "generation"),
-    (lambda m: m.update(history="x"), "history"),
-    (lambda m: m.update({"class": "FM"}), "'v'"),
-    (lambda m: m.update(version=0), "version"),
-    (lambda m: m.update(version=True), "version"),
-    (lambda m: m.update(checksums=[1]), "checksums"),
-], ids=["unknown-param", "params-list", "huge-n_features", "negative-n_features", "n_features-vs-linear",
-        "n_fields-vs-W", "k-vs-W", "generation", "history", "class-vs-arrays", "version-0", "version-bool",
-        "checksums-list"])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda m: m["params"].update(bogus=1), "bogus"),
+        (lambda m: m.update(params=[1, 2]), "params"),
+        (lambda m: m.update(n_features=10**12), "n_features"),
+        (lambda m: m.update(n_features=-1), "n_features"),
+        (lambda m: m.update(n_features=24), "linear"),
+        (lambda m: m.update(n_fields=3), "W"),
+        (lambda m: m["params"].update(k=4), "W"),
+        (lambda m: m.update(generation=-2), "generation"),
+        (lambda m: m.update(history="x"), "history"),
+        (lambda m: m.update({"class": "FM"}), "'v'"),
+        (lambda m: m.update(version=0), "version"),
+        (lambda m: m.update(version=True), "version"),
+        (lambda m: m.update(checksums=[1]), "checksums"),
+    ],
+    ids=[
+        "unknown-param",
+        "params-list",
+        "huge-n_features",
+        "negative-n_features",
+        "n_features-vs-linear",
+        "n_fields-vs-W",
+        "k-vs-W",
+        "generation",
+        "history",
+        "class-vs-arrays",
+        "version-0",
+        "version-bool",
+        "checksums-list",
+    ],
+)
 def test_tampered_metadata_raises_value_error(rng, tmp_path, change, match):
     model, _ = _fitted(rng, "ffm")
     path = tmp_path / "m.npz"
@@ -378,17 +444,21 @@ def _recheck(meta, arrays):
     meta["checksums"] = {n: fmrecall.persist.array_sha256(a) for n, a in arrays.items()}
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda a: a.update(linear=a["linear"].astype(np.float64)), "'linear' has dtype float64"),
-    (lambda a: a.update(W=a["W"][:, :, :2].copy()), "'W' has dtype"),
-    (lambda a: a.update(bias=np.array([np.nan], np.float32)), "'bias' contains non-finite"),
-    (lambda a: a["W"].__setitem__((0, 0, 0), np.inf), "'W' contains non-finite"),
-    (lambda a: a["aware_row"].__setitem__(0, 10**6), "'aware_row' has entries outside"),
-    (lambda a: a["aware_row"].__setitem__(slice(0, 2), 0), "'aware_row' gives two features the same row"),
-    (lambda a: a.update(v=np.zeros((25, 5), np.float32)), "'v'"),
-    (lambda a: a.pop("W"), "'aware_row' has entries outside"),  # rows point into the missing W
-    (lambda a: a.update(extra=np.zeros(2, np.float32)), "unexpected member 'extra'"),
-], ids=["dtype", "shape", "nan-bias", "inf-W", "row-range", "row-shared", "v-for-ffm", "no-W", "extra"])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a: a.update(linear=a["linear"].astype(np.float64)), "'linear' has dtype float64"),
+        (lambda a: a.update(W=a["W"][:, :, :2].copy()), "'W' has dtype"),
+        (lambda a: a.update(bias=np.array([np.nan], np.float32)), "'bias' contains non-finite"),
+        (lambda a: a["W"].__setitem__((0, 0, 0), np.inf), "'W' contains non-finite"),
+        (lambda a: a["aware_row"].__setitem__(0, 10**6), "'aware_row' has entries outside"),
+        (lambda a: a["aware_row"].__setitem__(slice(0, 2), 0), "'aware_row' gives two features the same row"),
+        (lambda a: a.update(v=np.zeros((25, 5), np.float32)), "'v'"),
+        (lambda a: a.pop("W"), "'aware_row' has entries outside"),  # rows point into the missing W
+        (lambda a: a.update(extra=np.zeros(2, np.float32)), "unexpected member 'extra'"),
+    ],
+    ids=["dtype", "shape", "nan-bias", "inf-W", "row-range", "row-shared", "v-for-ffm", "no-W", "extra"],
+)
 def test_forged_arrays_with_valid_checksums_are_validated(rng, tmp_path, change, match):
     """Arrays are checked against n_features / n_fields / k before they reach the core, even when
     their checksums were recomputed."""

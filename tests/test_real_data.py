@@ -1,4 +1,5 @@
 """Real data (read from $FMRECALL_DATA, never copied): Criteo libffm samples and frappe."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,18 @@ import pytest
 import fmrecall
 from fmrecall.metrics import auc, logloss_from_scores
 
-FRAPPE_RANGES = [(0, 957), (957, 5039), (5039, 5046), (5046, 5053), (5053, 5055), (5055, 5058),
-                 (5058, 5060), (5060, 5069), (5069, 5149), (5149, 5382)]
+FRAPPE_RANGES = [
+    (0, 957),
+    (957, 5039),
+    (5039, 5046),
+    (5046, 5053),
+    (5053, 5055),
+    (5055, 5058),
+    (5058, 5060),
+    (5060, 5069),
+    (5069, 5149),
+    (5149, 5382),
+]
 CRITEO_FILES = ["xlearn_small_test.txt", "bigdata.tr.txt", "bigdata.te.txt", "bigdata.va.txt"]
 
 
@@ -33,12 +44,17 @@ def test_criteo_files_parse(criteo):
     assert train.n_rows == 200 and train.n_fields == 18
     assert train.values is not None  # row-normalised values, not one-hot
     sizes = {name: ds.n_rows for name, ds in criteo.items()}
-    assert sizes == {"xlearn_small_train.txt": 200, "xlearn_small_test.txt": 200, "bigdata.tr.txt": 201,
-                     "bigdata.te.txt": 205, "bigdata.va.txt": 10}
+    assert sizes == {
+        "xlearn_small_train.txt": 200,
+        "xlearn_small_test.txt": 200,
+        "bigdata.tr.txt": 201,
+        "bigdata.te.txt": 205,
+        "bigdata.va.txt": 10,
+    }
     for ds in criteo.values():
         assert set(np.unique(ds.labels)) <= {0.0, 1.0}
     # fields 16 and 17 come out of order in this family: the parser keeps the file's node order
-    r0 = train.fields[train.indptr[0]:train.indptr[1]]
+    r0 = train.fields[train.indptr[0] : train.indptr[1]]
     np.testing.assert_array_equal(r0[-2:], [17, 16])
 
 
@@ -62,8 +78,10 @@ def test_criteo_train_and_predict(criteo, data_dir, cls):
     # a line that appears in two files gets the same prediction in both: bigdata.tr holds the
     # training rows (plus one), bigdata.te mostly the test rows
     d = data_dir / "criteo"
-    for other, base, p_base in (("bigdata.tr.txt", "xlearn_small_train.txt", m.predict(train)),
-                                ("bigdata.te.txt", "xlearn_small_test.txt", preds["xlearn_small_test.txt"])):
+    for other, base, p_base in (
+        ("bigdata.tr.txt", "xlearn_small_train.txt", m.predict(train)),
+        ("bigdata.te.txt", "xlearn_small_test.txt", preds["xlearn_small_test.txt"]),
+    ):
         index = {ln: i for i, ln in enumerate(_lines(d / base))}
         shared = [(i, index[ln]) for i, ln in enumerate(_lines(d / other)) if ln in index]
         assert len(shared) > 150, other
@@ -89,11 +107,18 @@ def _check_restored_best(model, valid):
     return auc(valid.labels, scores)
 
 
-@pytest.mark.parametrize("name, make, threshold", [
-    ("FFM", lambda: fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=1),
-     0.95),
-    ("FM", lambda: fmrecall.FM(k=8, learning_rate=0.2, epochs=30, threads=1), 0.93),
-], ids=["FFM", "FM"])
+@pytest.mark.parametrize(
+    "name, make, threshold",
+    [
+        (
+            "FFM",
+            lambda: fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=1),
+            0.95,
+        ),
+        ("FM", lambda: fmrecall.FM(k=8, learning_rate=0.2, epochs=30, threads=1), 0.93),
+    ],
+    ids=["FFM", "FM"],
+)
 def test_frappe_holdout_auc(frappe_split, name, make, threshold):
     """Seeded 80/20 split, early stopping on the 20%; one thread so the result is reproducible
     (measured: FFM 0.9524, FM 0.9406)."""
@@ -101,8 +126,7 @@ def test_frappe_holdout_auc(frappe_split, name, make, threshold):
     assert train.n_rows == round(0.8 * 57_722) and train.n_rows + holdout.n_rows == 57_722
     model = make().fit(train, holdout)
     score = _check_restored_best(model, holdout)
-    print(f"\nfrappe {name}: holdout AUC {score:.4f} (best epoch {model.best_epoch_} of "
-          f"{len(model.history_)})")
+    print(f"\nfrappe {name}: holdout AUC {score:.4f} (best epoch {model.best_epoch_} of {len(model.history_)})")
     assert score >= threshold
 
 
@@ -126,9 +150,14 @@ def test_missing_data_dir_fails_in_ci_and_skips_elsewhere(tmp_path, ci, outcome)
         env["CI"] = ci
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     here = Path(__file__).resolve()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
-                           f"{here}::test_criteo_files_parse"], capture_output=True, text=True,
-                          cwd=here.parent.parent, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", f"{here}::test_criteo_files_parse"],
+        capture_output=True,
+        text=True,
+        cwd=here.parent.parent,
+        env=env,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert f"1 {outcome}" in out, out
     assert "FMRECALL_DATA" in out and "no-such-dir" in out, out  # the message says what to set

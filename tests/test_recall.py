@@ -3,6 +3,7 @@ the model's own scores of the joined (query ⊕ item) rows, computed here by bru
 ``decision_function`` on every materialised joined row; filters, padding, removal, re-adding, ANN
 indexes (exact re-scoring), batches, persistence, segmented search with its exactness certificate,
 and frappe end to end."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,25 @@ import os
 import faiss
 import numpy as np
 import pytest
+from helpers import (
+    FRAPPE_SIDES,
+    SD,
+    F,
+    N,
+    World,
+    check_top,
+    dataset_rows,
+    join_rows,
+    keep_fields,
+    random_id_lists,
+    random_weights,
+    rows_dataset,
+    run_isolated,
+)
 
 import fmrecall
 import fmrecall.recall.faiss_segment as fsegment
 import fmrecall.recall.recaller as frecaller
-from helpers import (FRAPPE_SIDES, SD, F, N, World, check_top, dataset_rows, join_rows, keep_fields, random_id_lists,
-                     random_weights, rows_dataset, run_isolated)
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
 ANN = ["hnsw", "hnsw-ip", "ivf", "IVF16,Flat", "HNSW16,Flat"]
@@ -123,10 +137,14 @@ def test_proba_is_sigmoid_of_score(rng, kind):
     # the same as the model's own predict() on the joined rows
     cols = world.cols(res.ids[0, :30])
     joined = [join_rows(world.qrows[0], world.irows[c]) for c in cols]
-    np.testing.assert_allclose(p[0, :30], world.model.predict(rows_dataset(joined, n_features=N, n_fields=F)),
-                               rtol=1e-5, atol=1e-6)
-    squared = fmrecall.FM.from_weights(world.model.weights(), n_fields=F, loss="squared") if kind == "fm" else \
-        fmrecall.FFM.from_weights(world.model.weights(), loss="squared")
+    np.testing.assert_allclose(
+        p[0, :30], world.model.predict(rows_dataset(joined, n_features=N, n_fields=F)), rtol=1e-5, atol=1e-6
+    )
+    squared = (
+        fmrecall.FM.from_weights(world.model.weights(), n_fields=F, loss="squared")
+        if kind == "fm"
+        else fmrecall.FFM.from_weights(world.model.weights(), loss="squared")
+    )
     r2 = fmrecall.Recaller(squared, fmrecall.Sides(**SD))
     r2.add_items(world.items, world.ids)
     sq = r2.search(world.queries, 3)
@@ -177,7 +195,7 @@ def test_removed_items_are_never_returned(rng, index):
     world = World(rng, "hybrid-item", m=20, n=200)
     rec = world.recaller(index)
     gone = rng.choice(world.ids, size=30, replace=False)  # < 25%: ANN indexes keep them as dead rows
-    rec.remove_items(np.r_[gone, 31337])                    # unknown id ignored
+    rec.remove_items(np.r_[gone, 31337])  # unknown id ignored
     assert len(rec) == 170
     np.testing.assert_array_equal(rec.ids, world.ids[~np.isin(world.ids, gone)])
     alive = ~np.isin(world.ids, gone)
@@ -185,8 +203,13 @@ def test_removed_items_are_never_returned(rng, index):
     check_top(world, res, 170, np.broadcast_to(alive, world.S.shape), exact=index == "exact")
     assert not np.isin(res.ids, gone).any()
     res = rec.search(world.queries, 10, exclude=world.ids[:5])
-    check_top(world, res, 10, np.broadcast_to(alive & ~np.isin(world.ids, world.ids[:5]), world.S.shape),
-              exact=index == "exact")
+    check_top(
+        world,
+        res,
+        10,
+        np.broadcast_to(alive & ~np.isin(world.ids, world.ids[:5]), world.S.shape),
+        exact=index == "exact",
+    )
     # more than 25% removed (ANN indexes compact); removed ids stay out, restrict cannot bring them back
     gone2 = np.r_[gone, rng.choice(world.ids[alive], size=40, replace=False)]
     rec.remove_items(gone2)
@@ -211,8 +234,9 @@ def test_readding_an_id_replaces_its_vector(rng, index):
     rec.add_items(rows_dataset(new_rows, n_features=N, n_fields=F), target)
     assert len(rec) == world.n
     np.testing.assert_array_equal(np.sort(rec.ids), np.sort(world.ids))
-    np.testing.assert_array_equal(rec.item_vectors(target),
-                                  split.item_vectors(rows_dataset(new_rows, n_features=N, n_fields=F)))
+    np.testing.assert_array_equal(
+        rec.item_vectors(target), split.item_vectors(rows_dataset(new_rows, n_features=N, n_fields=F))
+    )
     S2 = world.S.copy()
     S2[:, :3] = world.S[:, 10:13]
     world2 = World.__new__(World)
@@ -262,14 +286,16 @@ def test_ivf_first_batch_smaller_than_nlist(rng, index, kw):
     except (RuntimeError, ValueError):
         first_ok = False
         assert len(rec) == 0 and rec.ids.size == 0, (
-            f"a failed add_items left {len(rec)} items registered (ids {rec.ids.tolist()})")
+            f"a failed add_items left {len(rec)} items registered (ids {rec.ids.tolist()})"
+        )
     rec.add_items(world.items.subset(np.arange(5, 100)), world.ids[5:])
     n = 100 if first_ok else 95
     assert len(rec) == n
     res = rec.search(world.queries, 100)
     for row in res.ids:
         assert set(row[row >= 0].tolist()) == set(rec.ids.tolist()), (
-            f"{len(rec)} items registered, {int((row >= 0).sum())} findable")
+            f"{len(rec)} items registered, {int((row >= 0).sum())} findable"
+        )
 
 
 def test_vectors_array_stays_valid_after_changes():
@@ -426,6 +452,7 @@ def test_failed_insert_in_the_middle_of_the_slices_leaves_the_recaller_unchanged
     slice leaves the published catalogue, the indexes (truncated, or rebuilt aside for HNSW, which
     cannot remove) and the results as they were; later adds work."""
     import fmrecall.recall.faiss_index as findex
+
     world = World(rng, "ffm", m=10, n=120)
     rec = fmrecall.Recaller(world.model, fmrecall.Sides(**SD), index, nprobe=64, threads=1)
     rec.add_items(world.items.subset(np.arange(60)), world.ids[:60])
@@ -467,9 +494,11 @@ def test_hnsw_walk_is_at_least_the_candidate_count(rng, monkeypatch):
         return params
 
     monkeypatch.setattr(fsegment, "search_params", spy)
-    for index, kw, want in (("hnsw", dict(ef_search=8, candidates=150), 150),
-                            ("hnsw", dict(ef_search=200, candidates=20), 200),
-                            ("HNSW16,Flat", dict(ef_search=8, candidates=120), 120)):  # a factory string too
+    for index, kw, want in (
+        ("hnsw", dict(ef_search=8, candidates=150), 150),
+        ("hnsw", dict(ef_search=200, candidates=20), 200),
+        ("HNSW16,Flat", dict(ef_search=8, candidates=120), 120),
+    ):  # a factory string too
         rec = world.recaller(index, **kw)
         default = faiss.downcast_index(rec.index.parts()[0].index).hnsw.efSearch
         seen.clear()
@@ -529,6 +558,7 @@ def test_failed_save_leaves_the_previous_directory_intact(rng, tmp_path, monkeyp
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(faiss, "write_index", boom)
     with pytest.raises(OSError, match="No space"):
         rec.save(path)
@@ -563,8 +593,13 @@ def test_segmented_certificate_is_honest(rng, kind, segments):
         want = exact.search(world.queries, k)
         res = seg.search(world.queries, k)
         for i in np.flatnonzero(res.certified):
-            np.testing.assert_allclose(res.scores[i], want.scores[i], rtol=1e-5, atol=world.tol[i],
-                                       err_msg=f"certified query {i} is not exact (k={k})")
+            np.testing.assert_allclose(
+                res.scores[i],
+                want.scores[i],
+                rtol=1e-5,
+                atol=world.tol[i],
+                err_msg=f"certified query {i} is not exact (k={k})",
+            )
         # uncertified results are still exactly scored (only the set may be wrong)
         check_top(world, res, k, exact=False)
         bad = ~np.all(np.isclose(res.scores, want.scores, rtol=1e-5, atol=1e-5), axis=1)
@@ -606,13 +641,22 @@ def test_segmented_ann_is_never_certified(rng):
 # ---------------------------------------------------------------------------- DataFrames via a schema
 def test_recaller_with_a_schema_takes_frames(rng):
     pd = pytest.importorskip("pandas")
-    schema = fmrecall.Schema([
-        fmrecall.Categorical("user_id", "user"), fmrecall.Categorical("hour", "context"),
-        fmrecall.Categorical("item_id", "item"), fmrecall.MultiCategorical("tags", "item"),
-        fmrecall.Numeric("price", "item"),
-    ])
-    items = pd.DataFrame({"item_id": np.arange(100, 140), "tags": [list("abc"[: 1 + i % 3]) for i in range(40)],
-                          "price": rng.uniform(1, 10, 40)})
+    schema = fmrecall.Schema(
+        [
+            fmrecall.Categorical("user_id", "user"),
+            fmrecall.Categorical("hour", "context"),
+            fmrecall.Categorical("item_id", "item"),
+            fmrecall.MultiCategorical("tags", "item"),
+            fmrecall.Numeric("price", "item"),
+        ]
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(100, 140),
+            "tags": [list("abc"[: 1 + i % 3]) for i in range(40)],
+            "price": rng.uniform(1, 10, 40),
+        }
+    )
     users = pd.DataFrame({"user_id": np.arange(8), "hour": np.arange(8) % 3})
     schema.fit([users, items])
     nf = schema.n_features
@@ -641,11 +685,17 @@ def test_recaller_with_a_schema_takes_frames(rng):
 @pytest.fixture(scope="module")
 def frappe_fm(frappe_data):
     train, holdout = frappe_data
-    model = fmrecall.FM(k=8, epochs=4, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-4, threads=1,
-                        seed=0).fit(train)  # one thread: deterministic weights, reproducible recall
+    model = fmrecall.FM(k=8, epochs=4, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-4, threads=1, seed=0).fit(
+        train
+    )  # one thread: deterministic weights, reproducible recall
     n_items = 5039 - 957
-    items = fmrecall.Dataset(np.arange(n_items + 1), np.ones(n_items, np.int32), 957 + np.arange(n_items),
-                             n_features=model.n_features_, n_fields=model.n_fields_)
+    items = fmrecall.Dataset(
+        np.arange(n_items + 1),
+        np.ones(n_items, np.int32),
+        957 + np.arange(n_items),
+        n_features=model.n_features_,
+        n_fields=model.n_fields_,
+    )
     return model, items, 957 + np.arange(n_items)
 
 
@@ -681,14 +731,27 @@ def test_frappe_retrieved_score_is_the_models_score(frappe_data, frappe_fm, rng)
         assert res.scores[i, at[0]] == pytest.approx(want[i], rel=1e-5, abs=1e-5)
     # and the top 10 are scored like the model scores the joined rows
     top = res.ids[:60, :10]
-    joined = [join_rows(qrows[i], (np.array([1]), np.array([t]), np.array([1.0], np.float32)))
-              for i in range(60) for t in top[i]]
+    joined = [
+        join_rows(qrows[i], (np.array([1]), np.array([t]), np.array([1.0], np.float32)))
+        for i in range(60)
+        for t in top[i]
+    ]
     dec = model.decision_function(rows_dataset(joined, n_features=model.n_features_, n_fields=model.n_fields_))
     np.testing.assert_allclose(res.scores[:60, :10].ravel(), dec, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("index,kw", [("hnsw", {}), ("hnsw-ip", {}), ("ivf", {}), ("ivf", {"nprobe": 8}), ("IVF16,Flat", {}),
-                                      ("HNSW16,Flat", {}), ("hnsw", {"ef_search": 16, "candidates": 10})])
+@pytest.mark.parametrize(
+    "index,kw",
+    [
+        ("hnsw", {}),
+        ("hnsw-ip", {}),
+        ("ivf", {}),
+        ("ivf", {"nprobe": 8}),
+        ("IVF16,Flat", {}),
+        ("HNSW16,Flat", {}),
+        ("hnsw", {"ef_search": 16, "candidates": 10}),
+    ],
+)
 def test_frappe_ann_recall_against_exact(frappe_data, frappe_fm, index, kw):
     """Learned embeddings: recall@10 of the ANN indexes against exact search (ties count as hits)
     >= 0.9, and every returned score is exact."""

@@ -1,6 +1,7 @@
 """The Recaller's concurrency contract: readers (search) in parallel with one writer (add, remove,
 save), per-call search parameters, and faiss's process-wide settings left alone by searches.
 The crash-prone runs happen in a child process with a time limit (tests/stress_recall.py)."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,12 @@ import sys
 import threading
 
 import faiss
-import fmrecall
 import numpy as np
 import pytest
-from fmrecall.recall import faiss_config
 from helpers import SD, World
+
+import fmrecall
+from fmrecall.recall import faiss_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,16 +27,29 @@ def test_readers_and_a_writer(tmp_path, index):
     150 of 900 items and saves every 5th cycle: no crash, no exception, every result exact (the
     exact index: bit-identical to a serial search on one of the two catalogue states)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "stress_recall.py"), index, "3", "8",
-                           str(tmp_path / "saved")], capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "stress_recall.py"), index, "3", "8", str(tmp_path / "saved")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["failures"] == 0, counts
     assert counts["searches"] >= 200 and counts["mutations"] >= 10 and counts["saves"] >= 1, counts
 
 
-@pytest.mark.parametrize("index,kw", [("hnsw", {}), ("hnsw-ip", {"candidates": 50}), ("ivf", {"nprobe": 3}),
-                                      ("IVF8_HNSW8,Flat", {"nprobe": 2, "ef_search": 16}), ("exact", {"segments": 3})])
+@pytest.mark.parametrize(
+    "index,kw",
+    [
+        ("hnsw", {}),
+        ("hnsw-ip", {"candidates": 50}),
+        ("ivf", {"nprobe": 3}),
+        ("IVF8_HNSW8,Flat", {"nprobe": 2, "ef_search": 16}),
+        ("exact", {"segments": 3}),
+    ],
+)
 def test_mixed_k_searches_in_parallel_equal_serial(rng, index, kw):
     """Search parameters travel with each call: 8 threads searching with k = 5, 50 and 300 mixed
     get exactly what one thread gets (faiss's shared index is never changed by a search)."""
@@ -65,8 +80,11 @@ def test_searches_leave_faiss_globals_alone(rng):
     never per search; a search's thread count is the calling thread's own OpenMP setting."""
     names = sorted(faiss_config.EXACT_BLAS)
     world = World(rng, "fm", m=30, n=200)
-    custom = {"distance_compute_blas_threshold": 777, "distance_compute_blas_query_bs": 1024,
-              "distance_compute_blas_database_bs": 2048}
+    custom = {
+        "distance_compute_blas_threshold": 777,
+        "distance_compute_blas_query_bs": 1024,
+        "distance_compute_blas_database_bs": 2048,
+    }
     try:
         fmrecall.configure_faiss(custom)
         rec = world.recaller("exact", threads=1)  # the application's choice stands
@@ -119,9 +137,15 @@ def test_a_retrained_model_is_refused(rng):
     """The indexed item vectors belong to the model as it was: after partial_fit, search and
     add_items raise instead of mixing new query vectors with old item vectors."""
     world = World(rng, "fm", m=5, n=50)
-    labelled = fmrecall.Dataset(world.queries.indptr, world.queries.fields, world.queries.features,
-                                world.queries.values, np.ones(world.m, np.float32),
-                                n_features=world.queries.n_features, n_fields=world.queries.n_fields)
+    labelled = fmrecall.Dataset(
+        world.queries.indptr,
+        world.queries.fields,
+        world.queries.features,
+        world.queries.values,
+        np.ones(world.m, np.float32),
+        n_features=world.queries.n_features,
+        n_fields=world.queries.n_fields,
+    )
     rec = world.recaller("exact")
     rec.search(world.queries, 3)
     if getattr(world.model, "generation_", None) is None:

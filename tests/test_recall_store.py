@@ -1,5 +1,6 @@
 """A Recaller on disk and in a pickle: checksums, validation of every loaded parameter, atomic
 replace under concurrent loads and kill -9, parameter bounds."""
+
 from __future__ import annotations
 
 import copy
@@ -15,12 +16,13 @@ import time
 from pathlib import Path
 
 import faiss
-import fmrecall
 import numpy as np
 import pytest
+from helpers import SD, World
+
+import fmrecall
 from fmrecall.persist import load_arrays, save_arrays
 from fmrecall.recall import store
-from helpers import SD, World
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,8 +57,9 @@ def test_layout_is_a_pointer_and_one_checksummed_version(saved):
         assert hashlib.sha256((vdir / name).read_bytes()).hexdigest() == info["sha256"]
 
 
-@pytest.mark.parametrize("member", ["model.npz", "items.npz", "index0.faiss", "index1.faiss", "manifest.json",
-                                    "CURRENT"])
+@pytest.mark.parametrize(
+    "member", ["model.npz", "items.npz", "index0.faiss", "index1.faiss", "manifest.json", "CURRENT"]
+)
 def test_a_flipped_byte_in_any_member_is_refused(saved, member):
     world, rec, path = saved
     target = path / "CURRENT" if member == "CURRENT" else _version_dir(path) / member
@@ -95,24 +98,27 @@ def _set(section, key, value):
     return lambda meta: meta[section].__setitem__(key, value)
 
 
-@pytest.mark.parametrize("edit,match", [
-    (dict(edit_meta=_set("recaller", "threads", 100000)), "threads"),
-    (dict(edit_meta=_set("recaller", "threads", -1)), "threads"),
-    (dict(edit_meta=_set("index", "candidates", 0)), "candidates"),
-    (dict(edit_meta=_set("index", "hnsw_m", 1)), "hnsw_m"),
-    (dict(edit_meta=_set("index", "segments", 0)), "segments"),
-    (dict(edit_meta=_set("index", "segments", 3)), "index2.faiss|max_norms"),
-    (dict(edit_meta=_set("index", "nprobe", "8")), "nprobe"),
-    (dict(edit_meta=_set("index", "kind", "exact")), "IndexFlatIP|removed|vectors"),
-    (dict(edit_meta=_set("index", "max_norms", [float("nan"), 1.0])), "max_norms"),
-    (dict(edit_meta=_set("recaller", "backend", "elastic")), "backend"),
-    (dict(edit_meta=lambda m: m["index"].pop("ef_search")), "ef_search"),
-    (dict(edit_arrays=lambda a: a["ids"].__setitem__(0, -5)), "ids"),
-    (dict(edit_arrays=lambda a: a["ids"].__setitem__(1, a["ids"][-1])), "unique"),
-    (dict(edit_arrays=lambda a: a.__setitem__("ids", a["ids"][:-1])), "holds|vectors"),
-    (dict(edit_arrays=lambda a: a["vectors"].__setitem__((3, 0), np.nan)), "non-finite"),
-    (dict(edit_arrays=lambda a: a.__setitem__("vectors", a["vectors"][:, :-1])), "vectors"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (dict(edit_meta=_set("recaller", "threads", 100000)), "threads"),
+        (dict(edit_meta=_set("recaller", "threads", -1)), "threads"),
+        (dict(edit_meta=_set("index", "candidates", 0)), "candidates"),
+        (dict(edit_meta=_set("index", "hnsw_m", 1)), "hnsw_m"),
+        (dict(edit_meta=_set("index", "segments", 0)), "segments"),
+        (dict(edit_meta=_set("index", "segments", 3)), "index2.faiss|max_norms"),
+        (dict(edit_meta=_set("index", "nprobe", "8")), "nprobe"),
+        (dict(edit_meta=_set("index", "kind", "exact")), "IndexFlatIP|removed|vectors"),
+        (dict(edit_meta=_set("index", "max_norms", [float("nan"), 1.0])), "max_norms"),
+        (dict(edit_meta=_set("recaller", "backend", "elastic")), "backend"),
+        (dict(edit_meta=lambda m: m["index"].pop("ef_search")), "ef_search"),
+        (dict(edit_arrays=lambda a: a["ids"].__setitem__(0, -5)), "ids"),
+        (dict(edit_arrays=lambda a: a["ids"].__setitem__(1, a["ids"][-1])), "unique"),
+        (dict(edit_arrays=lambda a: a.__setitem__("ids", a["ids"][:-1])), "holds|vectors"),
+        (dict(edit_arrays=lambda a: a["vectors"].__setitem__((3, 0), np.nan)), "non-finite"),
+        (dict(edit_arrays=lambda a: a.__setitem__("vectors", a["vectors"][:, :-1])), "vectors"),
+    ],
+)
 def test_every_loaded_parameter_is_validated(saved, edit, match):
     world, rec, path = saved
     _rewrite_items(path, **edit)
@@ -137,14 +143,23 @@ def test_legacy_directory_still_loads(rng, tmp_path):
     path = tmp_path / "old"
     path.mkdir()
     from fmrecall.persist import model_to_arrays
+
     save_arrays(path / "model.npz", *model_to_arrays(rec.model))
     seg = rec.index.parts()[0]
-    meta = {"format": "fmrecall.recaller", "version": 1, "sides": rec.sides.to_dict(), "index": "hnsw",
-            "segments": 1, "candidates": None, "threads": 1, "dead": 0, "max_norms": [seg.max_norm],
-            "params": {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128, "nlist": None, "nprobe": 32,
-                       "pad": True}, "schema": None}
-    save_arrays(path / "items.npz", meta, {"ids": rec.index._current().catalogue.row_ids,
-                                            "vectors": rec.vectors})
+    meta = {
+        "format": "fmrecall.recaller",
+        "version": 1,
+        "sides": rec.sides.to_dict(),
+        "index": "hnsw",
+        "segments": 1,
+        "candidates": None,
+        "threads": 1,
+        "dead": 0,
+        "max_norms": [seg.max_norm],
+        "params": {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128, "nlist": None, "nprobe": 32, "pad": True},
+        "schema": None,
+    }
+    save_arrays(path / "items.npz", meta, {"ids": rec.index._current().catalogue.row_ids, "vectors": rec.vectors})
     faiss.write_index(seg.index, str(path / "index0.faiss"))
     _same(fmrecall.Recaller.load(path).search(world.queries, 5), rec.search(world.queries, 5))
     fmrecall.Recaller.load(path).save(path)
@@ -220,8 +235,9 @@ def test_kill_during_save_leaves_a_loadable_version_and_the_next_save_cleans_up(
     delays = np.random.default_rng(0).uniform(0.0, 0.3, 6)
     killed_with_debris = 0
     for delay in delays:
-        proc = subprocess.Popen([sys.executable, "-c", SAVER.format(tests=HERE, path=str(path))],
-                                stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVER.format(tests=HERE, path=str(path))], stdout=subprocess.PIPE, text=True, env=env
+        )
         try:
             assert proc.stdout.readline().strip() == "ready"
             time.sleep(float(delay) + (0.3 if not (path / "CURRENT").exists() else 0.0))
@@ -268,14 +284,27 @@ def test_a_tampered_pickle_is_refused(rng):
 
 
 # ---------------------------------------------------------------------------- bounds
-@pytest.mark.parametrize("kw,match", [
-    (dict(threads=100000), "threads"), (dict(threads=-2), "threads"), (dict(hnsw_m=0), "hnsw_m"),
-    (dict(hnsw_m=1), "hnsw_m"), (dict(candidates=0), "candidates"), (dict(nprobe=0), "nprobe"),
-    (dict(nlist=0), "nlist"), (dict(segments=0), "segments"), (dict(ef_search=0), "ef_search"),
-    (dict(index="HNSW1,Flat"), "M >= 2"), (dict(index="IVF0,Flat"), "nlist"), (dict(index="IVF4_HNSW1,Flat"), "M >= 2"),
-    (dict(index="PQ5"), "does not fit vectors of dimension"), (dict(index="Nonsense42"), "does not fit"),
-    (dict(index=""), "index must be"), (dict(index=3), "index must be"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(threads=100000), "threads"),
+        (dict(threads=-2), "threads"),
+        (dict(hnsw_m=0), "hnsw_m"),
+        (dict(hnsw_m=1), "hnsw_m"),
+        (dict(candidates=0), "candidates"),
+        (dict(nprobe=0), "nprobe"),
+        (dict(nlist=0), "nlist"),
+        (dict(segments=0), "segments"),
+        (dict(ef_search=0), "ef_search"),
+        (dict(index="HNSW1,Flat"), "M >= 2"),
+        (dict(index="IVF0,Flat"), "nlist"),
+        (dict(index="IVF4_HNSW1,Flat"), "M >= 2"),
+        (dict(index="PQ5"), "does not fit vectors of dimension"),
+        (dict(index="Nonsense42"), "does not fit"),
+        (dict(index=""), "index must be"),
+        (dict(index=3), "index must be"),
+    ],
+)
 def test_parameter_bounds(rng, kw, match):
     world = World(rng, "fm", m=3, n=20, k=15)  # FM k=15: d = 16
     index = kw.pop("index", "hnsw")

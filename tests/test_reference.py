@@ -1,11 +1,11 @@
 """Self-checks of tests/reference.py (so the library is compared against something trustworthy),
 plus the hybrid pair rule against the C++ core's generic kernel through the internal _core API, and
 the benchmarks' vectorised numpy SGD baseline against the plain reference and fmrecall."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
 from helpers import feature_field
 
@@ -20,9 +20,12 @@ def _random_row(rng, n_features, n_fields, n_nodes):
 
 
 def _params(rng, n, F, k, single: bool, aware: bool):
-    return ref.make_params(rng.normal(), rng.normal(size=n),
-                           v=rng.normal(size=(n, k)) if single else None,
-                           W=rng.normal(size=(n, F, k)) if aware else None)
+    return ref.make_params(
+        rng.normal(),
+        rng.normal(size=n),
+        v=rng.normal(size=(n, k)) if single else None,
+        W=rng.normal(size=(n, F, k)) if aware else None,
+    )
 
 
 AWARE_CASES = {
@@ -45,8 +48,7 @@ def test_ffm_score_by_explicit_formula(rng):
     f, j, x = _random_row(rng, n, F, 7)
     W = p["W"]
     expected = p["bias"] + sum(p["linear"][j[a]] * x[a] for a in range(7))
-    expected += sum(np.dot(W[j[a], f[b]], W[j[b], f[a]]) * x[a] * x[b]
-                    for a in range(7) for b in range(a + 1, 7))
+    expected += sum(np.dot(W[j[a], f[b]], W[j[b], f[a]]) * x[a] * x[b] for a in range(7) for b in range(a + 1, 7))
     assert ref.score(p, ref.ffm_aware(F), f, j, x) == pytest.approx(expected, rel=1e-12)
 
 
@@ -112,8 +114,9 @@ def test_reference_adagrad_step_by_hand():
     st = ref.fresh_state(p)
     aware = ref.fm_aware(1)
     f, j, x = np.array([0, 0]), np.array([0, 1]), np.array([1.0, 2.0])
-    new, st2, loss = ref.adagrad_step(p, st, aware, f, j, x, 1.0, loss="squared", lr=0.5,
-                                      reg_linear=0.1, reg_factors=0.2)
+    new, st2, loss = ref.adagrad_step(
+        p, st, aware, f, j, x, 1.0, loss="squared", lr=0.5, reg_linear=0.1, reg_factors=0.2
+    )
     t = 0.1 + 0.2 - 0.6 + 0.5 * 0.25 * 2.0  # -0.05
     kappa = t - 1.0
     assert loss == pytest.approx((t - 1.0) ** 2)
@@ -121,18 +124,21 @@ def test_reference_adagrad_step_by_hand():
     assert new["bias"] == pytest.approx(0.1 - 0.5 * gb / np.sqrt(1 + gb * gb))
     g0 = kappa * 1.0 + 0.1 * 0.2
     g1 = kappa * 2.0 + 0.1 * -0.3
-    np.testing.assert_allclose(new["linear"], [0.2 - 0.5 * g0 / np.sqrt(1 + g0 * g0),
-                                               -0.3 - 0.5 * g1 / np.sqrt(1 + g1 * g1)])
+    np.testing.assert_allclose(
+        new["linear"], [0.2 - 0.5 * g0 / np.sqrt(1 + g0 * g0), -0.3 - 0.5 * g1 / np.sqrt(1 + g1 * g1)]
+    )
     gv0 = kappa * (1.0 * 2.0 * 0.25) + 0.2 * 0.5
     gv1 = kappa * (2.0 * 1.0 * 0.5) + 0.2 * 0.25
-    np.testing.assert_allclose(new["v"][:, 0], [0.5 - 0.5 * gv0 / np.sqrt(1 + gv0 * gv0),
-                                                0.25 - 0.5 * gv1 / np.sqrt(1 + gv1 * gv1)])
+    np.testing.assert_allclose(
+        new["v"][:, 0], [0.5 - 0.5 * gv0 / np.sqrt(1 + gv0 * gv0), 0.25 - 0.5 * gv1 / np.sqrt(1 + gv1 * gv1)]
+    )
     np.testing.assert_allclose(st2["v"][:, 0], [1 + gv0 * gv0, 1 + gv1 * gv1])
 
 
 def test_normalize_scales_in_model_nodes_only():
-    f, j, x = ref.row_nodes([0, 1, 2, 9], [0, 1, 50, 2], [3.0, 4.0, 7.0, 5.0], n_features=10, n_fields=3,
-                            normalize=True)
+    f, j, x = ref.row_nodes(
+        [0, 1, 2, 9], [0, 1, 50, 2], [3.0, 4.0, 7.0, 5.0], n_features=10, n_fields=3, normalize=True
+    )
     # feature 50 and field 9 are outside the model: norm over (3, 4) = 5
     np.testing.assert_array_equal(j, [0, 1])
     np.testing.assert_allclose(x, [0.6, 0.8])
@@ -141,8 +147,9 @@ def test_normalize_scales_in_model_nodes_only():
 # ---------------------------------------------------------------------------- hybrid kernel (internal API)
 def _core_hybrid(aware, n, F, k, normalize, p):
     m = _core.Model(n, F, k, aware.astype(np.uint8), None, n, 0.0, 0, normalize)
-    m.set_weights(np.float32(p["bias"]), p["linear"].astype(np.float32), p["v"].astype(np.float32),
-                  p["W"].astype(np.float32))
+    m.set_weights(
+        np.float32(p["bias"]), p["linear"].astype(np.float32), p["v"].astype(np.float32), p["W"].astype(np.float32)
+    )
     return m
 
 
@@ -153,9 +160,12 @@ def test_core_hybrid_kernel_matches_reference(rng, arch, k, normalize):
     its AdaGrad step against the reference (through the internal _core API, no public class yet)."""
     n, F = 16, 4
     aware = np.array([0, 1, 0, 1], dtype=bool)
-    p = ref.make_params(np.float32(0.1), rng.normal(0, 0.3, n).astype(np.float32),
-                        v=rng.normal(0, 0.3, (n, k)).astype(np.float32),
-                        W=rng.normal(0, 0.3, (n, F, k)).astype(np.float32))
+    p = ref.make_params(
+        np.float32(0.1),
+        rng.normal(0, 0.3, n).astype(np.float32),
+        v=rng.normal(0, 0.3, (n, k)).astype(np.float32),
+        W=rng.normal(0, 0.3, (n, F, k)).astype(np.float32),
+    )
     m = _core_hybrid(aware, n, F, k, normalize, p)
     rows = [_random_row(rng, n, F, int(c)) for c in (2, 5, 7, 9)]
     indptr = np.cumsum([0] + [len(r[1]) for r in rows]).astype(np.int64)
@@ -164,8 +174,14 @@ def test_core_hybrid_kernel_matches_reference(rng, arch, k, normalize):
     vals = np.concatenate([r[2] for r in rows]).astype(np.float32)
     got = m.predict(indptr, fields, feats, vals, 1)
     for r in range(len(rows)):
-        f, j, x = ref.row_nodes(fields[indptr[r]:indptr[r + 1]], feats[indptr[r]:indptr[r + 1]],
-                                vals[indptr[r]:indptr[r + 1]], n, F, normalize)
+        f, j, x = ref.row_nodes(
+            fields[indptr[r] : indptr[r + 1]],
+            feats[indptr[r] : indptr[r + 1]],
+            vals[indptr[r] : indptr[r + 1]],
+            n,
+            F,
+            normalize,
+        )
         want = ref.score(p, aware, f, j, x)
         scale = ref.score_terms_abs(p, aware, f, j, x)
         assert abs(got[r] - want) <= 1e-5 * abs(want) + 1e-6 * scale, (r, got[r], want)
@@ -177,8 +193,9 @@ def test_core_hybrid_kernel_matches_reference(rng, arch, k, normalize):
     label = np.array([1.0], np.float32)
     m.train(*one, label, np.array([0], np.int64), 0, 0.1, 0.05, 0.1, 1)
     f, j, x = ref.row_nodes(one[1], one[2], one[3], n, F, normalize)
-    new, _, _ = ref.adagrad_step(p, ref.fresh_state(p), aware, f, j, x, 1.0, loss="logistic", lr=0.1,
-                                 reg_linear=0.05, reg_factors=0.1)
+    new, _, _ = ref.adagrad_step(
+        p, ref.fresh_state(p), aware, f, j, x, 1.0, loss="logistic", lr=0.1, reg_linear=0.05, reg_factors=0.1
+    )
     w = m.get_weights()
     assert w["bias"] == pytest.approx(new["bias"], rel=1e-5, abs=1e-7)
     np.testing.assert_allclose(w["linear"], new["linear"], rtol=1e-5, atol=1e-6)
@@ -206,7 +223,7 @@ def test_reference_gradient_with_repeated_features(rng, case):
 
 
 # ---------------------------------------------------------------------------- the benchmarks' SGD baseline
-SGD_MODELS = [("ffm", 4), ("ffm", 8), ("fm", 16)]   # bench/common.py MODELS
+SGD_MODELS = [("ffm", 4), ("ffm", 8), ("fm", 16)]  # bench/common.py MODELS
 
 
 @pytest.mark.parametrize("kind, k", SGD_MODELS, ids=[f"{a}-k{b}" for a, b in SGD_MODELS])
@@ -215,13 +232,20 @@ def test_numpy_sgd_baseline_makes_the_library_updates(rng, kind, k):
     NumpyFM) makes the plain reference's update on one row, and fmrecall's over 60 one-hot rows (one
     partial_fit per row, the benchmarks' hyper-parameters), so the speed ratio compares like with like."""
     import fmrecall
+
     hyper = dict(learning_rate=0.02, reg_linear=2e-5, reg_factors=2e-5)
     n_rows, n, F = 60, 40, 8
-    order = rng.permuted(np.tile(np.arange(F), (n_rows, 1)), axis=1)    # every field once, out of order
-    feats = order + F * rng.integers(0, n // F, size=order.shape)       # feature j is in field j % F
-    ds = fmrecall.Dataset(np.arange(n_rows + 1, dtype=np.int64) * F, order.ravel().astype(np.int32),
-                          feats.ravel().astype(np.int32), None, rng.integers(0, 2, n_rows).astype(np.float32),
-                          n_features=n, n_fields=F)
+    order = rng.permuted(np.tile(np.arange(F), (n_rows, 1)), axis=1)  # every field once, out of order
+    feats = order + F * rng.integers(0, n // F, size=order.shape)  # feature j is in field j % F
+    ds = fmrecall.Dataset(
+        np.arange(n_rows + 1, dtype=np.int64) * F,
+        order.ravel().astype(np.int32),
+        feats.ravel().astype(np.int32),
+        None,
+        rng.integers(0, 2, n_rows).astype(np.float32),
+        n_features=n,
+        n_fields=F,
+    )
     ref.check_one_hot(ds, np.arange(n_rows))
     sgd = ref.make_sgd(kind, n, F, k, seed=1, init_std=0.3, **hyper)
     start = {key: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for key, v in sgd.weights().items()}
@@ -232,9 +256,17 @@ def test_numpy_sgd_baseline_makes_the_library_updates(rng, kind, k):
     name = "W" if kind == "ffm" else "v"
     p0 = ref.make_params(start["bias"], start["linear"], **{name: start["factors"]})
     aware = ref.ffm_aware(F) if kind == "ffm" else ref.fm_aware(F)
-    p1, _, _ = ref.adagrad_step(p0, ref.fresh_state(p0), aware, *ref.dataset_row(ds, 0, n, F), float(ds.labels[0]),
-                                loss="logistic", lr=hyper["learning_rate"], reg_linear=hyper["reg_linear"],
-                                reg_factors=hyper["reg_factors"])
+    p1, _, _ = ref.adagrad_step(
+        p0,
+        ref.fresh_state(p0),
+        aware,
+        *ref.dataset_row(ds, 0, n, F),
+        float(ds.labels[0]),
+        loss="logistic",
+        lr=hyper["learning_rate"],
+        reg_linear=hyper["reg_linear"],
+        reg_factors=hyper["reg_factors"],
+    )
     sgd.train_rows(ds, [0])
     one = sgd.weights()
     assert one["bias"] == pytest.approx(p1["bias"], rel=1e-5)

@@ -3,6 +3,7 @@ vocabularies (reserved unseen 0, rare "other" 1, frequency order, min_count), mu
 and sep strings with weights and per-field scaling, numeric standardisation and quantile buckets,
 stable hashing inside the field's own range, persistence (to_dict / from_dict / JSON), and error
 messages that name the field and the value. Expected values are computed here from the frames."""
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,9 @@ import statistics
 
 import numpy as np
 import pytest
+from helpers import run_isolated
 
 import fmrecall
-from helpers import run_isolated
 from fmrecall import Categorical, Hashed, MultiCategorical, Numeric, Schema
 
 pd = pytest.importorskip("pandas")
@@ -57,25 +58,48 @@ def _enc(s, frame):
 
 
 def _frames():
-    users = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u4", "u5"], "age": [23, 35, 35, 51, 35],
-                          "city": ["paris", "lyon", "paris", "nice", "paris"],
-                          "income": [1.5, 2.0, np.nan, 4.5, 3.0]})
-    items = pd.DataFrame({"item_id": [10, 11, 12, 13], "tags": [["a", "b"], ["b"], [], ["c", "a", "b"]],
-                          "tag_w": [[2.0, 1.0], [3.0], [], [1.0, 1.0, 2.0]], "price": [9.0, 1.0, 5.0, 3.0],
-                          "brand": ["x", "y", "x", "zz"]})
-    events = pd.DataFrame({"user_id": ["u1", "u2", "u1", "u3"], "item_id": [10, 11, 13, 12],
-                           "hour": [8, 20, 8, 23], "clicked": [1, 0, 1, 1]})
+    users = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3", "u4", "u5"],
+            "age": [23, 35, 35, 51, 35],
+            "city": ["paris", "lyon", "paris", "nice", "paris"],
+            "income": [1.5, 2.0, np.nan, 4.5, 3.0],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [10, 11, 12, 13],
+            "tags": [["a", "b"], ["b"], [], ["c", "a", "b"]],
+            "tag_w": [[2.0, 1.0], [3.0], [], [1.0, 1.0, 2.0]],
+            "price": [9.0, 1.0, 5.0, 3.0],
+            "brand": ["x", "y", "x", "zz"],
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u1", "u3"],
+            "item_id": [10, 11, 13, 12],
+            "hour": [8, 20, 8, 23],
+            "clicked": [1, 0, 1, 1],
+        }
+    )
     return users, items, events
 
 
 def _schema():
-    return Schema([
-        Categorical("user_id", "user"), Categorical("age", "user", min_count=2),
-        Hashed("city", "user", buckets=7), Numeric("income", "user"),
-        Categorical("hour", "context"),
-        Categorical("item_id", "item"), MultiCategorical("tags", "item", weights_column="tag_w"),
-        Numeric("price", "item", buckets=3), Categorical("brand", "item"),
-    ])
+    return Schema(
+        [
+            Categorical("user_id", "user"),
+            Categorical("age", "user", min_count=2),
+            Hashed("city", "user", buckets=7),
+            Numeric("income", "user"),
+            Categorical("hour", "context"),
+            Categorical("item_id", "item"),
+            MultiCategorical("tags", "item", weights_column="tag_w"),
+            Numeric("price", "item", buckets=3),
+            Categorical("brand", "item"),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- layout
@@ -92,7 +116,7 @@ def test_layout_sides_and_offsets():
     off = s.offsets
     assert np.all((ds.features >= off[ds.fields]) & (ds.features < off[ds.fields + 1]))
     for r in range(ds.n_rows):
-        f = ds.fields[ds.indptr[r]:ds.indptr[r + 1]]
+        f = ds.fields[ds.indptr[r] : ds.indptr[r + 1]]
         assert np.all(np.diff(f) >= 0)
     np.testing.assert_array_equal(ds.labels, events.merge(users, on="user_id")["clicked"].to_numpy(np.float32))
     # side= and fields= select fields; the other columns need not be there
@@ -136,8 +160,15 @@ def test_categorical_vocabulary_unseen_and_other():
     ds = _enc(s, test)
     got = [_local(s, ds, r, "x") for r in range(ds.n_rows)]
     assert got == [[(2, 1.0)], [(3, 1.0)], [(4, 1.0)], [(1, 1.0)], [(1, 1.0)], [(0, 1.0)], [(0, 1.0)]]
-    assert [s.describe(int(j)) for j in ds.features] == ["x='b'", "x='a'", "x='c'", "x=<other>", "x=<other>",
-                                                         "x=<unseen>", "x=<unseen>"]
+    assert [s.describe(int(j)) for j in ds.features] == [
+        "x='b'",
+        "x='a'",
+        "x='c'",
+        "x=<other>",
+        "x=<other>",
+        "x=<unseen>",
+        "x=<unseen>",
+    ]
 
 
 @pytest.mark.parametrize("min_count", [1, 2, 3, 4])
@@ -160,8 +191,7 @@ def test_unobserved_category_of_a_categorical_dtype_is_unseen():
     col = pd.Categorical(["a", "b", "a"], categories=["a", "b", "c"])
     s = _solo(Categorical("x", "user"), pd.DataFrame({"x": col}))
     assert s.field("x").vocab == ["a", "b"]
-    for frame in (pd.DataFrame({"x": ["a", "b", "c", "d"]}),
-                  pd.DataFrame({"x": pd.Categorical(["a", "b", "c", "d"])})):
+    for frame in (pd.DataFrame({"x": ["a", "b", "c", "d"]}), pd.DataFrame({"x": pd.Categorical(["a", "b", "c", "d"])})):
         loc = (_enc(s, frame).features - s.offsets[0]).tolist()
         assert loc == [2, 3, 0, 0], f"value 'c' (0 occurrences in fit) encoded as {loc[2]} (1 = other)"
 
@@ -208,8 +238,7 @@ def test_multi_categorical_lists_and_sep_strings_encode_alike():
     d2 = _enc(s2, pd.DataFrame({"t": test_s}))
     _same(d1, d2)
     np.testing.assert_array_equal(d1.indptr, [0, 3, 3, 4, 6])  # the empty list gives no node
-    assert [s1.describe(int(j)) for j in d1.features] == ["t='a'", "t=<unseen>", "t='b'", "t='d'", "t='c'",
-                                                          "t='b'"]
+    assert [s1.describe(int(j)) for j in d1.features] == ["t='a'", "t=<unseen>", "t='b'", "t='d'", "t='c'", "t='b'"]
     # numpy arrays are lists too
     d3 = _enc(s1, pd.DataFrame({"t": [np.array(x, dtype=object) for x in test_l]}))
     _same(d1, d3)
@@ -244,12 +273,11 @@ def test_multi_categorical_scaling(scale):
 
 
 def test_multi_categorical_min_count_and_unseen():
-    s = _solo(MultiCategorical("t", "item", sep=",", min_count=2), 
-        pd.DataFrame({"t": ["a,b", "a,c", "b,a", "d"]}))
+    s = _solo(MultiCategorical("t", "item", sep=",", min_count=2), pd.DataFrame({"t": ["a,b", "a,c", "b,a", "d"]}))
     assert s.field("t").vocab == ["a", "b"]
     ds = _enc(s, pd.DataFrame({"t": ["c,d,a", "q"]}))
     assert [j for j, _ in _local(s, ds, 0, "t")] == [1, 1, 2]  # c, d rare -> other; a
-    assert [j for j, _ in _local(s, ds, 1, "t")] == [0]        # never seen
+    assert [j for j, _ in _local(s, ds, 1, "t")] == [0]  # never seen
 
 
 # ---------------------------------------------------------------------------- numeric
@@ -321,7 +349,7 @@ def test_hashed_in_range_deterministic_and_spread():
     chi2 = float(((c - 5000 / 16) ** 2 / (5000 / 16)).sum())
     assert chi2 < 42, c
     # integers hash too, inside the range
-    ints = s.transform(pd.DataFrame({"a": ["p"] * 3, "h": [1, 2, 10 ** 12], "i": ["q"] * 3}))
+    ints = s.transform(pd.DataFrame({"a": ["p"] * 3, "h": [1, 2, 10**12], "i": ["q"] * 3}))
     f = ints.features[ints.fields == 1]
     assert np.all((f >= lo) & (f < hi))
 
@@ -338,7 +366,8 @@ print(json.dumps(ds.features.tolist()))
 def test_hashed_is_stable_across_processes():
     """Different interpreters (different PYTHONHASHSEED) give the same buckets."""
     import os
-    vals = {"s": [f"id{i}" for i in range(300)] + ["", "é", "a b"], "i": list(range(300)) + [10 ** 15, 7, 0]}
+
+    vals = {"s": [f"id{i}" for i in range(300)] + ["", "é", "a b"], "i": list(range(300)) + [10**15, 7, 0]}
     s = Schema([Hashed("h", "user", buckets=1000), Hashed("n", "item", buckets=97)])
     here = s.transform(pd.DataFrame({"h": vals["s"], "n": vals["i"]})).features.tolist()
     code = _HASH_CODE.format(vals=json.dumps(vals))
@@ -360,9 +389,21 @@ def test_to_dict_from_dict_reproduces_encodings_exactly():
     s = _schema().fit([users, items, events])
     joined = events.merge(users, on="user_id").merge(items, on="item_id")
     # plus rows with unseen / rare / missing values
-    extra = pd.DataFrame({"user_id": ["new"], "age": [23], "city": ["rome"], "income": [np.nan],
-                          "hour": [5], "item_id": [99], "tags": [["zz", "a"]], "tag_w": [[1.0, 2.0]],
-                          "price": [np.nan], "brand": ["y"], "clicked": [0]})
+    extra = pd.DataFrame(
+        {
+            "user_id": ["new"],
+            "age": [23],
+            "city": ["rome"],
+            "income": [np.nan],
+            "hour": [5],
+            "item_id": [99],
+            "tags": [["zz", "a"]],
+            "tag_w": [[1.0, 2.0]],
+            "price": [np.nan],
+            "brand": ["y"],
+            "clicked": [0],
+        }
+    )
     frame = pd.concat([joined, extra], ignore_index=True)
     want = s.transform(frame, label="clicked")
     d = s.to_dict()
@@ -392,13 +433,16 @@ def _fitted():
     return _schema().fit([users, items, events])
 
 
-@pytest.mark.parametrize("frame,field,value", [
-    (pd.DataFrame({"hour": [8, np.nan]}), "hour", "nan"),
-    (pd.DataFrame({"hour": [8, None]}, dtype=object), "hour", "None"),
-    (pd.DataFrame({"hour": [8.0, 2.5]}), "hour", "2.5"),
-    (pd.DataFrame({"hour": [8, [1, 2]]}), "hour", "[1, 2]"),
-    (pd.DataFrame({"hour": [8, 3.5]}, dtype=object), "hour", "3.5"),
-])
+@pytest.mark.parametrize(
+    "frame,field,value",
+    [
+        (pd.DataFrame({"hour": [8, np.nan]}), "hour", "nan"),
+        (pd.DataFrame({"hour": [8, None]}, dtype=object), "hour", "None"),
+        (pd.DataFrame({"hour": [8.0, 2.5]}), "hour", "2.5"),
+        (pd.DataFrame({"hour": [8, [1, 2]]}), "hour", "[1, 2]"),
+        (pd.DataFrame({"hour": [8, 3.5]}, dtype=object), "hour", "3.5"),
+    ],
+)
 def test_categorical_errors_name_field_and_value(frame, field, value):
     s = _fitted()
     with pytest.raises(ValueError) as e:
@@ -438,13 +482,32 @@ def test_other_errors_name_field_and_value():
 def _day2():
     """New users (u6 twice, u7 once), a new age (61, twice), a rare new age (70, once), the rare old
     age 23 five times, a new hour, new items / tags / brands, and old values."""
-    users = pd.DataFrame({"user_id": ["u6", "u7", "u1", "u6"], "age": [61, 23, 61, 70],
-                          "city": ["oslo", "paris", "lyon", "oslo"], "income": [9.0, 1.0, 2.0, 9.0]})
-    items = pd.DataFrame({"item_id": [14, 10], "tags": [["d", "a", "d"], ["b"]], "tag_w": [[1.0, 1.0, 1.0], [1.0]],
-                          "price": [99.0, 9.0], "brand": ["new", "x"]})
-    events = pd.DataFrame({"user_id": ["u6", "u7", "u1", "u6", "u6"], "item_id": [14, 10, 14, 10, 14],
-                           "hour": [3, 8, 3, 3, 8], "clicked": [1, 0, 1, 1, 0],
-                           "age": [23, 23, 23, 23, 23]})
+    users = pd.DataFrame(
+        {
+            "user_id": ["u6", "u7", "u1", "u6"],
+            "age": [61, 23, 61, 70],
+            "city": ["oslo", "paris", "lyon", "oslo"],
+            "income": [9.0, 1.0, 2.0, 9.0],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [14, 10],
+            "tags": [["d", "a", "d"], ["b"]],
+            "tag_w": [[1.0, 1.0, 1.0], [1.0]],
+            "price": [99.0, 9.0],
+            "brand": ["new", "x"],
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": ["u6", "u7", "u1", "u6", "u6"],
+            "item_id": [14, 10, 14, 10, 14],
+            "hour": [3, 8, 3, 3, 8],
+            "clicked": [1, 0, 1, 1, 0],
+            "age": [23, 23, 23, 23, 23],
+        }
+    )
     return users, items, events
 
 
@@ -473,8 +536,7 @@ def test_partial_fit_appends_new_values_and_keeps_old_indices():
     assert [g for _, _, g, _ in ext] == list(n0 + np.r_[0, np.cumsum([c for *_, c in ext])[:-1]])
     assert s.n_features == n0 + sum(c for *_, c in ext)
     new_desc = [s.describe(j) for j in range(n0, s.n_features)]
-    assert new_desc == ["user_id='u6'", "user_id='u7'", "age=61", "hour=3", "item_id=14", "tags='d'",
-                        "brand='new'"]
+    assert new_desc == ["user_id='u6'", "user_id='u7'", "age=61", "hour=3", "item_id=14", "tags='d'", "brand='new'"]
     # age 61 (twice) got a feature; 70 (once, min_count 2) and the old rare 23 (now 5 times) are "other"
     age = s.transform(pd.DataFrame({"age": [61, 70, 23, 35, 99]}), fields=["age"])
     assert age.features.tolist()[1:] == [s.offsets[1] + 1, s.offsets[1] + 1, s.offsets[1] + 2, s.offsets[1]]
@@ -489,8 +551,12 @@ def test_partial_fit_appends_new_values_and_keeps_old_indices():
     # multi-categorical with a new tag: scaled within the row as before
     t = s.transform(pd.DataFrame({"tags": [["d", "a"]], "tag_w": [[3.0, 4.0]]}), fields=["tags"])
     got = dict(zip(t.features.tolist(), t.values_or_ones().tolist()))
-    assert got == pytest.approx({int(s.feature("tags", 2 + s.field("tags").vocab.index("d"))): 0.6,
-                                 int(s.offsets[6] + 2 + s.field("tags").vocab.index("a")): 0.8})
+    assert got == pytest.approx(
+        {
+            int(s.feature("tags", 2 + s.field("tags").vocab.index("d"))): 0.6,
+            int(s.offsets[6] + 2 + s.field("tags").vocab.index("a")): 0.8,
+        }
+    )
     assert int(s.feature("tags", 2 + s.field("tags").vocab.index("d"))) >= n0
 
 
@@ -504,12 +570,31 @@ def test_partial_fit_twice_round_trips_and_regrows_nothing():
     s.partial_fit([pd.DataFrame({"user_id": ["u9"], "brand": ["x"]}), pd.DataFrame({"hour": [5, 5, 3]})])
     assert s.n_features == n1 + 2 and len(s.to_dict()["extensions"]) == 8
     d = s.to_dict()
-    frame = pd.concat([events.merge(users, on="user_id").merge(items, on="item_id"),
-                       _day2()[2].drop(columns="age").merge(_day2()[0].drop_duplicates("user_id"), on="user_id")
-                       .merge(_day2()[1], on="item_id"),
-                       pd.DataFrame({"user_id": ["u9"], "age": [35], "city": ["x"], "income": [1.0], "hour": [5],
-                                     "item_id": [10], "tags": [["d"]], "tag_w": [[1.0]], "price": [3.0],
-                                     "brand": ["x"], "clicked": [1]})], ignore_index=True)
+    frame = pd.concat(
+        [
+            events.merge(users, on="user_id").merge(items, on="item_id"),
+            _day2()[2]
+            .drop(columns="age")
+            .merge(_day2()[0].drop_duplicates("user_id"), on="user_id")
+            .merge(_day2()[1], on="item_id"),
+            pd.DataFrame(
+                {
+                    "user_id": ["u9"],
+                    "age": [35],
+                    "city": ["x"],
+                    "income": [1.0],
+                    "hour": [5],
+                    "item_id": [10],
+                    "tags": [["d"]],
+                    "tag_w": [[1.0]],
+                    "price": [3.0],
+                    "brand": ["x"],
+                    "clicked": [1],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     want = s.transform(frame, label="clicked")
     for other in (Schema.from_dict(d), Schema.from_dict(json.loads(json.dumps(d)))):
         assert other == s and other.grown and other.n_features == s.n_features
@@ -541,9 +626,13 @@ def test_from_dict_rejects_bad_extensions():
     s.partial_fit(list(_day2()))
     d = s.to_dict()
     e = d["extensions"]
-    for ext, match in ((e[:1] + e[2:], "starts at feature"), ([[0, 2, e[0][2], 1]] + e[1:], "starts at local"),
-                       ([[3, 0, e[0][2], 2]] + e[1:], "bad extension"), ([[0, 2, 3]], "bad extension"),
-                       ([[0] + e[0][1:3] + [0]] + e[1:], "bad extension"),
-                       ([[0] + e[0][1:3] + [99]] + e[1:], "exceed")):
+    for ext, match in (
+        (e[:1] + e[2:], "starts at feature"),
+        ([[0, 2, e[0][2], 1]] + e[1:], "starts at local"),
+        ([[3, 0, e[0][2], 2]] + e[1:], "bad extension"),
+        ([[0, 2, 3]], "bad extension"),
+        ([[0] + e[0][1:3] + [0]] + e[1:], "bad extension"),
+        ([[0] + e[0][1:3] + [99]] + e[1:], "exceed"),
+    ):
         with pytest.raises(ValueError, match=match):
             Schema.from_dict({**d, "extensions": ext})

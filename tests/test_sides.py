@@ -1,4 +1,5 @@
 """fmrecall.Sides: which side (user / context / item) every field is on, and its validation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +39,7 @@ def test_to_dict_from_dict_and_equality():
     d = s.to_dict()
     assert d == {"user": [3, 0], "context": [5], "item": [4, 1, 2]}
     import json
+
     back = fmrecall.Sides.from_dict(json.loads(json.dumps(d)))  # survives JSON (the model file)
     assert back == s and not (back != s)
     assert fmrecall.Sides.from_dict({"user": [0], "item": [1]}) == fmrecall.Sides(user=[0], item=[1])
@@ -48,11 +50,15 @@ def test_to_dict_from_dict_and_equality():
     assert s != {"user": [3, 0], "context": [5], "item": [4, 1, 2]}
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(user=[0, 1], item=[1]), "1"),
-    (dict(user=[0], context=[2, 0], item=[1]), "0"),
-    (dict(user=[0], context=[2], item=[3, 2]), "2"),
-], ids=["user-item", "user-context", "context-item"])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(user=[0, 1], item=[1]), "1"),
+        (dict(user=[0], context=[2, 0], item=[1]), "0"),
+        (dict(user=[0], context=[2], item=[3, 2]), "2"),
+    ],
+    ids=["user-item", "user-context", "context-item"],
+)
 def test_field_in_two_sides_raises_at_construction(kw, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         fmrecall.Sides(**kw)

@@ -2,15 +2,26 @@
 joined row, for FM, FFM and HybridFM (both orientations), checked against decision_function on the
 materialised joined rows and against the float64 numpy reference (tests/reference.py); the block
 layout and every block's content recomputed in numpy from weights(); errors and ignored indices."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import (
+    FRAPPE_SIDES,
+    dataset_rows,
+    join_rows,
+    keep_fields,
+    random_dataset,
+    random_hybrid_weights,
+    random_weights,
+    ref_params_and_aware,
+    rows_dataset,
+    side_rows,
+)
 
 import fmrecall
-import reference as ref
-from helpers import (FRAPPE_SIDES, dataset_rows, join_rows, keep_fields, random_dataset,
-                      random_hybrid_weights, random_weights, ref_params_and_aware, rows_dataset, side_rows)
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
 N, F = 48, 6  # feature j belongs to field j % F (plus two features shared by a query and an item field)
@@ -40,12 +51,14 @@ def _random_model(rng, kind, k, sd, *, n=N, n_fields=F, missing=0.15):
     """A model with random weights (hybrid: ~15% of the features have no field-aware row)."""
     if kind in ("fm", "ffm"):
         w = random_weights(rng, kind, n, n_fields, k)
-        model = (fmrecall.FM.from_weights(w, n_fields=n_fields, threads=1) if kind == "fm"
-                 else fmrecall.FFM.from_weights(w, threads=1))
+        model = (
+            fmrecall.FM.from_weights(w, n_fields=n_fields, threads=1)
+            if kind == "fm"
+            else fmrecall.FFM.from_weights(w, threads=1)
+        )
     else:
         w = random_hybrid_weights(rng, n, n_fields, k, missing=missing)
-        model = fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**sd), field_aware=kind.split("-")[1],
-                                               threads=1)
+        model = fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**sd), field_aware=kind.split("-")[1], threads=1)
     return model, w
 
 
@@ -84,8 +97,7 @@ def check_exact(model, split, params, aware, qrows, irows, *, n_features, n_fiel
 
     for a in range(m):
         f, j, x = ref.row_nodes(*qrows[a], n_features, n_fields)
-        _close(float(b[a]), ref.score(params, aware, f, j, x), ref.score_terms_abs(params, aware, f, j, x),
-               ("b", a))
+        _close(float(b[a]), ref.score(params, aware, f, j, x), ref.score_terms_abs(params, aware, f, j, x), ("b", a))
     for i in range(n):
         f, j, x = ref.row_nodes(*irows[i], n_features, n_fields)
         want = ref.score(params, aware, f, j, x) - params["bias"]
@@ -198,8 +210,7 @@ def test_split_is_exact_after_training_on_frappe(frappe_data, rng, kind):
     diag = b.astype(np.float64) + np.einsum("ij,ij->i", q.astype(np.float64), p.astype(np.float64))
     np.testing.assert_allclose(diag, model.decision_function(sub), rtol=1e-5, atol=1e-5)
     params, aware = ref_params_and_aware(kind, model.weights(), nfl, FRAPPE_SIDES)
-    check_exact(model, split, params, aware, qrows[:25], irows[25:50], n_features=nf, n_fields=nfl, rng=rng,
-                n_ref=60)
+    check_exact(model, split, params, aware, qrows[:25], irows[25:50], n_features=nf, n_fields=nfl, rng=rng, n_ref=60)
 
 
 # ---------------------------------------------------------------------------- block layout and content
@@ -265,11 +276,21 @@ def test_block_layout_and_content(rng, kind, config):
     p = split.item_vectors(rows_dataset(irows, n_features=N, n_fields=F))
     for (off, _kind, _a, _b), key in zip(blocks, keys):
         for r, row in enumerate(qrows):
-            np.testing.assert_allclose(q[r, off:off + k], _block_content(kind, w, sd, row, "query", key),
-                                       rtol=1e-5, atol=1e-6, err_msg=f"query row {r} block {key}")
+            np.testing.assert_allclose(
+                q[r, off : off + k],
+                _block_content(kind, w, sd, row, "query", key),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"query row {r} block {key}",
+            )
         for r, row in enumerate(irows):
-            np.testing.assert_allclose(p[r, off:off + k], _block_content(kind, w, sd, row, "item", key),
-                                       rtol=1e-5, atol=1e-6, err_msg=f"item row {r} block {key}")
+            np.testing.assert_allclose(
+                p[r, off : off + k],
+                _block_content(kind, w, sd, row, "item", key),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"item row {r} block {key}",
+            )
 
 
 def test_fm_split_is_the_design_formula(rng):
@@ -330,8 +351,10 @@ def test_one_hot_rows_and_no_rows(rng, kind):
     model, _ = _random_model(rng, kind, 5, sd)
     split = _split(model, kind, sd)
     pools = _pools()
-    for fields, rows in ((_query_fields(sd), side_rows(rng, 10, _query_fields(sd), pools)),
-                         (sd["item"], side_rows(rng, 10, sd["item"], pools))):
+    for fields, rows in (
+        (_query_fields(sd), side_rows(rng, 10, _query_fields(sd), pools)),
+        (sd["item"], side_rows(rng, 10, sd["item"], pools)),
+    ):
         ones = rows_dataset([(f, j, np.ones(len(j), np.float32)) for f, j, _ in rows], n_features=N, n_fields=F)
         hot = fmrecall.Dataset(ones.indptr, ones.fields, ones.features, None, n_features=N, n_fields=F)
         if fields is sd["item"]:
@@ -339,8 +362,9 @@ def test_one_hot_rows_and_no_rows(rng, kind):
         else:
             for a, b in zip(split.query_vectors(hot), split.query_vectors(ones)):
                 np.testing.assert_array_equal(a, b)
-    empty = fmrecall.Dataset(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
-                             n_features=N, n_fields=F)
+    empty = fmrecall.Dataset(
+        np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32), n_features=N, n_fields=F
+    )
     q, b = split.query_vectors(empty)
     assert q.shape == (0, split.dim) and b.shape == (0,)
     assert split.item_vectors(empty).shape == (0, split.dim)
@@ -398,8 +422,10 @@ def test_rows_on_the_wrong_side_raise(rng, kind):
     model, _ = _random_model(rng, kind, 4, sd)
     split = _split(model, kind, sd)
     # a query row holding item field 4 (after valid query nodes)
-    bad_q = [(np.array([0, 3]), np.array([0, 3]), np.ones(2, np.float32)),
-             (np.array([5, 4, 0]), np.array([5, 4, 6]), np.ones(3, np.float32))]
+    bad_q = [
+        (np.array([0, 3]), np.array([0, 3]), np.ones(2, np.float32)),
+        (np.array([5, 4, 0]), np.array([5, 4, 6]), np.ones(3, np.float32)),
+    ]
     with pytest.raises(ValueError, match=r"\b4\b"):
         split.query_vectors(rows_dataset(bad_q, n_features=N, n_fields=F))
     # an item row holding user field 3
@@ -419,14 +445,18 @@ def test_normalized_model_cannot_be_split(rng, kind):
     sides = fmrecall.Sides(**sd)
     if kind in ("fm", "ffm"):
         w = random_weights(rng, kind, N, F, 4)
-        model = (fmrecall.FM.from_weights(w, n_fields=F, normalize=True) if kind == "fm"
-                 else fmrecall.FFM.from_weights(w, normalize=True))
+        model = (
+            fmrecall.FM.from_weights(w, n_fields=F, normalize=True)
+            if kind == "fm"
+            else fmrecall.FFM.from_weights(w, normalize=True)
+        )
         with pytest.raises(ValueError, match="normaliz"):
             model.split(sides)
     else:
         ds = random_dataset(rng, n_rows=30, n_features=N, n_fields=F)
-        model = fmrecall.HybridFM(k=4, sides=sides, field_aware=kind.split("-")[1], normalize=True, epochs=1,
-                                  threads=1).fit(ds)
+        model = fmrecall.HybridFM(
+            k=4, sides=sides, field_aware=kind.split("-")[1], normalize=True, epochs=1, threads=1
+        ).fit(ds)
         with pytest.raises(ValueError, match="normaliz"):
             model.split()
 

@@ -1,4 +1,5 @@
 """fmrecall: one-stage recall with FM / FFM / hybrid models split exactly into query and item vectors."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -16,7 +17,30 @@ from .sides import Sides
 from .source import TrainingSource
 from .split import Split
 
-__all__ = ["Dataset", "Interactions", "TrainingSource", "Schema", "Categorical", "MultiCategorical", "Numeric",
-           "Hashed", "FM", "FFM", "HybridFM", "Sides", "Split", "Recaller", "SearchResult", "FaissIndex", "ItemIndex",
-           "MilvusIndex", "configure_faiss", "NotFittedError", "load", "metrics", "best_arch", "MAX_THREADS",
-           "__version__"]
+__all__ = [
+    "Dataset",
+    "Interactions",
+    "TrainingSource",
+    "Schema",
+    "Categorical",
+    "MultiCategorical",
+    "Numeric",
+    "Hashed",
+    "FM",
+    "FFM",
+    "HybridFM",
+    "Sides",
+    "Split",
+    "Recaller",
+    "SearchResult",
+    "FaissIndex",
+    "ItemIndex",
+    "MilvusIndex",
+    "configure_faiss",
+    "NotFittedError",
+    "load",
+    "metrics",
+    "best_arch",
+    "MAX_THREADS",
+    "__version__",
+]

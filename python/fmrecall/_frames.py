@@ -1,5 +1,6 @@
 """Table helpers shared by the field kinds (fmrecall.fields), Schema and Interactions: frames in,
 JSON-able values out, stable hashes."""
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ Series = Any  # a pandas Series (pandas ships no type information the package re
 
 def _pd() -> Any:
     import pandas as pd
+
     return pd
 
 
@@ -36,14 +38,13 @@ def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-
 def _hash(values: Any) -> np.ndarray:
     """Stable 64-bit hashes of the values (same across processes and platforms)."""
     from pandas.util import hash_array
+
     arr = np.asarray(values)
     if arr.dtype.kind in "iub":
         arr = arr.astype(np.int64)
     else:
         arr = arr.astype(str).astype(object)
     return hash_array(arr, categorize=False)
-

@@ -4,6 +4,7 @@
 given, and a huge one (``threads=100000``, from an argument or a tampered saved file) crashed the
 process at the first predict. The C++ core rejects larger counts too (``_core.MAX_THREADS``).
 """
+
 from __future__ import annotations
 
 import numbers

@@ -24,6 +24,7 @@ changed source makes the cache stale) and every array's length and SHA-256 (hash
 temporary sibling directory (fsynced) and renames it into place, so readers only ever see a complete
 cache; a cache that another process completed first is used instead of ours.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,13 @@ from . import _core
 MAGIC = "fmrecall-csr-cache"
 VERSION = 1
 _HEADER = "header.json"
-_ARRAYS = (("indptr", "<i8", "indptr.i8"), ("fields", "<i4", "fields.i4"), ("features", "<i4", "features.i4"),
-           ("labels", "<f4", "labels.f4"), ("values", "<f4", "values.f4"))
+_ARRAYS = (
+    ("indptr", "<i8", "indptr.i8"),
+    ("fields", "<i4", "fields.i4"),
+    ("features", "<i4", "features.i4"),
+    ("labels", "<f4", "labels.f4"),
+    ("values", "<f4", "values.f4"),
+)
 _READ = 1 << 22  # bytes per read while hashing
 _ONES_BLOCK = 1 << 20
 
@@ -195,10 +201,19 @@ class _Writer:
                 continue
             length = {"indptr": self.n_rows + 1, "labels": self.n_rows}.get(name, self.nnz)
             arrays[name] = {"file": fname, "dtype": dtype, "length": length, "sha256": self.hashes[name].hexdigest()}
-        header = {"magic": MAGIC, "version": VERSION, "kind": kind, "sources": sources,
-                  "field_map_sha256": fmap_hash, "n_rows": self.n_rows, "nnz": self.nnz,
-                  "n_features": self.n_features, "n_fields": self.n_fields, "has_values": self.has_values,
-                  "arrays": arrays}
+        header = {
+            "magic": MAGIC,
+            "version": VERSION,
+            "kind": kind,
+            "sources": sources,
+            "field_map_sha256": fmap_hash,
+            "n_rows": self.n_rows,
+            "nnz": self.nnz,
+            "n_features": self.n_features,
+            "n_fields": self.n_fields,
+            "has_values": self.has_values,
+            "arrays": arrays,
+        }
         header["header_sha256"] = hashlib.sha256(_canonical(header)).hexdigest()
         with open(os.path.join(self.dir, _HEADER), "wb") as f:
             f.write(json.dumps(header, sort_keys=True, indent=1).encode("utf-8"))
@@ -222,8 +237,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _build(final: str, paths: Sequence[str], kind: str, fmap: Optional[np.ndarray], fmap_hash: Optional[str],
-           sources: List[Dict[str, object]]) -> Optional[dict]:
+def _build(
+    final: str,
+    paths: Sequence[str],
+    kind: str,
+    fmap: Optional[np.ndarray],
+    fmap_hash: Optional[str],
+    sources: List[Dict[str, object]],
+) -> Optional[dict]:
     """Parses `paths` into a new cache at `final`; its header, or None if another process put a cache
     there first (the caller verifies that one)."""
     parent = os.path.dirname(final) or "."
@@ -232,8 +253,9 @@ def _build(final: str, paths: Sequence[str], kind: str, fmap: Optional[np.ndarra
     try:
         os.mkdir(tmp)
     except OSError as e:
-        raise OSError(e.errno, f"cannot create the mmap cache ({e.strerror}); pass cache_dir= a writable "
-                      "directory", tmp) from None
+        raise OSError(
+            e.errno, f"cannot create the mmap cache ({e.strerror}); pass cache_dir= a writable directory", tmp
+        ) from None
     try:
         writer = _Writer(tmp)
         try:
@@ -276,13 +298,15 @@ def _map(directory: str, header: dict) -> Dict[str, Optional[np.ndarray]]:
         if meta["length"] == 0:  # mmap cannot map an empty file
             out[name] = np.zeros(0, dtype=meta["dtype"])
         else:
-            out[name] = np.memmap(os.path.join(directory, meta["file"]), dtype=meta["dtype"], mode="r",
-                                  shape=(meta["length"],))
+            out[name] = np.memmap(
+                os.path.join(directory, meta["file"]), dtype=meta["dtype"], mode="r", shape=(meta["length"],)
+            )
     return out
 
 
-def open_cache(paths: Sequence[str], kind: str, fmap: Optional[np.ndarray] = None,
-               cache_dir: Optional[str] = None) -> Tuple[Dict[str, Optional[np.ndarray]], dict, str, bool]:
+def open_cache(
+    paths: Sequence[str], kind: str, fmap: Optional[np.ndarray] = None, cache_dir: Optional[str] = None
+) -> Tuple[Dict[str, Optional[np.ndarray]], dict, str, bool]:
     """(read-only memory-mapped arrays, header, cache directory, whether it was (re)built now).
 
     `paths` are absolute paths of regular files; their rows are concatenated in order."""

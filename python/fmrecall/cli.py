@@ -1,4 +1,5 @@
 """Command line: ``fmrecall demo | train | predict | index | recommend`` (also ``python -m fmrecall``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def _read(path: str, fmt: str, fields: Optional[str]) -> Dataset:
 def _sides(args: argparse.Namespace) -> Optional[Sides]:
     if not (args.user or args.context or args.item):
         return None
-    return Sides(user=_int_list(args.user or ""), context=_int_list(args.context or ""),
-                 item=_int_list(args.item or ""))
+    return Sides(
+        user=_int_list(args.user or ""), context=_int_list(args.context or ""), item=_int_list(args.item or "")
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -68,9 +70,17 @@ def _add_side_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     train = _read(args.train, args.format, args.fields)
     valid = _read(args.valid, args.format, args.fields) if args.valid else None
-    hyper = dict(k=args.k, loss=args.loss, epochs=args.epochs, learning_rate=args.learning_rate,
-                 reg_linear=args.reg_linear, reg_factors=args.reg_factors, threads=args.threads, seed=args.seed,
-                 verbose=True)
+    hyper = dict(
+        k=args.k,
+        loss=args.loss,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        reg_linear=args.reg_linear,
+        reg_factors=args.reg_factors,
+        threads=args.threads,
+        seed=args.seed,
+        verbose=True,
+    )
     if args.model == "hybrid":
         sides = _sides(args)
         if sides is None:
@@ -126,27 +136,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     or, with --movielens PATH, the MovieLens-100K comparison against classic recall channels."""
     if args.movielens:
         from .experiments import movielens
+
         models: Tuple[str, ...] = {"fm": ("FM",), "hybrid": ("HybridFM",), "ffm": ("FFM",)}.get(args.model, ("FM",))
         if args.all_models:
             models = ("FM", "HybridFM", "FFM")
         movielens.run(args.movielens, split=args.split, models=models, threads=args.threads, seed=args.seed)
         return 0
     from .datasets import synthetic
+
     t0 = time.perf_counter()
     log = synthetic(n_users=args.users, n_items=args.items, seed=args.seed)
     clicked_share = float(np.mean(log.impressions.labels)) if log.impressions.labels is not None else 0.0
-    print(f"generated {log.impressions.n_rows} impressions ({clicked_share:.1%} clicked), "
-          f"{args.users} users, {args.items} items, fields {log.field_names}")
+    print(
+        f"generated {log.impressions.n_rows} impressions ({clicked_share:.1%} clicked), "
+        f"{args.users} users, {args.items} items, fields {log.field_names}"
+    )
     train, valid = log.impressions.holdout(0.9, seed=args.seed)
-    hyper: Dict[str, Any] = dict(k=args.k, epochs=30, learning_rate=0.1, reg_linear=1e-4, reg_factors=1e-3,
-                                 seed=args.seed, threads=args.threads, verbose=args.verbose)
+    hyper: Dict[str, Any] = dict(
+        k=args.k,
+        epochs=30,
+        learning_rate=0.1,
+        reg_linear=1e-4,
+        reg_factors=1e-3,
+        seed=args.seed,
+        threads=args.threads,
+        verbose=args.verbose,
+    )
     if args.model == "hybrid":
         hyper.update(sides=log.sides, field_aware="item")
     model = MODELS[args.model](**hyper).fit(train, valid)
     assert model.best_epoch_ is not None and train.labels is not None  # fit with validation data, labelled rows
     best = model.history_[model.best_epoch_ - 1]
-    print(f"trained {type(model).__name__}(k={args.k}): best epoch {model.best_epoch_}, "
-          f"valid AUC {best['valid_auc']:.4f}, logloss {best['valid_loss']:.4f}")
+    print(
+        f"trained {type(model).__name__}(k={args.k}): best epoch {model.best_epoch_}, "
+        f"valid AUC {best['valid_auc']:.4f}, logloss {best['valid_loss']:.4f}"
+    )
 
     rec = Recaller(model, log.sides, args.index, threads=args.threads)
     rec.add_items(log.items, np.arange(args.items))
@@ -168,15 +192,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     err = np.max(np.abs(model.decision_function(joined) - res.scores[:, :5].ravel()))
     # quality: overlap with the planted best items, vs. recommending the most clicked items
     truth = log.true_scores(users, hours, devices)
-    best_items = np.argsort(-truth, axis=1)[:, :args.top]
+    best_items = np.argsort(-truth, axis=1)[:, : args.top]
     hits = np.mean([len(set(best_items[i]) & set(res.ids[i])) / args.top for i in range(m)])
     item_of = train.features[np.isin(train.fields, [5])] - int(log.items.features[0])
     clicked = train.labels[np.repeat(np.arange(train.n_rows), np.diff(train.indptr))][np.isin(train.fields, [5])] > 0
     clicks = np.bincount(item_of[clicked], minlength=args.items)
-    popular = np.argsort(-clicks)[:args.top]
+    popular = np.argsort(-clicks)[: args.top]
     pop_hits = np.mean([len(set(best_items[i]) & set(popular)) / args.top for i in range(m)])
-    print(f"recommended top-{args.top} for {m} requests in {dt * 1e3:.1f} ms "
-          f"({m / dt:,.0f} queries/s); max |score - model score on joined row| = {err:.2e}")
+    print(
+        f"recommended top-{args.top} for {m} requests in {dt * 1e3:.1f} ms "
+        f"({m / dt:,.0f} queries/s); max |score - model score on joined row| = {err:.2e}"
+    )
     print(f"overlap with the planted best {args.top}: {hits:.3f} (most-clicked baseline: {pop_hits:.3f})")
     for r in range(min(3, m)):
         top = ", ".join(f"item {i} ({p:.1%})" for i, p in zip(res.ids[r, :5], res.proba[r, :5]))

@@ -1,4 +1,5 @@
 """Field-aware sparse rows (CSR) shared by training, prediction and the query/item split."""
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,7 @@ def _first(arr: np.ndarray, bad: Callable[[np.ndarray], np.ndarray], overlap: in
     as large as `arr`), or None. With ``overlap=1`` each block also sees the next block's first
     entry (for checks on np.diff)."""
     for s in range(0, arr.size, _BLOCK):
-        hit = np.flatnonzero(bad(arr[s:s + _BLOCK + overlap]))
+        hit = np.flatnonzero(bad(arr[s : s + _BLOCK + overlap]))
         if hit.size:
             return s + int(hit[0])
     return None
@@ -133,10 +134,18 @@ class Dataset:
 
     __slots__ = ("indptr", "fields", "features", "values", "labels", "n_features", "n_fields", "source")
 
-    def __init__(self, indptr: ArrayLike, fields: ArrayLike, features: ArrayLike,
-                 values: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None, *,
-                 n_features: Optional[int] = None, n_fields: Optional[int] = None,
-                 source: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        indptr: ArrayLike,
+        fields: ArrayLike,
+        features: ArrayLike,
+        values: Optional[ArrayLike] = None,
+        labels: Optional[ArrayLike] = None,
+        *,
+        n_features: Optional[int] = None,
+        n_fields: Optional[int] = None,
+        source: Optional[str] = None,
+    ) -> None:
         indptr = _indptr_array(indptr)
         if indptr.ndim != 1 or indptr.size < 1:
             raise ValueError("indptr must be 1-d with n_rows + 1 entries")
@@ -177,16 +186,30 @@ class Dataset:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_arrays(cls, indptr: ArrayLike, fields: ArrayLike, features: ArrayLike,
-                    values: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None, *,
-                    n_features: Optional[int] = None, n_fields: Optional[int] = None) -> "Dataset":
+    def from_arrays(
+        cls,
+        indptr: ArrayLike,
+        fields: ArrayLike,
+        features: ArrayLike,
+        values: Optional[ArrayLike] = None,
+        labels: Optional[ArrayLike] = None,
+        *,
+        n_features: Optional[int] = None,
+        n_fields: Optional[int] = None,
+    ) -> "Dataset":
         """Build from CSR arrays (no copy when dtypes are int64 / int32 / float32 and contiguous)."""
         return cls(indptr, fields, features, values, labels, n_features=n_features, n_fields=n_fields)
 
     @classmethod
-    def from_libffm(cls, path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], *,
-                    n_features: Optional[int] = None, n_fields: Optional[int] = None, mmap: bool = False,
-                    cache_dir: Union[str, os.PathLike, None] = None) -> "Dataset":
+    def from_libffm(
+        cls,
+        path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+        *,
+        n_features: Optional[int] = None,
+        n_fields: Optional[int] = None,
+        mmap: bool = False,
+        cache_dir: Union[str, os.PathLike, None] = None,
+    ) -> "Dataset":
         """Parse ``label field:feature:value ...`` lines (C++ parser, one pass to size, one to parse).
 
         ``path_or_paths`` is one path or a list of paths, whose rows are concatenated in order.
@@ -212,10 +235,16 @@ class Dataset:
         return cls._from_parsed(parts, paths, n_features, n_fields)
 
     @classmethod
-    def from_libsvm(cls, path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-                    fields: Union[Sequence[Tuple[int, int]], ArrayLike], *,
-                    n_features: Optional[int] = None, n_fields: Optional[int] = None, mmap: bool = False,
-                    cache_dir: Union[str, os.PathLike, None] = None) -> "Dataset":
+    def from_libsvm(
+        cls,
+        path_or_paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+        fields: Union[Sequence[Tuple[int, int]], ArrayLike],
+        *,
+        n_features: Optional[int] = None,
+        n_fields: Optional[int] = None,
+        mmap: bool = False,
+        cache_dir: Union[str, os.PathLike, None] = None,
+    ) -> "Dataset":
         """Parse ``label feature:value ...`` (libsvm / libfm) lines with a feature -> field map.
 
         ``fields`` is either a list of ``[start, end)`` integer feature ranges (range i is field i;
@@ -233,29 +262,56 @@ class Dataset:
         return cls._from_parsed(parts, paths, n_features, n_fields)
 
     @classmethod
-    def _from_parsed(cls, parts: List[dict], paths: List[str], n_features: Optional[int],
-                     n_fields: Optional[int]) -> "Dataset":
+    def _from_parsed(
+        cls, parts: List[dict], paths: List[str], n_features: Optional[int], n_fields: Optional[int]
+    ) -> "Dataset":
         source = os.pathsep.join(paths)
         if len(parts) == 1:
             d = parts[0]
             values = d["values"]  # None when every value is 1 (one-hot): the kernels read 1
-            return cls(d["indptr"], d["fields"], d["features"], values, d["labels"],
-                       n_features=n_features, n_fields=n_fields, source=source)
+            return cls(
+                d["indptr"],
+                d["fields"],
+                d["features"],
+                values,
+                d["labels"],
+                n_features=n_features,
+                n_fields=n_fields,
+                source=source,
+            )
         offsets = np.cumsum([0] + [d["features"].size for d in parts])
-        indptr = np.concatenate([parts[0]["indptr"][:1]] +
-                                [d["indptr"][1:] + off for d, off in zip(parts, offsets[:-1])])
+        indptr = np.concatenate(
+            [parts[0]["indptr"][:1]] + [d["indptr"][1:] + off for d, off in zip(parts, offsets[:-1])]
+        )
         cat = lambda name: np.concatenate([d[name] for d in parts])  # noqa: E731
         values = None
         if any(d["values"] is not None for d in parts):
-            values = np.concatenate([d["values"] if d["values"] is not None
-                                     else np.ones(d["features"].size, np.float32) for d in parts])
-        return cls(indptr, cat("fields"), cat("features"), values, cat("labels"),
-                   n_features=n_features, n_fields=n_fields, source=source)
+            values = np.concatenate(
+                [d["values"] if d["values"] is not None else np.ones(d["features"].size, np.float32) for d in parts]
+            )
+        return cls(
+            indptr,
+            cat("fields"),
+            cat("features"),
+            values,
+            cat("labels"),
+            n_features=n_features,
+            n_fields=n_fields,
+            source=source,
+        )
 
     @classmethod
-    def _from_cache(cls, paths: List[str], kind: str, fmap: Optional[np.ndarray], n_features: Optional[int],
-                    n_fields: Optional[int], cache_dir: Union[str, os.PathLike, None]) -> "Dataset":
+    def _from_cache(
+        cls,
+        paths: List[str],
+        kind: str,
+        fmap: Optional[np.ndarray],
+        n_features: Optional[int],
+        n_fields: Optional[int],
+        cache_dir: Union[str, os.PathLike, None],
+    ) -> "Dataset":
         from .cache import open_cache
+
         where = None if cache_dir is None else str(os.fspath(cache_dir))
         arrays, header, _, _ = open_cache([os.path.abspath(p) for p in paths], kind, fmap, where)
         # The arrays are the parser's own output, checksummed: no nnz-sized validation pass (it
@@ -282,8 +338,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         src = f", source={self.source!r}" if self.source else ""
-        return (f"Dataset(n_rows={self.n_rows}, nnz={self.nnz}, n_features={self.n_features}, "
-                f"n_fields={self.n_fields}{src})")
+        return (
+            f"Dataset(n_rows={self.n_rows}, nnz={self.nnz}, n_features={self.n_features}, "
+            f"n_fields={self.n_fields}{src})"
+        )
 
     def values_or_ones(self) -> np.ndarray:
         """float32 (nnz,) values, materialising ones for one-hot data."""
@@ -307,9 +365,16 @@ class Dataset:
         # node positions: for each selected row, starts[r] + 0..len-1
         pos = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
         take = lambda a: None if a is None else a[pos]  # noqa: E731
-        return Dataset(indptr, self.fields[pos], self.features[pos], take(self.values),
-                       None if self.labels is None else self.labels[rows],
-                       n_features=self.n_features, n_fields=self.n_fields, source=self.source)
+        return Dataset(
+            indptr,
+            self.fields[pos],
+            self.features[pos],
+            take(self.values),
+            None if self.labels is None else self.labels[rows],
+            n_features=self.n_features,
+            n_fields=self.n_fields,
+            source=self.source,
+        )
 
     def holdout(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
         """Seeded random train / validation split: (a ``fraction`` of the rows, the rest), each in
@@ -322,8 +387,9 @@ class Dataset:
 
     def split(self, fraction: float = 0.8, seed: int = 0) -> Tuple["Dataset", "Dataset"]:
         """Deprecated alias of ``holdout`` ("split" is the model's query / item split)."""
-        warnings.warn("Dataset.split is deprecated: use Dataset.holdout(fraction, seed)", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "Dataset.split is deprecated: use Dataset.holdout(fraction, seed)", DeprecationWarning, stacklevel=2
+        )
         return self.holdout(fraction, seed)
 
     def to_libffm(self, path: Union[str, os.PathLike]) -> None:
@@ -349,12 +415,20 @@ class Dataset:
         """The rows themselves: every node a training row holds."""
         return self
 
-    def train_chunk(self, core: "_core.Model", order: np.ndarray, loss: int, seed: int, learning_rate: float,
-                    reg_linear: float, reg_factors: float, threads: int) -> Tuple[float, int]:
+    def train_chunk(
+        self,
+        core: "_core.Model",
+        order: np.ndarray,
+        loss: int,
+        seed: int,
+        learning_rate: float,
+        reg_linear: float,
+        reg_factors: float,
+        threads: int,
+    ) -> Tuple[float, int]:
         """One AdaGrad pass over the rows in `order` on `core`: (summed loss, rows)."""
         assert self.labels is not None  # check_labels ran first
-        total = core.train(*self.core_args(), self.labels, order, loss, learning_rate, reg_linear, reg_factors,
-                           threads)
+        total = core.train(*self.core_args(), self.labels, order, loss, learning_rate, reg_linear, reg_factors, threads)
         return total, int(order.size)
 
     def scores(self, core: "_core.Model", threads: int) -> np.ndarray:

@@ -13,6 +13,7 @@ Each field has a name (its column), a side (user / context / item) and a kind:
 
 A Schema (fmrecall.schema) lists fields; field i of the schema is field index i of the model.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -66,7 +67,7 @@ class Field:
             i = int(np.flatnonzero(missing)[0])
             self._fail("missing value (NaN / None) in a categorical column", s.iloc[i], s.index[i])
         if pd.api.types.is_float_dtype(s):
-            frac = (s.to_numpy() != np.round(s.to_numpy()))
+            frac = s.to_numpy() != np.round(s.to_numpy())
             if frac.any():
                 i = int(np.flatnonzero(frac)[0])
                 self._fail("non-integer number in a categorical column", s.iloc[i], s.index[i])
@@ -79,7 +80,6 @@ class Field:
     def _fail(self, what: str, value: Any, row: Any = None) -> None:
         at = f" (row {_jsonable(row)!r})" if row is not None else ""
         raise ValueError(f"field {self.name!r}: {what}: {_jsonable(value)!r}{at}")
-
 
 
 class Categorical(Field):
@@ -174,8 +174,12 @@ class Categorical(Field):
         return f"{self.name}={self.vocab[local - 2]!r}"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**super().to_dict(), "min_count": self.min_count, "vocab": self.vocab,
-                "rare": [int(h) for h in self.rare]}
+        return {
+            **super().to_dict(),
+            "min_count": self.min_count,
+            "vocab": self.vocab,
+            "rare": [int(h) for h in self.rare],
+        }
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "Categorical":
@@ -194,8 +198,17 @@ class MultiCategorical(Categorical):
 
     kind = "multi_categorical"
 
-    def __init__(self, name: str, side: str, *, sep: Optional[str] = None, weights_column: Optional[str] = None,
-                 scale: str = "l2", min_count: int = 1, column: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        side: str,
+        *,
+        sep: Optional[str] = None,
+        weights_column: Optional[str] = None,
+        scale: str = "l2",
+        min_count: int = 1,
+        column: Optional[str] = None,
+    ) -> None:
         super().__init__(name, side, min_count=min_count, column=column)
         if scale not in ("l2", "mean", "none"):
             raise ValueError(f"field {name!r}: scale must be 'l2', 'mean' or 'none', got {scale!r}")
@@ -215,8 +228,9 @@ class MultiCategorical(Categorical):
             elif isinstance(v, (list, tuple, np.ndarray)):
                 lists.append(list(v))
             elif _is_missing(v):
-                self._fail("missing value (NaN / None) in a multi-categorical column (use [] for none)", v,
-                           values.index[i])
+                self._fail(
+                    "missing value (NaN / None) in a multi-categorical column (use [] for none)", v, values.index[i]
+                )
             else:
                 self._fail(f"expected a list{' or a string' if self.sep else ''}", v, values.index[i])
         counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
@@ -262,8 +276,15 @@ class MultiCategorical(Categorical):
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "MultiCategorical":
-        f = cls(d["name"], d["side"], sep=d["sep"], weights_column=d["weights_column"], scale=d["scale"],
-                min_count=d["min_count"], column=d["column"])
+        f = cls(
+            d["name"],
+            d["side"],
+            sep=d["sep"],
+            weights_column=d["weights_column"],
+            scale=d["scale"],
+            min_count=d["min_count"],
+            column=d["column"],
+        )
         f.vocab = list(d["vocab"])
         f.rare = np.asarray(d.get("rare", []), dtype=np.uint64)
         f.fitted = True
@@ -339,8 +360,7 @@ class Numeric(Field):
         return f"{lo} <= {self.name} < {hi}"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**super().to_dict(), "buckets": self.buckets, "mean": self.mean, "std": self.std,
-                "edges": self.edges}
+        return {**super().to_dict(), "buckets": self.buckets, "mean": self.mean, "std": self.std, "edges": self.edges}
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "Numeric":

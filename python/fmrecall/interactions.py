@@ -4,6 +4,7 @@ The C++ core assembles each training row (user + context + item) on the fly, so 
 features are stored once, not once per event, and implicit feedback gets its negatives sampled
 inside the training loop.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -50,17 +51,35 @@ class Interactions:
         other features instead of lacking the id term every trained item has; DropoutNet-style)
     """
 
-    def __init__(self, users: Frame, items: Frame, events: Frame, schema: Schema, *, user_key: str = "user_id",
-                 item_key: str = "item_id", label: Optional[str] = None, negatives: int = 0, alpha: float = 0.0,
-                 exclude_positives: bool = True, hard_negatives: int = 1, history: Optional[str] = None,
-                 cold_start: Optional[Dict[str, float]] = None, grow: bool = False) -> None:
+    def __init__(
+        self,
+        users: Frame,
+        items: Frame,
+        events: Frame,
+        schema: Schema,
+        *,
+        user_key: str = "user_id",
+        item_key: str = "item_id",
+        label: Optional[str] = None,
+        negatives: int = 0,
+        alpha: float = 0.0,
+        exclude_positives: bool = True,
+        hard_negatives: int = 1,
+        history: Optional[str] = None,
+        cold_start: Optional[Dict[str, float]] = None,
+        grow: bool = False,
+    ) -> None:
         if not isinstance(negatives, (int, np.integer)) or negatives < 0:
             raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
         users, items, events = _frame(users), _frame(items), _frame(events)
-        for frame, key, what in ((users, user_key, "users"), (items, item_key, "items"),
-                                 (events, user_key, "events"), (events, item_key, "events")):
+        for frame, key, what in (
+            (users, user_key, "users"),
+            (items, item_key, "items"),
+            (events, user_key, "events"),
+            (events, item_key, "events"),
+        ):
             if key not in frame.columns:
                 raise ValueError(f"Interactions: {what} has no key column {key!r}")
         if not isinstance(hard_negatives, (int, np.integer)) or hard_negatives < 1:
@@ -124,8 +143,7 @@ class Interactions:
 
     def __repr__(self) -> str:
         kind = f"label={self.label!r}" if self.label else f"implicit, negatives={self.negatives}, alpha={self.alpha}"
-        return (f"Interactions(users={self.users.n_rows}, items={self.items.n_rows}, events={self.n_events}, "
-                f"{kind})")
+        return f"Interactions(users={self.users.n_rows}, items={self.items.n_rows}, events={self.n_events}, {kind})"
 
     def item_counts(self) -> np.ndarray:
         """Events per item row, int64 (n_items,)."""
@@ -183,8 +201,15 @@ class Interactions:
             counts = np.where(np.diff(indptr) > 0, counts, 0)
             indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
             fields, feats, vals = fields[keep], feats[keep], vals[keep]
-        return Dataset(indptr, fields, feats, vals, self.labels if items is None else None,
-                       n_features=self.schema.n_features, n_fields=self.schema.n_fields)
+        return Dataset(
+            indptr,
+            fields,
+            feats,
+            vals,
+            self.labels if items is None else None,
+            n_features=self.schema.n_features,
+            n_fields=self.schema.n_fields,
+        )
 
     def feature_nodes(self) -> Dataset:
         """Every (field, feature) node that can occur in a training row, as one row (to size the model):
@@ -200,21 +225,33 @@ class Interactions:
             parts.append(self.context)
         fields = np.concatenate([p.fields for p in parts] + [np.asarray([f for f, _, _ in self._cold], np.int32)])
         feats = np.concatenate([p.features for p in parts] + [np.asarray([j for _, j, _ in self._cold], np.int32)])
-        return Dataset([0, fields.size], fields, feats, n_features=self.schema.n_features,
-                       n_fields=self.schema.n_fields)
+        return Dataset(
+            [0, fields.size], fields, feats, n_features=self.schema.n_features, n_fields=self.schema.n_fields
+        )
 
     def core(self) -> "_core.FactoredData":
         """The C++ view (built once; keeps the arrays alive)."""
         if self._fd is None:
+
             def csr(ds: Dataset) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
                 return (ds.indptr, ds.fields, ds.features, ds.values)
+
             weights = self.sample_weights() if self.items.n_rows else None
             ptr, pos = self.positives() if self.exclude_positives else (None, None)
-            self._fd = _core.FactoredData(csr(self.users), csr(self.items),
-                                          csr(self.context) if self.context is not None else None,
-                                          self.ev_user.astype(np.int32), self.ev_item.astype(np.int32),
-                                          self.labels, weights, ptr, pos, self.hist_field, self.hist_feat,
-                                          self._cold)
+            self._fd = _core.FactoredData(
+                csr(self.users),
+                csr(self.items),
+                csr(self.context) if self.context is not None else None,
+                self.ev_user.astype(np.int32),
+                self.ev_item.astype(np.int32),
+                self.labels,
+                weights,
+                ptr,
+                pos,
+                self.hist_field,
+                self.hist_feat,
+                self._cold,
+            )
         return self._fd
 
     # ---------------------------------------------------------------- TrainingSource (fmrecall.source)
@@ -234,13 +271,32 @@ class Interactions:
             raise ValueError(f"{name} has neither labels nor negatives: give label= or negatives=")
         check_labels(self.labels, loss, name)
 
-    def train_chunk(self, core: "_core.Model", order: np.ndarray, loss: int, seed: int, learning_rate: float,
-                    reg_linear: float, reg_factors: float, threads: int) -> Tuple[float, int]:
+    def train_chunk(
+        self,
+        core: "_core.Model",
+        order: np.ndarray,
+        loss: int,
+        seed: int,
+        learning_rate: float,
+        reg_linear: float,
+        reg_factors: float,
+        threads: int,
+    ) -> Tuple[float, int]:
         """The events in `order`, rows assembled in C++, `negatives` draws per positive (seeded by
         `seed` and the event): (summed loss, loss terms)."""
         draws = seed ^ 0x5DEECE66D  # negative draws: seeded per epoch and event
-        total, terms = core.train_factored(self.core(), order, loss, self.negatives, self.hard_negatives, draws,
-                                           learning_rate, reg_linear, reg_factors, threads)
+        total, terms = core.train_factored(
+            self.core(),
+            order,
+            loss,
+            self.negatives,
+            self.hard_negatives,
+            draws,
+            learning_rate,
+            reg_linear,
+            reg_factors,
+            threads,
+        )
         return total, int(terms)
 
     def scores(self, core: "_core.Model", threads: int) -> np.ndarray:
@@ -261,6 +317,7 @@ class Interactions:
 
 def _unique_keys(keys: Any, what: str, column: str) -> Any:
     import pandas as pd
+
     idx = pd.Index(keys)
     if idx.hasnans:
         raise ValueError(f"Interactions: {what}.{column} has a missing key")

@@ -3,6 +3,7 @@
 ``join_rows`` is the one place such rows are assembled in Python (Interactions.materialize, the
 synthetic click log, the CLI's exactness check); training on Interactions assembles them in C++.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -12,8 +13,13 @@ import numpy as np
 from .dataset import Dataset
 
 
-def join_rows(parts: Sequence[Tuple[Dataset, np.ndarray]], labels: Optional[np.ndarray] = None, *,
-              n_features: Optional[int] = None, n_fields: Optional[int] = None) -> Dataset:
+def join_rows(
+    parts: Sequence[Tuple[Dataset, np.ndarray]],
+    labels: Optional[np.ndarray] = None,
+    *,
+    n_features: Optional[int] = None,
+    n_fields: Optional[int] = None,
+) -> Dataset:
     """Row r of the result is ``parts[0][0]`` row ``parts[0][1][r]`` followed by ``parts[1][0]``
     row ``parts[1][1][r]``, and so on: the nodes of each part's row, in order, concatenated.
 

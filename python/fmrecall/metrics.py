@@ -1,4 +1,5 @@
 """Evaluation helpers (numpy only)."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence

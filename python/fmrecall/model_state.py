@@ -1,6 +1,7 @@
 """The weights side of the estimators: weights() out, the one constructor of a core from arrays
 (``from_weights`` and loading / unpickling both go through ``_install_weights``), and the hooks
 fmrecall.persist uses (``_snapshot``, ``_set_core_state``, save / load, pickling)."""
+
 from __future__ import annotations
 
 import threading
@@ -40,6 +41,7 @@ class ModelState:
     generation_: int
 
     if TYPE_CHECKING:  # provided by the estimator classes
+
         def __init__(self, k: int = 4, **hyper: Any) -> None: ...
         def _check_params(self) -> None: ...
         def get_params(self, deep: bool = True) -> Dict[str, Any]: ...
@@ -75,12 +77,29 @@ class ModelState:
         out.update(self._weights_from_core(w, core))
         return out
 
-    def _install_weights(self, n_fields: int, aware_row: Optional[np.ndarray], m: int, bias: float,
-                         linear: np.ndarray, v: Optional[np.ndarray], W: Optional[np.ndarray]) -> None:
+    def _install_weights(
+        self,
+        n_fields: int,
+        aware_row: Optional[np.ndarray],
+        m: int,
+        bias: float,
+        linear: np.ndarray,
+        v: Optional[np.ndarray],
+        W: Optional[np.ndarray],
+    ) -> None:
         """The one constructor of a core from arrays (from_weights, load, unpickling): a core of
         this model's type and hyper-parameters holding exactly these weights, made the model's."""
-        core = CoreModel(int(linear.size), int(n_fields), int(self.k), self._aware_flags(int(n_fields)), aware_row,
-                           int(m), float(self.init_std), int(self.seed), bool(self.normalize))
+        core = CoreModel(
+            int(linear.size),
+            int(n_fields),
+            int(self.k),
+            self._aware_flags(int(n_fields)),
+            aware_row,
+            int(m),
+            float(self.init_std),
+            int(self.seed),
+            bool(self.normalize),
+        )
         core.set_weights(float(bias), linear, v, W)
         self._core = core
 
@@ -109,28 +128,30 @@ class ModelState:
         return model
 
     # ------------------------------------------------------------------ hooks of fmrecall.persist
-    def _snapshot(self) -> Tuple[CoreModel, Dict[str, Any], Optional["Schema"], List[Dict[str, Any]],
-                                 Optional[int], int]:
+    def _snapshot(
+        self,
+    ) -> Tuple[CoreModel, Dict[str, Any], Optional["Schema"], List[Dict[str, Any]], Optional[int], int]:
         """(core, core weights, schema_, history_, best_epoch_, generation_), read together: a fit
         swapping in new weights waits until the copy is taken (what save and pickling store)."""
         with self._lock:
             core = self._require_core()
-            return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_,
-                    self.generation_)
+            return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_, self.generation_)
 
     def _set_core_state(self, state: Dict[str, Any], n_fields: int) -> None:
         """Install the core's own arrays (compact field-aware table + its row map, as get_weights
         returns them), already checked by fmrecall.persist._check_state: bit-identical weights,
         same layout. Replaces the core at once (no fit in between)."""
         W = state["W"]
-        self._install_weights(n_fields, state["aware_row"], 0 if W is None else W.shape[0], state["bias"],
-                              state["linear"], state["v"], W)
+        self._install_weights(
+            n_fields, state["aware_row"], 0 if W is None else W.shape[0], state["bias"], state["linear"], state["v"], W
+        )
 
     def save(self, path: PathOrFile) -> None:
         """Write the model to one versioned .npz file, atomically (see fmrecall.persist); `path`
         may also be a binary file-like object (written in place). ValueError for non-finite
         weights."""
         from .persist import save_model
+
         save_model(self, path)
 
     @classmethod
@@ -138,6 +159,7 @@ class ModelState:
         """Load a model file (path or binary file-like object) written by save(); ValueError if it
         holds another model class (fmrecall.load takes any) or fails validation."""
         from .persist import load
+
         model: M = load(path, expected_class=cls)
         return model
 
@@ -147,4 +169,5 @@ class ModelState:
         objects, validated like a file when unpickled. copy.copy / deepcopy make a full copy."""
         from .models import _unpickle_model  # the name pickles hold: fmrecall.models._unpickle_model
         from .persist import model_to_bytes
+
         return (_unpickle_model, (model_to_bytes(self),))

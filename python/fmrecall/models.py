@@ -16,6 +16,7 @@ Thread safety (a web service predicting on many threads while one thread retrain
 - Pickle, ``copy.deepcopy`` and joblib store the model as its .npz file bytes (fmrecall.persist):
   no arbitrary objects, validated like a file when loaded; unfitted models keep their parameters.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -49,11 +50,24 @@ class _FactorizationModel(ModelState):
     runs one kernel for all.
     """
 
-    def __init__(self, k: int = 4, *, loss: str = "logistic", epochs: int = 10,
-                 learning_rate: float = 0.05, reg_linear: float = 2e-5, reg_factors: float = 2e-5,
-                 init_std: float = 0.05, normalize: bool = False, patience: Optional[int] = 2,
-                 threads: int = 0, seed: int = 0, n_features: Optional[int] = None,
-                 n_fields: Optional[int] = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        k: int = 4,
+        *,
+        loss: str = "logistic",
+        epochs: int = 10,
+        learning_rate: float = 0.05,
+        reg_linear: float = 2e-5,
+        reg_factors: float = 2e-5,
+        init_std: float = 0.05,
+        normalize: bool = False,
+        patience: Optional[int] = 2,
+        threads: int = 0,
+        seed: int = 0,
+        n_features: Optional[int] = None,
+        n_fields: Optional[int] = None,
+        verbose: bool = False,
+    ) -> None:
         self.k = k
         self.loss = loss
         self.epochs = epochs
@@ -110,6 +124,7 @@ class _FactorizationModel(ModelState):
     def _check_params(self) -> None:
         """ValueError naming the parameter for any value fit could not use (also run on every
         loaded file's parameters, so types are checked, not assumed)."""
+
         def integer(value: Any) -> bool:
             return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -208,8 +223,10 @@ class _FactorizationModel(ModelState):
         core = training.new_core(self, train) if current is None else current
         schema = train.source_schema()
         if schema is not None and not fresh_model and self.schema_ is not None and not schema.extends(self.schema_):
-            raise ValueError("train's schema is neither the model's schema_ nor a growth of it "
-                             "(Schema.partial_fit / Interactions(..., grow=True)): refit instead")
+            raise ValueError(
+                "train's schema is neither the model's schema_ nor a growth of it "
+                "(Schema.partial_fit / Interactions(..., grow=True)): refit instead"
+            )
         training.grow(self, core, train)
         epoch = 1 if fresh_model else len(self.history_) + 1
         record = training.partial_fit_epoch(self, core, train, epoch)
@@ -228,13 +245,19 @@ class _FactorizationModel(ModelState):
             self._bump_generation()
         return self
 
-    def _train_part(self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int
-                    ) -> Tuple[float, int]:
+    def _train_part(self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int) -> Tuple[float, int]:
         """One chunk of an epoch in C++ on `core`: (summed loss, number of loss terms)."""
         loss = _core.Loss.__members__[self.loss].value
-        return train.train_chunk(core, order, loss, training.epoch_seed(self.seed, epoch),
-                                 float(self.learning_rate), float(self.reg_linear), float(self.reg_factors),
-                                 int(self.threads))
+        return train.train_chunk(
+            core,
+            order,
+            loss,
+            training.epoch_seed(self.seed, epoch),
+            float(self.learning_rate),
+            float(self.reg_linear),
+            float(self.reg_factors),
+            int(self.threads),
+        )
 
     def _evaluate(self, core: _core.Model, data: TrainingSource) -> Dict[str, float]:
         """{"loss", "auc"} on `data` (implicit feedback: negatives drawn with a fixed seed)."""
@@ -256,12 +279,14 @@ class _FactorizationModel(ModelState):
         """The exact query/item split of this model for `sides` (DESIGN.md §2–4):
         score(query row ⊕ item row) = b_q + <q, p>. See fmrecall.split.Split."""
         from .split import Split
+
         return Split(self, sides)
 
 
 def _unpickle_model(payload: bytes) -> _FactorizationModel:
     """What a pickled model calls (its path, fmrecall.models._unpickle_model, is in every pickle)."""
     from .persist import model_from_bytes
+
     return model_from_bytes(payload)
 
 
@@ -340,8 +365,7 @@ class HybridFM(_FactorizationModel):
                 contributes only its linear weight)}.
     """
 
-    def __init__(self, k: int = 4, *, field_aware: str = "item", sides: Optional[Sides] = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, k: int = 4, *, field_aware: str = "item", sides: Optional[Sides] = None, **kwargs: Any) -> None:
         super().__init__(k, **kwargs)
         self.field_aware = field_aware
         self.sides = sides

@@ -26,6 +26,7 @@ no history); ``get_params()`` of a loaded model equals that of the saved one.
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -137,8 +138,9 @@ def save_arrays(path: PathOrFile, meta: Dict[str, Any], arrays: Dict[str, np.nda
         atomic_write(cast(PathLike, path), lambda f: np.savez(f, **members))
 
 
-def load_arrays(path: PathOrFile, expected_format: str, max_version: int, *,
-                name: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+def load_arrays(
+    path: PathOrFile, expected_format: str, max_version: int, *, name: Optional[str] = None
+) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(meta, {name: array}) of a file (path or binary file-like object) written by save_arrays,
     with format / version checks and the checksums verified (when the file has them; they are
     removed from the returned meta). ValueError names the file (``name`` overrides how) and the
@@ -171,8 +173,10 @@ def load_arrays(path: PathOrFile, expected_format: str, max_version: int, *,
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{where}: bad format version {version!r}")
     if version > max_version:
-        raise ValueError(f"{where}: format version {version!r} is newer than this fmrecall "
-                         f"supports ({max_version}); upgrade fmrecall")
+        raise ValueError(
+            f"{where}: format version {version!r} is newer than this fmrecall "
+            f"supports ({max_version}); upgrade fmrecall"
+        )
     sums = meta.pop("checksums", None)
     if sums is not None:
         _verify(sums, arrays, where)
@@ -188,8 +192,9 @@ def _verify(sums: Any, arrays: Dict[str, np.ndarray], where: str) -> None:
         if member not in sums:
             raise ValueError(f"{where}: member {member!r} has no checksum (added after saving?)")
         if array_sha256(arrays[member]) != sums[member]:
-            raise ValueError(f"{where}: member {member!r} does not match its SHA-256 checksum "
-                             f"(the file was modified or corrupted)")
+            raise ValueError(
+                f"{where}: member {member!r} does not match its SHA-256 checksum (the file was modified or corrupted)"
+            )
 
 
 # ---------------------------------------------------------------------------- models
@@ -206,12 +211,17 @@ def _json_params(model: Any) -> Dict[str, Any]:
 
 def _model_classes() -> Dict[str, type]:
     from . import models
-    return {c.__name__: c for c in models.__dict__.values()
-            if isinstance(c, type) and issubclass(c, models._FactorizationModel) and c is not models._FactorizationModel}
+
+    return {
+        c.__name__: c
+        for c in models.__dict__.values()
+        if isinstance(c, type) and issubclass(c, models._FactorizationModel) and c is not models._FactorizationModel
+    }
 
 
 def _restore_params(params: Dict[str, Any]) -> Dict[str, Any]:
     from . import sides as sides_mod
+
     out = {}
     for name, value in params.items():
         if isinstance(value, dict) and "__type__" in value:
@@ -229,25 +239,43 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(meta, arrays) of a fitted model: its hyper-parameters and the core's own (compact) arrays.
     ValueError if a weight is not finite (a diverged model is not worth keeping)."""
     from . import __version__
+
     core, state, schema, history, best_epoch, generation = model._snapshot()  # one consistent copy
-    meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
-            "params": _json_params(model), "fmrecall": __version__,
-            "n_features": int(core.n_features), "n_fields": int(core.n_fields),
-            "schema": schema.to_dict() if schema is not None else None,
-            "generation": int(generation), "history": history, "best_epoch": best_epoch}
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "class": type(model).__name__,
+        "params": _json_params(model),
+        "fmrecall": __version__,
+        "n_features": int(core.n_features),
+        "n_fields": int(core.n_fields),
+        "schema": schema.to_dict() if schema is not None else None,
+        "generation": int(generation),
+        "history": history,
+        "best_epoch": best_epoch,
+    }
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
     for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise ValueError(f"refusing to save a model whose {name!r} weights contain non-finite values "
-                             f"(training diverged: lower learning_rate)")
+            raise ValueError(
+                f"refusing to save a model whose {name!r} weights contain non-finite values "
+                f"(training diverged: lower learning_rate)"
+            )
     return meta, arrays
 
 
 def _unfitted_meta(model: Any) -> Dict[str, Any]:
     from . import __version__
-    return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": type(model).__name__,
-            "params": _json_params(model), "fmrecall": __version__, "fitted": False}
+
+    return {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "class": type(model).__name__,
+        "params": _json_params(model),
+        "fmrecall": __version__,
+        "fitted": False,
+    }
 
 
 def _count(meta: Dict[str, Any], key: str, path: str) -> int:
@@ -260,8 +288,9 @@ def _count(meta: Dict[str, Any], key: str, path: str) -> int:
 def _member(arrays: Dict[str, np.ndarray], name: str, dtype: Any, shape: Tuple[int, ...], path: str) -> np.ndarray:
     a = arrays[name]
     if a.dtype != np.dtype(dtype) or a.shape != shape:
-        raise ValueError(f"{path}: member {name!r} has dtype {a.dtype} and shape {a.shape}, expected "
-                         f"{np.dtype(dtype)} and {shape}")
+        raise ValueError(
+            f"{path}: member {name!r} has dtype {a.dtype} and shape {a.shape}, expected {np.dtype(dtype)} and {shape}"
+        )
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
         raise ValueError(f"{path}: member {name!r} contains non-finite values")
     return np.ascontiguousarray(a)
@@ -279,12 +308,16 @@ def _check_state(model: Any, arrays: Dict[str, np.ndarray], n: int, F: int, path
     for name in ("bias", "linear"):
         if name not in arrays:
             raise ValueError(f"{path}: missing member {name!r}")
-    state: Dict[str, Any] = {"bias": _member(arrays, "bias", np.float32, (1,), path)[0],
-                             "linear": _member(arrays, "linear", np.float32, (n,), path)}
+    state: Dict[str, Any] = {
+        "bias": _member(arrays, "bias", np.float32, (1,), path)[0],
+        "linear": _member(arrays, "linear", np.float32, (n,), path),
+    }
     want_v = any_single and n > 0
     if ("v" in arrays) != want_v:
-        raise ValueError(f"{path}: member 'v' (single vectors) is {'missing' if want_v else 'unexpected'} "
-                         f"for a {type(model).__name__} with these fields")
+        raise ValueError(
+            f"{path}: member 'v' (single vectors) is {'missing' if want_v else 'unexpected'} "
+            f"for a {type(model).__name__} with these fields"
+        )
     state["v"] = _member(arrays, "v", np.float32, (n, k), path) if want_v else None
     rows = None
     if "aware_row" in arrays:
@@ -301,15 +334,18 @@ def _check_state(model: Any, arrays: Dict[str, np.ndarray], n: int, F: int, path
         m = n if any_aware else 0
     want_W = m > 0 and F > 0 and any_aware
     if ("W" in arrays) != want_W:
-        raise ValueError(f"{path}: member 'W' (field-aware vectors) is {'missing' if want_W else 'unexpected'} "
-                         f"for a {type(model).__name__} with these fields")
+        raise ValueError(
+            f"{path}: member 'W' (field-aware vectors) is {'missing' if want_W else 'unexpected'} "
+            f"for a {type(model).__name__} with these fields"
+        )
     state["W"] = _member(arrays, "W", np.float32, (m, F, k), path) if want_W else None
     state["aware_row"] = rows
     return state
 
 
-def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str = "<memory>",
-                      expected_class: Optional[type] = None) -> Any:
+def model_from_arrays(
+    meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path: str = "<memory>", expected_class: Optional[type] = None
+) -> Any:
     """The model of (meta, arrays) read by load_arrays, every parameter and array validated first
     (ValueError naming `path`). With `expected_class`, a file holding another class is an error."""
     classes = _model_classes()
@@ -318,8 +354,10 @@ def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path:
     if cls is None:
         raise ValueError(f"{path}: unknown model class {meta.get('class')!r}")
     if expected_class is not None and not issubclass(cls, expected_class):
-        raise ValueError(f"{path} holds a {cls.__name__}, not a {expected_class.__name__}: "
-                         f"load it with fmrecall.load or {cls.__name__}.load")
+        raise ValueError(
+            f"{path} holds a {cls.__name__}, not a {expected_class.__name__}: "
+            f"load it with fmrecall.load or {cls.__name__}.load"
+        )
     raw = meta.get("params", {})
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: params must be a JSON object")
@@ -352,6 +390,7 @@ def model_from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], path:
     schema = None
     if meta.get("schema"):
         from .schema import Schema
+
         try:
             schema = Schema.from_dict(meta["schema"])
         except (KeyError, TypeError) as e:
@@ -403,4 +442,3 @@ def model_from_bytes(data: bytes, expected_class: Optional[type] = None) -> Any:
         return model_from_arrays(meta, arrays, name, expected_class)
     except KeyError as e:
         raise ValueError(f"{name}: missing entry {e}") from None
-

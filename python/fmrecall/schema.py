@@ -12,6 +12,7 @@ field are appended after all existing features (an *extension* segment per grown
 and the schema keeps, per field, the map from local value to global feature: so a grown field owns
 its original range plus its extension segments. See ``Schema.partial_fit`` for why this layout.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -49,9 +50,11 @@ class Schema:
         # growth layout: per field, its extension segments [local_start, feature_start, count] in
         # growth order (empty until partial_fit adds values; see partial_fit)
         self._ext: List[List[Tuple[int, int, int]]] = [[] for _ in fields]
-        self.sides = Sides(user=[i for i, f in enumerate(fields) if f.side == "user"],
-                           context=[i for i, f in enumerate(fields) if f.side == "context"],
-                           item=[i for i, f in enumerate(fields) if f.side == "item"])
+        self.sides = Sides(
+            user=[i for i, f in enumerate(fields) if f.side == "user"],
+            context=[i for i, f in enumerate(fields) if f.side == "context"],
+            item=[i for i, f in enumerate(fields) if f.side == "item"],
+        )
 
     # ---------------------------------------------------------------- layout
     @property
@@ -73,8 +76,7 @@ class Schema:
         from fit. After partial_fit a grown field also owns its extension segments (`feature()`
         maps a field's local value to its global feature either way; `grown` says whether any)."""
         self._need_fit()
-        return np.concatenate([[0], np.cumsum([self._base_size(i) for i in range(len(self.fields))])]
-                              ).astype(np.int64)
+        return np.concatenate([[0], np.cumsum([self._base_size(i) for i in range(len(self.fields))])]).astype(np.int64)
 
     @property
     def grown(self) -> bool:
@@ -141,8 +143,12 @@ class Schema:
     def fit(self, frames: Union[Frame, Sequence[Frame]]) -> "Schema":
         """Learn vocabularies, rare values, buckets from the frames that hold each field's column
         (values of a column found in several frames are pooled). Returns self."""
-        frames = [_frame(f) for f in (frames if isinstance(frames, (list, tuple)) and frames
-                                       and not isinstance(frames[0], dict) else [frames])]
+        frames = [
+            _frame(f)
+            for f in (
+                frames if isinstance(frames, (list, tuple)) and frames and not isinstance(frames[0], dict) else [frames]
+            )
+        ]
         pd = _pd()
         for f in self.fields:
             cols = [fr[f.column] for fr in frames if f.column in fr.columns]
@@ -176,8 +182,12 @@ class Schema:
         (``copy.deepcopy(model)`` copies its ``schema_``), then partial_fit that model copy."""
         if not self.fitted:
             return self.fit(frames)
-        frames = [_frame(f) for f in (frames if isinstance(frames, (list, tuple)) and frames
-                                       and not isinstance(frames[0], dict) else [frames])]
+        frames = [
+            _frame(f)
+            for f in (
+                frames if isinstance(frames, (list, tuple)) and frames and not isinstance(frames[0], dict) else [frames]
+            )
+        ]
         pd = _pd()
         plans = []
         for i, f in enumerate(self.fields):
@@ -207,16 +217,25 @@ class Schema:
         for fa, fb in zip(a["fields"], b["fields"]):
             if "vocab" in fa and fa.keys() == fb.keys():
                 va, vb = fa["vocab"], fb["vocab"]
-                if (va[:len(vb)] != vb or not set(fb["rare"]) <= set(fa["rare"])
-                        or {**fa, "vocab": 0, "rare": 0} != {**fb, "vocab": 0, "rare": 0}):
+                if (
+                    va[: len(vb)] != vb
+                    or not set(fb["rare"]) <= set(fa["rare"])
+                    or {**fa, "vocab": 0, "rare": 0} != {**fb, "vocab": 0, "rare": 0}
+                ):
                     return False
             elif fa != fb:
                 return False
         ea, eb = a.get("extensions", []), b.get("extensions", [])
-        return ea[:len(eb)] == eb
+        return ea[: len(eb)] == eb
 
-    def transform(self, frame: Frame, *, side: Optional[str] = None, fields: Optional[Iterable[str]] = None,
-                  label: Optional[str] = None) -> Dataset:
+    def transform(
+        self,
+        frame: Frame,
+        *,
+        side: Optional[str] = None,
+        fields: Optional[Iterable[str]] = None,
+        label: Optional[str] = None,
+    ) -> Dataset:
         """Encode rows of `frame` into a Dataset (one row per frame row).
 
         side : "user", "context", "item" or "query" (user + context): encode just those fields;
@@ -264,9 +283,15 @@ class Schema:
                 raise ValueError(f"Schema.transform: missing label column {label!r}")
             labels = df[label].to_numpy(dtype=np.float32)
         values = np.concatenate(vals)[order] if vals else np.zeros(0, np.float32)
-        return Dataset(indptr, fi[order], (np.concatenate(feats)[order] if feats else np.zeros(0, np.int64)),
-                       None if np.all(values == 1.0) else values, labels,
-                       n_features=self.n_features, n_fields=self.n_fields)
+        return Dataset(
+            indptr,
+            fi[order],
+            (np.concatenate(feats)[order] if feats else np.zeros(0, np.int64)),
+            None if np.all(values == 1.0) else values,
+            labels,
+            n_features=self.n_features,
+            n_fields=self.n_fields,
+        )
 
     # ---------------------------------------------------------------- persistence
     def to_dict(self) -> Dict[str, Any]:
@@ -298,8 +323,11 @@ class Schema:
         fields' original ranges in order, and each field's local values after its original range."""
         segs: List[List[Tuple[int, int, int]]] = [[] for _ in self.fields]
         for e in ext:
-            if (not isinstance(e, (list, tuple)) or len(e) != 4
-                    or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in e)):
+            if (
+                not isinstance(e, (list, tuple))
+                or len(e) != 4
+                or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in e)
+            ):
                 raise ValueError(f"Schema: bad extension {e!r} (expected [field, local, feature, count])")
             i, a, g, c = (int(x) for x in e)
             if not 0 <= i < len(self.fields) or not isinstance(self.fields[i], Categorical) or c < 1:
@@ -313,14 +341,15 @@ class Schema:
             at = self._base_size(i)
             for a, _, c in field_segs:
                 if a != at:
-                    raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at local {a}, "
-                                     f"expected {at}")
+                    raise ValueError(
+                        f"Schema: extension of field {self.fields[i].name!r} starts at local {a}, expected {at}"
+                    )
                 at += c
-        for i, a, g, c in sorted(((i, a, g, c) for i, fs in enumerate(segs) for a, g, c in fs),
-                                 key=lambda t: t[2]):
+        for i, a, g, c in sorted(((i, a, g, c) for i, fs in enumerate(segs) for a, g, c in fs), key=lambda t: t[2]):
             if g != nxt:
-                raise ValueError(f"Schema: extension of field {self.fields[i].name!r} starts at feature {g}, "
-                                 f"expected {nxt}")
+                raise ValueError(
+                    f"Schema: extension of field {self.fields[i].name!r} starts at feature {g}, expected {nxt}"
+                )
             nxt += c
 
     def __eq__(self, other: object) -> bool:

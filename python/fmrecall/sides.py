@@ -1,4 +1,5 @@
 """Which side of a request every field belongs to: user, context (together: the query) or item."""
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
@@ -20,8 +21,9 @@ class Sides:
     >>> Sides(user=[0], context=[2, 3], item=[1])
     """
 
-    def __init__(self, user: Iterable[FieldRef] = (), context: Iterable[FieldRef] = (),
-                 item: Iterable[FieldRef] = ()) -> None:
+    def __init__(
+        self, user: Iterable[FieldRef] = (), context: Iterable[FieldRef] = (), item: Iterable[FieldRef] = ()
+    ) -> None:
         self.user: Tuple[FieldRef, ...] = tuple(_ref(f, "user") for f in user)
         self.context: Tuple[FieldRef, ...] = tuple(_ref(f, "context") for f in context)
         self.item: Tuple[FieldRef, ...] = tuple(_ref(f, "item") for f in item)
@@ -53,8 +55,10 @@ class Sides:
                     raise ValueError(f"Sides: unknown field name {f!r}; known: {list(names)}")
                 return index[f]
             return f
-        return Sides(user=[one(f) for f in self.user], context=[one(f) for f in self.context],
-                     item=[one(f) for f in self.item])
+
+        return Sides(
+            user=[one(f) for f in self.user], context=[one(f) for f in self.context], item=[one(f) for f in self.item]
+        )
 
     def check(self, n_fields: int) -> None:
         """Every field 0..n_fields-1 assigned exactly once, by index; ValueError naming the culprits."""
@@ -92,7 +96,8 @@ class Sides:
 
     def __eq__(self, other: object) -> bool:  # the same assignment, whatever the listing order
         return isinstance(other, Sides) and all(
-            sorted(map(str, getattr(self, s))) == sorted(map(str, getattr(other, s))) for s in SIDES)
+            sorted(map(str, getattr(self, s))) == sorted(map(str, getattr(other, s))) for s in SIDES
+        )
 
     def __repr__(self) -> str:
         return f"Sides(user={list(self.user)}, context={list(self.context)}, item={list(self.item)})"

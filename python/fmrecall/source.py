@@ -4,6 +4,7 @@ rows) and ``Interactions`` (users, items and events kept apart; negatives sample
 The estimators (fmrecall.models) and the training loop (fmrecall.training) talk to their data only
 through these methods, so they never ask which kind of data they hold.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Optional, Protocol, Tuple
@@ -41,8 +42,17 @@ class TrainingSource(Protocol):
 
     def feature_nodes(self) -> "Dataset": ...
 
-    def train_chunk(self, core: "_core.Model", order: np.ndarray, loss: int, seed: int, learning_rate: float,
-                    reg_linear: float, reg_factors: float, threads: int) -> Tuple[float, int]: ...
+    def train_chunk(
+        self,
+        core: "_core.Model",
+        order: np.ndarray,
+        loss: int,
+        seed: int,
+        learning_rate: float,
+        reg_linear: float,
+        reg_factors: float,
+        threads: int,
+    ) -> Tuple[float, int]: ...
 
     def scores(self, core: "_core.Model", threads: int) -> np.ndarray: ...
 
@@ -58,8 +68,10 @@ def check_labels(labels: Optional[np.ndarray], loss: str, name: str) -> None:
         bad = np.flatnonzero(~np.isin(labels, allowed))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"logistic loss needs labels all in {{0, 1}} or all in {{-1, 1}}; {name} row "
-                             f"{i} has label {float(labels[i])!r}")
+            raise ValueError(
+                f"logistic loss needs labels all in {{0, 1}} or all in {{-1, 1}}; {name} row "
+                f"{i} has label {float(labels[i])!r}"
+            )
 
 
 def labelled_metrics(labels: np.ndarray, scores: np.ndarray, loss: str) -> Dict[str, float]:

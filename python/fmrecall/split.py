@@ -1,4 +1,5 @@
 """The exact query/item split of a trained model (DESIGN.md §2–4)."""
+
 from __future__ import annotations
 
 from typing import Any, List, Tuple

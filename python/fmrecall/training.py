@@ -5,6 +5,7 @@ stopping, then one swap into the model; ``partial_fit`` = one epoch of the same 
 own core (grown first for new features). An epoch visits the examples in a seeded permutation, in
 chunks of ``_CHUNK_ROWS`` per call into C++ (progress bar granularity and Ctrl-C latency).
 """
+
 from __future__ import annotations
 
 import sys
@@ -43,8 +44,10 @@ def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Mod
     nodes = train.feature_nodes()
     n_features = max(nodes.n_features, model.n_features or 0)
     n_fields = max(nodes.n_fields, model.n_fields or 0)
-    for name, given, need in (("n_features", model.n_features, nodes.n_features),
-                              ("n_fields", model.n_fields, nodes.n_fields)):
+    for name, given, need in (
+        ("n_features", model.n_features, nodes.n_features),
+        ("n_fields", model.n_fields, nodes.n_fields),
+    ):
         if given is not None and given < need:
             raise ValueError(f"{name}={given} is smaller than the training data needs ({need})")
     flags = model._aware_flags(n_fields)
@@ -57,8 +60,18 @@ def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Mod
         m = int(feats.size)
     seen = np.zeros(n_features, dtype=np.uint8)  # features absent from train keep zero weights
     seen[nodes.features] = 1
-    return _core.Model(n_features, n_fields, int(model.k), flags, aware_row, m,
-                       float(model.init_std), int(model.seed), bool(model.normalize), seen)
+    return _core.Model(
+        n_features,
+        n_fields,
+        int(model.k),
+        flags,
+        aware_row,
+        m,
+        float(model.init_std),
+        int(model.seed),
+        bool(model.normalize),
+        seen,
+    )
 
 
 def _progress(model: "_FactorizationModel", total: int) -> Any:
@@ -67,20 +80,22 @@ def _progress(model: "_FactorizationModel", total: int) -> Any:
         return None
     try:
         from tqdm.auto import tqdm
+
         return tqdm(total=total, unit="row", unit_scale=True, leave=False)
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
 
 
-def run_epoch(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int,
-              bar: Any = None) -> Dict[str, Any]:
+def run_epoch(
+    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, bar: Any = None
+) -> Dict[str, Any]:
     """One epoch on `core`, chunk by chunk (each chunk through ``model._train_part``): its record
     {"epoch", "train_loss"} (mean loss per loss term)."""
     n = len(train)
     order = _core.permutation(n, epoch_seed(model.seed, epoch))
     total, terms = 0.0, 0
     for start in range(0, n, _CHUNK_ROWS):
-        part = order[start:start + _CHUNK_ROWS]
+        part = order[start : start + _CHUNK_ROWS]
         loss_sum, count = model._train_part(core, train, part, epoch)
         total += loss_sum
         terms += count
@@ -97,8 +112,9 @@ def print_epoch(r: Dict[str, Any]) -> None:
     print(line, file=sys.stdout, flush=True)
 
 
-def fit(model: "_FactorizationModel", train: "TrainingSource", valid: Optional["TrainingSource"]
-        ) -> Tuple[_core.Model, List[Dict[str, Any]], Optional[int]]:
+def fit(
+    model: "_FactorizationModel", train: "TrainingSource", valid: Optional["TrainingSource"]
+) -> Tuple[_core.Model, List[Dict[str, Any]], Optional[int]]:
     """Train a fresh core (the model is not touched): (core, history, best epoch). With `valid`,
     early stopping after `patience` epochs without improvement restores the best epoch's weights."""
     model._check_params()
@@ -149,11 +165,14 @@ def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource
     appended features get linear 0, random vectors if they occur in `train`, AdaGrad state 1."""
     nodes = train.feature_nodes()
     schema = train.source_schema()
-    n_features, n_fields = (schema.n_features, schema.n_fields) if schema is not None else \
-        (nodes.n_features, nodes.n_fields)
+    n_features, n_fields = (
+        (schema.n_features, schema.n_fields) if schema is not None else (nodes.n_features, nodes.n_fields)
+    )
     if n_fields > core.n_fields:
-        raise ValueError(f"train has {n_fields} fields, the model {core.n_fields}: new fields are not "
-                         f"supported by partial_fit - refit instead")
+        raise ValueError(
+            f"train has {n_fields} fields, the model {core.n_fields}: new fields are not "
+            f"supported by partial_fit - refit instead"
+        )
     n_old = core.n_features
     if n_features > n_old:  # append the new features (existing indices keep their parameters)
         seen = np.zeros(n_features - n_old, dtype=np.uint8)
@@ -166,8 +185,9 @@ def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource
         core.grow_rows(fresh, float(model.init_std), int(model.seed))
 
 
-def partial_fit_epoch(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int
-                      ) -> Dict[str, Any]:
+def partial_fit_epoch(
+    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int
+) -> Dict[str, Any]:
     """One epoch of the fit loop on `core` (trained in place): its record."""
     t0 = time.perf_counter()
     bar = _progress(model, len(train))

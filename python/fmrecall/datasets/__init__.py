@@ -1,5 +1,6 @@
 """Data sets: a seeded synthetic click log with planted preferences (``synthetic``) and the
 MovieLens-100K loader (``movielens100k``)."""
+
 from __future__ import annotations
 
 from .movielens import GENRES, MovieLens, movielens100k

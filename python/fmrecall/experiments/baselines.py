@@ -3,6 +3,7 @@
 Each function returns int64 item ids (n_users, k), best first, never an item the user already has.
 Users and items are row indices 0..n-1 of a binary interaction matrix.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -75,5 +76,5 @@ def merge_channels(channels: Sequence[np.ndarray], quotas: Sequence[float], k: i
                 if item not in seen:
                     seen.add(item)
                     taken.append(item)
-        out[u, :len(taken)] = taken[:k]
+        out[u, : len(taken)] = taken[:k]
     return out

@@ -7,6 +7,7 @@ multi-channel merge with fixed quotas; then a cold-start run (10% of items never
 indexed from their features only) and the single-stage vs two-stage check. Used by
 ``fmrecall demo --movielens PATH`` and ``examples/movielens.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ from . import baselines as B
 # Chosen by a sweep on the u1 split (see README); the same settings are used on every split.
 MODEL_PARAMS: Dict[str, Dict[str, Any]] = {
     "FM": dict(k=64, loss="logistic", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16),
-    "HybridFM": dict(k=32, loss="logistic", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16,
-                     field_aware="query"),
+    "HybridFM": dict(
+        k=32, loss="logistic", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16, field_aware="query"
+    ),
     "FFM": dict(k=16, loss="logistic", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16),
 }
 SAMPLING: Dict[str, Any] = dict(negatives=8, alpha=0.5)
@@ -58,8 +60,14 @@ def make_model(name: str, schema: Schema, threads: int = 0, seed: int = 0, **ove
 class Experiment:
     """One split: frames, schema, queries (each test user at the time of their first test event)."""
 
-    def __init__(self, ml: MovieLens, schema: Schema, train_events: Any = None, items: Any = None,
-                 cold_start: Optional[Dict[str, float]] = None) -> None:
+    def __init__(
+        self,
+        ml: MovieLens,
+        schema: Schema,
+        train_events: Any = None,
+        items: Any = None,
+        cold_start: Optional[Dict[str, float]] = None,
+    ) -> None:
         self.ml = ml
         self.cold_start = cold_start or {}
         self.schema = schema
@@ -74,11 +82,13 @@ class Experiment:
     def interactions(self) -> Interactions:
         if not self.schema.fitted:
             self.schema.fit([self.ml.users, self.items, self.train_events])
-        return Interactions(self.ml.users, self.items, self.train_events, self.schema, **SAMPLING,
-                            cold_start=self.cold_start)
+        return Interactions(
+            self.ml.users, self.items, self.train_events, self.schema, **SAMPLING, cold_start=self.cold_start
+        )
 
-    def recommend(self, model: _FactorizationModel, k: int = 100, index: str = "exact"
-                  ) -> Tuple[Recaller, SearchResult]:
+    def recommend(
+        self, model: _FactorizationModel, k: int = 100, index: str = "exact"
+    ) -> Tuple[Recaller, SearchResult]:
         rec = Recaller(model, self.schema, index)
         rec.add_items(self.ml.items, "item_id")
         return rec, rec.search(self.queries, k, exclude=self.exclude)
@@ -107,11 +117,13 @@ def baseline_results(ml: MovieLens, exp: Experiment) -> Dict[str, Dict[str, floa
     return out
 
 
-def two_stage_check(model: _FactorizationModel, rec: Recaller, exp: Experiment, result: SearchResult,
-                    n_queries: int = 50) -> Dict[str, float]:
+def two_stage_check(
+    model: _FactorizationModel, rec: Recaller, exp: Experiment, result: SearchResult, n_queries: int = 50
+) -> Dict[str, float]:
     """Re-rank the retrieved candidates with the full model on the joined (query + item) rows: the
     order and the scores must be those of the retrieval (exactness of the split)."""
     import pandas as pd
+
     q = exp.queries.iloc[:n_queries]
     ids = result.ids[:n_queries]
     rows = q.loc[q.index.repeat(ids.shape[1])].reset_index(drop=True)
@@ -125,12 +137,16 @@ def two_stage_check(model: _FactorizationModel, rec: Recaller, exp: Experiment, 
     d_ret = got[:, :, None] - got[:, None, :]
     d_full = full[:, :, None] - full[:, None, :]
     inversions = int(np.sum((d_ret > tol) & (d_full < -tol)))
-    return {"max_abs_score_diff": float(np.max(np.abs(full - got))), "inversions": inversions,
-            "pairs": int(ids.shape[0] * ids.shape[1] * (ids.shape[1] - 1) // 2)}
+    return {
+        "max_abs_score_diff": float(np.max(np.abs(full - got))),
+        "inversions": inversions,
+        "pairs": int(ids.shape[0] * ids.shape[1] * (ids.shape[1] - 1) // 2),
+    }
 
 
-def cold_start(ml: MovieLens, model_name: str = "FM", fraction: float = 0.1, seed: int = 0, threads: int = 0,
-               k: int = 100) -> Dict[str, float]:
+def cold_start(
+    ml: MovieLens, model_name: str = "FM", fraction: float = 0.1, seed: int = 0, threads: int = 0, k: int = 100
+) -> Dict[str, float]:
     """Hold `fraction` of the items out of training entirely (their events dropped; popularity unknown),
     index every item from its features, and measure how often the held-out items a test user
     interacted with are recalled in that user's top k over all items."""
@@ -165,8 +181,15 @@ def cold_start(ml: MovieLens, model_name: str = "FM", fraction: float = 0.1, see
     return out
 
 
-def run(path: Union[str, "os.PathLike[str]"], split: str = "u1", models: Sequence[str] = ("FM", "HybridFM", "FFM"),
-        threads: int = 0, seed: int = 0, cold: bool = True, verbose: bool = True) -> Dict[str, Any]:
+def run(
+    path: Union[str, "os.PathLike[str]"],
+    split: str = "u1",
+    models: Sequence[str] = ("FM", "HybridFM", "FFM"),
+    threads: int = 0,
+    seed: int = 0,
+    cold: bool = True,
+    verbose: bool = True,
+) -> Dict[str, Any]:
     """The full comparison on one split; prints a table when verbose. Returns all numbers."""
     t0 = time.perf_counter()
     ml = movielens100k(path, split)
@@ -193,24 +216,32 @@ def run(path: Union[str, "os.PathLike[str]"], split: str = "u1", models: Sequenc
 
 
 def format_table(out: Dict[str, Any]) -> str:
-    lines = [f"MovieLens-100K {out['split']}: {len(out['rows'])} recall systems, test users excluded from "
-             f"their train items",
-             "| system | Recall@10 | Recall@50 | Recall@100 | Precision@10 |", "|---|---|---|---|---|"]
+    lines = [
+        f"MovieLens-100K {out['split']}: {len(out['rows'])} recall systems, test users excluded from their train items",
+        "| system | Recall@10 | Recall@50 | Recall@100 | Precision@10 |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in out["rows"].items():
         dim = f" (dim {r['dim']})" if "dim" in r else ""
-        lines.append(f"| {name}{dim} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | {r['recall@100']:.4f} | "
-                     f"{r['precision@10']:.4f} |")
+        lines.append(
+            f"| {name}{dim} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | {r['recall@100']:.4f} | "
+            f"{r['precision@10']:.4f} |"
+        )
     if "two_stage" in out:
         ts = out["two_stage"]
-        lines.append(f"two-stage check: re-ranking the retrieved candidates with the full model on the joined "
-                     f"rows: {ts['inversions']} inversions in {ts['pairs']:,} pairs, max |score diff| "
-                     f"{ts['max_abs_score_diff']:.1e}")
+        lines.append(
+            f"two-stage check: re-ranking the retrieved candidates with the full model on the joined "
+            f"rows: {ts['inversions']} inversions in {ts['pairs']:,} pairs, max |score diff| "
+            f"{ts['max_abs_score_diff']:.1e}"
+        )
     if "cold_start" in out:
         c = out["cold_start"]
-        lines.append(f"cold start: {c['cold_items']} items never trained on, {c['test_users_with_cold_items']} test "
-                     f"users with such items; recall of those items among all items @50 {c['cold_recall@50']:.4f} "
-                     f"(random {c['random_recall@50']:.4f}), @100 {c['cold_recall@100']:.4f} "
-                     f"(random {c['random_recall@100']:.4f}); among the new items only @10 "
-                     f"{c['cold_recall@10_among_cold']:.4f} (random {c['random_recall@10_among_cold']:.4f})")
+        lines.append(
+            f"cold start: {c['cold_items']} items never trained on, {c['test_users_with_cold_items']} test "
+            f"users with such items; recall of those items among all items @50 {c['cold_recall@50']:.4f} "
+            f"(random {c['random_recall@50']:.4f}), @100 {c['cold_recall@100']:.4f} "
+            f"(random {c['random_recall@100']:.4f}); among the new items only @10 "
+            f"{c['cold_recall@10_among_cold']:.4f} (random {c['random_recall@10_among_cold']:.4f})"
+        )
     lines.append(f"({out['seconds']:.0f} s)")
     return "\n".join(lines)

@@ -1,16 +1,17 @@
 """One-stage retrieval: the model's query side, an item index (one adapter per backend), exact scores.
 
-    recaller.py      Recaller: encode requests, build query vectors, delegate to the index
-    base.py          ItemIndex, the interface every backend implements; request id filters
-    faiss_index.py   FaissIndex: exact / HNSW / IVF / factory indexes on this machine
-    faiss_segment.py one faiss index over a coordinate range; per-call search parameters
-    faiss_config.py  faiss's process-wide settings (set once) and per-call threads
-    search.py        the searches over one snapshot: single, segmented (certified), restricted
-    catalogue.py     the id store: ids per row, tombstones, lookup
-    milvus.py        MilvusIndex: the catalogue in Milvus (Lite or a cluster)
-    store.py         versioned, checksummed directories; pickling
-    rwlock.py        the readers–writer lock
+recaller.py      Recaller: encode requests, build query vectors, delegate to the index
+base.py          ItemIndex, the interface every backend implements; request id filters
+faiss_index.py   FaissIndex: exact / HNSW / IVF / factory indexes on this machine
+faiss_segment.py one faiss index over a coordinate range; per-call search parameters
+faiss_config.py  faiss's process-wide settings (set once) and per-call threads
+search.py        the searches over one snapshot: single, segmented (certified), restricted
+catalogue.py     the id store: ids per row, tombstones, lookup
+milvus.py        MilvusIndex: the catalogue in Milvus (Lite or a cluster)
+store.py         versioned, checksummed directories; pickling
+rwlock.py        the readers–writer lock
 """
+
 from .base import ItemIndex
 from .faiss_config import EXACT_BLAS, configure_faiss
 from .faiss_index import FaissIndex

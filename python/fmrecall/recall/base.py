@@ -1,4 +1,5 @@
 """The one small interface every index backend implements, and the request filters it takes."""
+
 from __future__ import annotations
 
 import abc
@@ -41,13 +42,15 @@ def id_filter(value: Any, m: int, name: str) -> IdFilter:
     try:
         entries = list(value)
     except TypeError:
-        raise ValueError(f"{name} must be an id array or one id collection per query, got "
-                         f"{type(value).__name__}") from None
+        raise ValueError(
+            f"{name} must be an id array or one id collection per query, got {type(value).__name__}"
+        ) from None
     if entries and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in entries):
         return id_array(entries, name)  # a flat list of ids: one filter for every query
     if len(entries) != m:
-        raise ValueError(f"{name} must have one entry per query ({m}) or be one id array for all, "
-                         f"got {len(entries)} entries")
+        raise ValueError(
+            f"{name} must have one entry per query ({m}) or be one id array for all, got {len(entries)} entries"
+        )
     return [None if e is None else id_array(e, f"{name}[{i}]") for i, e in enumerate(entries)]
 
 
@@ -100,8 +103,15 @@ class ItemIndex(abc.ABC):
         """float32 (n, dim) stored vectors of `ids` (KeyError naming an id not indexed)."""
 
     @abc.abstractmethod
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
-               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: IdFilter,
+        restrict: IdFilter,
+        certify: bool,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top k by exact <q, p> for q float32 (m, dim): (ids int64 (m, k) with -1 padding,
         inner products float32 (m, k) with -inf padding, certified bool (m,) = provably exact).
         `params` overrides search parameters for this call only (e.g. candidates, ef_search,
@@ -113,8 +123,16 @@ class ItemIndex(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
-                   dim: int, threads: int, where: str, **options: Any) -> "ItemIndex":
+    def from_state(
+        cls,
+        meta: Dict[str, Any],
+        arrays: Dict[str, np.ndarray],
+        files: Dict[str, Any],
+        dim: int,
+        threads: int,
+        where: str,
+        **options: Any,
+    ) -> "ItemIndex":
         """The index `state` described (`files`: member name -> an open, verified binary file), opened
         and validated: ValueError naming `where` and the entry for anything inconsistent.
         `options` are backend-specific load options (e.g. MilvusIndex's token)."""

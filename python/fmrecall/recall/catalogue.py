@@ -3,6 +3,7 @@
 Immutable: every change returns a new Catalogue, so a search holding one sees a consistent
 catalogue while a writer prepares the next.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

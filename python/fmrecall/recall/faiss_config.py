@@ -6,6 +6,7 @@ first (then its choice stands). The thread count of a call is OpenMP's per-threa
 calling thread (``omp_set_num_threads`` changes only the calling thread's value), restored after
 the call, so concurrent searches with different `threads` do not interfere.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,11 @@ faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 # Exact (IndexFlatIP) batched search runs at the sgemm rate only once faiss switches to BLAS; by
 # default it does so for nq * d >= 128000 (a few hundred queries at d = 300). Measured on 2 cores
 # (bench/test_recall_exact.py) BLAS wins from ~20 queries up, with these block sizes.
-EXACT_BLAS: Dict[str, int] = {"distance_compute_blas_threshold": 20 * 64,
-                              "distance_compute_blas_query_bs": 4096,
-                              "distance_compute_blas_database_bs": 16384}
+EXACT_BLAS: Dict[str, int] = {
+    "distance_compute_blas_threshold": 20 * 64,
+    "distance_compute_blas_query_bs": 4096,
+    "distance_compute_blas_database_bs": 16384,
+}
 
 _lock = threading.Lock()
 _configured = False

@@ -6,6 +6,7 @@ only to change a faiss index in place (faiss indexes cannot be searched during `
 publish. Whole builds and rebuilds (the first add, compaction, a new HNSW norm bound) happen aside
 on fresh indexes, so searches go on against the previous snapshot until the swap.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,8 +28,12 @@ faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 # HNSW insert costs ~1 ms per item at M = 32 on 2 cores: searches wait at most ~0.1 s).
 INSERT_SLICE = 128
 
-_INDEX_CLASS = {"exact": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "hnsw-ip": faiss.IndexHNSWFlat,
-                "ivf": faiss.IndexIVFFlat}
+_INDEX_CLASS = {
+    "exact": faiss.IndexFlatIP,
+    "hnsw": faiss.IndexHNSWFlat,
+    "hnsw-ip": faiss.IndexHNSWFlat,
+    "ivf": faiss.IndexIVFFlat,
+}
 
 
 def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None, *, optional: bool = False) -> Optional[int]:
@@ -62,9 +67,19 @@ class FaissIndex(ItemIndex):
 
     backend = "faiss"
 
-    def __init__(self, kind: str = "exact", *, segments: int = 1, candidates: Optional[int] = None,
-                 hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None,
-                 nprobe: int = 32, pad: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        kind: str = "exact",
+        *,
+        segments: int = 1,
+        candidates: Optional[int] = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        nlist: Optional[int] = None,
+        nprobe: int = 32,
+        pad: Optional[bool] = None,
+    ) -> None:
         if not isinstance(kind, str) or not kind.strip():
             raise ValueError(f"index must be 'exact', 'hnsw', 'hnsw-ip', 'ivf' or a faiss factory string, got {kind!r}")
         self.kind = kind
@@ -103,17 +118,21 @@ class FaissIndex(ItemIndex):
         self.dim, self.threads = int(dim), int(threads)
         ensure_configured()
         bounds = np.linspace(0, dim, self.segments + 1).round().astype(int)
-        segs = tuple(Segment(self.kind, int(bounds[s]), int(bounds[s + 1]), self.params)
-                     for s in range(self.segments))
+        segs = tuple(Segment(self.kind, int(bounds[s]), int(bounds[s + 1]), self.params) for s in range(self.segments))
         if self.kind not in BUILTIN_KINDS:
             for seg in segs:  # validate the factory string at the dimension it will really get
                 try:
                     seg.new_index(1)
                 except RuntimeError as e:
-                    hint = "" if self.pad_given or pad_width(seg.hi - seg.lo, True) == seg.dim else (
-                        f"; with pad=True the vectors would be padded to {pad_width(seg.hi - seg.lo, True)}")
-                    raise ValueError(f"faiss index_factory string {self.kind!r} does not fit vectors of "
-                                     f"dimension {seg.dim}{hint}: {str(e).strip().splitlines()[-1]}") from None
+                    hint = (
+                        ""
+                        if self.pad_given or pad_width(seg.hi - seg.lo, True) == seg.dim
+                        else (f"; with pad=True the vectors would be padded to {pad_width(seg.hi - seg.lo, True)}")
+                    )
+                    raise ValueError(
+                        f"faiss index_factory string {self.kind!r} does not fit vectors of "
+                        f"dimension {seg.dim}{hint}: {str(e).strip().splitlines()[-1]}"
+                    ) from None
         self._snap = Snapshot(Catalogue.empty(), segs, np.zeros((0, dim), np.float32), self.exact)
 
     def _current(self) -> Snapshot:
@@ -158,8 +177,15 @@ class FaissIndex(ItemIndex):
         with self._rw.read():
             return np.array(self._current().vectors, dtype=np.float32, copy=True)
 
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
-               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: IdFilter,
+        restrict: IdFilter,
+        certify: bool,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         settings = self.settings(params)
         with self._rw.read(), faiss_threads(self.threads):
             return search(self._current(), q, k, exclude, restrict, certify, settings)
@@ -174,8 +200,11 @@ class FaissIndex(ItemIndex):
         cand = check_int(p["candidates"], "candidates", 1) if p.get("candidates") is not None else self.candidates
         ef = check_int(p["ef_search"], "ef_search", 1, 1 << 20) if p.get("ef_search") is not None else None
         nprobe = check_int(p["nprobe"], "nprobe", 1, 1 << 24) if p.get("nprobe") is not None else None
-        return Settings(cand, int(ef if ef is not None else self.params["ef_search"]),
-                        int(nprobe if nprobe is not None else self.params["nprobe"]))
+        return Settings(
+            cand,
+            int(ef if ef is not None else self.params["ef_search"]),
+            int(nprobe if nprobe is not None else self.params["nprobe"]),
+        )
 
     # ------------------------------------------------------------------ writes (one at a time)
     def add(self, ids: np.ndarray, batches: Iterable[np.ndarray]) -> None:
@@ -212,7 +241,7 @@ class FaissIndex(ItemIndex):
                 for lo in range(0, vecs.shape[0], step):
                     with self._rw.write():
                         for seg in snap.segments:
-                            seg.add(vecs[lo:lo + step], first + lo)
+                            seg.add(vecs[lo : lo + step], first + lo)
             except BaseException:
                 self._undo_add(snap, first)
                 raise
@@ -272,13 +301,20 @@ class FaissIndex(ItemIndex):
         """vecs + new rows, written into spare capacity of vecs's buffer when there is some (the
         rows a published snapshot shows are never overwritten), else into a buffer twice as large."""
         n, extra = vecs.shape[0], new.shape[0]
-        base = vecs.base if vecs.base is not None and vecs.base.ndim == 2 and vecs.base.shape[1] == self.dim \
-            and vecs.base.flags.c_contiguous and vecs.base[:n].ctypes.data == vecs.ctypes.data else None
+        base = (
+            vecs.base
+            if vecs.base is not None
+            and vecs.base.ndim == 2
+            and vecs.base.shape[1] == self.dim
+            and vecs.base.flags.c_contiguous
+            and vecs.base[:n].ctypes.data == vecs.ctypes.data
+            else None
+        )
         if base is None or base.shape[0] < n + extra:
             base = np.empty((max(2 * n, n + extra), self.dim), np.float32)
             base[:n] = vecs
-        base[n:n + extra] = new
-        return base[:n + extra]
+        base[n : n + extra] = new
+        return base[: n + extra]
 
     def _checked(self, part: np.ndarray) -> np.ndarray:
         if part.ndim != 2 or part.shape[1] != self.dim:
@@ -292,8 +328,13 @@ class FaissIndex(ItemIndex):
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "segments": self.segments, "candidates": self.candidates,
-                **{k: v for k, v in self.params.items() if k != "pad"}, "pad": self.pad_given}
+        return {
+            "kind": self.kind,
+            "segments": self.segments,
+            "candidates": self.candidates,
+            **{k: v for k, v in self.params.items() if k != "pad"},
+            "pad": self.pad_given,
+        }
 
     def state(self) -> IndexState:
         with self._write:
@@ -309,14 +350,30 @@ class FaissIndex(ItemIndex):
             return meta, arrays, files
 
     @classmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
-                   dim: int, threads: int, where: str, **options: Any) -> "FaissIndex":
+    def from_state(
+        cls,
+        meta: Dict[str, Any],
+        arrays: Dict[str, np.ndarray],
+        files: Dict[str, Any],
+        dim: int,
+        threads: int,
+        where: str,
+        **options: Any,
+    ) -> "FaissIndex":
         if options:
             raise ValueError(f"unknown load options for a faiss index: {sorted(options)}")
         try:
-            index = cls(meta["kind"], segments=meta["segments"], candidates=meta["candidates"],
-                        hnsw_m=meta["hnsw_m"], ef_construction=meta["ef_construction"],
-                        ef_search=meta["ef_search"], nlist=meta["nlist"], nprobe=meta["nprobe"], pad=meta["pad"])
+            index = cls(
+                meta["kind"],
+                segments=meta["segments"],
+                candidates=meta["candidates"],
+                hnsw_m=meta["hnsw_m"],
+                ef_construction=meta["ef_construction"],
+                ef_search=meta["ef_search"],
+                nlist=meta["nlist"],
+                nprobe=meta["nprobe"],
+                pad=meta["pad"],
+            )
             index.open(dim, threads)
         except KeyError as e:
             raise ValueError(f"{where}: index metadata lacks {e}") from None
@@ -325,8 +382,11 @@ class FaissIndex(ItemIndex):
         row_ids = _check_ids(arrays.get("ids"), where)
         snap = index._current()
         norms = meta.get("max_norms")
-        if not isinstance(norms, list) or len(norms) != index.segments or not all(
-                isinstance(x, (int, float)) and np.isfinite(x) and x >= 0 for x in norms):
+        if (
+            not isinstance(norms, list)
+            or len(norms) != index.segments
+            or not all(isinstance(x, (int, float)) and np.isfinite(x) and x >= 0 for x in norms)
+        ):
             raise ValueError(f"{where}: max_norms must be {index.segments} finite non-negative numbers, got {norms!r}")
         segs: List[Segment] = []
         for s, seg in enumerate(snap.segments):
@@ -343,8 +403,10 @@ class FaissIndex(ItemIndex):
         if index._own:
             vecs = arrays.get("vectors")
             if vecs is None or vecs.dtype != np.float32 or vecs.shape != (row_ids.size, dim):
-                raise ValueError(f"{where}: item vectors must be float32 ({row_ids.size}, {dim}), got "
-                                 f"{None if vecs is None else (vecs.dtype, vecs.shape)}")
+                raise ValueError(
+                    f"{where}: item vectors must be float32 ({row_ids.size}, {dim}), got "
+                    f"{None if vecs is None else (vecs.dtype, vecs.shape)}"
+                )
             vecs = np.ascontiguousarray(vecs)
         elif row_ids.size == 0:
             vecs = np.zeros((0, dim), np.float32)

@@ -3,6 +3,7 @@
 Search parameters travel with each call (faiss `SearchParameters*`): nothing on a shared index
 is changed by a search, so concurrent searches with different k do not interfere.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -122,34 +123,34 @@ class Segment:
     # -------- vectors as the index sees them
     def rows(self, vecs: np.ndarray) -> np.ndarray:
         """Item rows for the index: the segment's columns, augmented / padded."""
-        part = vecs[:, self.lo:self.hi]
+        part = vecs[:, self.lo : self.hi]
         out = np.zeros((vecs.shape[0], self.dim), dtype=np.float32)
-        out[:, :part.shape[1]] = part
+        out[:, : part.shape[1]] = part
         if self.augment:
             sq = np.einsum("ij,ij->i", part, part, dtype=np.float64)
-            out[:, part.shape[1]] = np.sqrt(np.maximum(self.max_norm ** 2 - sq, 0.0))
+            out[:, part.shape[1]] = np.sqrt(np.maximum(self.max_norm**2 - sq, 0.0))
         return out
 
     def queries(self, q: np.ndarray) -> np.ndarray:
-        part = q[:, self.lo:self.hi]
+        part = q[:, self.lo : self.hi]
         if part.shape[1] == self.dim:
             return np.ascontiguousarray(part, dtype=np.float32)
         out = np.zeros((q.shape[0], self.dim), dtype=np.float32)
-        out[:, :part.shape[1]] = part  # the augmented coordinate of a query is 0
+        out[:, : part.shape[1]] = part  # the augmented coordinate of a query is 0
         return out
 
     def needs_rebuild(self, vecs: np.ndarray) -> bool:
         """An augmented index must be rebuilt when an item exceeds its norm bound."""
         if not self.augment or vecs.shape[0] == 0:
             return False
-        part = vecs[:, self.lo:self.hi]
+        part = vecs[:, self.lo : self.hi]
         return float(np.sqrt(np.einsum("ij,ij->i", part, part).max())) > self.max_norm
 
     # -------- building (the caller holds the writer's side, or builds aside)
     def build(self, all_vecs: np.ndarray) -> None:
         """Build from scratch over all stored rows (ids = row numbers)."""
         if self.augment and all_vecs.shape[0]:
-            part = all_vecs[:, self.lo:self.hi]
+            part = all_vecs[:, self.lo : self.hi]
             self.max_norm = 1.2 * float(np.sqrt(np.einsum("ij,ij->i", part, part).max()) or 1.0)
         self.index = self.new_index(all_vecs.shape[0])
         self.add(all_vecs, 0)
@@ -170,7 +171,7 @@ class Segment:
         if ivf is None and self.index.ntotal != first_row:
             raise RuntimeError("index out of step with the stored items")
         for lo in range(0, n, ADD_CHUNK):
-            rows = self.rows(vecs[lo:lo + ADD_CHUNK])
+            rows = self.rows(vecs[lo : lo + ADD_CHUNK])
             if ivf is not None:
                 ids = np.arange(first_row + lo, first_row + lo + rows.shape[0], dtype=np.int64)
                 self.index.add_with_ids(rows, ids)

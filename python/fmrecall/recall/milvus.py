@@ -27,6 +27,7 @@ Milvus Lite (``uri`` = a file path ending in ``.db``) runs in this process and o
 one process at a time; a cluster (``uri="http://host:19530"``, ``token=``) is shared by any number
 of processes, which then see the same items.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,30 +82,48 @@ class MilvusIndex(ItemIndex):
 
     backend = "milvus"
 
-    def __init__(self, uri: Any, collection: str = "fmrecall_items", index_type: str = "HNSW", metric: str = "IP",
-                 params: Optional[Dict[str, int]] = None, token: Optional[str] = None, *,
-                 candidates: Optional[int] = None, max_filter_ids: int = 100_000) -> None:
+    def __init__(
+        self,
+        uri: Any,
+        collection: str = "fmrecall_items",
+        index_type: str = "HNSW",
+        metric: str = "IP",
+        params: Optional[Dict[str, int]] = None,
+        token: Optional[str] = None,
+        *,
+        candidates: Optional[int] = None,
+        max_filter_ids: int = 100_000,
+    ) -> None:
         if isinstance(uri, os.PathLike):
             uri = os.fspath(uri)
         if not isinstance(uri, str) or not uri.strip():
-            raise ValueError(f"uri must be a Milvus Lite file path ending in '.db' or a server address "
-                             f"'http://host:19530', got {uri!r}")
+            raise ValueError(
+                f"uri must be a Milvus Lite file path ending in '.db' or a server address "
+                f"'http://host:19530', got {uri!r}"
+            )
         if not uri.startswith(_REMOTE):
             if not uri.endswith(".db"):
-                raise ValueError(f"uri {uri!r}: a Milvus Lite file path must end in '.db' (or give a server "
-                                 f"address 'http://host:19530')")
+                raise ValueError(
+                    f"uri {uri!r}: a Milvus Lite file path must end in '.db' (or give a server "
+                    f"address 'http://host:19530')"
+                )
             uri = os.path.abspath(uri)
         if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
-            raise ValueError(f"collection must be a Milvus collection name (a letter or _, then letters, digits "
-                             f"or _, at most 255), got {collection!r}")
+            raise ValueError(
+                f"collection must be a Milvus collection name (a letter or _, then letters, digits "
+                f"or _, at most 255), got {collection!r}"
+            )
         if index_type not in _PARAMS:
             raise ValueError(f"index_type must be one of {', '.join(_PARAMS)}, got {index_type!r}")
         if metric not in _METRICS:
             raise ValueError(f"metric must be 'IP' (inner product: the model's score is b + <q, p>), got {metric!r}")
         if token is not None and not isinstance(token, str):
             raise ValueError("token must be a string or None")
-        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))
-                                       or not 1 <= candidates <= MAX_TOPK):
+        if candidates is not None and (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, (int, np.integer))
+            or not 1 <= candidates <= MAX_TOPK
+        ):
             raise ValueError(f"candidates must be an integer in [1, {MAX_TOPK}] or None, got {candidates!r}")
         if isinstance(max_filter_ids, bool) or not isinstance(max_filter_ids, (int, np.integer)) or max_filter_ids < 1:
             raise ValueError(f"max_filter_ids must be a positive integer, got {max_filter_ids!r}")
@@ -137,8 +156,14 @@ class MilvusIndex(ItemIndex):
         try:
             return pymilvus.MilvusClient(uri=self.uri, token=token or "")
         except Exception as e:
-            hint = (" (Milvus Lite opens a .db file from one process at a time, and needs the milvus-lite "
-                    f"package: {INSTALL_HINT})") if self.lite else ""
+            hint = (
+                (
+                    " (Milvus Lite opens a .db file from one process at a time, and needs the milvus-lite "
+                    f"package: {INSTALL_HINT})"
+                )
+                if self.lite
+                else ""
+            )
             raise ConnectionError(f"cannot connect to Milvus at {self.uri!r}{hint}: {e}") from e
 
     @property
@@ -190,8 +215,10 @@ class MilvusIndex(ItemIndex):
             if info.get("indexed_rows", 0) >= info.get("total_rows", 0) and not info.get("pending_index_rows", 0):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Milvus collection {self.collection!r}: index covers {info.get('indexed_rows')} "
-                                   f"of {info.get('total_rows')} rows after {timeout} s")
+                raise TimeoutError(
+                    f"Milvus collection {self.collection!r}: index covers {info.get('indexed_rows')} "
+                    f"of {info.get('total_rows')} rows after {timeout} s"
+                )
             time.sleep(0.05)
 
     def close(self) -> None:
@@ -202,19 +229,20 @@ class MilvusIndex(ItemIndex):
 
     # ------------------------------------------------------------------ reads (any thread)
     def __len__(self) -> int:
-        res = self.client.query(self.collection, filter="", output_fields=["count(*)"],
-                                consistency_level="Strong")
+        res = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(res[0]["count(*)"])
 
     @property
     def ids(self) -> np.ndarray:
         """int64 ids of the indexed items, ascending."""
         if self.lite:  # no result-size cap, and no timestamp service for pymilvus's query iterator
-            rows = self.client.query(self.collection, filter=f"{ID_FIELD} >= 0", output_fields=[ID_FIELD],
-                                     consistency_level="Strong")
+            rows = self.client.query(
+                self.collection, filter=f"{ID_FIELD} >= 0", output_fields=[ID_FIELD], consistency_level="Strong"
+            )
             return np.unique(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
-        it = self.client.query_iterator(self.collection, batch_size=MAX_TOPK, output_fields=[ID_FIELD],
-                                        consistency_level="Strong")
+        it = self.client.query_iterator(
+            self.collection, batch_size=MAX_TOPK, output_fields=[ID_FIELD], consistency_level="Strong"
+        )
         parts: List[np.ndarray] = []
         try:
             while True:
@@ -231,9 +259,13 @@ class MilvusIndex(ItemIndex):
         out_ids: List[np.ndarray] = []
         out_vecs: List[np.ndarray] = []
         for lo in range(0, ids.size, MAX_TOPK):
-            part = ids[lo:lo + MAX_TOPK]
-            rows = self.client.query(self.collection, filter=f"{ID_FIELD} in {_id_list(part)}",
-                                     output_fields=[ID_FIELD, VECTOR_FIELD], consistency_level="Strong")
+            part = ids[lo : lo + MAX_TOPK]
+            rows = self.client.query(
+                self.collection,
+                filter=f"{ID_FIELD} in {_id_list(part)}",
+                output_fields=[ID_FIELD, VECTOR_FIELD],
+                consistency_level="Strong",
+            )
             if len(rows):
                 out_ids.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
                 out_vecs.append(np.asarray([r[VECTOR_FIELD] for r in rows], np.float32).reshape(len(rows), self.dim))
@@ -257,8 +289,15 @@ class MilvusIndex(ItemIndex):
             raise KeyError(f"id {int(ids[np.argmax(missing)])} is not indexed")
         return np.ascontiguousarray(vecs[pos], dtype=np.float32)
 
-    def search(self, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
-               params: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: IdFilter,
+        restrict: IdFilter,
+        certify: bool,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         call = call_params(params)
         q = np.ascontiguousarray(q, dtype=np.float32)
         m = q.shape[0]
@@ -270,8 +309,9 @@ class MilvusIndex(ItemIndex):
         cand = call.get("candidates", self.candidates)
         n_cand = min(max(cand if cand is not None else max(4 * k, 100), k), MAX_TOPK)
         # queries with identical filters form one request
-        groups: Dict[Tuple[Optional[bytes], Optional[bytes]], Tuple[Optional[np.ndarray], Optional[np.ndarray],
-                                                                    List[int]]] = {}
+        groups: Dict[
+            Tuple[Optional[bytes], Optional[bytes]], Tuple[Optional[np.ndarray], Optional[np.ndarray], List[int]]
+        ] = {}
         for i in range(m):
             ex, rs = filter_of(exclude, i), filter_of(restrict, i)
             ex = None if ex is None or ex.size == 0 else np.unique(ex)
@@ -314,7 +354,7 @@ class MilvusIndex(ItemIndex):
         with self._write:
             self.client  # raises if open() was not called
             step = self._rows_per_request()
-            done = 0                                    # ids[:done] were written
+            done = 0  # ids[:done] were written
             log = _AddLog()
             log.fresh = len(self) == 0  # nothing to replace: no need to read old vectors
             try:
@@ -328,17 +368,17 @@ class MilvusIndex(ItemIndex):
                     n_pending += part.shape[0]
                     while n_pending >= step:
                         vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                        done = self._upsert(ids[done:done + step], vecs[:step], log) + done
+                        done = self._upsert(ids[done : done + step], vecs[:step], log) + done
                         pending = [vecs[step:]] if vecs.shape[0] > step else []
                         n_pending = vecs.shape[0] - step
                 if n_pending:
                     vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                    done = self._upsert(ids[done:done + n_pending], vecs, log) + done
+                    done = self._upsert(ids[done : done + n_pending], vecs, log) + done
                 if done != ids.size:
                     raise ValueError(f"{ids.size} ids but {done} item vectors")
             except BaseException as e:
                 if log.attempted:
-                    self._roll_back(ids[:log.attempted], log, e)
+                    self._roll_back(ids[: log.attempted], log, e)
                 raise
 
     def _upsert(self, part: np.ndarray, vecs: np.ndarray, log: "_AddLog") -> int:
@@ -362,15 +402,22 @@ class MilvusIndex(ItemIndex):
         new = np.setdiff1d(written, old_ids)
         try:
             for lo in range(0, new.size, MAX_TOPK):
-                self.client.delete(self.collection, ids=new[lo:lo + MAX_TOPK].tolist())
+                self.client.delete(self.collection, ids=new[lo : lo + MAX_TOPK].tolist())
             step = self._rows_per_request()
             for lo in range(0, old_ids.size, step):
-                self.client.upsert(self.collection, [{ID_FIELD: i, VECTOR_FIELD: v} for i, v in
-                                                     zip(old_ids[lo:lo + step].tolist(), old_vecs[lo:lo + step])])
+                self.client.upsert(
+                    self.collection,
+                    [
+                        {ID_FIELD: i, VECTOR_FIELD: v}
+                        for i, v in zip(old_ids[lo : lo + step].tolist(), old_vecs[lo : lo + step])
+                    ],
+                )
         except Exception as e:  # pragma: no cover - Milvus failing twice in a row
-            raise RollbackError(f"adding items to Milvus collection {self.collection!r} failed ({cause!r}) and so "
-                               f"did undoing it ({e!r}): up to {written.size} of its ids may hold new vectors or "
-                               f"be missing") from cause
+            raise RollbackError(
+                f"adding items to Milvus collection {self.collection!r} failed ({cause!r}) and so "
+                f"did undoing it ({e!r}): up to {written.size} of its ids may hold new vectors or "
+                f"be missing"
+            ) from cause
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(ids, np.int64).ravel())
@@ -378,33 +425,55 @@ class MilvusIndex(ItemIndex):
             return
         with self._write:
             for lo in range(0, ids.size, MAX_TOPK):
-                self.client.delete(self.collection, ids=ids[lo:lo + MAX_TOPK].tolist())
+                self.client.delete(self.collection, ids=ids[lo : lo + MAX_TOPK].tolist())
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> Dict[str, Any]:
         """The collection reference (never the token)."""
-        return {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
-                "metric": self.metric, "params": dict(self.params), "candidates": self.candidates,
-                "max_filter_ids": self.max_filter_ids}
+        return {
+            "uri": self.uri,
+            "collection": self.collection,
+            "index_type": self.index_type,
+            "metric": self.metric,
+            "params": dict(self.params),
+            "candidates": self.candidates,
+            "max_filter_ids": self.max_filter_ids,
+        }
 
     def state(self) -> IndexState:
         return {**self.config(), "dim": self.dim}, {}, {}
 
     @classmethod
-    def from_state(cls, meta: Dict[str, Any], arrays: Dict[str, np.ndarray], files: Dict[str, Any],
-                   dim: int, threads: int, where: str, **options: Any) -> "MilvusIndex":
+    def from_state(
+        cls,
+        meta: Dict[str, Any],
+        arrays: Dict[str, np.ndarray],
+        files: Dict[str, Any],
+        dim: int,
+        threads: int,
+        where: str,
+        **options: Any,
+    ) -> "MilvusIndex":
         unknown = sorted(set(options) - {"token", "uri"})
         if unknown:
             raise ValueError(f"unknown load options for a Milvus index: {unknown} (token=, uri=)")
         if arrays or files:
-            raise ValueError(f"{where}: a Milvus index stores no item arrays or files, found "
-                             f"{sorted(arrays) + sorted(files)}")
+            raise ValueError(
+                f"{where}: a Milvus index stores no item arrays or files, found {sorted(arrays) + sorted(files)}"
+            )
         try:
             if meta.get("dim", dim) != dim:
                 raise ValueError(f"the index was saved for vectors of dimension {meta['dim']}, the model's have {dim}")
-            index = cls(options.get("uri") or meta["uri"], meta["collection"], meta["index_type"], meta["metric"],
-                        meta["params"], options.get("token"), candidates=meta.get("candidates"),
-                        max_filter_ids=meta.get("max_filter_ids", 100_000))
+            index = cls(
+                options.get("uri") or meta["uri"],
+                meta["collection"],
+                meta["index_type"],
+                meta["metric"],
+                meta["params"],
+                options.get("token"),
+                candidates=meta.get("candidates"),
+                max_filter_ids=meta.get("max_filter_ids", 100_000),
+            )
             index._open(dim, threads, create=False)
         except KeyError as e:
             raise ValueError(f"{where}: index metadata lacks {e}") from None
@@ -421,9 +490,15 @@ class MilvusIndex(ItemIndex):
 
 def _reopen(config: Dict[str, Any], dim: int, threads: int) -> MilvusIndex:
     """Unpickle: reconnect to the same collection (token from FMRECALL_MILVUS_TOKEN)."""
-    index = MilvusIndex(config["uri"], config["collection"], config["index_type"], config["metric"],
-                        config["params"], candidates=config.get("candidates"),
-                        max_filter_ids=config.get("max_filter_ids", 100_000))
+    index = MilvusIndex(
+        config["uri"],
+        config["collection"],
+        config["index_type"],
+        config["metric"],
+        config["params"],
+        candidates=config.get("candidates"),
+        max_filter_ids=config.get("max_filter_ids", 100_000),
+    )
     if dim:
         index._open(dim, threads, create=False)
     return index

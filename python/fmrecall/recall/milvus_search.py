@@ -1,5 +1,6 @@
 """The search half of MilvusIndex: one filtered ANN request per group of queries, candidates
 re-scored exactly and cut to the top k."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
@@ -22,16 +23,29 @@ def call_params(params: Optional[Mapping[str, Any]]) -> Dict[str, int]:
         out[name] = int(value)
     return out
 
-def ann_search(index: Any, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int, ex: Optional[np.ndarray],
-               rs: Optional[np.ndarray], ids: np.ndarray, ips: np.ndarray, call: Dict[str, int]) -> None:
+
+def ann_search(
+    index: Any,
+    q: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    n_cand: int,
+    ex: Optional[np.ndarray],
+    rs: Optional[np.ndarray],
+    ids: np.ndarray,
+    ips: np.ndarray,
+    call: Dict[str, int],
+) -> None:
     """Milvus's candidates for the queries `rows` under one filter, re-scored exactly."""
     conds = []
     drop: Optional[np.ndarray] = None
     limit = n_cand
     if rs is not None:
         if rs.size > index.max_filter_ids:
-            raise ValueError(f"restrict holds {rs.size} ids; one Milvus filter expression lists at most "
-                             f"{index.max_filter_ids} (MilvusIndex max_filter_ids)")
+            raise ValueError(
+                f"restrict holds {rs.size} ids; one Milvus filter expression lists at most "
+                f"{index.max_filter_ids} (MilvusIndex max_filter_ids)"
+            )
         conds.append(f"{ID_FIELD} in {_id_list(rs)}")
     if ex is not None:
         if ex.size <= index.max_filter_ids:
@@ -39,9 +53,11 @@ def ann_search(index: Any, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int,
         elif n_cand + ex.size <= MAX_TOPK:  # over-fetch, drop the excluded ids here
             drop, limit = ex, n_cand + ex.size
         else:
-            raise ValueError(f"exclude holds {ex.size} ids: more than one Milvus filter expression lists "
-                             f"({index.max_filter_ids}, MilvusIndex max_filter_ids) and too many to over-fetch "
-                             f"within Milvus's topk limit ({MAX_TOPK})")
+            raise ValueError(
+                f"exclude holds {ex.size} ids: more than one Milvus filter expression lists "
+                f"({index.max_filter_ids}, MilvusIndex max_filter_ids) and too many to over-fetch "
+                f"within Milvus's topk limit ({MAX_TOPK})"
+            )
     search_params: Dict[str, Any] = {"metric_type": index.metric}
     p: Dict[str, int] = {}
     if index.index_type == "HNSW":
@@ -50,9 +66,16 @@ def ann_search(index: Any, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int,
         p["nprobe"] = call.get("nprobe", index.params.get("nprobe", 0))
     if p:
         search_params["params"] = p
-    res = index.client.search(index.collection, data=q[rows], filter=" and ".join(conds), limit=limit,
-                             output_fields=[VECTOR_FIELD], search_params=search_params,
-                             anns_field=VECTOR_FIELD, consistency_level="Strong")
+    res = index.client.search(
+        index.collection,
+        data=q[rows],
+        filter=" and ".join(conds),
+        limit=limit,
+        output_fields=[VECTOR_FIELD],
+        search_params=search_params,
+        anns_field=VECTOR_FIELD,
+        consistency_level="Strong",
+    )
     for j, i in enumerate(rows):
         found, vecs = _hit_arrays(res[j], index.dim)
         if drop is not None and found.size:
@@ -60,10 +83,11 @@ def ann_search(index: Any, q: np.ndarray, rows: np.ndarray, k: int, n_cand: int,
             found, vecs = found[keep], vecs[keep]
         cut(found, vecs @ q[i], k, ids, ips, i)
 
+
 def cut(found: np.ndarray, ip: np.ndarray, k: int, ids: np.ndarray, ips: np.ndarray, i: int) -> None:
     """The top k of (found, ip) into row i, best first (ties: smaller id first)."""
     if found.size == 0:
         return
     order = np.lexsort((found, -ip.astype(np.float32)))[:k]
-    ids[i, :order.size] = found[order]
-    ips[i, :order.size] = ip[order]
+    ids[i, : order.size] = found[order]
+    ips[i, : order.size] = ip[order]

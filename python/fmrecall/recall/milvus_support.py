@@ -1,5 +1,6 @@
 """What the Milvus adapter needs around pymilvus: limits, parameter checks, filter
 expressions, hit decoding, Milvus Lite workarounds, and the add log used to roll an add back."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import numpy as np
 
 ID_FIELD = "id"
 VECTOR_FIELD = "vector"
-MAX_TOPK = 16384            # Milvus's limit on topk / limit (and on query results per request)
-MAX_DIM = 32768             # Milvus's limit on a vector's dimension
+MAX_TOPK = 16384  # Milvus's limit on topk / limit (and on query results per request)
+MAX_DIM = 32768  # Milvus's limit on a vector's dimension
 INSTALL_HINT = 'pip install "fmrecall[milvus]"'
 TOKEN_ENV = "FMRECALL_MILVUS_TOKEN"
 
@@ -31,8 +32,9 @@ def _pymilvus() -> Any:
     try:
         import pymilvus
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"fmrecall.MilvusIndex needs pymilvus (and milvus-lite for a local .db file): "
-                          f"{INSTALL_HINT}") from e
+        raise ImportError(
+            f"fmrecall.MilvusIndex needs pymilvus (and milvus-lite for a local .db file): {INSTALL_HINT}"
+        ) from e
     return pymilvus
 
 
@@ -78,6 +80,7 @@ def _lite_engine_collection(uri: str, collection: str) -> Any:
     the only way to wait for its background index build (private to milvus-lite; best effort)."""
     try:
         from milvus_lite.server_manager import server_manager_instance
+
         entry = server_manager_instance._servers.get(os.path.abspath(uri))
         return None if entry is None else entry[1].get_collection(collection)
     except Exception:
@@ -97,6 +100,6 @@ def _hit_arrays(hits: Any, dim: int) -> Tuple[np.ndarray, np.ndarray]:
             if fd.field_name == VECTOR_FIELD and fd.vectors.dim == dim and not list(getattr(fd, "valid_data", [])):
                 data = fd.vectors.float_vector.data
                 if len(data) >= (start + n) * dim:
-                    return found, np.asarray(data[start * dim:(start + n) * dim], np.float32).reshape(n, dim)
+                    return found, np.asarray(data[start * dim : (start + n) * dim], np.float32).reshape(n, dim)
     vecs = np.asarray([h["entity"][VECTOR_FIELD] for h in hits], np.float32)
     return found, vecs.reshape(n, dim)

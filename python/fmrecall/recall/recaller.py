@@ -8,6 +8,7 @@ Concurrency contract: any number of threads may call `search`, `item_vectors`, `
 while one thread calls `add_items`, `remove_items` or `save` (writers are serialised). A search
 sees the catalogue before or after a change, never a mix. See README "Concurrency".
 """
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,16 @@ def row_range(ds: Dataset, lo: int, hi: int) -> Dataset:
         return ds
     hi = min(hi, ds.n_rows)
     a, b = int(ds.indptr[lo]), int(ds.indptr[hi])
-    return Dataset(ds.indptr[lo:hi + 1] - a, ds.fields[a:b], ds.features[a:b],
-                   None if ds.values is None else ds.values[a:b],
-                   None if ds.labels is None else ds.labels[lo:hi],
-                   n_features=ds.n_features, n_fields=ds.n_fields, source=ds.source)
+    return Dataset(
+        ds.indptr[lo : hi + 1] - a,
+        ds.fields[a:b],
+        ds.features[a:b],
+        None if ds.values is None else ds.values[a:b],
+        None if ds.labels is None else ds.labels[lo:hi],
+        n_features=ds.n_features,
+        n_fields=ds.n_fields,
+        source=ds.source,
+    )
 
 
 class Recaller:
@@ -66,27 +73,65 @@ class Recaller:
     threads : threads for faiss and the vector builders (0 = all; at most fmrecall.MAX_THREADS)
     """
 
-    def __init__(self, model: Any, sides: Union[Sides, Schema, None] = None, index: Union[str, ItemIndex] = "exact",
-                 *, segments: int = 1, candidates: Optional[int] = None, hnsw_m: int = 32,
-                 ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None, nprobe: int = 32,
-                 pad: Optional[bool] = None, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        sides: Union[Sides, Schema, None] = None,
+        index: Union[str, ItemIndex] = "exact",
+        *,
+        segments: int = 1,
+        candidates: Optional[int] = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        nlist: Optional[int] = None,
+        nprobe: int = 32,
+        pad: Optional[bool] = None,
+        threads: int = 0,
+    ) -> None:
         self._bind(model, sides, threads)
         if isinstance(index, ItemIndex):
-            faiss_args = dict(segments=segments, candidates=candidates, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                              ef_search=ef_search, nlist=nlist, nprobe=nprobe, pad=pad)
-            defaults = dict(segments=1, candidates=None, hnsw_m=32, ef_construction=80, ef_search=128, nlist=None,
-                            nprobe=32, pad=None)
+            faiss_args = dict(
+                segments=segments,
+                candidates=candidates,
+                hnsw_m=hnsw_m,
+                ef_construction=ef_construction,
+                ef_search=ef_search,
+                nlist=nlist,
+                nprobe=nprobe,
+                pad=pad,
+            )
+            defaults = dict(
+                segments=1,
+                candidates=None,
+                hnsw_m=32,
+                ef_construction=80,
+                ef_search=128,
+                nlist=None,
+                nprobe=32,
+                pad=None,
+            )
             changed = [k for k, v in faiss_args.items() if v != defaults[k]]
             if changed:
                 raise ValueError(f"{', '.join(changed)}: give index parameters to the index adapter, not the Recaller")
             self.index = index
         elif isinstance(index, str):
-            self.index = FaissIndex(index, segments=segments, candidates=candidates, hnsw_m=hnsw_m,
-                                    ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe,
-                                    pad=pad)
+            self.index = FaissIndex(
+                index,
+                segments=segments,
+                candidates=candidates,
+                hnsw_m=hnsw_m,
+                ef_construction=ef_construction,
+                ef_search=ef_search,
+                nlist=nlist,
+                nprobe=nprobe,
+                pad=pad,
+            )
         else:
-            raise ValueError(f"index must be a string or an index adapter (fmrecall.FaissIndex / MilvusIndex), "
-                             f"got {type(index).__name__}")
+            raise ValueError(
+                f"index must be a string or an index adapter (fmrecall.FaissIndex / MilvusIndex), "
+                f"got {type(index).__name__}"
+            )
         self.index.open(self.split.dim, self.threads)
 
     def _bind(self, model: Any, sides: Union[Sides, Schema, None], threads: Any) -> None:
@@ -146,9 +191,11 @@ class Recaller:
     def _check_model(self) -> None:
         now = getattr(self.model, "generation_", None)
         if now != self._generation:
-            raise RuntimeError("the model was trained again after this Recaller was built (fit / partial_fit): its "
-                               "indexed item vectors no longer match the model. Build a new Recaller (train a copy, "
-                               "copy.deepcopy(model), to keep serving this one meanwhile)")
+            raise RuntimeError(
+                "the model was trained again after this Recaller was built (fit / partial_fit): its "
+                "indexed item vectors no longer match the model. Build a new Recaller (train a copy, "
+                "copy.deepcopy(model), to keep serving this one meanwhile)"
+            )
 
     def _encode(self, data: Any, side: str) -> Dataset:
         if isinstance(data, Dataset):
@@ -168,6 +215,7 @@ class Recaller:
             if isinstance(items, Dataset):
                 raise ValueError("ids as a column name needs items as a DataFrame")
             from ..schema import _frame
+
             items = _frame(items)
             ids = items[ids].to_numpy()
         item_ds = self._encode(items, "item")
@@ -190,9 +238,11 @@ class Recaller:
         except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
             if not isinstance(self.index, FaissIndex):
                 raise
-            raise ValueError(f"faiss could not index these {ids.size} items ({str(e).strip().splitlines()[-1]}); "
-                             f"nothing was added. An IVF index trains on its first batch: give it at least as many "
-                             f"items as it has lists") from None
+            raise ValueError(
+                f"faiss could not index these {ids.size} items ({str(e).strip().splitlines()[-1]}); "
+                f"nothing was added. An IVF index trains on its first batch: give it at least as many "
+                f"items as it has lists"
+            ) from None
         return self
 
     def _vector_batches(self, item_ds: Dataset) -> Iterator[np.ndarray]:
@@ -206,9 +256,18 @@ class Recaller:
         return self
 
     # ------------------------------------------------------------------ search
-    def search(self, query_ds: Any, k: int = 10, *, exclude: Any = None, restrict: Any = None,
-               certify: bool = False, candidates: Optional[int] = None, ef_search: Optional[int] = None,
-               nprobe: Optional[int] = None) -> SearchResult:
+    def search(
+        self,
+        query_ds: Any,
+        k: int = 10,
+        *,
+        exclude: Any = None,
+        restrict: Any = None,
+        certify: bool = False,
+        candidates: Optional[int] = None,
+        ef_search: Optional[int] = None,
+        nprobe: Optional[int] = None,
+    ) -> SearchResult:
         """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or a
         DataFrame / dict rows when the Recaller has a schema).
 
@@ -233,8 +292,11 @@ class Recaller:
         allow: IdFilter = id_filter(restrict, m, "restrict")
         if m == 0:
             return SearchResult.empty(m, k, loss)
-        params = {name: value for name, value in (("candidates", candidates), ("ef_search", ef_search),
-                                                  ("nprobe", nprobe)) if value is not None}
+        params = {
+            name: value
+            for name, value in (("candidates", candidates), ("ef_search", ef_search), ("nprobe", nprobe))
+            if value is not None
+        }
         ids, ip, cert = self.index.search(q, k, excl, allow, bool(certify), params or None)
         scores = (ip + b[:, None]).astype(np.float32)  # b_q + <q, p>: the model's score on the joined row
         return SearchResult(ids, scores, cert, loss)
@@ -245,6 +307,7 @@ class Recaller:
         version sub-directory, checksummed, then an atomic switch of the pointer to it, so a
         reader always loads a complete version and a killed save leaves the previous one."""
         from .store import save_recaller
+
         save_recaller(self, directory)
 
     @classmethod
@@ -252,20 +315,26 @@ class Recaller:
         """Load a Recaller written by save(); searches give identical results. Every member is
         verified against its SHA-256 and every parameter validated (ValueError naming the file)."""
         from .store import load_recaller
+
         return load_recaller(directory, **options)
 
     def __reduce__(self) -> Any:
         from .store import recaller_from_bytes, recaller_to_bytes
+
         return (recaller_from_bytes, (recaller_to_bytes(self),))
 
     def __repr__(self) -> str:
-        return (f"Recaller({type(self.model).__name__}, index={self.index_kind!r}, items={len(self)}, dim={self.dim})")
+        return f"Recaller({type(self.model).__name__}, index={self.index_kind!r}, items={len(self)}, dim={self.dim})"
 
 
 def recaller_config(rec: Recaller) -> Dict[str, Any]:
     """The Recaller's own settings as saved (the index's are in its state)."""
-    return {"sides": rec.sides.to_dict(), "threads": rec.threads, "backend": rec.index.backend,
-            "schema": rec.schema.to_dict() if rec.schema is not None else None}
+    return {
+        "sides": rec.sides.to_dict(),
+        "threads": rec.threads,
+        "backend": rec.index.backend,
+        "schema": rec.schema.to_dict() if rec.schema is not None else None,
+    }
 
 
 __all__ = ["Recaller", "SearchResult", "row_range", "recaller_config"]

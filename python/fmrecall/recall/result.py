@@ -1,4 +1,5 @@
 """SearchResult: the top K per query, with the model's exact scores."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

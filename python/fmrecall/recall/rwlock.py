@@ -1,4 +1,5 @@
 """A readers–writer lock: many readers at once, or one writer alone (writers are not starved)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@
 Every path ends in `top_k`, which masks removed / excluded candidates and cuts the top k by the
 exact inner product.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class Snapshot:
 
     catalogue: Catalogue
     segments: Tuple[Segment, ...]
-    vectors: np.ndarray       # float32 (rows, dim) exact item vectors by row
+    vectors: np.ndarray  # float32 (rows, dim) exact item vectors by row
     exact: bool
 
 
@@ -91,8 +92,9 @@ def visible(found: Tuple[np.ndarray, np.ndarray], n_rows: int) -> Tuple[np.ndarr
     return D, np.where(I < n_rows, I, -1)
 
 
-def top_k(snap: Snapshot, rows: np.ndarray, ip: np.ndarray, k: int,
-          excl: Optional[Exclusion]) -> Tuple[np.ndarray, np.ndarray]:
+def top_k(
+    snap: Snapshot, rows: np.ndarray, ip: np.ndarray, k: int, excl: Optional[Exclusion]
+) -> Tuple[np.ndarray, np.ndarray]:
     """Mask invalid / removed / excluded candidates, cut the top k by exact inner product:
     (ids int64 (m, k) with -1 padding, inner products float32 (m, k) with -inf padding)."""
     row_ids = snap.catalogue.row_ids
@@ -122,12 +124,13 @@ def rescore(snap: Snapshot, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     safe = np.where(rows >= 0, rows, 0)
     step = max(1, (1 << 22) // max(rows.shape[1] * q.shape[1], 1))
     for s in range(0, rows.shape[0], step):
-        out[s:s + step] = np.einsum("md,mcd->mc", q[s:s + step], snap.vectors[safe[s:s + step]])
+        out[s : s + step] = np.einsum("md,mcd->mc", q[s : s + step], snap.vectors[safe[s : s + step]])
     return out
 
 
-def search(snap: Snapshot, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool,
-           settings: Settings) -> Result:
+def search(
+    snap: Snapshot, q: np.ndarray, k: int, exclude: IdFilter, restrict: IdFilter, certify: bool, settings: Settings
+) -> Result:
     m = q.shape[0]
     if len(snap.catalogue) == 0:
         return np.full((m, k), -1, np.int64), np.full((m, k), -np.inf, np.float32), np.ones(m, bool)
@@ -155,8 +158,9 @@ def search_single(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusio
     return ids, ip, np.zeros(m, bool)
 
 
-def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion], certify: bool,
-                     settings: Settings) -> Result:
+def search_segmented(
+    snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusion], certify: bool, settings: Settings
+) -> Result:
     """Per-segment top-K' lists, merged and re-scored exactly. An item returned by no segment
     has <q, p> <= Σ_s τ_s (τ_s = the lowest partial score segment s returned), so the result is
     certified exact when the k-th exact score reaches that bound (exact segment indexes only)."""
@@ -201,8 +205,9 @@ def search_segmented(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclu
     return ids, ips, cert
 
 
-def search_restricted(snap: Snapshot, q: np.ndarray, k: int, restrict: IdFilter, excl: Optional[Exclusion],
-                      settings: Settings) -> Result:
+def search_restricted(
+    snap: Snapshot, q: np.ndarray, k: int, restrict: IdFilter, excl: Optional[Exclusion], settings: Settings
+) -> Result:
     """Only the allowed ids, by an exact scan; a None entry leaves that query unrestricted."""
     m = q.shape[0]
     ids = np.full((m, k), -1, np.int64)

@@ -12,6 +12,7 @@ may have just read the old pointer); anything older, and the debris of interrupt
 removed by the next save. Directories written by fmrecall 0.1 (members directly in the directory,
 no checksums) still load.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,9 +61,11 @@ class Member(NamedTuple):
 
 def _backends() -> Dict[str, Type[ItemIndex]]:
     from .faiss_index import FaissIndex
+
     out: Dict[str, Type[ItemIndex]] = {"faiss": FaissIndex}
     try:
         from .milvus import MilvusIndex
+
         out["milvus"] = MilvusIndex
     except ImportError:  # pragma: no cover - the milvus module is part of the package
         pass
@@ -99,14 +102,19 @@ def _fsync_file(path: str) -> None:
 def write_version(rec: Any, target: str) -> None:
     """Write every member of `rec` and the manifest into the (new, empty) directory `target`."""
     from .recaller import recaller_config
+
     meta_m, arrays_m = model_to_arrays(rec.model)
     save_arrays(os.path.join(target, "model.npz"), meta_m, arrays_m)
     index_meta, index_arrays, files = rec.index.state()
     for name, arr in index_arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ValueError(f"refusing to save: the index's {name} contain non-finite values")
-    meta = {"format": RECALLER_FORMAT, "version": RECALLER_VERSION, "recaller": recaller_config(rec),
-            "index": index_meta}
+    meta = {
+        "format": RECALLER_FORMAT,
+        "version": RECALLER_VERSION,
+        "recaller": recaller_config(rec),
+        "index": index_meta,
+    }
     save_arrays(os.path.join(target, "items.npz"), meta, index_arrays)
     for name, write in files.items():
         if not _MEMBER.match(name):
@@ -258,6 +266,7 @@ def load_recaller(directory: Union[str, os.PathLike], **options: Any) -> Any:
 
 def _load_members(files: Dict[str, Member], where: str, options: Dict[str, Any]) -> Any:
     from .recaller import Recaller
+
     for need in ("model.npz", "items.npz"):
         if need not in files:
             raise FileNotFoundError(2, "member missing", os.path.join(where, need))
@@ -292,10 +301,22 @@ def _load_members(files: Dict[str, Member], where: str, options: Dict[str, Any])
 def _upgrade_v1(meta: Dict[str, Any]) -> Dict[str, Any]:
     p = dict(meta.get("params", {}))
     pad = p.pop("pad", None)
-    return {"recaller": {"sides": meta["sides"], "threads": meta.get("threads", 0), "backend": "faiss",
-                         "schema": meta.get("schema")},
-            "index": {"kind": meta["index"], "segments": meta["segments"], "candidates": meta.get("candidates"),
-                      **p, "pad": pad, "max_norms": meta["max_norms"]}}
+    return {
+        "recaller": {
+            "sides": meta["sides"],
+            "threads": meta.get("threads", 0),
+            "backend": "faiss",
+            "schema": meta.get("schema"),
+        },
+        "index": {
+            "kind": meta["index"],
+            "segments": meta["segments"],
+            "candidates": meta.get("candidates"),
+            **p,
+            "pad": pad,
+            "max_norms": meta["max_norms"],
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- pickle
