@@ -229,16 +229,16 @@ def random_hybrid_weights(
         "linear": rng.normal(0.0, scale, size=n_features).astype(np.float32),
         "factors": rng.normal(0.0, scale, size=(n_features, k)).astype(np.float32),
         "field_factors": rng.normal(0.0, scale, size=(feats.size, n_fields, k)).astype(np.float32),
-        "field_rows": rows,
+        "aware_row": rows,
     }
 
 
 def hybrid_ref_params(w: dict):
-    """reference.py params of HybridFM weights: v = factors; W[j] = field_factors[field_rows[j]],
-    or zeros for field_rows[j] = -1 (such a feature's pairs vanish: only its linear term is left)."""
+    """reference.py params of HybridFM weights: v = factors; W[j] = field_factors[aware_row[j]],
+    or zeros for aware_row[j] = -1 (such a feature's pairs vanish: only its linear term is left)."""
     import reference as ref
 
-    rows = np.asarray(w["field_rows"])
+    rows = np.asarray(w["aware_row"])
     F, k = w["field_factors"].shape[1:]
     W = np.zeros((rows.size, F, k))
     W[rows >= 0] = w["field_factors"][rows[rows >= 0]]

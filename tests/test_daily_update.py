@@ -83,8 +83,8 @@ def test_grown_parameters_and_first_step_match_reference(rng, kind):
     if kind == "ffm":
         np.testing.assert_array_equal(w0["factors"][:N], old["factors"])
     elif kind.startswith("hybrid"):
-        rows = w0["field_rows"]
-        np.testing.assert_array_equal(rows[:N], old["field_rows"])
+        rows = w0["aware_row"]
+        np.testing.assert_array_equal(rows[:N], old["aware_row"])
         np.testing.assert_array_equal(w0["field_factors"][: old["field_factors"].shape[0]], old["field_factors"])
         new_aware = need[need >= N]
         assert sorted(rows[new_aware]) == list(

@@ -1,6 +1,6 @@
 """HybridFM (DESIGN.md §4): field-aware on one side only. Scores and one AdaGrad step against the
 float64 numpy reference (tests/reference.py with per-field `aware` flags), weights / persistence round
-trips, the field_rows rule, parameter validation, determinism, and the frappe comparison of
+trips, the aware_row rule, parameter validation, determinism, and the frappe comparison of
 FM / HybridFM / FFM (holdout AUC and split dimension)."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_the_three_pair_rules(rng, field_aware):
     w = random_hybrid_weights(rng, N, F, k)
     model = _hybrid(w, field_aware)
     aware = aware_flags(SIDES, field_aware, F)
-    v, W, rows, lin = w["factors"], w["field_factors"], w["field_rows"], w["linear"]
+    v, W, rows, lin = w["factors"], w["field_factors"], w["aware_row"], w["linear"]
     cases = []
     for fi in range(F):
         for fj in range(F):
@@ -111,11 +111,11 @@ def test_the_three_pair_rules(rng, field_aware):
 
 @pytest.mark.parametrize("field_aware", ORIENT)
 def test_feature_without_field_row_contributes_only_its_linear_weight(rng, field_aware):
-    """score(row + node) - score(row) == w_j x_j when j has field_rows = -1 and the node is in a
+    """score(row + node) - score(row) == w_j x_j when j has aware_row = -1 and the node is in a
     field-aware field (here with no reference code at all)."""
     w = random_hybrid_weights(rng, N, F, 6)
     j0 = 7
-    w["field_rows"][j0] = -1  # its old row of field_factors becomes unused
+    w["aware_row"][j0] = -1  # its old row of field_factors becomes unused
     model = _hybrid(w, field_aware)
     aware_fields = [f for f in range(F) if aware_flags(SIDES, field_aware, F)[f]]
     base = [
@@ -150,7 +150,7 @@ def _step_row(rng, n_nodes=9):
 
 def _ref_step(params, state, aware, rows, f, j, x, label, **hyper):
     """reference.adagrad_step for a hybrid row, with the rule for features without a field-aware row
-    (field_rows = -1) in a field-aware field: such a node is a linear-only feature. Its pairs are
+    (aware_row = -1) in a field-aware field: such a node is a linear-only feature. Its pairs are
     zero (reference.py sees an all-zero W row), and it is nobody's partner either, so it does not
     make W[j_p, its field] of another node "touched" (no L2 step from it alone).
     Returns (new params, new state, loss, touched masks)."""
@@ -170,14 +170,14 @@ def _params_of(model):
 
 def _grow_for(model, aware, fields, feats):
     """Give field-aware rows to the row's aware-field features without one, as partial_fit does
-    first; returns (weights, field_rows) afterwards. Checks the growth itself: exactly those
+    first; returns (weights, aware_row) afterwards. Checks the growth itself: exactly those
     features get new rows, appended after the existing ones."""
-    before = model.weights()["field_rows"]
+    before = model.weights()["aware_row"]
     need = np.unique(feats[aware[fields].astype(bool)])
     new = need[before[need] < 0]
     model._core.grow_rows(need.astype(np.int32), model.init_std, model.seed)
     w = model.weights()
-    rows = w["field_rows"].copy()
+    rows = w["aware_row"].copy()
     np.testing.assert_array_equal(np.delete(rows, new), np.delete(before, new))
     assert sorted(rows[new]) == list(range(before.max() + 1, before.max() + 1 + new.size))
     return w, rows
@@ -221,7 +221,7 @@ def test_one_adagrad_step_matches_reference(rng, arch, field_aware, loss, label,
     _compare(model, p1, p0, t1, rows)
     assert model.history_[-1]["train_loss"] == pytest.approx(loss1, rel=1e-5, abs=1e-6)
     after = model.weights()
-    np.testing.assert_array_equal(after["field_rows"], rows)  # training never re-assigns rows
+    np.testing.assert_array_equal(after["aware_row"], rows)  # training never re-assigns rows
     assert after["field_factors"].shape == w["field_factors"].shape
 
     # step 2 on a row sharing three features: the AdaGrad state carries over
@@ -261,7 +261,7 @@ def test_one_step_with_feature_in_a_single_and_an_aware_field(rng, field_aware):
         p0, ref.fresh_state(p0), aware, f, j, x, 1.0, loss="logistic", lr=lr, reg_linear=reg_l, reg_factors=reg_f
     )
     model.partial_fit(ds)
-    _compare(model, p1, p0, ref.touched_mask(p0, aware, f, j, x), w["field_rows"])
+    _compare(model, p1, p0, ref.touched_mask(p0, aware, f, j, x), w["aware_row"])
 
 
 @pytest.mark.parametrize("field_aware", ORIENT)
@@ -271,7 +271,7 @@ def test_partial_fit_gives_a_new_feature_field_aware_vectors(rng, field_aware):
     reference step from the grown weights. Existing rows never move."""
     w = random_hybrid_weights(rng, N, F, 4)
     j0 = 9
-    w["field_rows"][j0] = -1
+    w["aware_row"][j0] = -1
     model = _hybrid(w, field_aware, learning_rate=0.1, reg_linear=0.1, reg_factors=0.1)
     aware = aware_flags(SIDES, field_aware, F)
     fa = [f for f in range(F) if aware[f]][0]
@@ -284,21 +284,21 @@ def test_partial_fit_gives_a_new_feature_field_aware_vectors(rng, field_aware):
         ref.score(hybrid_ref_params(before), aware, f, j, x), rel=1e-5, abs=1e-6
     )
     grown, rows = _grow_for(model, aware, np.array([fs, fa, fa]), np.array([2, j0, 4]))
-    assert rows[j0] == before["field_rows"].max() + 1
+    assert rows[j0] == before["aware_row"].max() + 1
     p0 = hybrid_ref_params(grown)
     p1, _, _, t1 = _ref_step(
         p0, ref.fresh_state(p0), aware, rows, f, j, x, 1.0, loss="logistic", lr=0.1, reg_linear=0.1, reg_factors=0.1
     )
     model.partial_fit(ds)
     got = model.weights()
-    np.testing.assert_array_equal(got["field_rows"], rows)
+    np.testing.assert_array_equal(got["aware_row"], rows)
     assert not np.array_equal(got["field_factors"][rows[j0]], grown["field_factors"][rows[j0]])  # trained
     _compare(model, p1, p0, t1, rows)
 
 
-# ---------------------------------------------------------------------------- field_rows at fit time
+# ---------------------------------------------------------------------------- aware_row at fit time
 @pytest.mark.parametrize("field_aware", ORIENT)
-def test_field_rows_only_for_features_in_aware_fields(rng, field_aware):
+def test_aware_row_only_for_features_in_aware_fields(rng, field_aware):
     """Rows go to exactly the features that occur in field-aware fields of the training data; a
     feature seen only in single fields, or never (n_features beyond the data), gets -1."""
     n_model = 45  # features 30..44 never occur
@@ -318,7 +318,7 @@ def test_field_rows_only_for_features_in_aware_fields(rng, field_aware):
         k=3, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=1, threads=1, n_features=n_model
     ).fit(ds)
     w = m.weights()
-    rows = w["field_rows"]
+    rows = w["aware_row"]
     assert rows.dtype == np.int32 and rows.shape == (n_model,)
     assert w["factors"].shape == (n_model, 3) and w["linear"].shape == (n_model,)
     aware = aware_flags(SIDES, field_aware, F)
@@ -329,7 +329,7 @@ def test_field_rows_only_for_features_in_aware_fields(rng, field_aware):
     assert np.all(rows[rows < 0] == -1)
 
 
-def test_field_rows_of_a_single_side_id_field(rng):
+def test_aware_row_of_a_single_side_id_field(rng):
     """The DESIGN.md §4 use case: a high-cardinality user-id field on the single side gets no
     field-aware rows at all."""
     n_users, n_items = 200, 10
@@ -347,7 +347,7 @@ def test_field_rows_of_a_single_side_id_field(rng):
         k=4, sides=fmrecall.Sides(user=[0], item=[1], context=[2]), field_aware="item", epochs=1, threads=1
     ).fit(ds)
     w = m.weights()
-    np.testing.assert_array_equal(np.flatnonzero(w["field_rows"] >= 0), np.unique(items))
+    np.testing.assert_array_equal(np.flatnonzero(w["aware_row"] >= 0), np.unique(items))
     assert w["field_factors"].shape[0] == np.unique(items).size
 
 
@@ -358,20 +358,20 @@ def test_weights_round_trip(rng, field_aware):
     m = fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=2, threads=1).fit(ds)
     w = m.weights()
     assert isinstance(w["bias"], float)
-    assert set(w) == {"bias", "linear", "factors", "field_factors", "field_rows"}
+    assert set(w) == {"bias", "linear", "factors", "field_factors", "aware_row"}
     for name in ("linear", "factors", "field_factors"):
         assert w[name].dtype == np.float32, name
     before = m.decision_function(ds)
     for name in ("linear", "factors", "field_factors"):
         w[name][...] = 100.0
-    w["field_rows"][:] = -1
+    w["aware_row"][:] = -1
     np.testing.assert_array_equal(m.decision_function(ds), before)  # weights() returned copies
     w = m.weights()
     m2 = _hybrid(w, field_aware)
     np.testing.assert_array_equal(m2.decision_function(ds), before)
     w2 = m2.weights()
     assert w2["bias"] == w["bias"]
-    for name in ("linear", "factors", "field_factors", "field_rows"):
+    for name in ("linear", "factors", "field_factors", "aware_row"):
         np.testing.assert_array_equal(w2[name], w[name], err_msg=name)
     # the other orientation with the same arrays is a different model
     other = _hybrid(w, "query" if field_aware == "item" else "item")
@@ -402,7 +402,7 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path, field_aware):
         assert loaded.get_params()[name] == m.get_params()[name], name
     a, b = m.weights(), loaded.weights()
     assert a["bias"] == b["bias"]
-    for name in ("linear", "factors", "field_factors", "field_rows"):
+    for name in ("linear", "factors", "field_factors", "aware_row"):
         assert b[name].dtype == a[name].dtype, name
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     np.testing.assert_array_equal(loaded.decision_function(ds), m.decision_function(ds))
@@ -430,14 +430,24 @@ def test_from_weights_validation(rng):
     with pytest.raises(ValueError):
         fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(user=[0], item=[1]))  # field 2 unassigned
     with pytest.raises(ValueError):
-        fmrecall.HybridFM.from_weights({**w, "field_rows": w["field_rows"][:9]}, sides=sides)
-    bad = w["field_rows"].copy()
+        fmrecall.HybridFM.from_weights({**w, "aware_row": w["aware_row"][:9]}, sides=sides)
+    bad = w["aware_row"].copy()
     bad[3] = w["field_factors"].shape[0]
     with pytest.raises(ValueError):
-        fmrecall.HybridFM.from_weights({**w, "field_rows": bad}, sides=sides)
+        fmrecall.HybridFM.from_weights({**w, "aware_row": bad}, sides=sides)
     bad[3] = -2
     with pytest.raises(ValueError):
-        fmrecall.HybridFM.from_weights({**w, "field_rows": bad}, sides=sides)
+        fmrecall.HybridFM.from_weights({**w, "aware_row": bad}, sides=sides)
+    with pytest.raises(ValueError, match="integers"):  # 1.7 would truncate to row 1
+        fmrecall.HybridFM.from_weights({**w, "aware_row": w["aware_row"] + 0.7}, sides=sides)
+    wrapped = w["aware_row"].astype(np.int64)
+    wrapped[3] = 2**32  # would wrap to row 0 as int32
+    with pytest.raises(ValueError, match="aware_row entries"):
+        fmrecall.HybridFM.from_weights({**w, "aware_row": wrapped}, sides=sides)
+    old_key = {("field_rows" if k == "aware_row" else k): v for k, v in w.items()}  # the name before 0.2
+    np.testing.assert_array_equal(
+        fmrecall.HybridFM.from_weights(old_key, sides=sides).weights()["aware_row"], w["aware_row"]
+    )
     with pytest.raises(ValueError):
         fmrecall.HybridFM.from_weights({k: v for k, v in w.items() if k != "field_factors"}, sides=sides)
     with pytest.raises(ValueError):
@@ -519,7 +529,7 @@ def test_deterministic_with_one_thread(rng, field_aware):
 
     a, b, c = fit(11), fit(11), fit(12)
     assert a["bias"] == b["bias"]
-    for name in ("linear", "factors", "field_factors", "field_rows"):
+    for name in ("linear", "factors", "field_factors", "aware_row"):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert not np.array_equal(a["factors"], c["factors"])
     assert not np.array_equal(a["field_factors"], c["field_factors"])

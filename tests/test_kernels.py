@@ -25,6 +25,7 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
 A deliberate one-line bug in any of these must fail this file: tools/mutation_check.py plants such
 bugs one at a time in a private build and runs it (not part of the test suite).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -33,29 +34,29 @@ from typing import Optional, Tuple
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import aware_flags, hybrid_ref_params
 
 import fmrecall
-import reference as ref
-from conftest import aware_flags, hybrid_ref_params
 
 N_FIELDS = 6
-N_FEATURES = 48                      # feature j belongs to field j % 6 (8 features per field)
+N_FEATURES = 48  # feature j belongs to field j % 6 (8 features per field)
 SIDES = dict(user=[0], context=[1], item=[2, 3, 4, 5])
 LR, REG_LIN, REG_FAC = 0.1, 0.05, 0.1  # large L2 so its part of every gradient is visible
-STEPS = 3                            # rows A, A again (accumulators no longer 1), B
+STEPS = 3  # rows A, A again (accumulators no longer 1), B
 LABELS = {"logistic01": [1.0, 0.0, 1.0], "logistic-11": [-1.0, 1.0, -1.0], "squared": [0.7, -0.4, 1.2]}
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
-    kind: str                # fm | ffm | hybrid-item | hybrid-query
+    kind: str  # fm | ffm | hybrid-item | hybrid-query
     k: int
-    shape: str               # onehot | multi | repeat | one-aware
-    unit: bool = False       # True: one-hot data without a values array (every value 1)
+    shape: str  # onehot | multi | repeat | one-aware
+    unit: bool = False  # True: one-hot data without a values array (every value 1)
     normalize: bool = False
     labels: str = "logistic01"
-    path: str = ""           # the kernel branch the rows take (see the module docstring)
+    path: str = ""  # the kernel branch the rows take (see the module docstring)
 
     @property
     def loss(self) -> str:
@@ -64,8 +65,16 @@ class Case:
 
 # One line per case: the branch its rows take.
 CASES = [
-    Case("ffm-onehot-k1", "ffm", 1, "onehot",
-         path="K=4, 6 aware one per field: pair_dots 2-pair loop + odd tail; pair_steps4 + tail pair_step (wide), pair_step<4> (generic)"),
+    Case(
+        "ffm-onehot-k1",
+        "ffm",
+        1,
+        "onehot",
+        path=(
+            "K=4, 6 aware one per field: pair_dots 2-pair loop + odd tail; "
+            "pair_steps4 + tail pair_step (wide), pair_step<4> (generic)"
+        ),
+    ),
     Case("ffm-onehot-k2-squared", "ffm", 2, "onehot", labels="squared", path="as k1, squared loss"),
     Case("ffm-onehot-k3-pm1", "ffm", 3, "onehot", labels="logistic-11", path="as k1, labels -1/1"),
     Case("ffm-onehot-k4", "ffm", 4, "onehot", path="as k1, no padding lanes"),
@@ -77,7 +86,13 @@ CASES = [
     Case("ffm-onehot-k13-pm1", "ffm", 13, "onehot", labels="logistic-11", path="K=16: two f8 chunks"),
     Case("ffm-onehot-k32", "ffm", 32, "onehot", path="K=32: four f8 chunks"),
     Case("ffm-onehot-k64-unit", "ffm", 64, "onehot", unit=True, path="K=64: eight f8 chunks, unit values"),
-    Case("ffm-multi-k4", "ffm", 4, "multi", path="K=4, a field with 3 aware nodes: gathered gradients (grad/used) + adagrad<4>"),
+    Case(
+        "ffm-multi-k4",
+        "ffm",
+        4,
+        "multi",
+        path="K=4, a field with 3 aware nodes: gathered gradients (grad/used) + adagrad<4>",
+    ),
     Case("ffm-multi-k8-unit", "ffm", 8, "multi", unit=True, path="K=8 gathered gradients, unit values"),
     Case("ffm-multi-k12-norm", "ffm", 12, "multi", normalize=True, path="K=0 gathered gradients, normalized"),
     Case("ffm-repeat-k4", "ffm", 4, "repeat", path="repeated feature: collect<4> (aware partners) + apply"),
@@ -87,17 +102,49 @@ CASES = [
     Case("fm-onehot-k12-squared", "fm", 12, "onehot", labels="squared", path="ns only, K=0"),
     Case("fm-onehot-k16-norm", "fm", 16, "onehot", normalize=True, path="ns only, K=16, normalized"),
     Case("fm-repeat-k4", "fm", 4, "repeat", path="repeated feature, ns only: collect (single vectors) + apply"),
-    Case("hybrid-onehot-k4", "hybrid-item", 4, "onehot",
-         path="2 single + 4 aware: Sa, single×aware dots; backward 1) Ca + adagrad, 2) pair_steps4 / pair_step, 3) with Ca"),
-    Case("hybrid-onehot-k8-unit-squared", "hybrid-item", 8, "onehot", unit=True, labels="squared",
-         path="as hybrid k4 with K=8, unit values"),
+    Case(
+        "hybrid-onehot-k4",
+        "hybrid-item",
+        4,
+        "onehot",
+        path=(
+            "2 single + 4 aware: Sa, single×aware dots; "
+            "backward 1) Ca + adagrad, 2) pair_steps4 / pair_step, 3) with Ca"
+        ),
+    ),
+    Case(
+        "hybrid-onehot-k8-unit-squared",
+        "hybrid-item",
+        8,
+        "onehot",
+        unit=True,
+        labels="squared",
+        path="as hybrid k4 with K=8, unit values",
+    ),
     Case("hybrid-onehot-k12-pm1", "hybrid-item", 12, "onehot", labels="logistic-11", path="as hybrid k4 with K=0"),
-    Case("hybrid-multi-k4", "hybrid-item", 4, "multi",
-         path="multi-valued aware field: gathered gradients; multi-valued single field: Sa sums two nodes"),
-    Case("hybrid-multi-k16-norm", "hybrid-item", 16, "multi", normalize=True, path="as hybrid-multi with K=16, normalized"),
+    Case(
+        "hybrid-multi-k4",
+        "hybrid-item",
+        4,
+        "multi",
+        path="multi-valued aware field: gathered gradients; multi-valued single field: Sa sums two nodes",
+    ),
+    Case(
+        "hybrid-multi-k16-norm",
+        "hybrid-item",
+        16,
+        "multi",
+        normalize=True,
+        path="as hybrid-multi with K=16, normalized",
+    ),
     Case("hybrid-query-multi-k5", "hybrid-query", 5, "multi", path="query side aware (2 aware fields), K=8"),
-    Case("hybrid-repeat-k4", "hybrid-item", 4, "repeat",
-         path="feature in a single and an aware field + one repeated: collect with Ca and the Sa slot branch"),
+    Case(
+        "hybrid-repeat-k4",
+        "hybrid-item",
+        4,
+        "repeat",
+        path="feature in a single and an aware field + one repeated: collect with Ca and the Sa slot branch",
+    ),
     Case("hybrid-one-aware-k4", "hybrid-item", 4, "one-aware", path="na == 1: no aware×aware loop; single×aware only"),
 ]
 
@@ -113,7 +160,7 @@ def _aware(kind: str) -> np.ndarray:
 
 def _start(rng, kind: str, k: int, **hyper):
     """(library model, reference params) with the same random float32 weights; every feature has
-    field-aware vectors (a hybrid's field_rows are a shuffled order, so row != feature)."""
+    field-aware vectors (a hybrid's aware_row are a shuffled order, so row != feature)."""
     f32 = lambda *shape: rng.normal(0.0, 0.4, size=shape).astype(np.float32)  # noqa: E731
     bias, linear = float(f32(1)[0]), f32(N_FEATURES)
     hyper = dict(learning_rate=LR, reg_linear=REG_LIN, reg_factors=REG_FAC, threads=1, **hyper)
@@ -126,8 +173,13 @@ def _start(rng, kind: str, k: int, **hyper):
         model = fmrecall.FFM.from_weights({"bias": bias, "linear": linear, "factors": W}, **hyper)
         return model, ref.make_params(bias, linear, W=W)
     rows = rng.permutation(N_FEATURES).astype(np.int32)
-    w = {"bias": bias, "linear": linear, "factors": f32(N_FEATURES, k),
-         "field_factors": f32(N_FEATURES, N_FIELDS, k), "field_rows": rows}
+    w = {
+        "bias": bias,
+        "linear": linear,
+        "factors": f32(N_FEATURES, k),
+        "field_factors": f32(N_FEATURES, N_FIELDS, k),
+        "aware_row": rows,
+    }
     model = fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**SIDES), field_aware=kind.split("-")[1], **hyper)
     return model, hybrid_ref_params(w)
 
@@ -150,22 +202,24 @@ def _row(rng, case: Case) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
     """(fields, features, values or None) of one row of the case's shape, nodes shuffled."""
     aware = _aware(case.kind)
     af, sf = np.flatnonzero(aware), np.flatnonzero(~aware)
-    fields = list(range(N_FIELDS))                      # onehot: one node in every field
-    if case.shape == "multi":                           # 3 nodes in the first aware field, 2 in the first single one
+    fields = list(range(N_FIELDS))  # onehot: one node in every field
+    if case.shape == "multi":  # 3 nodes in the first aware field, 2 in the first single one
         fields += [af[0]] * 2 if af.size else []
         fields += [sf[0]] if sf.size else [af[-1]]
-    elif case.shape == "one-aware":                     # every single field, one aware field
+    elif case.shape == "one-aware":  # every single field, one aware field
         fields = list(sf) + [af[0]]
     feats = []
-    for f in fields:                                    # distinct features
+    for f in fields:  # distinct features
         feats.append(int(rng.choice(np.setdiff1d(_pool(f), feats))))
-    if case.shape == "repeat":                          # one feature twice in its field, one in two fields
+    if case.shape == "repeat":  # one feature twice in its field, one in two fields
         fields += [fields[2], sf[0] if sf.size else 0]
         feats += [feats[2], feats[3]]
     fields, feats = np.asarray(fields, np.int32), np.asarray(feats, np.int32)
     values = None
-    if not case.unit:                                   # distinct values of both signs
-        values = (rng.uniform(0.3, 1.4, fields.size) * np.where(rng.random(fields.size) < 0.3, -1, 1)).astype(np.float32)
+    if not case.unit:  # distinct values of both signs
+        values = (rng.uniform(0.3, 1.4, fields.size) * np.where(rng.random(fields.size) < 0.3, -1, 1)).astype(
+            np.float32
+        )
     o = rng.permutation(fields.size)
     return fields[o], feats[o], None if values is None else values[o]
 
@@ -173,10 +227,15 @@ def _row(rng, case: Case) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
 def _dataset(rows, labels=None) -> fmrecall.Dataset:
     indptr = np.r_[0, np.cumsum([r[0].size for r in rows])].astype(np.int64)
     unit = rows[0][2] is None
-    return fmrecall.Dataset(indptr, np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
-                            None if unit else np.concatenate([r[2] for r in rows]),
-                            None if labels is None else np.asarray(labels, np.float32),
-                            n_features=N_FEATURES, n_fields=N_FIELDS)
+    return fmrecall.Dataset(
+        indptr,
+        np.concatenate([r[0] for r in rows]),
+        np.concatenate([r[1] for r in rows]),
+        None if unit else np.concatenate([r[2] for r in rows]),
+        None if labels is None else np.asarray(labels, np.float32),
+        n_features=N_FEATURES,
+        n_fields=N_FIELDS,
+    )
 
 
 def _assert_score(got: float, params, aware, f, j, x, what=""):
@@ -193,8 +252,9 @@ def _assert_step(got, want, old, touched, what=""):
         if want[key] is None:
             continue
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{what} {key}")
-        np.testing.assert_allclose(got[key] - old[key], want[key] - old[key], rtol=1e-4, atol=1e-6,
-                                   err_msg=f"{what} {key} step")
+        np.testing.assert_allclose(
+            got[key] - old[key], want[key] - old[key], rtol=1e-4, atol=1e-6, err_msg=f"{what} {key} step"
+        )
         t = touched[key]
         np.testing.assert_array_equal(got[key][~t], old[key][~t], err_msg=f"{what} {key} untouched")
 
@@ -207,8 +267,13 @@ def test_scores_match_reference(rng, arch, case):
     got = model.decision_function(_dataset(rows))
     aware = _aware(case.kind)
     for r, (f, j, x) in enumerate(rows):
-        _assert_score(got[r], p, aware, *ref.row_nodes(f, j, x, N_FEATURES, N_FIELDS, case.normalize),
-                      what=f"row {r} [{case.path}]")
+        _assert_score(
+            got[r],
+            p,
+            aware,
+            *ref.row_nodes(f, j, x, N_FEATURES, N_FIELDS, case.normalize),
+            what=f"row {r} [{case.path}]",
+        )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -225,8 +290,9 @@ def test_steps_match_reference(rng, arch, case):
         ds = _dataset([row], [y])
         what = f"step {step} [{case.path}]"
         _assert_score(model.decision_function(ds)[0], p, aware, f, j, x, what=what)
-        want, state, loss = ref.adagrad_step(p, state, aware, f, j, x, y, loss=case.loss, lr=LR,
-                                             reg_linear=REG_LIN, reg_factors=REG_FAC)
+        want, state, loss = ref.adagrad_step(
+            p, state, aware, f, j, x, y, loss=case.loss, lr=LR, reg_linear=REG_LIN, reg_factors=REG_FAC
+        )
         model.partial_fit(ds)
         got = _params(case.kind, model)
         _assert_step(got, want, p, ref.touched_mask(p, aware, f, j, x), what=what)
@@ -246,9 +312,9 @@ def test_row_shapes_take_the_branches_claimed(rng):
             if case.kind == "fm":
                 continue
             if case.shape == "onehot":
-                assert per_field.max() == 1 and per_field.sum() >= 3, case.id     # fused pair loop, >= 3 nodes
+                assert per_field.max() == 1 and per_field.sum() >= 3, case.id  # fused pair loop, >= 3 nodes
             if case.shape == "multi":
-                assert per_field.max() >= 2, case.id                              # gathered gradients
+                assert per_field.max() >= 2, case.id  # gathered gradients
             if case.shape == "one-aware":
                 assert per_field.sum() == 1 and (~aware[f]).any(), case.id
 
@@ -264,14 +330,24 @@ def _world(kind: str, k: int, loss: str, negatives: int = 1):
     global pd
     pd = pytest.importorskip("pandas")
     from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Schema
+
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{k}-{loss}".encode()))
     users = pd.DataFrame({"user_id": ["u"], "age": ["mid"]})
-    items = pd.DataFrame({"item_id": ["A", "B"], "cat": ["c1", "c2"], "tags": [["t", "a1", "a2"], ["t", "b1"]],
-                          "price": [2.0, 7.0]})
+    items = pd.DataFrame(
+        {"item_id": ["A", "B"], "cat": ["c1", "c2"], "tags": [["t", "a1", "a2"], ["t", "b1"]], "price": [2.0, 7.0]}
+    )
     events = pd.DataFrame({"user_id": ["u"], "item_id": ["A"], "hour": [2]})
-    schema = Schema([Categorical("user_id", "user"), Categorical("age", "user"), Categorical("hour", "context"),
-                     Categorical("item_id", "item"), Categorical("cat", "item"), MultiCategorical("tags", "item"),
-                     Numeric("price", "item")])
+    schema = Schema(
+        [
+            Categorical("user_id", "user"),
+            Categorical("age", "user"),
+            Categorical("hour", "context"),
+            Categorical("item_id", "item"),
+            Categorical("cat", "item"),
+            MultiCategorical("tags", "item"),
+            Numeric("price", "item"),
+        ]
+    )
     schema.fit([users, items, events, pd.DataFrame({"price": [1.0, 3.0, 9.0]})])
     inter = Interactions(users, items, events, schema, negatives=negatives)
     n, F = schema.n_features, schema.n_fields
@@ -287,14 +363,21 @@ def _world(kind: str, k: int, loss: str, negatives: int = 1):
         model = fmrecall.FFM.from_weights({"bias": bias, "linear": linear, "factors": W}, **hyper)
         p, aware = ref.make_params(bias, linear, W=W), ref.ffm_aware(F)
     else:
-        w = {"bias": bias, "linear": linear, "factors": f32(n, k), "field_factors": f32(n, F, k),
-             "field_rows": rng.permutation(n).astype(np.int32)}
+        w = {
+            "bias": bias,
+            "linear": linear,
+            "factors": f32(n, k),
+            "field_factors": f32(n, F, k),
+            "aware_row": rng.permutation(n).astype(np.int32),
+        }
         side = kind.split("-")[1]
         model = fmrecall.HybridFM.from_weights(w, sides=schema.sides, field_aware=side, **hyper)
         p, aware = hybrid_ref_params(w), aware_flags(schema.sides.to_dict(), side, F)
     joined = events.merge(users, on="user_id").merge(items, on="item_id")
     pos = ref.dataset_row(schema.transform(joined), 0, n, F)
-    neg = ref.dataset_row(schema.transform(joined.assign(item_id="B", cat="c2", tags=[["t", "b1"]], price=7.0)), 0, n, F)
+    neg = ref.dataset_row(
+        schema.transform(joined.assign(item_id="B", cat="c2", tags=[["t", "b1"]], price=7.0)), 0, n, F
+    )
     assert pos[1].size == 9 and neg[1].size == 8 and np.any(pos[2] != 1)  # real-valued price node
     return model, inter, p, aware, pos, neg
 
@@ -309,8 +392,9 @@ def test_bpr_steps_match_reference(arch, kind, k):
     model, inter, p, aware, pos, neg = _world(kind, k, "bpr")
     state = ref.fresh_state(p)
     for step in range(STEPS):
-        want, state, loss, touched = ref.bpr_step(p, state, aware, pos, neg, lr=LR, reg_linear=REG_LIN,
-                                                  reg_factors=REG_FAC)
+        want, state, loss, touched = ref.bpr_step(
+            p, state, aware, pos, neg, lr=LR, reg_linear=REG_LIN, reg_factors=REG_FAC
+        )
         model.partial_fit(inter)
         got = _params(kind, model)
         _assert_step(got, want, p, touched, what=f"step {step}")
@@ -327,13 +411,18 @@ def test_factored_logistic_steps_match_reference(arch, kind, k):
     for epoch in range(2):
         old, losses = p, []
         for row, y in ((pos, 1.0), (neg, 0.0)):
-            p, state, loss = ref.adagrad_step(p, state, aware, *row, y, loss="logistic", lr=LR,
-                                              reg_linear=REG_LIN, reg_factors=REG_FAC)
+            p, state, loss = ref.adagrad_step(
+                p, state, aware, *row, y, loss="logistic", lr=LR, reg_linear=REG_LIN, reg_factors=REG_FAC
+            )
             losses.append(loss)
         model.partial_fit(inter)
         got = _params(kind, model)
-        touched = {key: None if t is None else t | u for (key, t), u in
-                   zip(ref.touched_mask(old, aware, *pos).items(), ref.touched_mask(old, aware, *neg).values())}
+        touched = {
+            key: None if t is None else t | u
+            for (key, t), u in zip(
+                ref.touched_mask(old, aware, *pos).items(), ref.touched_mask(old, aware, *neg).values()
+            )
+        }
         _assert_step(got, p, old, touched, what=f"epoch {epoch}")
         assert model.history_[-1]["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5, abs=1e-6)
         p = got

@@ -360,9 +360,10 @@ class HybridFM(_FactorizationModel):
     Put high-cardinality id fields on the single-vector side.
 
     weights(): {"bias", "linear": (n,), "factors": (n, k) single vectors,
-                "field_factors": (m, F, k) field-aware vectors, "field_rows": (n,) int32 row of
+                "field_factors": (m, F, k) field-aware vectors, "aware_row": (n,) int32 row of
                 field_factors for each feature (-1: none; such a feature in a field-aware field
-                contributes only its linear weight)}.
+                contributes only its linear weight)}. from_weights also takes the key "field_rows",
+                this map's name before 0.2.
     """
 
     def __init__(self, k: int = 4, *, field_aware: str = "item", sides: Optional[Sides] = None, **kwargs: Any) -> None:
@@ -384,7 +385,7 @@ class HybridFM(_FactorizationModel):
         return item if self.field_aware == "item" else (1 - item).astype(np.uint8)
 
     def _weights_from_core(self, w: Dict[str, Any], core: _core.Model) -> Dict[str, Any]:
-        return {"factors": w["v"], "field_factors": w["W"], "field_rows": w["aware_row"]}
+        return {"factors": w["v"], "field_factors": w["W"], "aware_row": w["aware_row"]}
 
     @classmethod
     def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays:
@@ -393,11 +394,14 @@ class HybridFM(_FactorizationModel):
             raise ValueError("HybridFM.from_weights needs sides=fmrecall.Sides(...)")
         v = _check_factors(weights.get("factors"), 2, "factors", n)
         W = _check_factors(weights.get("field_factors"), 3, "field_factors")
-        rows = np.ascontiguousarray(weights.get("field_rows"), dtype=np.int32)
-        if rows.shape != (n,):
-            raise ValueError(f"field_rows must have shape ({n},), got {rows.shape}")
-        if rows.size and (rows.min() < -1 or rows.max() >= W.shape[0]):
-            raise ValueError(f"field_rows entries must be -1 or < {W.shape[0]}")
+        raw = np.asarray(weights["aware_row"] if "aware_row" in weights else weights.get("field_rows"))
+        if raw.shape != (n,):
+            raise ValueError(f"aware_row must have shape ({n},), got {raw.shape}")
+        if raw.size and raw.dtype.kind not in "iu":
+            raise ValueError(f"aware_row must hold integers, got dtype {raw.dtype}")
+        if raw.size and (raw.min() < -1 or raw.max() >= W.shape[0]):
+            raise ValueError(f"aware_row entries must be -1 or < {W.shape[0]}")
+        rows = np.ascontiguousarray(raw, dtype=np.int32)
         return W.shape[1], rows, W.shape[0], v, W
 
     def split(self, sides: Optional[Sides] = None) -> "Split":
