@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import AVAILABLE_ARCHS, FRAPPE_FIELD_RANGES, REPO_ROOT, aware_flags, hybrid_ref_params, in_ci  # noqa: F401  (tests/test_kernels.py still imports these from conftest)
+from helpers import AVAILABLE_ARCHS, FRAPPE_FIELD_RANGES, REPO_ROOT, in_ci
 
 import fmrecall
 

@@ -20,6 +20,7 @@ FMR_ARCH_NAME, which each cpp/src/kernels_*.cc defines), which proves that the t
 each variant the CPU supports, not only in the one dispatch picks by default (some also fix K, e.g.
 `pair_step@avx512 K=8`). A mutation for an instruction set the CPU lacks is SKIPPED.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,230 +41,402 @@ LANES = "cpp/fmrecall/lanes.h"
 class Mutation:
     name: str
     file: str
-    original: str      # stripped text of the line to replace
-    mutated: str       # its replacement (indentation of the original is kept)
-    nth: int = 0       # which match (1, 2, ...) when the text occurs more than once; 0: must be unique
-    cpu: str = ""      # only meaningful on a CPU with this instruction set (avx2 / avx512)
+    original: str  # stripped text of the line to replace
+    mutated: str  # its replacement (indentation of the original is kept)
+    nth: int = 0  # which match (1, 2, ...) when the text occurs more than once; 0: must be unique
+    cpu: str = ""  # only meaningful on a CPU with this instruction set (avx2 / avx512)
 
 
-AVX512 = 'FMR_ARCH_NAME[3] == \'5\''   # "avx512"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
-AVX2 = 'FMR_ARCH_NAME[3] == \'2\''
-GENERIC = 'FMR_ARCH_NAME[0] == \'g\''
+AVX512 = "FMR_ARCH_NAME[3] == '5'"  # "avx512"[3] == '5'; "avx2"[3] == '2'; "generic"[3] == 'e'
+AVX2 = "FMR_ARCH_NAME[3] == '2'"
+GENERIC = "FMR_ARCH_NAME[0] == 'g'"
 
 MUTATIONS = [
     # ---- forward: the score
-    Mutation("forward linear term", KI,
-             "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];",
-             "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]];"),
-    Mutation("forward FM sum trick: x_i^2 of the square terms", KI,
-             "add_prod<K>(Q, xi * xi, vi, vi, kp);",
-             "add_prod<K>(Q, xi, vi, vi, kp);"),
-    Mutation("forward per-slot sums Sa", KI,
-             "if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);",
-             "if (na) axpy<K>(Sa, xi, vi, kp);"),
-    Mutation("forward single x aware dots", KI,
-             "add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
-             "add_prod<K>(acc, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);"),
-    Mutation("pair_dots K=4 wide: second pair's value", KI,
-             "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));",
-             "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c]), _mm_set1_ps(xb * ax[c]));", cpu="avx2"),
-    Mutation("pair_dots K=4 wide: second pair's partner vector", KI,
-             "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c + 1], Wfb + aoff[c]);",
-             "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c], Wfb + aoff[c]);", cpu="avx2"),
-    Mutation("pair_dots K=4 wide: odd tail dropped", KI,
-             "if (c < count)",
-             "if (c + 1 < count)", cpu="avx2"),
-    Mutation("pair_dots compile-time K: partner offset", KI,
-             "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-             "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]);"),
-    Mutation("pair_dots compile-time K: first chunk only", KI,
-             "for (int i = 0; i < (K ? K : L); i += L) {",
-             "for (int i = 0; i < L; i += L) {"),
-    Mutation("pair_dots run-time K: value of the partner", KI,
-             "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);",
-             "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb, Wb + afo[c], Wfb + aoff[c], kp_rt);"),
-    Mutation("hsum: last lane dropped", LANES,
-             "for (int i = 0; i < width<T>(); ++i) s += v[i];",
-             "for (int i = 0; i < width<T>() - 1; ++i) s += v[i];"),
+    Mutation(
+        "forward linear term",
+        KI,
+        "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];",
+        "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]];",
+    ),
+    Mutation(
+        "forward FM sum trick: x_i^2 of the square terms",
+        KI,
+        "add_prod<K>(Q, xi * xi, vi, vi, kp);",
+        "add_prod<K>(Q, xi, vi, vi, kp);",
+    ),
+    Mutation(
+        "forward per-slot sums Sa",
+        KI,
+        "if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);",
+        "if (na) axpy<K>(Sa, xi, vi, kp);",
+    ),
+    Mutation(
+        "forward single x aware dots",
+        KI,
+        "add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
+        "add_prod<K>(acc, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
+    ),
+    Mutation(
+        "pair_dots K=4 wide: second pair's value",
+        KI,
+        "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));",
+        "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c]), _mm_set1_ps(xb * ax[c]));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_dots K=4 wide: second pair's partner vector",
+        KI,
+        "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c + 1], Wfb + aoff[c]);",
+        "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c], Wfb + aoff[c]);",
+        cpu="avx2",
+    ),
+    Mutation("pair_dots K=4 wide: odd tail dropped", KI, "if (c < count)", "if (c + 1 < count)", cpu="avx2"),
+    Mutation(
+        "pair_dots compile-time K: partner offset",
+        KI,
+        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]);",
+    ),
+    Mutation(
+        "pair_dots compile-time K: first chunk only",
+        KI,
+        "for (int i = 0; i < (K ? K : L); i += L) {",
+        "for (int i = 0; i < L; i += L) {",
+    ),
+    Mutation(
+        "pair_dots run-time K: value of the partner",
+        KI,
+        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);",
+        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb, Wb + afo[c], Wfb + aoff[c], kp_rt);",
+    ),
+    Mutation(
+        "hsum: last lane dropped",
+        LANES,
+        "for (int i = 0; i < width<T>(); ++i) s += v[i];",
+        "for (int i = 0; i < width<T>() - 1; ++i) s += v[i];",
+    ),
     # ---- backward 2) aware x aware, one node per field: the fused in-place pair loop
-    Mutation("pair_steps4: second pair's value", KI,
-             "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
-             "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c]), _mm_set1_ps(kxb * ax[c]));", cpu="avx2"),
-    Mutation("pair_steps4: w2's accumulator read from w1's", KI,
-             "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));",
-             "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w1b + 4, w1a + 4));", cpu="avx2"),
-    Mutation("pair_steps4: w1's accumulator stored from w2's", KI,
-             "_mm256_storeu2_m128(w1b + 4, w1a + 4, G1);",
-             "_mm256_storeu2_m128(w1b + 4, w1a + 4, G2);", cpu="avx2"),
-    Mutation("pair_steps4: L2 of g2 on the wrong vector", KI,
-             "const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, bq));",
-             "const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, a));", cpu="avx2"),
-    Mutation("pair_steps4: second pair's first vector", KI,
-             "float* w1b = W + ob + afo[c + 1];",
-             "float* w1b = W + ob + afo[c];", cpu="avx2"),
-    Mutation("pair_steps4: w2 step scaled by w1's accumulator", KI,
-             "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));",
-             "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G1), bq));", cpu="avx2"),
-    Mutation("rsqrt8: Newton step constant", KI,
-             "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));",
-             "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.4f)));",
-             cpu="avx2"),
-    Mutation("pair_steps4@avx512: second pair's value, AVX-512 variant only", KI,
-             "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
-             f"const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[{AVX512} ? c : c + 1]), _mm_set1_ps(kxb * ax[c]));",
-             cpu="avx512"),
-    Mutation("pair_steps4@avx2: w2's accumulator, AVX2 variant only", KI,
-             "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));",
-             f"const __m256 G2 = _mm256_fmadd_ps(g2, g2, {AVX2} ? _mm256_loadu2_m128(w1b + 4, w1a + 4) : "
-             "_mm256_loadu2_m128(w2b + 4, w2a + 4));", cpu="avx2"),
-    Mutation("pair_step: g2 with L2 of the wrong vector (K>4, generic K=4, odd tail)", KI,
-             "const T g2 = kv * a + lv * b;",
-             "const T g2 = kv * a + lv * a;"),
-    Mutation("pair_step: w2 step scaled by w1's accumulator", KI,
-             "store(w2 + d, b - ev * g2 * vrsqrt(G2v));",
-             "store(w2 + d, b - ev * g2 * vrsqrt(G1v));"),
-    Mutation("pair_step@generic: w2's accumulator, generic variant only", KI,
-             "const T G2v = load<T>(G2 + d) + g2 * g2;",
-             f"const T G2v = load<T>(({GENERIC} ? G1 : G2) + d) + g2 * g2;"),
-    Mutation("pair_step@avx512: g1 value, AVX-512 variant only (K=8 f8 chunks, K=0, odd tail)", KI,
-             "const T g1 = kv * b + lv * a;",
-             f"const T g1 = kv * b * ({AVX512} ? 0.5f : 1.f) + lv * a;", cpu="avx512"),
-    Mutation("pair_step@avx512 K=8: g1 value, AVX-512 variant with K=8 only (one f8 chunk)", KI,
-             "const T g1 = kv * b + lv * a;",
-             f"const T g1 = kv * b * ({AVX512} && K == 8 ? 0.5f : 1.f) + lv * a;", cpu="avx512"),
-    Mutation("pair_step@avx2 K=0: g1 value, AVX2 variant with run-time K only", KI,
-             "const T g1 = kv * b + lv * a;",
-             f"const T g1 = kv * b * ({AVX2} && K == 0 ? 0.5f : 1.f) + lv * a;", cpu="avx2"),
-    Mutation("pair_dots@avx2 K=16: pair value, AVX2 variant with K=16 only (two f8 chunks)", KI,
-             "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-             f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
-             "load<T>(p + afo[c]) * load<T>(q + aoff[c]);", cpu="avx2"),
-    Mutation("adagrad@avx512 K=16: L2, AVX-512 variant with K=16 only", KI,
-             "const T g = kv * load<T>(dscore + d) + lv * wv;",
-             f"const T g = kv * load<T>(dscore + d) + lv * wv * ({AVX512} && K == 16 ? 0.f : 1.f);", cpu="avx512"),
-    Mutation("collect@avx2 K=4: aware partner's value, AVX2 variant with K=4 only", KI,
-             "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
-             f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), M.wvec(r.aware_row[q], r.field[p]), kp);",
-             cpu="avx2"),
-    Mutation("fused loop: pair value", KI,
-             "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);",
-             "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[b], ev, lv, kp);"),
-    Mutation("fused loop: partner vector's field", KI,
-             "const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;",
-             "const int64_t o1 = ob + afo[c], o2 = aoff[c] + afo[c];"),
+    Mutation(
+        "pair_steps4: second pair's value",
+        KI,
+        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c]), _mm_set1_ps(kxb * ax[c]));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4: w2's accumulator read from w1's",
+        KI,
+        "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));",
+        "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w1b + 4, w1a + 4));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4: w1's accumulator stored from w2's",
+        KI,
+        "_mm256_storeu2_m128(w1b + 4, w1a + 4, G1);",
+        "_mm256_storeu2_m128(w1b + 4, w1a + 4, G2);",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4: L2 of g2 on the wrong vector",
+        KI,
+        "const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, bq));",
+        "const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, a));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4: second pair's first vector",
+        KI,
+        "float* w1b = W + ob + afo[c + 1];",
+        "float* w1b = W + ob + afo[c];",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4: w2 step scaled by w1's accumulator",
+        KI,
+        "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));",
+        "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G1), bq));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "rsqrt8: Newton step constant",
+        KI,
+        "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));",
+        "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.4f)));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_steps4@avx512: second pair's value, AVX-512 variant only",
+        KI,
+        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        f"const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[{AVX512} ? c : c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        cpu="avx512",
+    ),
+    Mutation(
+        "pair_steps4@avx2: w2's accumulator, AVX2 variant only",
+        KI,
+        "const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));",
+        f"const __m256 G2 = _mm256_fmadd_ps(g2, g2, {AVX2} ? _mm256_loadu2_m128(w1b + 4, w1a + 4) : "
+        "_mm256_loadu2_m128(w2b + 4, w2a + 4));",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_step: g2 with L2 of the wrong vector (K>4, generic K=4, odd tail)",
+        KI,
+        "const T g2 = kv * a + lv * b;",
+        "const T g2 = kv * a + lv * a;",
+    ),
+    Mutation(
+        "pair_step: w2 step scaled by w1's accumulator",
+        KI,
+        "store(w2 + d, b - ev * g2 * vrsqrt(G2v));",
+        "store(w2 + d, b - ev * g2 * vrsqrt(G1v));",
+    ),
+    Mutation(
+        "pair_step@generic: w2's accumulator, generic variant only",
+        KI,
+        "const T G2v = load<T>(G2 + d) + g2 * g2;",
+        f"const T G2v = load<T>(({GENERIC} ? G1 : G2) + d) + g2 * g2;",
+    ),
+    Mutation(
+        "pair_step@avx512: g1 value, AVX-512 variant only (K=8 f8 chunks, K=0, odd tail)",
+        KI,
+        "const T g1 = kv * b + lv * a;",
+        f"const T g1 = kv * b * ({AVX512} ? 0.5f : 1.f) + lv * a;",
+        cpu="avx512",
+    ),
+    Mutation(
+        "pair_step@avx512 K=8: g1 value, AVX-512 variant with K=8 only (one f8 chunk)",
+        KI,
+        "const T g1 = kv * b + lv * a;",
+        f"const T g1 = kv * b * ({AVX512} && K == 8 ? 0.5f : 1.f) + lv * a;",
+        cpu="avx512",
+    ),
+    Mutation(
+        "pair_step@avx2 K=0: g1 value, AVX2 variant with run-time K only",
+        KI,
+        "const T g1 = kv * b + lv * a;",
+        f"const T g1 = kv * b * ({AVX2} && K == 0 ? 0.5f : 1.f) + lv * a;",
+        cpu="avx2",
+    ),
+    Mutation(
+        "pair_dots@avx2 K=16: pair value, AVX2 variant with K=16 only (two f8 chunks)",
+        KI,
+        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        cpu="avx2",
+    ),
+    Mutation(
+        "adagrad@avx512 K=16: L2, AVX-512 variant with K=16 only",
+        KI,
+        "const T g = kv * load<T>(dscore + d) + lv * wv;",
+        f"const T g = kv * load<T>(dscore + d) + lv * wv * ({AVX512} && K == 16 ? 0.f : 1.f);",
+        cpu="avx512",
+    ),
+    Mutation(
+        "collect@avx2 K=4: aware partner's value, AVX2 variant with K=4 only",
+        KI,
+        "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
+        f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), M.wvec(r.aware_row[q], r.field[p]), kp);",
+        cpu="avx2",
+    ),
+    Mutation(
+        "fused loop: pair value",
+        KI,
+        "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);",
+        "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[b], ev, lv, kp);",
+    ),
+    Mutation(
+        "fused loop: partner vector's field",
+        KI,
+        "const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;",
+        "const int64_t o1 = ob + afo[c], o2 = aoff[c] + afo[c];",
+    ),
     # ---- backward 2) multi-valued fields: gradients gathered first
-    Mutation("gathered gradients: partner's field", KI,
-             "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);",
-             "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], r.slot_field[s]), kp);"),
-    Mutation("gathered gradients: a node is its own partner", KI,
-             "if (q == p) continue;",
-             "if (false) continue;", nth=2),
-    Mutation("gathered gradients: a vector without partner stepped", KI,
-             "if (!used[b * nf + s]) continue;",
-             "if (!r.slot_aware[s]) continue;"),
+    Mutation(
+        "gathered gradients: partner's field",
+        KI,
+        "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);",
+        "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], r.slot_field[s]), kp);",
+    ),
+    Mutation(
+        "gathered gradients: a node is its own partner", KI, "if (q == p) continue;", "if (false) continue;", nth=2
+    ),
+    Mutation(
+        "gathered gradients: a vector without partner stepped",
+        KI,
+        "if (!used[b * nf + s]) continue;",
+        "if (!r.slot_aware[s]) continue;",
+    ),
     # ---- backward 1) single x aware and 3) single vectors; the AdaGrad helper
-    Mutation("backward Ca: value of the aware node", KI,
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
-             "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), kp);"),
-    Mutation("backward single x aware: gradient of w_{p,a}", KI,
-             "axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);",
-             "axpy<K>(g, 1.f, r.Sa.data() + s * kp, kp);"),
-    Mutation("backward single x aware: L2 dropped", KI,
-             "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);",
-             "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, 0.f, kp);"),
-    Mutation("backward single vectors: own term not removed", KI,
-             "T inner = load<T>(S + d) - xi * load<T>(vi + d);",
-             "T inner = load<T>(S + d);"),
-    Mutation("backward single vectors: Ca (aware partners) dropped", KI,
-             "if (ca) inner += load<T>(ca + d);",
-             "if (false) inner += load<T>(ca + d);"),
-    Mutation("adagrad: L2 dropped", KI,
-             "const T g = kv * load<T>(dscore + d) + lv * wv;",
-             "const T g = kv * load<T>(dscore + d);"),
-    Mutation("vrsqrt f8: no Newton step (12-bit estimate)", LANES,
-             "inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }",
-             "inline f8 vrsqrt(f8 v) { return reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v))); }",
-             cpu="avx2"),
-    Mutation("vrsqrt f16: no Newton step (14-bit estimate)", LANES,
-             "return newton_rsqrt(v, reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v))));",
-             "return reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v)));",
-             cpu="avx512"),
-    Mutation("pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)", KI,
-             "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-             f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
-             "load<T>(p + afo[c]) * load<T>(q + aoff[c]);", cpu="avx512"),
-    Mutation("newton_rsqrt: constant", LANES,
-             "return y * (1.5f - 0.5f * v * y * y);",
-             "return y * (1.5f - 0.49f * v * y * y);"),
+    Mutation(
+        "backward Ca: value of the aware node",
+        KI,
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
+    ),
+    Mutation(
+        "backward single x aware: gradient of w_{p,a}",
+        KI,
+        "axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);",
+        "axpy<K>(g, 1.f, r.Sa.data() + s * kp, kp);",
+    ),
+    Mutation(
+        "backward single x aware: L2 dropped",
+        KI,
+        "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);",
+        "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, 0.f, kp);",
+    ),
+    Mutation(
+        "backward single vectors: own term not removed",
+        KI,
+        "T inner = load<T>(S + d) - xi * load<T>(vi + d);",
+        "T inner = load<T>(S + d);",
+    ),
+    Mutation(
+        "backward single vectors: Ca (aware partners) dropped",
+        KI,
+        "if (ca) inner += load<T>(ca + d);",
+        "if (false) inner += load<T>(ca + d);",
+    ),
+    Mutation(
+        "adagrad: L2 dropped",
+        KI,
+        "const T g = kv * load<T>(dscore + d) + lv * wv;",
+        "const T g = kv * load<T>(dscore + d);",
+    ),
+    Mutation(
+        "vrsqrt f8: no Newton step (12-bit estimate)",
+        LANES,
+        "inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }",
+        "inline f8 vrsqrt(f8 v) { return reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v))); }",
+        cpu="avx2",
+    ),
+    Mutation(
+        "vrsqrt f16: no Newton step (14-bit estimate)",
+        LANES,
+        "return newton_rsqrt(v, reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v))));",
+        "return reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v)));",
+        cpu="avx512",
+    ),
+    Mutation(
+        "pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)",
+        KI,
+        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        cpu="avx512",
+    ),
+    Mutation(
+        "newton_rsqrt: constant",
+        LANES,
+        "return y * (1.5f - 0.5f * v * y * y);",
+        "return y * (1.5f - 0.49f * v * y * y);",
+    ),
     # ---- backward 4) bias and linear weights
-    Mutation("bias: accumulator", KI,
-             "M.g0 += kappa * kappa;",
-             "M.g0 += std::fabs(kappa);"),
-    Mutation("bias: step", KI,
-             "M.w0 -= eta * kappa / std::sqrt(M.g0);",
-             "M.w0 -= eta * kappa / M.g0;"),
-    Mutation("linear: L2 dropped", KI,
-             "const float g = kappa * r.x[p] + h.l2_lin * M.w[j];",
-             "const float g = kappa + h.l2_lin * M.w[j];"),
-    Mutation("linear: step", KI,
-             "M.w[j] -= eta * g / std::sqrt(M.gw[j]);",
-             "M.w[j] -= eta * g / std::sqrt(M.gw[j] + 1.f);"),
+    Mutation("bias: accumulator", KI, "M.g0 += kappa * kappa;", "M.g0 += std::fabs(kappa);"),
+    Mutation("bias: step", KI, "M.w0 -= eta * kappa / std::sqrt(M.g0);", "M.w0 -= eta * kappa / M.g0;"),
+    Mutation(
+        "linear: L2 dropped",
+        KI,
+        "const float g = kappa * r.x[p] + h.l2_lin * M.w[j];",
+        "const float g = kappa + h.l2_lin * M.w[j];",
+    ),
+    Mutation(
+        "linear: step", KI, "M.w[j] -= eta * g / std::sqrt(M.gw[j]);", "M.w[j] -= eta * g / std::sqrt(M.gw[j] + 1.f);"
+    ),
     # ---- collect + apply: repeated features, BPR pairs
-    Mutation("collect: bias gradient", KI,
-             "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += kappa;",
-             "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += 2 * kappa;"),
-    Mutation("collect: linear L2", KI,
-             "acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];",
-             "acc.slot(&M.w[j], &M.gw[j], 1, 0.f)[0] += kappa * r.x[p];"),
-    Mutation("collect: Ca value", KI,
-             "axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
-             "axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);"),
-    Mutation("collect: single vectors' own term", KI,
-             "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));",
-             "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));"),
-    Mutation("collect: single-slot gradient of w_{p,a} without L2", KI,
-             "axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);",
-             "axpy<K>(acc.slot(w, w + kp, kp, 0.f), kx, r.Sa.data() + s * kp, kp);"),
-    Mutation("collect: aware partner's value", KI,
-             "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
-             "axpy<K>(g, kx, M.wvec(r.aware_row[q], r.field[p]), kp);"),
-    Mutation("collect: a node is its own partner", KI,
-             "if (q == p) continue;",
-             "if (false) continue;", nth=1),
-    Mutation("apply: L2 dropped", KI,
-             "const float gd = g[d] + en.l2 * en.w[d];",
-             "const float gd = g[d];"),
-    Mutation("apply: accumulator", KI,
-             "en.G[d] += gd * gd;",
-             "en.G[d] += std::fabs(gd);"),
-    Mutation("bpr_step: negative row with the positive's sign", KI,
-             "collect<K>(M, neg, -lg.kappa, h, acc);",
-             "collect<K>(M, neg, lg.kappa, h, acc);"),
-    Mutation("bpr_step: one row per pair (no per-parameter sum)", KI,
-             "collect<K>(M, pos, lg.kappa, h, acc);",
-             "collect<K>(M, pos, lg.kappa, h, acc); apply(acc, h); acc.reset(K ? K : M.kp);"),
-    Mutation("step: kappa's sign", KI,
-             "backward<K>(M, r, lg.kappa, h);",
-             "backward<K>(M, r, -lg.kappa, h);"),
+    Mutation(
+        "collect: bias gradient",
+        KI,
+        "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += kappa;",
+        "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += 2 * kappa;",
+    ),
+    Mutation(
+        "collect: linear L2",
+        KI,
+        "acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];",
+        "acc.slot(&M.w[j], &M.gw[j], 1, 0.f)[0] += kappa * r.x[p];",
+    ),
+    Mutation(
+        "collect: Ca value",
+        KI,
+        "axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
+        "axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
+    ),
+    Mutation(
+        "collect: single vectors' own term",
+        KI,
+        "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));",
+        "for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));",
+    ),
+    Mutation(
+        "collect: single-slot gradient of w_{p,a} without L2",
+        KI,
+        "axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);",
+        "axpy<K>(acc.slot(w, w + kp, kp, 0.f), kx, r.Sa.data() + s * kp, kp);",
+    ),
+    Mutation(
+        "collect: aware partner's value",
+        KI,
+        "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
+        "axpy<K>(g, kx, M.wvec(r.aware_row[q], r.field[p]), kp);",
+    ),
+    Mutation("collect: a node is its own partner", KI, "if (q == p) continue;", "if (false) continue;", nth=1),
+    Mutation("apply: L2 dropped", KI, "const float gd = g[d] + en.l2 * en.w[d];", "const float gd = g[d];"),
+    Mutation("apply: accumulator", KI, "en.G[d] += gd * gd;", "en.G[d] += std::fabs(gd);"),
+    Mutation(
+        "bpr_step: negative row with the positive's sign",
+        KI,
+        "collect<K>(M, neg, -lg.kappa, h, acc);",
+        "collect<K>(M, neg, lg.kappa, h, acc);",
+    ),
+    Mutation(
+        "bpr_step: one row per pair (no per-parameter sum)",
+        KI,
+        "collect<K>(M, pos, lg.kappa, h, acc);",
+        "collect<K>(M, pos, lg.kappa, h, acc); apply(acc, h); acc.reset(K ? K : M.kp);",
+    ),
+    Mutation("step: kappa's sign", KI, "backward<K>(M, r, lg.kappa, h);", "backward<K>(M, r, -lg.kappa, h);"),
     # ---- around the kernel: losses and the gather flags that choose a branch
-    Mutation("BPR loss: kappa", "cpp/src/loss.cc",
-             "return {loss, static_cast<float>(-sigmoid(-d))};",
-             "return {loss, static_cast<float>(-sigmoid(d))};"),
-    Mutation("logistic loss: labels -1/1", "cpp/src/loss.cc",
-             "const float y01 = y > 0.f ? 1.f : 0.f;",
-             "const float y01 = y;"),
-    Mutation("squared loss: kappa", "cpp/src/loss.cc",
-             "return {static_cast<double>(d) * d, d};",
-             "return {static_cast<double>(d) * d, 2 * d};"),
-    Mutation("gather: normalize ignored", "cpp/src/row.cc",
-             "if (M.normalize && norm2 > 0.0) {  // libffm's instance-wise 1/||x|| (breaks the split, DESIGN §6)",
-             "if (false) {"),
-    Mutation("gather: multi-valued rows sent to the fused loop", "cpp/src/row.cc",
-             "one_per_slot = aware_slots == na;",
-             "one_per_slot = true;"),
-    Mutation("gather: repeated features not detected", "cpp/src/row.cc",
-             "shared = any_repeated_feature();",
-             "shared = false;"),
+    Mutation(
+        "BPR loss: kappa",
+        "cpp/src/loss.cc",
+        "return {loss, static_cast<float>(-sigmoid(-d))};",
+        "return {loss, static_cast<float>(-sigmoid(d))};",
+    ),
+    Mutation(
+        "logistic loss: labels -1/1",
+        "cpp/src/loss.cc",
+        "const float y01 = y > 0.f ? 1.f : 0.f;",
+        "const float y01 = y;",
+    ),
+    Mutation(
+        "squared loss: kappa",
+        "cpp/src/loss.cc",
+        "return {static_cast<double>(d) * d, d};",
+        "return {static_cast<double>(d) * d, 2 * d};",
+    ),
+    Mutation(
+        "gather: normalize ignored",
+        "cpp/src/row.cc",
+        "if (M.normalize && norm2 > 0.0) {  // libffm's instance-wise 1/||x|| (breaks the split, DESIGN §6)",
+        "if (false) {",
+    ),
+    Mutation(
+        "gather: multi-valued rows sent to the fused loop",
+        "cpp/src/row.cc",
+        "one_per_slot = aware_slots == na;",
+        "one_per_slot = true;",
+    ),
+    Mutation(
+        "gather: repeated features not detected",
+        "cpp/src/row.cc",
+        "shared = any_repeated_feature();",
+        "shared = false;",
+    ),
 ]
 
 
@@ -290,8 +463,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
     ap.add_argument("--tests", default="tests/test_kernels.py", help="pytest target(s), space separated")
-    ap.add_argument("--only", default="", help="only the mutations whose name contains one of these "
-                    "(comma-separated, case-insensitive)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="only the mutations whose name contains one of these (comma-separated, case-insensitive)",
+    )
     ap.add_argument("--list", action="store_true", help="list the mutations and whether they apply")
     ap.add_argument("--keep", action="store_true", help="reuse an existing --work copy (no fresh copy)")
     args = ap.parse_args()
@@ -311,11 +487,29 @@ def main() -> int:
     if not args.keep or not (work / "build" / "m").is_dir():
         if work.exists():
             shutil.rmtree(work)
-        shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(
-            "build", ".git", "__pycache__", ".pytest_cache", ".cache", "_core*.so", ".benchmarks"))
+        shutil.copytree(
+            ROOT,
+            work,
+            ignore=shutil.ignore_patterns(
+                "build", ".git", "__pycache__", ".pytest_cache", ".cache", "_core*.so", ".benchmarks"
+            ),
+        )
         import pybind11
-        r = _run(["cmake", "-S", ".", "-B", "build/m", "-G", "Ninja", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-                  f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={work / 'python' / 'fmrecall'}"], work)
+
+        r = _run(
+            [
+                "cmake",
+                "-S",
+                ".",
+                "-B",
+                "build/m",
+                "-G",
+                "Ninja",
+                f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={work / 'python' / 'fmrecall'}",
+            ],
+            work,
+        )
         if r.returncode:
             print(r.stdout + r.stderr)
             return 2
@@ -335,8 +529,10 @@ def main() -> int:
     if r.returncode:
         print("the unmutated copy fails its tests:\n" + r.stdout[-3000:])
         return 2
-    print(f"baseline: {args.tests} passes ({time.time() - t0:.1f} s); "
-          f"CPU: {', '.join(a for a in ('generic', 'avx2', 'avx512') if _cpu_has(a, python, work))}")
+    print(
+        f"baseline: {args.tests} passes ({time.time() - t0:.1f} s); "
+        f"CPU: {', '.join(a for a in ('generic', 'avx2', 'avx512') if _cpu_has(a, python, work))}"
+    )
 
     results = []
     for m in muts:
@@ -352,7 +548,7 @@ def main() -> int:
             print(f"SKIPPED   {m.name} (no {m.cpu})")
             continue
         lines = text.split("\n")
-        indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
         lines[i] = indent + m.mutated
         try:
             path.write_text("\n".join(lines))
@@ -383,8 +579,10 @@ def main() -> int:
     for m, status, how in results:
         print(f"| {m.name} | {m.file} | {status}: {how} |")
     bad = [m for m, status, _ in results if status in ("SURVIVED", "STALE", "NO-BUILD")]
-    print(f"\n{len(results) - len(bad)} of {len(results)} mutations caught or skipped; "
-          f"{len(bad)} survived / stale / did not build")
+    print(
+        f"\n{len(results) - len(bad)} of {len(results)} mutations caught or skipped; "
+        f"{len(bad)} survived / stale / did not build"
+    )
     return 1 if bad else 0
 
 

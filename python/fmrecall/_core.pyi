@@ -3,6 +3,7 @@ of the stated dtype; long calls release the GIL. Model methods that read the tab
 lock shared (n_features and aware_rows too), grow_rows / grow_features / restore / set_weights hold
 it exclusively (taken after the GIL is released).
 Every `threads` argument must be in [0, MAX_THREADS] (0 = all cores), else InputError (ValueError)."""
+
 from typing import Callable, ClassVar, Dict, List, Optional, SupportsIndex, SupportsInt, Tuple, Union
 
 import numpy as np
@@ -19,11 +20,13 @@ class InputError(ValueError): ...
 class FileMissing(FileNotFoundError): ...
 
 def best_arch() -> str: ...
+
 MAX_THREADS: int
 
 class Loss:
     """The training losses (cpp/fmrecall/loss.h), the one table Python reads (by name:
     Loss.__members__[name]). A plain int (a member's value) is accepted wherever a Loss is."""
+
     logistic: ClassVar[Loss]
     squared: ClassVar[Loss]
     bpr: ClassVar[Loss]  # pairwise: implicit factored data only
@@ -37,26 +40,40 @@ class Loss:
     def __index__(self) -> int: ...
 
 def max_threads() -> int: ...
+
 # Parsers: regular files only (else InputError), lines < 16 MiB, Ctrl-C checked every 16 MiB
 # (KeyboardInterrupt). The dict: n_fields, n_features (int), indptr (_I64), fields, features (_I32),
 # values (_F32 or None when all are 1), labels (_F32).
 def parse_libffm(path: str) -> Dict[str, object]: ...
 def parse_libsvm(path: str, field_of_feature: _I32) -> Dict[str, object]: ...
+
 # One streaming pass: sink(block) for the rows of each 16 MiB chunk (a dict as above, its indptr from
 # 0 within the block, its values None when all of the block's are 1); an exception from sink stops
 # the parse and propagates. Returns the file's row count.
 def stream_libffm(path: str, sink: Callable[[Dict[str, object]], object]) -> int: ...
 def stream_libsvm(path: str, field_of_feature: _I32, sink: Callable[[Dict[str, object]], object]) -> int: ...
-def write_libffm(path: str, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32],
-                 labels: Optional[_F32]) -> None: ...
+def write_libffm(
+    path: str, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32], labels: Optional[_F32]
+) -> None: ...
 def permutation(n: int, seed: int) -> _I64: ...
 def sample_items(weights: _F64, n: int, seed: int) -> _I32: ...
 
 class FactoredData:
-    def __init__(self, users: _CsrArgs, items: _CsrArgs, context: Optional[_CsrArgs], ev_user: _I32, ev_item: _I32,
-                 labels: Optional[_F32], sample_weights: Optional[_F64], pos_ptr: Optional[_I64],
-                 pos_items: Optional[_I32], hist_field: int = -1, hist_feat: Optional[_I32] = None,
-                 cold: List[Tuple[int, int, float]] = ...) -> None: ...
+    def __init__(
+        self,
+        users: _CsrArgs,
+        items: _CsrArgs,
+        context: Optional[_CsrArgs],
+        ev_user: _I32,
+        ev_item: _I32,
+        labels: Optional[_F32],
+        sample_weights: Optional[_F64],
+        pos_ptr: Optional[_I64],
+        pos_items: Optional[_I32],
+        hist_field: int = -1,
+        hist_feat: Optional[_I32] = None,
+        cold: List[Tuple[int, int, float]] = ...,
+    ) -> None: ...
     @property
     def n_events(self) -> int: ...
 
@@ -69,8 +86,19 @@ class SplitLayout:
     def blocks(self) -> List[Tuple[int, str, int, int]]: ...
 
 class Model:
-    def __init__(self, n_features: int, n_fields: int, k: int, aware: _U8, aware_row: Optional[_I32],
-                 aware_rows: int, init_std: float, seed: int, normalize: bool, seen: Optional[_U8] = None) -> None: ...
+    def __init__(
+        self,
+        n_features: int,
+        n_fields: int,
+        k: int,
+        aware: _U8,
+        aware_row: Optional[_I32],
+        aware_rows: int,
+        init_std: float,
+        seed: int,
+        normalize: bool,
+        seen: Optional[_U8] = None,
+    ) -> None: ...
     @property
     def n_features(self) -> int: ...
     @property
@@ -84,17 +112,42 @@ class Model:
     @property
     def normalize(self) -> bool: ...
     # checks only the indptr entries of the rows in `order` (O(len(order)) per call, not O(rows))
-    def train(self, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32], labels: _F32, order: _I64,
-              loss: Union[Loss, int], eta: float, l2_linear: float, l2_factors: float, threads: int) -> float: ...
+    def train(
+        self,
+        indptr: _I64,
+        fields: _I32,
+        features: _I32,
+        values: Optional[_F32],
+        labels: _F32,
+        order: _I64,
+        loss: Union[Loss, int],
+        eta: float,
+        l2_linear: float,
+        l2_factors: float,
+        threads: int,
+    ) -> float: ...
     def predict(self, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32], threads: int) -> _F32: ...
-    def train_factored(self, data: FactoredData, order: _I64, loss: Union[Loss, int], negatives: int, candidates: int,
-                       seed: int, eta: float, l2_linear: float, l2_factors: float, threads: int) -> Tuple[float, int]: ...
+    def train_factored(
+        self,
+        data: FactoredData,
+        order: _I64,
+        loss: Union[Loss, int],
+        negatives: int,
+        candidates: int,
+        seed: int,
+        eta: float,
+        l2_linear: float,
+        l2_factors: float,
+        threads: int,
+    ) -> Tuple[float, int]: ...
     def score_factored(self, data: FactoredData, items: Optional[_I32], threads: int) -> _F32: ...
     def split_layout(self, side: _U8) -> SplitLayout: ...
-    def query_vectors(self, layout: SplitLayout, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32],
-                      threads: int) -> Tuple[_F32, _F32]: ...
-    def item_vectors(self, layout: SplitLayout, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32],
-                     threads: int) -> _F32: ...
+    def query_vectors(
+        self, layout: SplitLayout, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32], threads: int
+    ) -> Tuple[_F32, _F32]: ...
+    def item_vectors(
+        self, layout: SplitLayout, indptr: _I64, fields: _I32, features: _I32, values: Optional[_F32], threads: int
+    ) -> _F32: ...
     def grow_rows(self, features: _I32, init_std: float, seed: int) -> int: ...
     def grow_features(self, n_new: int, seen: Optional[_U8], init_std: float, seed: int) -> None: ...
     def snapshot(self) -> None: ...
