@@ -10,23 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import FRAPPE_FIELD_RANGES
 
 import fmrecall
 
 Dataset = fmrecall.Dataset
-
-FRAPPE_RANGES = [
-    (0, 957),
-    (957, 5039),
-    (5039, 5046),
-    (5046, 5053),
-    (5053, 5055),
-    (5055, 5058),
-    (5058, 5060),
-    (5060, 5069),
-    (5069, 5149),
-    (5149, 5382),
-]
 
 
 def _write(tmp_path, text, name="data.txt", binary=False):
@@ -234,7 +222,7 @@ def test_large_file_crosses_read_chunks(tmp_path):
 
 # ---------------------------------------------------------------------------- frappe
 def test_frappe_parses(data_dir):
-    ds = Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_RANGES)
+    ds = Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_FIELD_RANGES)
     assert ds.n_rows == 57_722
     assert ds.nnz == 10 * 57_722
     assert ds.values is None
@@ -243,8 +231,8 @@ def test_frappe_parses(data_dir):
     # one feature per field, in field order, inside that field's range
     fields = ds.fields.reshape(-1, 10)
     np.testing.assert_array_equal(fields, np.tile(np.arange(10), (ds.n_rows, 1)))
-    starts = np.array([r[0] for r in FRAPPE_RANGES])
-    ends = np.array([r[1] for r in FRAPPE_RANGES])
+    starts = np.array([r[0] for r in FRAPPE_FIELD_RANGES])
+    ends = np.array([r[1] for r in FRAPPE_FIELD_RANGES])
     feats = ds.features.reshape(-1, 10)
     assert np.all((feats >= starts) & (feats < ends))
     assert int((ds.labels == 1).sum()) == 19_063 and int((ds.labels == -1).sum()) == 38_659

@@ -9,22 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FRAPPE_FIELD_RANGES
 
 import fmrecall
 from fmrecall.metrics import auc, logloss_from_scores
 
-FRAPPE_RANGES = [
-    (0, 957),
-    (957, 5039),
-    (5039, 5046),
-    (5046, 5053),
-    (5053, 5055),
-    (5055, 5058),
-    (5058, 5060),
-    (5060, 5069),
-    (5069, 5149),
-    (5149, 5382),
-]
 CRITEO_FILES = ["xlearn_small_test.txt", "bigdata.tr.txt", "bigdata.te.txt", "bigdata.va.txt"]
 
 
@@ -92,7 +81,7 @@ def test_criteo_train_and_predict(criteo, data_dir, cls):
 # ---------------------------------------------------------------------------- frappe
 @pytest.fixture(scope="module")
 def frappe_split(data_dir):
-    ds = fmrecall.Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_RANGES)
+    ds = fmrecall.Dataset.from_libsvm(data_dir / "frappe" / "frappe.validation.libfm", FRAPPE_FIELD_RANGES)
     return ds.holdout(0.8, seed=0)
 
 
