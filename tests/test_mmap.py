@@ -202,7 +202,7 @@ def test_train_checks_only_the_chunk_rows():
 def test_dataset_over_user_memmaps_is_checked_in_blocks_without_copies(tmp_path, monkeypatch):
     """Dataset(...) over np.load(mmap_mode="r") arrays keeps them (no copy); its checks run block by
     block (small temporaries) and still name the first bad entry, across block boundaries."""
-    import fmrecall.dataset as dataset_module
+    import fmrecall.dataset_args as dataset_module
 
     ds = random_dataset(np.random.default_rng(4), 200, n_features=50, n_fields=4)
     for name in ARRAYS:

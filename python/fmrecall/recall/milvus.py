@@ -39,7 +39,7 @@ import numpy as np
 
 from .base import IdFilter, IndexState, ItemIndex, filter_of
 from .milvus_collection import check_collection, create_collection
-from .milvus_search import ann_search, call_params, cut
+from .milvus_search import ann_search, call_params, cut, fetch
 from .milvus_support import (  # noqa: F401
     _COLLECTION_NAME,
     _METRICS,
@@ -59,6 +59,7 @@ from .milvus_support import (  # noqa: F401
     _lite_engine_collection,
     _pymilvus,
 )
+from .milvus_write import roll_back, upsert
 
 
 class MilvusIndex(ItemIndex):
@@ -254,29 +255,10 @@ class MilvusIndex(ItemIndex):
             it.close()
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
-    def _fetch(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(found ids, their float32 vectors) of the given distinct ids, by primary key."""
-        out_ids: List[np.ndarray] = []
-        out_vecs: List[np.ndarray] = []
-        for lo in range(0, ids.size, MAX_TOPK):
-            part = ids[lo : lo + MAX_TOPK]
-            rows = self.client.query(
-                self.collection,
-                filter=f"{ID_FIELD} in {_id_list(part)}",
-                output_fields=[ID_FIELD, VECTOR_FIELD],
-                consistency_level="Strong",
-            )
-            if len(rows):
-                out_ids.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
-                out_vecs.append(np.asarray([r[VECTOR_FIELD] for r in rows], np.float32).reshape(len(rows), self.dim))
-        if not out_ids:
-            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate(out_ids), np.concatenate(out_vecs)
-
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).ravel()
         uniq = np.unique(ids)
-        found, vecs = self._fetch(uniq)
+        found, vecs = fetch(self, uniq)
         order = np.argsort(found, kind="stable")
         found, vecs = found[order], vecs[order]
         if ids.size == 0:
@@ -326,7 +308,7 @@ class MilvusIndex(ItemIndex):
         for ex, rs, rows_list in groups.values():
             rows = np.asarray(rows_list, np.int64)
             if rs is not None and rs.size <= n_cand:  # a small restriction: score all of its items exactly
-                found, vecs = self._fetch(rs)
+                found, vecs = fetch(self, rs)
                 for i in rows:
                     cut(found, vecs @ q[i], k, ids, ips, i)
                 cert[rows] = True
@@ -368,56 +350,18 @@ class MilvusIndex(ItemIndex):
                     n_pending += part.shape[0]
                     while n_pending >= step:
                         vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                        done = self._upsert(ids[done : done + step], vecs[:step], log) + done
+                        done = upsert(self, ids[done : done + step], vecs[:step], log) + done
                         pending = [vecs[step:]] if vecs.shape[0] > step else []
                         n_pending = vecs.shape[0] - step
                 if n_pending:
                     vecs = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                    done = self._upsert(ids[done : done + n_pending], vecs, log) + done
+                    done = upsert(self, ids[done : done + n_pending], vecs, log) + done
                 if done != ids.size:
                     raise ValueError(f"{ids.size} ids but {done} item vectors")
             except BaseException as e:
                 if log.attempted:
-                    self._roll_back(ids[: log.attempted], log, e)
+                    roll_back(self, ids[: log.attempted], log, e)
                 raise
-
-    def _upsert(self, part: np.ndarray, vecs: np.ndarray, log: "_AddLog") -> int:
-        """Write one request's rows, first saving the vectors those ids have now (for a roll-back)."""
-        if log.fresh:
-            old_ids, old_vecs = np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        else:
-            old_ids, old_vecs = self._fetch(part)
-        if old_ids.size:
-            log.old_ids.append(old_ids)
-            log.old_vecs.append(old_vecs)
-        rows = [{ID_FIELD: i, VECTOR_FIELD: v} for i, v in zip(part.tolist(), vecs)]
-        log.attempted += part.size  # a failed request may or may not have been applied
-        self.client.upsert(self.collection, rows)
-        return part.size
-
-    def _roll_back(self, written: np.ndarray, log: "_AddLog", cause: BaseException) -> None:
-        """Undo a failed add: delete the ids it wrote that were new, write the replaced vectors back."""
-        old_ids = np.concatenate(log.old_ids) if log.old_ids else np.zeros(0, np.int64)
-        old_vecs = np.concatenate(log.old_vecs) if log.old_vecs else np.zeros((0, self.dim), np.float32)
-        new = np.setdiff1d(written, old_ids)
-        try:
-            for lo in range(0, new.size, MAX_TOPK):
-                self.client.delete(self.collection, ids=new[lo : lo + MAX_TOPK].tolist())
-            step = self._rows_per_request()
-            for lo in range(0, old_ids.size, step):
-                self.client.upsert(
-                    self.collection,
-                    [
-                        {ID_FIELD: i, VECTOR_FIELD: v}
-                        for i, v in zip(old_ids[lo : lo + step].tolist(), old_vecs[lo : lo + step])
-                    ],
-                )
-        except Exception as e:  # pragma: no cover - Milvus failing twice in a row
-            raise RollbackError(
-                f"adding items to Milvus collection {self.collection!r} failed ({cause!r}) and so "
-                f"did undoing it ({e!r}): up to {written.size} of its ids may hold new vectors or "
-                f"be missing"
-            ) from cause
 
     def remove(self, ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(ids, np.int64).ravel())

@@ -3,7 +3,7 @@ re-scored exactly and cut to the top k."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -91,3 +91,23 @@ def cut(found: np.ndarray, ip: np.ndarray, k: int, ids: np.ndarray, ips: np.ndar
     order = np.lexsort((found, -ip.astype(np.float32)))[:k]
     ids[i, : order.size] = found[order]
     ips[i, : order.size] = ip[order]
+
+
+def fetch(index: Any, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(found ids, their float32 vectors) of the given distinct ids, by primary key."""
+    out_ids: List[np.ndarray] = []
+    out_vecs: List[np.ndarray] = []
+    for lo in range(0, ids.size, MAX_TOPK):
+        part = ids[lo : lo + MAX_TOPK]
+        rows = index.client.query(
+            index.collection,
+            filter=f"{ID_FIELD} in {_id_list(part)}",
+            output_fields=[ID_FIELD, VECTOR_FIELD],
+            consistency_level="Strong",
+        )
+        if len(rows):
+            out_ids.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, len(rows)))
+            out_vecs.append(np.asarray([r[VECTOR_FIELD] for r in rows], np.float32).reshape(len(rows), index.dim))
+    if not out_ids:
+        return np.zeros(0, np.int64), np.zeros((0, index.dim), np.float32)
+    return np.concatenate(out_ids), np.concatenate(out_vecs)
