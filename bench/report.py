@@ -9,6 +9,7 @@ of every pytest session, or by ``python bench/report.py`` — writes bench/resul
 from __future__ import annotations
 
 import json
+import importlib.util
 import os
 import platform
 import subprocess
@@ -102,7 +103,8 @@ def environment() -> Dict[str, str]:
             import fmrecall
 
             arch = fmrecall.best_arch()
-            so = fmrecall._core.__file__
+            spec = importlib.util.find_spec("fmrecall._core")  # the extension file, without importing privates
+            so = spec.origin if spec is not None and spec.origin else ""
             built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(so)))
         except Exception:  # pragma: no cover - report must render without the extension
             arch, built = "?", "?"
