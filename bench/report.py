@@ -8,8 +8,8 @@ of every pytest session, or by ``python bench/report.py`` — writes bench/resul
 
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import os
 import platform
 import subprocess
