@@ -230,7 +230,7 @@ class FaissIndex(ItemIndex):
             # in place: searches wait while faiss inserts (faiss indexes cannot be searched during
             # add). ANN indexes take the rows in slices, searches running in between: rows beyond
             # the published catalogue stay invisible to them until the publish below.
-            step = vecs.shape[0] if self.exact else INSERT_SLICE
+            step = max(vecs.shape[0], 1) if self.exact else INSERT_SLICE
             try:
                 for lo in range(0, vecs.shape[0], step):
                     with self._rw.write():
