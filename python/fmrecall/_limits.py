@@ -8,7 +8,7 @@ process at the first predict. The C++ core rejects larger counts too (``_core.MA
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,3 +27,14 @@ def check_threads(value: Any, name: str = "threads") -> int:
     if not 0 <= count <= MAX_THREADS:
         raise ValueError(f"{name} must be in [0, {MAX_THREADS}] (0 = all cores), got {value!r}")
     return count
+
+
+def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None, *, optional: bool = False) -> Optional[int]:
+    """`value` as an int in [lo, hi] (ValueError naming the parameter otherwise)."""
+    if value is None and optional:
+        return None
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not integer or value < lo or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an integer {bounds}{' or None' if optional else ''}, got {value!r}")
+    return int(value)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import faiss as _faiss
 import numpy as np
 
+from .._limits import check_int
 from .base import IdFilter, IndexState, ItemIndex
 from .catalogue import Catalogue
 from .faiss_config import ensure_configured, faiss_threads
@@ -28,17 +29,6 @@ faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 # ANN indexes insert an add's rows in slices of this many, releasing searches in between (an
 # HNSW insert costs ~1 ms per item at M = 32 on 2 cores: searches wait at most ~0.1 s).
 INSERT_SLICE = 128
-
-
-def check_int(value: Any, name: str, lo: int, hi: Optional[int] = None, *, optional: bool = False) -> Optional[int]:
-    """`value` as an int in [lo, hi] (ValueError naming the parameter otherwise)."""
-    if value is None and optional:
-        return None
-    integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not integer or value < lo or (hi is not None and value > hi):
-        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be an integer {bounds}{' or None' if optional else ''}, got {value!r}")
-    return int(value)
 
 
 class FaissIndex(ItemIndex):

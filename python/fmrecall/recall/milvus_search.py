@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .._limits import check_int
 from .milvus_support import ID_FIELD, MAX_TOPK, VECTOR_FIELD, _hit_arrays, _id_list
 
 
@@ -16,11 +17,8 @@ def call_params(params: Optional[Mapping[str, Any]]) -> Dict[str, int]:
     for name, value in (params or {}).items():
         if name not in ("candidates", "ef_search", "nprobe"):
             raise ValueError(f"unknown search parameter {name!r}; MilvusIndex takes candidates, ef_search, nprobe")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        out[name] = int(value)
+        if value is not None:
+            out[name] = int(check_int(value, name, 1))  # type: ignore[arg-type]
     return out
 
 

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from .._limits import check_int
+
 ID_FIELD = "id"
 VECTOR_FIELD = "vector"
 MAX_TOPK = 16384  # Milvus's limit on topk / limit (and on query results per request)
@@ -50,9 +52,7 @@ def _check_params(index_type: str, params: Any) -> Dict[str, int]:
             names = ", ".join(allowed) or "none"
             raise ValueError(f"params[{key!r}] is not a {index_type} parameter (allowed: {names})")
         lo, hi, _ = allowed[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise ValueError(f"params[{key!r}] must be an integer in [{lo}, {hi}], got {value!r}")
-        out[str(key)] = int(value)
+        out[str(key)] = int(check_int(value, f"params[{key!r}]", lo, hi))  # type: ignore[arg-type]
     return out
 
 
