@@ -11,11 +11,13 @@ sees the catalogue before or after a change, never a mix. See README "Concurrenc
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
 
+from .._limits import check_threads
 from ..dataset import Dataset
 from ..schema import Schema
 from ..sides import Sides
@@ -23,16 +25,6 @@ from .base import IdFilter, IdsLike, ItemIndex, id_filter
 from .faiss_index import FaissIndex
 from .faiss_segment import ADD_CHUNK
 from .result import SearchResult
-
-
-def _check_threads(value: Any) -> int:
-    try:
-        from .._limits import check_threads
-    except ImportError:  # pragma: no cover - until the limits module lands
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 1024:
-            raise ValueError(f"threads must be an integer in [0, 1024], got {value!r}") from None
-        return int(value)
-    return check_threads(value, "threads")
 
 
 def row_range(ds: Dataset, lo: int, hi: int) -> Dataset:
@@ -101,16 +93,7 @@ class Recaller:
                 nprobe=nprobe,
                 pad=pad,
             )
-            defaults = dict(
-                segments=1,
-                candidates=None,
-                hnsw_m=32,
-                ef_construction=80,
-                ef_search=128,
-                nlist=None,
-                nprobe=32,
-                pad=None,
-            )
+            defaults = {k: p.default for k, p in inspect.signature(Recaller.__init__).parameters.items()}
             changed = [k for k, v in faiss_args.items() if v != defaults[k]]
             if changed:
                 raise ValueError(f"{', '.join(changed)}: give index parameters to the index adapter, not the Recaller")
@@ -144,7 +127,7 @@ class Recaller:
             sides = sides.sides
         if not isinstance(sides, Sides):
             raise ValueError("Recaller needs sides=fmrecall.Sides(user=..., context=..., item=...) or a fitted Schema")
-        self.threads = _check_threads(threads)
+        self.threads = check_threads(threads, "threads")
         self.model = model
         self.sides = sides
         self.split = model.split(sides)
