@@ -72,12 +72,19 @@ def _backends() -> Dict[str, Type[ItemIndex]]:
     return out
 
 
-def sha256_file(path: str) -> str:
+def digest(f: BinaryIO) -> Tuple[str, int]:
+    """(SHA-256 hex, size in bytes) of an open binary file, read from where it stands to its end."""
     h = hashlib.sha256()
+    size = 0
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
+
+
+def sha256_file(path: str) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return digest(f)[0]
 
 
 def _fsync_dir(path: str) -> None:
@@ -227,13 +234,9 @@ def _open_members(version: str, manifest_sha: Optional[str], stack: contextlib.E
             raise ValueError(f"{mpath}: no {need}")
     for name, member in opened.items():  # verified through the open handles
         info = members[name]
-        h = hashlib.sha256()
-        size = 0
-        for block in iter(lambda: member.file.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
+        sha, size = digest(member.file)
         member.file.seek(0)
-        if size != info.get("size") or h.hexdigest() != info.get("sha256"):
+        if size != info.get("size") or sha != info.get("sha256"):
             raise ValueError(f"{member.path}: checksum mismatch (the file is corrupt or was changed after saving)")
     return opened
 
