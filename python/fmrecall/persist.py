@@ -256,6 +256,11 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     }
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
+    estimator, columns = model._matrix_state()  # classes_ and a matrix fit's columns (sklearn)
+    if estimator:
+        meta["estimator"] = estimator
+    if columns is not None:
+        arrays["columns"] = columns
     for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise ValueError(
@@ -363,7 +368,7 @@ def model_from_arrays(
         raise ValueError(f"{path}: params must be a JSON object")
     try:
         params = _restore_params(raw)
-        model = cls(**params)  # validates threads like any constructor call
+        model = cls(**params)
     except TypeError as e:
         raise ValueError(f"{path}: bad parameters ({e})") from None
     except (ValueError, KeyError, AttributeError) as e:
@@ -381,6 +386,8 @@ def model_from_arrays(
         raise ValueError(f"{path}: {e}") from None
     n = _count(meta, "n_features", path)
     F = _count(meta, "n_fields", path)
+    arrays = dict(arrays)
+    model._set_matrix_state(meta.get("estimator"), arrays.pop("columns", None), F, path)
     state = _check_state(model, arrays, n, F, path)
     history, best = meta.get("history", []), meta.get("best_epoch")
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
