@@ -69,7 +69,11 @@ def test_check_estimator(estimator):
     if estimator.loss == "squared":
         assert "check_regressors_train" in ran
     else:
-        assert {"check_classifiers_train", "check_classifiers_classes", "check_classifier_not_supporting_multiclass"} <= ran
+        assert {
+            "check_classifiers_train",
+            "check_classifiers_classes",
+            "check_classifier_not_supporting_multiclass",
+        } <= ran
 
 
 # ---------------------------------------------------------------------------- kind by loss
@@ -238,7 +242,9 @@ def test_dataset_fits_keep_their_conventions(rng):
         old_style = FM(epochs=3, threads=1).fit(ds, ds)  # fit(train, valid), the signature before 0.2
     new_style = FM(epochs=3, threads=1).fit(ds, valid=ds)
     np.testing.assert_array_equal(old_style.decision_function(ds), new_style.decision_function(ds))
-    assert old_style.history_ == [{**r, "seconds": a["seconds"]} for r, a in zip(new_style.history_, old_style.history_)]
+    assert old_style.history_ == [
+        {**r, "seconds": a["seconds"]} for r, a in zip(new_style.history_, old_style.history_)
+    ]
 
 
 def test_pickle_save_load_keep_classes_and_columns(rng, tmp_path):
