@@ -654,3 +654,6 @@ class HybridFM(_FactorizationModel):
         if not isinstance(self.sides, Sides):
             raise ValueError("HybridFM needs sides=fmrecall.Sides(user=..., context=..., item=...)")
         return super().split(self.sides)
+
+
+AnyModel = Union[FM, FFM, HybridFM]  # what fmrecall.load returns

@@ -35,9 +35,14 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import IO, Any, Callable, Dict, Optional, Tuple, Union, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union, cast, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .models import AnyModel
+
+_T = TypeVar("_T")
 
 MODEL_FORMAT = "fmrecall.model"
 MODEL_VERSION = 1
@@ -418,9 +423,18 @@ def save_model(model: Any, path: PathOrFile) -> None:
     save_arrays(path, meta, arrays)
 
 
+@overload
+def load(path: PathOrFile, expected_class: None = None) -> AnyModel: ...
+
+
+@overload
+def load(path: PathOrFile, expected_class: Type[_T]) -> _T: ...
+
+
 def load(path: PathOrFile, expected_class: Optional[type] = None) -> Any:
-    """Load a model written by ``model.save(path)`` (a path or a binary file-like object); it
-    predicts bit-identically. Every array and parameter is validated (ValueError naming the file)."""
+    """Load a model written by ``model.save(path)`` (a path or a binary file-like object): an FM,
+    FFM or HybridFM (with `expected_class`, that class or ValueError); it predicts bit-identically.
+    Every array and parameter is validated (ValueError naming the file)."""
     meta, arrays = load_arrays(path, MODEL_FORMAT, MODEL_VERSION)
     where = _name_of(path)
     try:
