@@ -54,7 +54,7 @@ def value_kind(values: Series) -> Optional[str]:
     return _INFERRED.get(pd.api.types.infer_dtype(values, skipna=True), "mixed")
 
 
-def _outside_frame_level() -> int:
+def outside_frame_level() -> int:
     """The stacklevel of the first frame outside the fmrecall package (so a warning points at user
     code however deep the call came from)."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -77,7 +77,7 @@ def warn_transform(mismatches: List[Tuple[str, str, str, str]], unseen: Dict[str
             f"Schema.transform: {parts}: such values never match what training saw (categorical values map to "
             f"the neutral unseen feature, hashed ones to other buckets). Convert the column to the training type",
             DtypeMismatchWarning,
-            stacklevel=_outside_frame_level(),
+            stacklevel=outside_frame_level(),
         )
     if unseen:
         parts = "; ".join(f"{rate:.0%} of {f!r} (e.g. {_jsonable(v)!r})" for f, (rate, v) in unseen.items())
@@ -86,5 +86,5 @@ def warn_transform(mismatches: List[Tuple[str, str, str, str]], unseen: Dict[str
             f"feature, so the rows are scored as if the value were unknown (grow the schema with "
             f"Schema.partial_fit / Interactions(..., grow=True) to learn them)",
             UnseenValueWarning,
-            stacklevel=_outside_frame_level(),
+            stacklevel=outside_frame_level(),
         )

@@ -20,6 +20,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from .dataset import Dataset
+from .diagnostics import outside_frame_level
 
 _RESHAPE = (
     "Reshape your data either using X.reshape(-1, 1) if it has a single feature or X.reshape(1, -1) "
@@ -118,7 +119,7 @@ def _target(y: Any, n_rows: int, who: str) -> np.ndarray:
             "A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
             "(n_samples, ), for example using ravel().",
             category,
-            stacklevel=4,
+            stacklevel=outside_frame_level(),
         )
         arr = arr.ravel()
     if arr.ndim != 1:
