@@ -599,7 +599,7 @@ def test_early_stopping_restores_best_epoch(rng, kind):
     train = random_dataset(rng, n_rows=40, n_features=N_FEATURES, n_fields=N_FIELDS)
     valid = random_dataset(rng, n_rows=200, n_features=N_FEATURES, n_fields=N_FIELDS)
     m = cls(k=8, epochs=30, learning_rate=0.5, init_std=0.3, reg_linear=0, reg_factors=0, patience=2, threads=1).fit(
-        train, valid
+        train, valid=valid
     )
     losses = [h["valid_loss"] for h in m.history_]
     best = int(np.argmin(losses)) + 1
