@@ -1,13 +1,21 @@
-"""FM, FFM and HybridFM estimators (sklearn-style) over the C++ core.
+"""FM, FFM and HybridFM estimators over the C++ core.
+
+scikit-learn conventions (scikit-learn itself optional; tested with its check_estimator): the loss
+makes a binary classifier ("logistic", "bpr") or a regressor ("squared") through
+``__sklearn_tags__``; fit / predict take a Dataset / Interactions or a matrix X with labels y
+(fmrecall.estimator_input); classifiers' predict gives labels, predict_proba (logistic only)
+probabilities, decision_function raw scores. Constructors and set_params store parameters; fit and
+predict check them.
 
 Thread safety (a web service predicting on many threads while one thread retrains):
 - predict / decision_function / split vectors / weights() / save / pickling may run on any number
   of threads while another thread calls fit, partial_fit or save. The C++ core holds a
   readers–writer lock per model (shared for reading and Hogwild training, exclusive while a table
   is reallocated), taken once per call after the GIL is released.
-- ``fit`` trains a new core aside and swaps it in (with ``schema_``, ``history_``, ``best_epoch_``)
-  only when training has finished: meanwhile predictions come from the previously fitted weights
-  (NotFittedError if there were none). A fit that raises leaves the previous model in place.
+- ``fit`` trains a new core aside and swaps it in (with ``schema_``, ``history_``, ``best_epoch_``,
+  ``classes_``) only when training has finished: meanwhile predictions come from the previously
+  fitted weights (NotFittedError if there were none). A fit that raises leaves the previous model
+  in place.
 - ``partial_fit`` trains in place (that is its point): predictions during it see weights in
   progress; features new to the model get their vectors under the exclusive lock.
 - ``generation_`` (0 when unfitted) increases whenever the weights change: at the end of fit, after
