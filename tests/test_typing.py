@@ -128,3 +128,15 @@ def test_readme_tour_type_checks_under_pyright(checkers):
         if d["severity"] == "error"
     ]
     assert not errors and code == 0, "\n".join(errors) or err
+
+
+def test_a_missing_schema_is_a_clear_error():
+    """model.schema_ is Optional (None after a Dataset fit): Interactions says so instead of failing
+    on None.fitted."""
+    import pandas as pd
+
+    import fmrecall
+
+    frame = pd.DataFrame({"user_id": [1], "item_id": [2]})
+    with pytest.raises(ValueError, match="schema must be a fmrecall.Schema, got None"):
+        fmrecall.Interactions(frame, frame, frame, None)

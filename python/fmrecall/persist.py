@@ -21,7 +21,9 @@ Pickling a model (``pickle``, ``copy.deepcopy``, joblib) writes the same .npz by
 model carries no arbitrary objects and is validated like a file when it is unpickled. An unfitted
 model's bytes hold only its parameters (``"fitted": false``, no arrays). A model's metadata also
 keeps ``generation``, ``history`` and ``best_epoch`` (optional: older files get generation 1,
-no history); ``get_params()`` of a loaded model equals that of the saved one.
+no history), and ``estimator`` (a classifier's ``classes_`` with their dtype) plus the array
+``columns`` (the field of each column of a matrix fit) when the model has them (older files: none,
+classes [0, 1]); ``get_params()`` of a loaded model equals that of the saved one.
 
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
