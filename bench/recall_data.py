@@ -176,7 +176,7 @@ def train_model(data: Data, name: str, verbose: bool = True):
     if verbose:
         print(f"[recall] training {spec.label} on {n_train:,} rows, {EPOCHS} epochs", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    model.fit(train, valid)
+    model.fit(train, valid=valid)
     secs = time.perf_counter() - t0
     h = model.history_[-1]
     info = {

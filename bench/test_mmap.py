@@ -80,7 +80,7 @@ def child() -> dict:
     after_fit = _status("RssAnon")
     peak_fit = max(peak[0], after_fit)
     t0 = time.perf_counter()
-    p = model.predict(ds)
+    p = model.decision_function(ds)
     predict_s = time.perf_counter() - t0
     after_predict = _status("RssAnon")
     done.set()

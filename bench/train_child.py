@@ -77,7 +77,7 @@ def main() -> None:
 
     model = common.new_model(args.kind, args.k, args.threads, epochs=args.epochs, patience=None)
     t0 = time.perf_counter()
-    model.fit(train, valid)
+    model.fit(train, valid=valid)
     out["fit_seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = _peak_mb()
     out["ru_maxrss_mb"] = _ru_maxrss_mb()

@@ -345,7 +345,7 @@ def test_keyboard_interrupt_during_fit_keeps_the_previous_model(monkeypatch):
 
     ds = random_dataset(np.random.default_rng(3), 400, n_features=50, n_fields=4)
     model = fmrecall.FM(4, epochs=2, threads=1, seed=1).fit(ds)
-    before, gen = model.predict(ds), model.generation_
+    before, gen = model.decision_function(ds), model.generation_
     monkeypatch.setattr(models, "_CHUNK_ROWS", 64)
     real = model._train_part
     calls = []
@@ -360,7 +360,7 @@ def test_keyboard_interrupt_during_fit_keeps_the_previous_model(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         model.set_params(seed=2, epochs=3).fit(ds)
     assert len(calls) == 3
-    np.testing.assert_array_equal(model.predict(ds), before)
+    np.testing.assert_array_equal(model.decision_function(ds), before)
     assert model.generation_ == gen
     monkeypatch.undo()
     model.fit(ds)  # still usable: a later fit works

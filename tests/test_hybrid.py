@@ -546,7 +546,7 @@ def test_learns_and_early_stops(rng, field_aware):
     for ds in (train, valid):
         ds.labels[:] = teacher.decision_function(ds) > np.median(teacher.decision_function(ds))
     m = fmrecall.HybridFM(k=3, sides=sides, field_aware=field_aware, epochs=15, learning_rate=0.1, threads=1)
-    m.fit(train, valid)
+    m.fit(train, valid=valid)
     losses = [h["valid_loss"] for h in m.history_]
     assert m.best_epoch_ == int(np.argmin(losses)) + 1
     s = m.decision_function(valid)
@@ -597,7 +597,7 @@ def test_frappe_model_comparison(frappe_data):
     lines, results = [], {}
     for name, make in FRAPPE_MODELS:
         t0 = time.perf_counter()
-        model = make().fit(train, holdout)
+        model = make().fit(train, valid=holdout)
         secs = time.perf_counter() - t0
         s = model.decision_function(holdout)
         score, ll = auc(holdout.labels, s), logloss_from_scores(holdout.labels, s)

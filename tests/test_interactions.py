@@ -495,11 +495,11 @@ def test_bpr_learns_to_rank(rng):
         [users, items, events]
     )
     inter = Interactions(users, items, events, schema, negatives=2)
-    m = _make("fm", schema, loss="bpr", epochs=12, learning_rate=0.1, patience=None).fit(inter, inter)
+    m = _make("fm", schema, loss="bpr", epochs=12, learning_rate=0.1, patience=None).fit(inter, valid=inter)
     aucs = [h["valid_auc"] for h in m.history_]
     # the evaluation negatives are not filtered, a third of them are from the favourite category:
     # ~0.83 is the ceiling here; an untrained model is at ~0.5
-    untrained = _make("fm", schema, loss="bpr", epochs=1, learning_rate=1e-9).fit(inter, inter)
+    untrained = _make("fm", schema, loss="bpr", epochs=1, learning_rate=1e-9).fit(inter, valid=inter)
     assert untrained.history_[-1]["valid_auc"] < 0.65
     assert aucs[-1] > 0.78, aucs
 

@@ -170,11 +170,11 @@ def test_one_thread_training_on_mmap_equals_in_memory(ffm_file, monkeypatch):
         lambda: fmrecall.FM(4, epochs=3, threads=1, seed=3),
         lambda: fmrecall.FFM(2, epochs=2, threads=1, seed=3),
     ):
-        a, b = make().fit(mem, valid), make().fit(mm, valid)
+        a, b = make().fit(mem, valid=valid), make().fit(mm, valid=valid)
         wa, wb = a.weights(), b.weights()
         for key in wa:
             np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
-        np.testing.assert_array_equal(a.predict(mem), b.predict(mm))
+        np.testing.assert_array_equal(a.decision_function(mem), b.decision_function(mm))
         a.partial_fit(mem)
         b.partial_fit(mm)
         np.testing.assert_array_equal(a.weights()["linear"], b.weights()["linear"])

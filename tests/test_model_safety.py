@@ -83,7 +83,7 @@ calls, errors = [0, 0, 0], []
 def reader(t):
     try:
         while not stop.is_set():
-            p = model.predict(probe)
+            p = model.decision_function(probe)
             q, b = split.query_vectors(q_rows)
             v = split.item_vectors(i_rows)
             assert p.shape == (300,) and q.shape == (300, split.dim) and v.shape == (300, split.dim)
@@ -141,10 +141,10 @@ def test_predictions_during_fit_are_the_old_model_until_the_swap(rng, kind):
     old_data, new_data, valid = _long_data(rng, 300), _long_data(rng, 12000), _long_data(rng, 1000)
     probe = _data(rng, 50)
     model = _make(kind, epochs=2).fit(old_data)
-    old = model.predict(probe)
+    old = model.decision_function(probe)
     generation = model.generation_
     # what the refit must produce (threads=1: deterministic), computed on a separate model
-    expected_new = _make(kind, epochs=6, patience=1).fit(new_data, valid).predict(probe)
+    expected_new = _make(kind, epochs=6, patience=1).fit(new_data, valid=valid).decision_function(probe)
     assert not np.array_equal(old, expected_new)
 
     model.set_params(epochs=6, patience=1)
@@ -152,7 +152,7 @@ def test_predictions_during_fit_are_the_old_model_until_the_swap(rng, kind):
 
     def refit():
         try:
-            model.fit(new_data, valid)  # early stopping: snapshot / restore happen on the new core
+            model.fit(new_data, valid=valid)  # early stopping: snapshot / restore happen on the new core
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -160,11 +160,11 @@ def test_predictions_during_fit_are_the_old_model_until_the_swap(rng, kind):
     t.start()
     while t.is_alive():
         gen = model.generation_
-        p = model.predict(probe)
+        p = model.decision_function(probe)
         seen.append((t.is_alive(), gen, p))
     t.join()
     assert errors == []
-    np.testing.assert_array_equal(model.predict(probe), expected_new)
+    np.testing.assert_array_equal(model.decision_function(probe), expected_new)
     assert model.generation_ == generation + 1
     kinds = []
     for alive, gen, p in seen:
@@ -190,7 +190,7 @@ def test_predict_during_first_fit_is_not_fitted(rng):
     while t.is_alive():
         generation, history = model.generation_, model.history_  # read before the core (swapped first)
         try:
-            model.predict(probe)
+            model.decision_function(probe)
             outcomes.append("fitted")
         except NotFittedError:
             outcomes.append("unfitted")
@@ -204,12 +204,12 @@ def test_predict_during_first_fit_is_not_fitted(rng):
 def test_failed_fit_keeps_the_previous_model(rng):
     model = _make("ffm").fit(_data(rng))
     probe = _data(rng, 20)
-    before, generation = model.predict(probe), model.generation_
+    before, generation = model.decision_function(probe), model.generation_
     bad = _data(rng)
     bad.labels[3] = 0.5  # not a logistic label
     with pytest.raises(ValueError, match="label"):
         model.fit(bad)
-    np.testing.assert_array_equal(model.predict(probe), before)
+    np.testing.assert_array_equal(model.decision_function(probe), before)
     assert model.generation_ == generation
 
 
@@ -223,7 +223,7 @@ def test_generation_counts_weight_changes(rng, tmp_path):
     model.partial_fit(data)
     assert model.generation_ == 3
     model.set_params(learning_rate=0.1)  # parameters are not weights
-    model.predict(data)
+    model.decision_function(data)
     assert model.generation_ == 3
     model.fit(data)
     assert model.generation_ == 4
@@ -246,22 +246,27 @@ def test_check_threads():
 
 @pytest.mark.parametrize("cls", [FM, FFM], ids=["FM", "FFM"])
 @pytest.mark.parametrize("bad", [-1, 1025, 100000, 2.0, True])
-def test_bad_threads_rejected_at_construction_and_set_params(cls, bad):
+def test_bad_threads_rejected_by_fit_and_predict(cls, bad):
+    """sklearn: constructors and set_params store parameters; fit and predict check them before a
+    bad count reaches OpenMP."""
+    ds = _data(np.random.default_rng(0), 40)
     with pytest.raises(ValueError, match="threads"):
-        cls(threads=bad)
-    model = cls(threads=2, k=3)
+        cls(threads=bad).fit(ds)
+    model = cls(threads=1, k=3, epochs=1).fit(ds)
+    assert model.set_params(threads=bad).get_params()["threads"] is bad
+    for call in (model.decision_function, model.predict, model.fit, model.partial_fit):
+        with pytest.raises(ValueError, match="threads"):
+            call(ds)
     with pytest.raises(ValueError, match="threads"):
-        model.set_params(k=5, threads=bad)
-    assert model.get_params()["threads"] == 2 and model.k == 3  # nothing was set
-    with pytest.raises(ValueError, match="threads"):
-        HybridFM(sides=SIDES, threads=bad)
+        HybridFM(sides=SIDES, threads=bad).fit(ds)
 
 
 def test_set_params_threads_100000_and_ffm_threads_minus_one():
+    ds = _data(np.random.default_rng(0), 40)
     with pytest.raises(ValueError, match="threads.*100000"):
-        FFM().set_params(threads=100000)
+        FFM().set_params(threads=100000).fit(ds)
     with pytest.raises(ValueError, match="threads.*-1"):
-        FFM(threads=-1)
+        FFM(threads=-1).fit(ds)
 
 
 def test_numpy_thread_counts_keep_their_identity():
@@ -287,12 +292,13 @@ def test_1024_threads_predict_and_train():
         res = {}
         for kind in ("FM", "FFM"):
             m = getattr(fmrecall, kind)(k=4, epochs=2, threads=1024, seed=1).fit(ds)
-            p1024 = m.predict(ds)
+            p1024 = m.decision_function(ds)
             m.partial_fit(ds)
-            p1024b = m.predict(ds)
+            p1024b = m.decision_function(ds)
             m.set_params(threads=1)
             res[kind] = dict(finite=bool(np.isfinite(p1024b).all()), loss=[h["train_loss"] for h in m.history_],
-                             same=bool(np.array_equal(m.predict(ds), p1024b)), moved=bool((p1024 != p1024b).any()))
+                             same=bool(np.array_equal(m.decision_function(ds), p1024b)),
+                             moved=bool((p1024 != p1024b).any()))
         core = m._core
         args = ds.core_args()
         for t in (1025, 100000, -1):
@@ -332,15 +338,15 @@ def _round_trips(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fitted_round_trips_predict_bit_identically(rng, tmp_path, kind):
     data, probe = _data(rng), _data(rng, 30)
-    model = _make(kind, learning_rate=0.07).fit(data, _data(rng, 30))
+    model = _make(kind, learning_rate=0.07).fit(data, valid=_data(rng, 30))
     model.partial_fit(data)
-    before, params = model.predict(probe), model.get_params()
+    before, params = model.decision_function(probe), model.get_params()
     raw = model.decision_function(probe)
     weights = model.weights()
     for name, trip in _round_trips(tmp_path).items():
         other = trip(model)
         assert type(other) is type(model) and other is not model, name
-        np.testing.assert_array_equal(other.predict(probe), before, err_msg=name)
+        np.testing.assert_array_equal(other.decision_function(probe), before, err_msg=name)
         np.testing.assert_array_equal(other.decision_function(probe), raw, err_msg=name)
         assert other.get_params() == params, name
         assert other.generation_ == model.generation_ == 2, name
@@ -353,8 +359,8 @@ def test_fitted_round_trips_predict_bit_identically(rng, tmp_path, kind):
     # a copy is independent: training it leaves the original alone
     other = copy.deepcopy(model)
     other.partial_fit(data)
-    np.testing.assert_array_equal(model.predict(probe), before)
-    assert not np.array_equal(other.predict(probe), before)
+    np.testing.assert_array_equal(model.decision_function(probe), before)
+    assert not np.array_equal(other.decision_function(probe), before)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -362,14 +368,14 @@ def test_unfitted_round_trips_keep_params(rng, tmp_path, kind):
     model = _make(kind, learning_rate=0.11, reg_factors=1e-3, seed=9, epochs=3)
     params = model.get_params()
     data, probe = _data(rng), _data(rng, 20)
-    expected = _make(kind, learning_rate=0.11, reg_factors=1e-3, seed=9, epochs=3).fit(data).predict(probe)
+    expected = _make(kind, learning_rate=0.11, reg_factors=1e-3, seed=9, epochs=3).fit(data).decision_function(probe)
     for name, trip in _round_trips(tmp_path).items():
         other = trip(model)
         assert type(other) is type(model) and other.get_params() == params, name
         assert other.generation_ == 0, name
         with pytest.raises(NotFittedError):
-            other.predict(probe)
-        np.testing.assert_array_equal(other.fit(data).predict(probe), expected, err_msg=name)
+            other.decision_function(probe)
+        np.testing.assert_array_equal(other.fit(data).decision_function(probe), expected, err_msg=name)
 
 
 def test_unfitted_hybrid_without_sides_round_trips():
@@ -436,7 +442,9 @@ def test_tampered_pickles_raise_value_error(rng, kind):
     (payload,) = model.__reduce__()[1]
     # sanity: the forged route loads an untouched payload
     probe = _data(rng, 10)
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(_Forged(payload))).predict(probe), model.predict(probe))
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(_Forged(payload))).decision_function(probe), model.decision_function(probe)
+    )
     # a flipped byte in the raw bytes of the pickle, inside each member's data
     blob = pickle.dumps(model)
     at = blob.index(payload)
@@ -475,17 +483,17 @@ def test_tampered_pickles_raise_value_error(rng, kind):
 def test_save_and_load_file_objects(rng, tmp_path, kind):
     model = _make(kind).fit(_data(rng))
     probe = _data(rng, 20)
-    expected = model.predict(probe)
+    expected = model.decision_function(probe)
     buf = io.BytesIO()
     model.save(buf)
     for loader in (fmrecall.load, type(model).load):
         buf.seek(0)
-        np.testing.assert_array_equal(loader(buf).predict(probe), expected)
+        np.testing.assert_array_equal(loader(buf).decision_function(probe), expected)
     model.save(tmp_path / "m.npz")
-    np.testing.assert_array_equal(type(model).load(tmp_path / "m.npz").predict(probe), expected)
-    np.testing.assert_array_equal(type(model).load(str(tmp_path / "m.npz")).predict(probe), expected)
+    np.testing.assert_array_equal(type(model).load(tmp_path / "m.npz").decision_function(probe), expected)
+    np.testing.assert_array_equal(type(model).load(str(tmp_path / "m.npz")).decision_function(probe), expected)
     with open(tmp_path / "m.npz", "rb") as f:
-        np.testing.assert_array_equal(fmrecall.load(f).predict(probe), expected)
+        np.testing.assert_array_equal(fmrecall.load(f).decision_function(probe), expected)
     assert (tmp_path / "m.npz").read_bytes() == buf.getvalue()  # the same bytes either way
 
 
@@ -522,7 +530,7 @@ def test_pickles_taken_during_fit_are_consistent(rng):
     old_data, new_data = _long_data(rng, 300), _long_data(rng, 12000)
     probe = _data(rng, 30)
     model = _make("ffm", epochs=1).fit(old_data)
-    old, old_history = model.predict(probe), list(model.history_)
+    old, old_history = model.decision_function(probe), list(model.history_)
     model.set_params(epochs=5)
     copies = []
     t = threading.Thread(target=model.fit, args=(new_data,))
@@ -530,13 +538,13 @@ def test_pickles_taken_during_fit_are_consistent(rng):
     while t.is_alive():
         copies.append(pickle.loads(pickle.dumps(model)))
     t.join()
-    new = model.predict(probe)
+    new = model.decision_function(probe)
     assert copies
     for c in copies:
         if c.generation_ == 1:
-            np.testing.assert_array_equal(c.predict(probe), old)
+            np.testing.assert_array_equal(c.decision_function(probe), old)
             assert c.history_ == old_history
         else:
             assert c.generation_ == 2 and len(c.history_) == 5
-            np.testing.assert_array_equal(c.predict(probe), new)
+            np.testing.assert_array_equal(c.decision_function(probe), new)
     assert any(c.generation_ == 1 for c in copies)

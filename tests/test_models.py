@@ -61,16 +61,22 @@ def test_scores_match_reference(rng, arch, kind, k, normalize):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_predict_is_sigmoid_or_raw(rng, kind):
+def test_predict_is_labels_proba_is_sigmoid_squared_is_raw(rng, kind):
     w = random_weights(rng, kind, N_FEATURES, N_FIELDS, 4, scale=0.8)
     ds = random_dataset(rng, n_rows=30, n_features=N_FEATURES, n_fields=N_FIELDS)
     logistic = model_from_weights(kind, w, N_FIELDS, loss="logistic")
     scores = logistic.decision_function(ds)
-    p = logistic.predict(ds)
-    np.testing.assert_allclose(p, ref.sigmoid(scores), rtol=1e-6)
+    p = logistic.predict_proba(ds)
+    assert p.shape == (30, 2)
+    np.testing.assert_allclose(p[:, 1], ref.sigmoid(scores), rtol=1e-6)
+    np.testing.assert_allclose(p[:, 0], 1 - ref.sigmoid(scores), rtol=1e-6, atol=1e-12)
     assert np.all((p > 0) & (p < 1))
+    labels = logistic.predict(ds)
+    assert 0 < labels.sum() < 30  # both classes occur in this draw
+    np.testing.assert_array_equal(labels, np.where(scores > 0, 1, 0))
     squared = model_from_weights(kind, w, N_FIELDS, loss="squared")
     np.testing.assert_allclose(squared.predict(ds), scores, rtol=1e-7)
+    assert not hasattr(squared, "predict_proba")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -423,7 +429,7 @@ def test_logistic_rejects_other_labels(rng, cls, labels):
         cls(epochs=1).fit(ds)
     good = random_dataset(rng, n_rows=3, n_features=N_FEATURES, n_fields=N_FIELDS)
     with pytest.raises(ValueError, match="label"):
-        cls(epochs=1).fit(good, ds)  # bad validation labels too
+        cls(epochs=1).fit(good, valid=ds)  # bad validation labels too
     # the squared loss takes any real label
     cls(epochs=1, loss="squared").fit(ds)
 
@@ -571,7 +577,7 @@ def test_fit_history_and_validation_metrics(rng, kind):
     cls = MODEL_CLASSES[kind]
     train = random_dataset(rng, n_rows=120, n_features=N_FEATURES, n_fields=N_FIELDS)
     valid = random_dataset(rng, n_rows=60, n_features=N_FEATURES, n_fields=N_FIELDS)
-    m = cls(k=4, epochs=4, patience=None, threads=1).fit(train, valid)
+    m = cls(k=4, epochs=4, patience=None, threads=1).fit(train, valid=valid)
     assert [h["epoch"] for h in m.history_] == [1, 2, 3, 4]
     for h in m.history_:
         assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds"}
@@ -593,7 +599,7 @@ def test_early_stopping_restores_best_epoch(rng, kind):
     train = random_dataset(rng, n_rows=40, n_features=N_FEATURES, n_fields=N_FIELDS)
     valid = random_dataset(rng, n_rows=200, n_features=N_FEATURES, n_fields=N_FIELDS)
     m = cls(k=8, epochs=30, learning_rate=0.5, init_std=0.3, reg_linear=0, reg_factors=0, patience=2, threads=1).fit(
-        train, valid
+        train, valid=valid
     )
     losses = [h["valid_loss"] for h in m.history_]
     best = int(np.argmin(losses)) + 1

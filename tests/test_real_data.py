@@ -57,7 +57,7 @@ def test_criteo_train_and_predict(criteo, data_dir, cls):
     preds = {}
     for name in CRITEO_FILES:
         ds = criteo[name]
-        p = m.predict(ds)
+        p = m.predict_proba(ds)[:, 1]
         assert p.shape == (ds.n_rows,) and np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1)), name
         preds[name] = p
     test_auc = auc(criteo["xlearn_small_test.txt"].labels, preds["xlearn_small_test.txt"])
@@ -68,7 +68,7 @@ def test_criteo_train_and_predict(criteo, data_dir, cls):
     # training rows (plus one), bigdata.te mostly the test rows
     d = data_dir / "criteo"
     for other, base, p_base in (
-        ("bigdata.tr.txt", "xlearn_small_train.txt", m.predict(train)),
+        ("bigdata.tr.txt", "xlearn_small_train.txt", m.predict_proba(train)[:, 1]),
         ("bigdata.te.txt", "xlearn_small_test.txt", preds["xlearn_small_test.txt"]),
     ):
         index = {ln: i for i, ln in enumerate(_lines(d / base))}
@@ -113,7 +113,7 @@ def test_frappe_holdout_auc(frappe_split, name, make, threshold):
     (measured: FFM 0.9524, FM 0.9406)."""
     train, holdout = frappe_split
     assert train.n_rows == round(0.8 * 57_722) and train.n_rows + holdout.n_rows == 57_722
-    model = make().fit(train, holdout)
+    model = make().fit(train, valid=holdout)
     score = _check_restored_best(model, holdout)
     print(f"\nfrappe {name}: holdout AUC {score:.4f} (best epoch {model.best_epoch_} of {len(model.history_)})")
     assert score >= threshold
@@ -123,7 +123,7 @@ def test_frappe_hogwild_two_threads(frappe_split):
     """Lock-free training over two threads: not bit-reproducible, so a looser bar."""
     train, holdout = frappe_split
     model = fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=2)
-    model.fit(train, holdout)
+    model.fit(train, valid=holdout)
     score = _check_restored_best(model, holdout)
     print(f"\nfrappe FFM hogwild(2): holdout AUC {score:.4f}")
     assert score >= 0.94

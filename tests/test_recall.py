@@ -138,7 +138,7 @@ def test_proba_is_sigmoid_of_score(rng, kind):
     cols = world.cols(res.ids[0, :30])
     joined = [join_rows(world.qrows[0], world.irows[c]) for c in cols]
     np.testing.assert_allclose(
-        p[0, :30], world.model.predict(rows_dataset(joined, n_features=N, n_fields=F)), rtol=1e-5, atol=1e-6
+        p[0, :30], world.model.predict_proba(rows_dataset(joined, n_features=N, n_fields=F))[:, 1], rtol=1e-5, atol=1e-6
     )
     squared = (
         fmrecall.FM.from_weights(world.model.weights(), n_fields=F, loss="squared")
@@ -722,7 +722,7 @@ def test_frappe_retrieved_score_is_the_models_score(frappe_data, frappe_fm, rng)
     res = rec.search(queries, 1, restrict=[[o] for o in own])
     np.testing.assert_array_equal(res.ids[:, 0], own)
     np.testing.assert_allclose(res.scores[:, 0], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(res.proba[:, 0], model.predict(holdout.subset(rows)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.proba[:, 0], model.predict_proba(holdout.subset(rows))[:, 1], rtol=1e-5, atol=1e-6)
     # full catalogue for 60 queries: the own item is there, with the same score
     res = rec.search(queries.subset(np.arange(60)), 4082)
     for i in range(60):

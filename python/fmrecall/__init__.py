@@ -8,6 +8,7 @@ from . import metrics
 from ._core import best_arch
 from ._limits import MAX_THREADS
 from .dataset import Dataset
+from .diagnostics import DtypeMismatchWarning, UnseenValueWarning
 from .interactions import Interactions
 from .models import FFM, FM, HybridFM, NotFittedError
 from .persist import load
@@ -38,6 +39,8 @@ __all__ = [
     "MilvusIndex",
     "configure_faiss",
     "NotFittedError",
+    "UnseenValueWarning",
+    "DtypeMismatchWarning",
     "load",
     "metrics",
     "best_arch",

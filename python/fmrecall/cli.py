@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if sides is None:
             raise SystemExit("fmrecall: --model hybrid needs --user/--context/--item")
         hyper.update(sides=sides, field_aware=args.field_aware)
-    model = MODELS[args.model](**hyper).fit(train, valid)
+    model = MODELS[args.model](**hyper).fit(train, valid=valid)
     model.save(args.out)
     print(f"saved {type(model).__name__} to {args.out}")
     return 0
@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     model = load(args.model)
     data = _read(args.data, args.format, args.fields)
-    pred = model.predict(data)
+    # probabilities for the logistic loss, raw scores otherwise (predict gives class labels)
+    pred = model.predict_proba(data)[:, 1] if model.loss == "logistic" else model.decision_function(data)
     out = open(args.out, "w") if args.out else sys.stdout
     try:
         for v in pred:
@@ -164,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.model == "hybrid":
         hyper.update(sides=log.sides, field_aware="item")
-    model = MODELS[args.model](**hyper).fit(train, valid)
+    model = MODELS[args.model](**hyper).fit(train, valid=valid)
     assert model.best_epoch_ is not None and train.labels is not None  # fit with validation data, labelled rows
     best = model.history_[model.best_epoch_ - 1]
     print(

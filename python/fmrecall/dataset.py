@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from .dataset_args import (
+    ArrayLike,
     _first,
     _float_array,
     _index_array,
@@ -21,8 +22,6 @@ from .source import check_labels, labelled_metrics
 
 if TYPE_CHECKING:
     from .schema import Schema
-
-ArrayLike = Union[np.ndarray, Sequence]
 
 
 class Dataset:

@@ -8,8 +8,9 @@ import stat
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
-ArrayLike = Union[np.ndarray, Sequence]
+ArrayLike = npt.ArrayLike  # numpy arrays, sequences, pandas Series: anything np.asarray takes
 _INT32_MAX = np.iinfo(np.int32).max
 
 

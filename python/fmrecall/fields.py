@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ._frames import Series, _hash, _is_missing, _jsonable, _pd
+from .diagnostics import value_kind
 from .sides import SIDES
 
 
@@ -55,6 +56,18 @@ class Field:
     def describe(self, local: int) -> str:
         """Human-readable meaning of local feature `local`."""
         return f"{self.name}#{local}"
+
+    def kind_mismatch(self, values: Series) -> Optional[Tuple[str, str]]:
+        """(kind of `values`, kind fit saw) when they differ (fmrecall.diagnostics), else None.
+        Only fields matching values by identity check (categorical, hashed); numbers are parsed."""
+        want = getattr(self, "value_kind", None)
+        if want is None:
+            return None
+        got = self._request_kind(values)
+        return (got, want) if got is not None and got != want else None
+
+    def _request_kind(self, values: Series) -> Optional[str]:
+        return value_kind(values)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "side": self.side, "column": self.column}
@@ -96,6 +109,7 @@ class Categorical(Field):
         if not isinstance(min_count, (int, np.integer)) or min_count < 1:
             raise ValueError(f"field {name!r}: min_count must be an integer >= 1, got {min_count!r}")
         self.min_count = int(min_count)
+        self.value_kind: Optional[str] = None  # kind of value fit saw (fmrecall.diagnostics.value_kind)
         self.vocab: List[Any] = []
         self.rare = np.zeros(0, dtype=np.uint64)  # sorted hashes of the values that fell into "other"
         self._index: Any = None  # a pandas Index over vocab, built on first use
@@ -111,6 +125,7 @@ class Categorical(Field):
 
     def fit(self, values: Series) -> None:
         self._check_categorical(values)
+        self.value_kind = value_kind(values)
         values = self._normal(values)
         counts = values.value_counts(sort=False)
         counts = counts[counts > 0]  # a categorical dtype lists its unused categories with count 0
@@ -179,6 +194,7 @@ class Categorical(Field):
             "min_count": self.min_count,
             "vocab": self.vocab,
             "rare": [int(h) for h in self.rare],
+            **({"value_kind": self.value_kind} if self.value_kind is not None else {}),
         }
 
     @classmethod
@@ -186,6 +202,7 @@ class Categorical(Field):
         f = cls(d["name"], d["side"], min_count=d["min_count"], column=d["column"])
         f.vocab = list(d["vocab"])
         f.rare = np.asarray(d.get("rare", []), dtype=np.uint64)
+        f.value_kind = _saved_kind(d)
         f.fitted = True
         return f
 
@@ -287,8 +304,14 @@ class MultiCategorical(Categorical):
         )
         f.vocab = list(d["vocab"])
         f.rare = np.asarray(d.get("rare", []), dtype=np.uint64)
+        f.value_kind = _saved_kind(d)
         f.fitted = True
         return f
+
+    def _request_kind(self, values: Series) -> Optional[str]:
+        if self.sep is not None and value_kind(values) == "string":
+            return "string"  # split tokens are strings, as in fit
+        return value_kind(values.explode())
 
 
 class Numeric(Field):
@@ -381,6 +404,7 @@ class Hashed(Field):
         if not isinstance(buckets, (int, np.integer)) or buckets < 1:
             raise ValueError(f"field {name!r}: buckets must be a positive integer, got {buckets!r}")
         self.buckets = int(buckets)
+        self.value_kind: Optional[str] = None  # kind of value fit saw, if it was fit
         self.fitted = True
 
     @property
@@ -389,6 +413,7 @@ class Hashed(Field):
 
     def fit(self, values: Series) -> None:
         self._check_categorical(values)  # same value rules as a categorical
+        self.value_kind = value_kind(values)
         self.fitted = True
 
     def encode(self, values: Series) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -398,11 +423,22 @@ class Hashed(Field):
         return np.arange(n, dtype=np.int64), local, np.ones(n, np.float32)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**super().to_dict(), "buckets": self.buckets}
+        kind = {"value_kind": self.value_kind} if self.value_kind is not None else {}
+        return {**super().to_dict(), "buckets": self.buckets, **kind}
 
     @classmethod
     def _from(cls, d: Dict[str, Any]) -> "Hashed":
-        return cls(d["name"], d["side"], buckets=d["buckets"], column=d["column"])
+        f = cls(d["name"], d["side"], buckets=d["buckets"], column=d["column"])
+        f.value_kind = _saved_kind(d)
+        return f
+
+
+def _saved_kind(d: Dict[str, Any]) -> Optional[str]:
+    """The saved kind of value of a field dict (absent before 0.2: None, nothing is checked)."""
+    kind = d.get("value_kind")
+    if kind is not None and kind not in ("string", "number", "bool", "bytes", "mixed"):
+        raise ValueError(f"field {d.get('name')!r}: unknown value_kind {kind!r}")
+    return kind
 
 
 _KINDS = {c.kind: c for c in (Categorical, MultiCategorical, Numeric, Hashed)}

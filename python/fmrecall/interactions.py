@@ -56,7 +56,7 @@ class Interactions:
         users: Frame,
         items: Frame,
         events: Frame,
-        schema: Schema,
+        schema: Optional[Schema],
         *,
         user_key: str = "user_id",
         item_key: str = "item_id",
@@ -86,6 +86,8 @@ class Interactions:
             raise ValueError(f"hard_negatives must be an integer >= 1, got {hard_negatives!r}")
         if not isinstance(grow, (bool, np.bool_)):
             raise ValueError(f"grow must be True or False, got {grow!r}")
+        if not isinstance(schema, Schema):  # e.g. model.schema_ of a model fit on a Dataset: None
+            raise ValueError(f"Interactions: schema must be a fmrecall.Schema, got {schema!r}")
         if not schema.fitted:
             schema.fit([users, items, events])
         elif grow:

@@ -20,8 +20,10 @@ CoreArrays = Tuple[int, Optional[np.ndarray], int, Optional[np.ndarray], Optiona
 M = TypeVar("M", bound="ModelState")
 
 
-class NotFittedError(RuntimeError):
-    """The model has no weights yet: call fit() or from_weights() first."""
+class NotFittedError(RuntimeError, ValueError, AttributeError):
+    """The model has no weights yet: call fit() or from_weights() first. A ValueError and an
+    AttributeError too, like sklearn's NotFittedError (and an instance of that class whenever
+    scikit-learn is loaded: fmrecall.sklearn_tags.not_fitted)."""
 
 
 class ModelState:
@@ -35,10 +37,12 @@ class ModelState:
     n_fields: Optional[int]
     _core: Optional[CoreModel]
     _lock: threading.RLock
-    schema_: Optional["Schema"]
-    history_: List[Dict[str, Any]]
-    best_epoch_: Optional[int]
-    generation_: int
+    # fitted attributes: class-level defaults until fit / load set them on the instance (sklearn:
+    # a constructor sets nothing but its parameters)
+    schema_: Optional["Schema"] = None
+    history_: List[Dict[str, Any]] = []  # never mutated: fit and partial_fit assign new lists
+    best_epoch_: Optional[int] = None
+    generation_: int = 0
 
     if TYPE_CHECKING:  # provided by the estimator classes
 
@@ -53,7 +57,9 @@ class ModelState:
     def _require_core(self) -> CoreModel:
         core = self._core  # read once: fit may swap it meanwhile
         if core is None:
-            raise NotFittedError(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
+            from .sklearn_tags import not_fitted
+
+            raise not_fitted(f"this {type(self).__name__} has no weights: call fit() or from_weights()")
         return core
 
     def _bump_generation(self) -> None:

@@ -1,13 +1,21 @@
-"""FM, FFM and HybridFM estimators (sklearn-style) over the C++ core.
+"""FM, FFM and HybridFM estimators over the C++ core.
+
+scikit-learn conventions (scikit-learn itself optional; tested with its check_estimator): the loss
+makes a binary classifier ("logistic", "bpr") or a regressor ("squared") through
+``__sklearn_tags__``; fit / predict take a Dataset / Interactions or a matrix X with labels y
+(fmrecall.estimator_input); classifiers' predict gives labels, predict_proba (logistic only)
+probabilities, decision_function raw scores. Constructors and set_params store parameters; fit and
+predict check them.
 
 Thread safety (a web service predicting on many threads while one thread retrains):
 - predict / decision_function / split vectors / weights() / save / pickling may run on any number
   of threads while another thread calls fit, partial_fit or save. The C++ core holds a
   readers–writer lock per model (shared for reading and Hogwild training, exclusive while a table
   is reallocated), taken once per call after the GIL is released.
-- ``fit`` trains a new core aside and swaps it in (with ``schema_``, ``history_``, ``best_epoch_``)
-  only when training has finished: meanwhile predictions come from the previously fitted weights
-  (NotFittedError if there were none). A fit that raises leaves the previous model in place.
+- ``fit`` trains a new core aside and swaps it in (with ``schema_``, ``history_``, ``best_epoch_``,
+  ``classes_``) only when training has finished: meanwhile predictions come from the previously
+  fitted weights (NotFittedError if there were none). A fit that raises leaves the previous model
+  in place.
 - ``partial_fit`` trains in place (that is its point): predictions during it see weights in
   progress; features new to the model get their vectors under the exclusive lock.
 - ``generation_`` (0 when unfitted) increases whenever the weights change: at the end of fit, after
@@ -21,20 +29,40 @@ from __future__ import annotations
 
 import inspect
 import threading
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, TypeVar, Union, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core, training
 from ._limits import check_threads
+from .dataset import Dataset
+from .estimator_input import class_labels, column_fields, is_source, matrix_rows, regression_targets, source_classes
 from .model_state import CoreArrays, ModelState
 from .model_state import NotFittedError as NotFittedError  # re-exported: fmrecall.models.NotFittedError
 from .sides import Sides
+from .sklearn_tags import estimator_type, sklearn_tags
 from .source import TrainingSource
 
 if TYPE_CHECKING:
-    from .schema import Schema
     from .split import Split
+
+
+_M = TypeVar("_M", bound="_FactorizationModel")  # fit / partial_fit / set_params return self's own type
+
+
+class SparseMatrix(Protocol):
+    """A scipy.sparse matrix or array (any format): what fit / predict need of one."""
+
+    @property
+    def shape(self) -> Tuple[int, ...]: ...
+
+    def tocsr(self) -> Any: ...
+
+
+# what fit / predict take: a Dataset / Interactions, or a matrix X (array-like or scipy sparse)
+Rows = Union[TrainingSource, npt.ArrayLike, SparseMatrix]
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
@@ -82,12 +110,11 @@ class _FactorizationModel(ModelState):
         self.n_features = n_features
         self.n_fields = n_fields
         self.verbose = verbose
-        check_threads(threads)  # a bad count would reach OpenMP (the rest is checked by fit)
+        # sklearn: parameters are stored as given and checked by fit / predict (_check_params);
+        # fitted attributes (schema_, history_, best_epoch_, generation_, classes_, ...) appear with fit
         self._core: Optional[_core.Model] = None
-        self.schema_: Optional["Schema"] = None  # the Schema of the Interactions it was fit on (saved with it)
-        self.history_: List[Dict[str, Any]] = []
-        self.best_epoch_: Optional[int] = None
-        self.generation_ = 0  # bumped whenever the weights change (see the module docstring)
+        self._classes: Optional[np.ndarray] = None  # classes_ of a classifier's fit (None: [0, 1])
+        self._columns: Optional[np.ndarray] = None  # int32 field of each column of a matrix fit
         self._lock = threading.RLock()  # makes the swap after fit and a save's reading atomic
 
     # ------------------------------------------------------------------ sklearn conventions
@@ -105,14 +132,13 @@ class _FactorizationModel(ModelState):
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> "_FactorizationModel":
-        """Set parameters (sklearn); all are checked before any is set (threads too, here)."""
+    def set_params(self: _M, **params: Any) -> _M:
+        """Set parameters (sklearn); unknown names raise before any is set, values are checked by
+        fit / predict (as for the constructor)."""
         valid = set(self._param_names())
         for name in params:
             if name not in valid:
                 raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
-        if "threads" in params:
-            check_threads(params["threads"])
         for name, value in params.items():
             setattr(self, name, value)
         return self
@@ -172,37 +198,200 @@ class _FactorizationModel(ModelState):
         """(n_fields, aware_row, field-aware rows, v, W) of the arrays weights() returns."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ sklearn recognition (fmrecall.sklearn_tags)
+    def __sklearn_tags__(self) -> Any:
+        """sklearn.utils.Tags: a binary classifier for loss "logistic" / "bpr", a regressor for
+        "squared"; sparse input; non-deterministic unless threads == 1 (Hogwild)."""
+        return sklearn_tags(self)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self._core is not None
+
+    @property
+    def _estimator_type(self) -> str:  # what scikit-learn < 1.6 reads (is_classifier / is_regressor)
+        return estimator_type(self.loss)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The two class labels (classifiers: loss "logistic" / "bpr"), sorted; ``classes_[1]`` is
+        the positive class. From y for a matrix fit, else [0, 1] (or [-1, 1] for labels in {-1, 1}).
+        AttributeError for a regressor; NotFittedError before fit."""
+        if estimator_type(self.loss) != "classifier":
+            raise AttributeError(f"a {type(self).__name__} with loss={self.loss!r} is a regressor: no classes_")
+        self._require_core()
+        return self._classes if self._classes is not None else np.array([0, 1])
+
+    @property
+    def n_features_in_(self) -> int:
+        """Columns of the matrix X of a matrix fit; for a Dataset / Interactions fit, the model's
+        number of features (n_features_). NotFittedError before fit."""
+        core = self._require_core()
+        columns = self._columns
+        return int(columns.size) if columns is not None else int(core.n_features)
+
+    # ------------------------------------------------------------------ hooks of fmrecall.persist
+    def _matrix_state(self) -> Tuple[Dict[str, Any], Optional[np.ndarray]]:
+        """({"classes": [...], "classes_dtype": ...} or {}, field of each column or None): what a
+        saved model keeps of a classifier's classes_ and a matrix fit's columns."""
+        with self._lock:
+            classes, columns = self._classes, self._columns
+        meta: Dict[str, Any] = {}
+        if classes is not None:
+            kind = classes.dtype.kind
+            meta = {"classes": classes.tolist(), "classes_dtype": classes.dtype.str if kind in "biufU" else "object"}
+        return meta, columns
+
+    def _set_matrix_state(self, meta: Any, columns: Optional[np.ndarray], n_fields: int, where: str) -> None:
+        """Inverse of _matrix_state, validated (ValueError naming `where`)."""
+        if meta:
+            raw = meta.get("classes") if isinstance(meta, dict) else None
+            dtype = meta.get("classes_dtype") if isinstance(meta, dict) else None
+            ok = isinstance(raw, list) and len(raw) == 2 and isinstance(dtype, str)
+            try:
+                classes = np.asarray(raw, dtype=object if dtype == "object" else np.dtype(dtype)) if ok else None
+            except (TypeError, ValueError):
+                classes = None
+            if classes is None or classes.shape != (2,):
+                raise ValueError(f"{where}: estimator classes must be two labels with a dtype, got {meta!r}")
+            self._classes = classes
+        if columns is not None:
+            if columns.dtype != np.int32 or columns.ndim != 1 or columns.size == 0:
+                raise ValueError(f"{where}: member 'columns' must be a non-empty int32 vector")
+            if columns.min() < 0 or columns.max() >= n_fields:
+                raise ValueError(f"{where}: member 'columns' names a field outside [0, {n_fields})")
+            self._columns = np.ascontiguousarray(columns)
+
     # ------------------------------------------------------------------ training (fmrecall.training)
-    def fit(self, train: TrainingSource, valid: Optional[TrainingSource] = None) -> "_FactorizationModel":
-        """Train with AdaGrad SGD (Hogwild over `threads`), rows reshuffled every epoch.
+    def _training_data(
+        self, train: Any, y: Any, fields: Any, classes: Any, fresh: bool, what: str
+    ) -> Tuple[TrainingSource, Optional[np.ndarray], Optional[np.ndarray]]:
+        """(source, classes_, field_of_column) of fit / partial_fit's arguments: a TrainingSource as
+        it is, or a matrix X with labels y (fmrecall.estimator_input)."""
+        classifier = estimator_type(self.loss) == "classifier"
+        if is_source(train):
+            if y is not None:
+                raise ValueError(f"y: a Dataset / Interactions carries its own labels; {what}(train) takes no y")
+            if fields is not None:
+                raise ValueError("fields= maps the columns of a matrix X to fields; a Dataset has its own fields")
+            keep = self._classes if not fresh else None
+            return train, (keep if keep is not None else source_classes(train)) if classifier else None, None
+        columns = None if fresh else self._columns
+        if not fresh and columns is None:
+            raise ValueError(
+                f"this {type(self).__name__} was fit on a Dataset / Interactions: {what} it on that kind of data"
+            )
+        rows = matrix_rows(train, columns, "X", fitting=True, who=type(self).__name__)
+        if fresh:
+            columns = column_fields(fields, rows.n_features)
+        elif (
+            fields is not None
+            and columns is not None
+            and not np.array_equal(column_fields(fields, rows.n_features), columns)
+        ):
+            raise ValueError("fields= differs from the fields the model was fit with")
+        assert columns is not None
+        who = type(self).__name__
+        if classifier:
+            known = classes if fresh else self._classes
+            classes_, labels = class_labels(y, rows.n_rows, who, None if known is None else np.asarray(known))
+        else:
+            classes_, labels = None, regression_targets(y, rows.n_rows, who)
+        source = Dataset(
+            rows.indptr,
+            columns[rows.features] if rows.nnz else rows.fields,
+            rows.features,
+            rows.values,
+            labels,
+            n_features=rows.n_features,
+            n_fields=int(columns.max()) + 1,
+        )
+        return source, classes_, columns
+
+    def _validation_data(self, valid: Any, classes: Optional[np.ndarray], columns: Optional[np.ndarray]) -> Any:
+        """fit's `valid`: None, a TrainingSource, or (X_valid, y_valid) for a matrix fit."""
+        if valid is None or is_source(valid):
+            return valid
+        if columns is None or not isinstance(valid, tuple) or len(valid) != 2:
+            raise ValueError("valid must be a Dataset / Interactions, or (X_valid, y_valid) when fitting on a matrix X")
+        rows = matrix_rows(valid[0], columns, "valid X", who=type(self).__name__)
+        who = type(self).__name__
+        if classes is not None:
+            labels = class_labels(valid[1], rows.n_rows, who, classes)[1]
+        else:
+            labels = regression_targets(valid[1], rows.n_rows, who)
+        return Dataset(
+            rows.indptr,
+            rows.fields,
+            rows.features,
+            rows.values,
+            labels,
+            n_features=rows.n_features,
+            n_fields=rows.n_fields,
+        )
+
+    def fit(
+        self: _M,
+        train: Rows,
+        y: Optional[npt.ArrayLike] = None,
+        *,
+        valid: Optional[Union[TrainingSource, Tuple[Any, Any]]] = None,
+        fields: Optional[npt.ArrayLike] = None,
+    ) -> _M:
+        """Train with AdaGrad SGD (Hogwild over `threads`), rows reshuffled every epoch. Returns self.
 
         `train` is a Dataset of labelled rows, or fmrecall.Interactions (users, items and events
         kept apart; the rows are assembled in C++): labelled events, or implicit feedback with
-        `negatives` items sampled per positive per epoch (logistic loss, or loss="bpr").
+        `negatives` items sampled per positive per epoch (logistic loss, or loss="bpr"); `y` is
+        then None. Or, sklearn style, a matrix X (numpy array, list of lists, DataFrame of
+        numbers, scipy sparse matrix) with labels `y`: column c is feature c of field c, or of
+        field ``fields[c]`` (fmrecall.estimator_input); classifiers (logistic, bpr) take any two
+        class labels (``classes_``), regressors (squared) real targets.
 
-        With `valid`, each epoch is scored on it; training stops once the validation loss has
-        not improved for `patience` epochs and the best epoch's weights are restored (a copy of
-        the weights only, never of the AdaGrad state). Returns self.
+        With `valid` (a Dataset / Interactions, or ``(X_valid, y_valid)`` for a matrix fit), each
+        epoch is scored on it; training stops once the validation loss has not improved for
+        `patience` epochs and the best epoch's weights are restored (a copy of the weights only,
+        never of the AdaGrad state).
 
         The new weights are trained aside: until fit returns, other threads keep predicting with
         the previous weights (or get NotFittedError), and a fit that raises changes nothing. At
-        the end the new core, schema_, history_ and best_epoch_ are swapped in and generation_
-        increases. The old weights stay in memory until then: a refit needs room for both models
-        (partial_fit, in place, does not).
+        the end the new core, schema_, history_, best_epoch_ and classes_ are swapped in and
+        generation_ increases. The old weights stay in memory until then: a refit needs room for
+        both models (partial_fit, in place, does not).
         """
-        core, history, best_epoch = training.fit(self, train, valid)
+        if is_source(train) and is_source(y):  # fit(train, valid), the signature before 0.2
+            if valid is not None:
+                raise ValueError("valid given twice: as y and as valid=")
+            warnings.warn(
+                "fit(train, valid) is deprecated: pass the validation data by keyword, fit(train, valid=valid)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            y, valid = None, cast(TrainingSource, y)
+        source, classes, columns = self._training_data(train, y, fields, None, True, "fit")
+        valid_source = self._validation_data(valid, classes, columns)
+        core, history, best_epoch = training.fit(self, source, valid_source)
         # the swap: readers take self._core once per call, so each sees the old or the new model
         with self._lock:
             self._core = core
-            self.schema_ = train.source_schema()
+            self._classes, self._columns = classes, columns
+            self.schema_ = source.source_schema()
             self.history_ = history
             self.best_epoch_ = best_epoch
             self._bump_generation()
         return self
 
-    def partial_fit(self, train: TrainingSource) -> "_FactorizationModel":
+    def partial_fit(
+        self: _M,
+        train: Rows,
+        y: Optional[npt.ArrayLike] = None,
+        *,
+        classes: Optional[npt.ArrayLike] = None,
+        fields: Optional[npt.ArrayLike] = None,
+    ) -> _M:
         """One more epoch over `train`, continuing from the current weights and AdaGrad state
         (a fresh model is created first if there is none). For incremental daily updates.
+        `train` / `y` / `fields` as in fit; a matrix X must have the columns of the first fit, and
+        `classes` (sklearn) names the two classes at the first call when y may not hold both.
 
         New features: `train` may use feature indices beyond the model's n_features (a schema
         grown by ``Schema.partial_fit`` / ``Interactions(..., grow=True)``, or a larger Dataset).
@@ -217,22 +406,24 @@ class _FactorizationModel(ModelState):
         generation_ increases once the epoch is done: a Recaller built before refuses to search,
         build a new one over the grown model (it can add the new items)."""
         self._check_params()
-        train.check_labels(self.loss, "train")
         current = self._core
         fresh_model = current is None  # then built aside like fit, swapped in once trained
-        core = training.new_core(self, train) if current is None else current
-        schema = train.source_schema()
+        data, classes_, columns = self._training_data(train, y, fields, classes, fresh_model, "partial_fit")
+        data.check_labels(self.loss, "train")
+        core = training.new_core(self, data) if current is None else current
+        schema = data.source_schema()
         if schema is not None and not fresh_model and self.schema_ is not None and not schema.extends(self.schema_):
             raise ValueError(
                 "train's schema is neither the model's schema_ nor a growth of it "
                 "(Schema.partial_fit / Interactions(..., grow=True)): refit instead"
             )
-        training.grow(self, core, train)
+        training.grow(self, core, data)
         epoch = 1 if fresh_model else len(self.history_) + 1
-        record = training.partial_fit_epoch(self, core, train, epoch)
+        record = training.partial_fit_epoch(self, core, data, epoch)
         with self._lock:
             if fresh_model:
                 self._core = core
+                self._classes, self._columns = classes_, columns
                 self.schema_ = schema
                 self.history_ = [record]
                 self.best_epoch_ = None
@@ -264,16 +455,76 @@ class _FactorizationModel(ModelState):
         return data.evaluate(core, self.loss, int(self.seed) + 7919, int(self.threads))
 
     # ------------------------------------------------------------------ prediction
-    def decision_function(self, data: TrainingSource) -> np.ndarray:
-        """Raw model scores, float32 (n_rows,) — or (n_events,) for Interactions. Indices beyond the
-        model are ignored."""
-        return data.scores(self._require_core(), int(self.threads))
+    def _rows(self, X: Any) -> TrainingSource:
+        """A TrainingSource as it is; a matrix X encoded with the fit's columns (ValueError if the
+        model was fit on a Dataset / Interactions, or X has another number of columns)."""
+        if is_source(X):
+            return cast(TrainingSource, X)
+        columns = self._columns
+        if columns is None:
+            raise ValueError(
+                f"this {type(self).__name__} was fit on a Dataset / Interactions (fields of its own), "
+                f"not on a matrix X: predict on a Dataset / Interactions"
+            )
+        return matrix_rows(X, columns, "X", who=type(self).__name__)
 
-    def predict(self, data: TrainingSource) -> np.ndarray:
-        """Probabilities σ(score) for the logistic loss, raw scores for squared and BPR (whose scores
-        only rank). float (n_rows,)."""
-        s = self.decision_function(data)
-        return _sigmoid(s) if self.loss == "logistic" else s
+    def decision_function(self, X: Rows) -> np.ndarray:
+        """Raw model scores, float32 (n_rows,) — or (n_events,) for Interactions. `X`: a Dataset /
+        Interactions, or a matrix with the columns of a matrix fit. Indices beyond the model are
+        ignored."""
+        core = self._require_core()
+        return self._rows(X).scores(core, check_threads(self.threads))
+
+    def predict(self, X: Rows) -> np.ndarray:
+        """Classifiers (loss "logistic" / "bpr"): the class label of every row, ``classes_[1]``
+        where the score is > 0 (σ(score) > 0.5), else ``classes_[0]``. Regressors (loss
+        "squared"): the predicted values, float32. (Before 0.2 predict returned σ(score): that is
+        ``predict_proba(X)[:, 1]`` now.)"""
+        s = self.decision_function(X)
+        if estimator_type(self.loss) == "regressor":
+            return s
+        return self.classes_[(s > 0).astype(np.intp)]
+
+    @property
+    def predict_proba(self) -> Callable[[Rows], np.ndarray]:
+        """``predict_proba(X)``: float64 (n_rows, 2), columns ``[1 − σ(s), σ(s)]`` for
+        ``classes_[0]``, ``classes_[1]``, s the raw score. Under implicit feedback with sampled
+        negatives σ(s) is P(positive vs a sampled negative), not a click rate. Only for
+        loss="logistic" (AttributeError otherwise, so sklearn falls back to decision_function:
+        bpr scores only rank, squared is a regressor)."""
+        if self.loss != "logistic":
+            raise AttributeError(
+                f"predict_proba needs loss='logistic'; this {type(self).__name__} has loss={self.loss!r} "
+                f"(use decision_function for its scores)"
+            )
+        return self._predict_proba
+
+    def _predict_proba(self, X: Rows) -> np.ndarray:
+        p = _sigmoid(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def score(self, X: Rows, y: Optional[npt.ArrayLike] = None, sample_weight: Optional[npt.ArrayLike] = None) -> float:
+        """sklearn's score: mean accuracy of predict (classifiers) or R² (regressors), weighted by
+        `sample_weight`. `y` defaults to the labels of a Dataset / Interactions."""
+        if y is None and is_source(X):
+            y = getattr(X, "labels", None)
+            if y is None:
+                raise ValueError("score needs labels: this data has none (give y)")
+        pred = self.predict(X)
+        truth = np.asarray(y).ravel()
+        if truth.shape != pred.shape:
+            raise ValueError(f"y has {truth.size} entries, the data {pred.size} rows")
+        w = np.ones(pred.size) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+        if w.shape != pred.shape:
+            raise ValueError(f"sample_weight has {w.size} entries, the data {pred.size} rows")
+        if estimator_type(self.loss) == "classifier":
+            return float(np.average(pred == truth, weights=w))
+        t = truth.astype(np.float64)
+        residual = float(np.sum(w * (t - pred) ** 2))
+        total = float(np.sum(w * (t - np.average(t, weights=w)) ** 2))
+        if total == 0.0:
+            return 1.0 if residual == 0.0 else 0.0
+        return 1.0 - residual / total
 
     def split(self, sides: Sides) -> "Split":
         """The exact query/item split of this model for `sides` (DESIGN.md §2–4):
@@ -411,3 +662,6 @@ class HybridFM(_FactorizationModel):
         if not isinstance(self.sides, Sides):
             raise ValueError("HybridFM needs sides=fmrecall.Sides(user=..., context=..., item=...)")
         return super().split(self.sides)
+
+
+AnyModel = Union[FM, FFM, HybridFM]  # what fmrecall.load returns

@@ -21,7 +21,9 @@ Pickling a model (``pickle``, ``copy.deepcopy``, joblib) writes the same .npz by
 model carries no arbitrary objects and is validated like a file when it is unpickled. An unfitted
 model's bytes hold only its parameters (``"fitted": false``, no arrays). A model's metadata also
 keeps ``generation``, ``history`` and ``best_epoch`` (optional: older files get generation 1,
-no history); ``get_params()`` of a loaded model equals that of the saved one.
+no history), and ``estimator`` (a classifier's ``classes_`` with their dtype) plus the array
+``columns`` (the field of each column of a matrix fit) when the model has them (older files: none,
+classes [0, 1]); ``get_params()`` of a loaded model equals that of the saved one.
 
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
@@ -35,9 +37,14 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import IO, Any, Callable, Dict, Optional, Tuple, Union, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union, cast, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .models import AnyModel
+
+_T = TypeVar("_T")
 
 MODEL_FORMAT = "fmrecall.model"
 MODEL_VERSION = 1
@@ -256,6 +263,11 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     }
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
+    estimator, columns = model._matrix_state()  # classes_ and a matrix fit's columns (sklearn)
+    if estimator:
+        meta["estimator"] = estimator
+    if columns is not None:
+        arrays["columns"] = columns
     for name, a in arrays.items():
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise ValueError(
@@ -363,7 +375,7 @@ def model_from_arrays(
         raise ValueError(f"{path}: params must be a JSON object")
     try:
         params = _restore_params(raw)
-        model = cls(**params)  # validates threads like any constructor call
+        model = cls(**params)
     except TypeError as e:
         raise ValueError(f"{path}: bad parameters ({e})") from None
     except (ValueError, KeyError, AttributeError) as e:
@@ -381,6 +393,8 @@ def model_from_arrays(
         raise ValueError(f"{path}: {e}") from None
     n = _count(meta, "n_features", path)
     F = _count(meta, "n_fields", path)
+    arrays = dict(arrays)
+    model._set_matrix_state(meta.get("estimator"), arrays.pop("columns", None), F, path)
     state = _check_state(model, arrays, n, F, path)
     history, best = meta.get("history", []), meta.get("best_epoch")
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
@@ -411,9 +425,18 @@ def save_model(model: Any, path: PathOrFile) -> None:
     save_arrays(path, meta, arrays)
 
 
+@overload
+def load(path: PathOrFile, expected_class: None = None) -> AnyModel: ...
+
+
+@overload
+def load(path: PathOrFile, expected_class: Type[_T]) -> _T: ...
+
+
 def load(path: PathOrFile, expected_class: Optional[type] = None) -> Any:
-    """Load a model written by ``model.save(path)`` (a path or a binary file-like object); it
-    predicts bit-identically. Every array and parameter is validated (ValueError naming the file)."""
+    """Load a model written by ``model.save(path)`` (a path or a binary file-like object): an FM,
+    FFM or HybridFM (with `expected_class`, that class or ValueError); it predicts bit-identically.
+    Every array and parameter is validated (ValueError naming the file)."""
     meta, arrays = load_arrays(path, MODEL_FORMAT, MODEL_VERSION)
     where = _name_of(path)
     try:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ._frames import Frame, _frame, _pd
 from .dataset import Dataset
+from .diagnostics import UNSEEN_WARN_RATE, warn_transform
 from .fields import _KINDS, Categorical, Field, Hashed, MultiCategorical, Numeric
 from .sides import SIDES, Sides
 
@@ -235,6 +236,7 @@ class Schema:
         side: Optional[str] = None,
         fields: Optional[Iterable[str]] = None,
         label: Optional[str] = None,
+        unseen: Optional[Dict[str, float]] = None,
     ) -> Dataset:
         """Encode rows of `frame` into a Dataset (one row per frame row).
 
@@ -242,6 +244,12 @@ class Schema:
             by default every schema field (all their columns must be present)
         fields : explicit field names to encode instead
         label : column holding the label (float), if any
+        unseen : a dict this call fills with {field name: share of its values unseen in training}
+            for every encoded (multi-)categorical field (0.0 when it has no values)
+
+        Diagnostics (fmrecall.diagnostics): one DtypeMismatchWarning when a column holds another
+        kind of value than its field was fit on (str ids where training had ints), one
+        UnseenValueWarning when more than half of a categorical field's values are unseen.
         """
         self._need_fit()
         df = _frame(frame)
@@ -259,6 +267,8 @@ class Schema:
         off = self.offsets
         n = len(df)
         rows, fidx, feats, vals = [], [], [], []
+        mismatches: List[Tuple[str, str, str, str]] = []
+        many_unseen: Dict[str, Tuple[float, Any]] = {}
         for i in chosen:
             f = self.fields[i]
             col = df[f.column]
@@ -268,6 +278,16 @@ class Schema:
                 r, loc, v = f.encode(col, df[f.weights_column])
             else:
                 r, loc, v = f.encode(col)
+            wrong = f.kind_mismatch(col)
+            if wrong is not None:
+                mismatches.append((f.name, f.column, wrong[0], wrong[1]))
+            if isinstance(f, Categorical):
+                miss = loc == Categorical.UNSEEN
+                rate = float(miss.mean()) if loc.size else 0.0
+                if unseen is not None:
+                    unseen[f.name] = rate
+                if rate > UNSEEN_WARN_RATE:
+                    many_unseen[f.name] = (rate, _first_unseen(col, r, miss))
             rows.append(r)
             fidx.append(np.full(r.size, i, dtype=np.int32))
             feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
@@ -283,6 +303,8 @@ class Schema:
                 raise ValueError(f"Schema.transform: missing label column {label!r}")
             labels = df[label].to_numpy(dtype=np.float32)
         values = np.concatenate(vals)[order] if vals else np.zeros(0, np.float32)
+        if mismatches or many_unseen:
+            warn_transform(mismatches, many_unseen)
         return Dataset(
             indptr,
             fi[order],
@@ -358,3 +380,8 @@ class Schema:
     def __repr__(self) -> str:
         parts = ", ".join(f"{f.kind}({f.name!r}, {f.side!r})" for f in self.fields)
         return f"Schema([{parts}])"
+
+
+def _first_unseen(col: Any, rows: np.ndarray, miss: np.ndarray) -> Any:
+    """The value (a multi-categorical field: the list) of `col` holding the first unseen value."""
+    return col.iloc[int(rows[int(np.flatnonzero(miss)[0])])]

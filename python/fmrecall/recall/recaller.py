@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
@@ -132,6 +133,7 @@ class Recaller:
         self.sides = sides
         self.split = model.split(sides)
         self._generation = getattr(model, "generation_", None)
+        self._last = threading.local()  # per thread: the unseen rates of its last search (last_unseen)
 
     def _init_loaded(self, model: Any, sides: Union[Sides, Schema], threads: Any) -> None:
         self._bind(model, sides, threads)
@@ -180,12 +182,22 @@ class Recaller:
                 "copy.deepcopy(model), to keep serving this one meanwhile)"
             )
 
-    def _encode(self, data: Any, side: str) -> Dataset:
+    def _encode(self, data: Any, side: str, unseen: Optional[Dict[str, float]] = None) -> Dataset:
         if isinstance(data, Dataset):
             return data
         if self.schema is None:
             raise ValueError("give a Dataset, or build the Recaller with a Schema to pass DataFrames")
-        return self.schema.transform(data, side=side)
+        return self.schema.transform(data, side=side, unseen=unseen)
+
+    @property
+    def last_unseen(self) -> Dict[str, float]:
+        """{field name: share of its values unseen in training} of the calling thread's last
+        `search` given DataFrame / dict rows, for each user / context (multi-)categorical field
+        ({} before any such search, or after one given a Dataset). Kept per thread
+        (threading.local): searches on other threads never change what this thread reads; read it
+        on the thread that searched, after the search. A share above 0.5 also raises an
+        fmrecall.UnseenValueWarning (fmrecall.diagnostics)."""
+        return dict(getattr(self._last, "unseen", {}))
 
     # ------------------------------------------------------------------ writes
     def add_items(self, items: Any, ids: Union[IdsLike, str]) -> "Recaller":
@@ -268,7 +280,10 @@ class Recaller:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
         self._check_model()
-        q, b = self.split.query_vectors(self._encode(query_ds, "query"))
+        unseen: Dict[str, float] = {}
+        encoded = self._encode(query_ds, "query", unseen)
+        self._last.unseen = unseen  # this thread's own (last_unseen)
+        q, b = self.split.query_vectors(encoded)
         m = q.shape[0]
         loss = getattr(self.model, "loss", "logistic")
         excl: IdFilter = id_filter(exclude, m, "exclude")
