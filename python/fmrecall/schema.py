@@ -22,6 +22,7 @@ import numpy as np
 from ._frames import Frame, _frame, _pd
 from .dataset import Dataset
 from .fields import _KINDS, Categorical, Field, Hashed, MultiCategorical, Numeric
+from .progress import progress
 from .sides import SIDES, Sides
 
 __all__ = ["Schema", "Field", "Categorical", "MultiCategorical", "Numeric", "Hashed", "Frame"]
@@ -259,19 +260,23 @@ class Schema:
         off = self.offsets
         n = len(df)
         rows, fidx, feats, vals = [], [], [], []
-        for i in chosen:
-            f = self.fields[i]
-            col = df[f.column]
-            if isinstance(f, MultiCategorical) and f.weights_column:
-                if f.weights_column not in df.columns:
-                    raise ValueError(f"Schema.transform: missing column {f.weights_column!r} (weights of {f.name!r})")
-                r, loc, v = f.encode(col, df[f.weights_column])
-            else:
-                r, loc, v = f.encode(col)
-            rows.append(r)
-            fidx.append(np.full(r.size, i, dtype=np.int32))
-            feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
-            vals.append(v)
+        with progress(n * len(chosen), "Schema.transform", "value") as bar:  # one step per field
+            for i in chosen:
+                f = self.fields[i]
+                col = df[f.column]
+                if isinstance(f, MultiCategorical) and f.weights_column:
+                    if f.weights_column not in df.columns:
+                        raise ValueError(
+                            f"Schema.transform: missing column {f.weights_column!r} (weights of {f.name!r})"
+                        )
+                    r, loc, v = f.encode(col, df[f.weights_column])
+                else:
+                    r, loc, v = f.encode(col)
+                rows.append(r)
+                fidx.append(np.full(r.size, i, dtype=np.int32))
+                feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
+                vals.append(v)
+                bar.update(n)
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         fi = np.concatenate(fidx) if fidx else np.zeros(0, np.int32)
         order = np.lexsort((np.arange(r.size), fi, r))  # by row, then schema field order
