@@ -7,6 +7,7 @@ values come from the library's API on the same files (and numpy for σ), not fro
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -87,11 +88,10 @@ def test_version_and_defaults_in_help(files: Path) -> None:
 
 def test_every_argument_has_help() -> None:
     parser = build_parser()
-    subs = [a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0]))]  # type: ignore
-    commands = subs[0].choices
-    assert set(commands) == {"demo", "train", "predict", "index", "recommend"}
-    for name, sub in commands.items():
-        for action in sub._actions:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"demo", "train", "predict", "index", "recommend"}
+    for name, command in sub.choices.items():
+        for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
