@@ -16,4 +16,4 @@ if __name__ == "__main__":
     ap.add_argument("path", nargs="?", default=default)
     ap.add_argument("--split", default="u1")
     args = ap.parse_args()
-    movielens.run(args.path, split=args.split)
+    print(movielens.format_table(movielens.run(args.path, split=args.split)))

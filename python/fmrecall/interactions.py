@@ -16,6 +16,7 @@ from ._frames import Frame, _frame, _jsonable
 from .dataset import Dataset
 from .fields import Categorical
 from .joins import join_rows
+from .progress import progress
 from .schema import Schema
 from .source import check_labels, labelled_metrics, pairwise_metrics
 
@@ -88,22 +89,26 @@ class Interactions:
             raise ValueError(f"grow must be True or False, got {grow!r}")
         if not isinstance(schema, Schema):  # e.g. model.schema_ of a model fit on a Dataset: None
             raise ValueError(f"Interactions: schema must be a fmrecall.Schema, got {schema!r}")
-        if not schema.fitted:
-            schema.fit([users, items, events])
-        elif grow:
-            schema.partial_fit([users, items, events])
         self.schema = schema
         self.user_key, self.item_key, self.label = user_key, item_key, label
         self.negatives, self.alpha, self.exclude_positives = int(negatives), float(alpha), bool(exclude_positives)
         self.hard_negatives = int(hard_negatives)
-        self.user_ids = _unique_keys(users[user_key], "users", user_key)
-        self.item_ids = _unique_keys(items[item_key], "items", item_key)
-        self.users = schema.transform(users, side="user")
-        self.items = schema.transform(items, side="item")
-        ctx = schema.side_fields("context")
-        self.context = schema.transform(events, side="context") if ctx else None
-        self.ev_user = _rows_of(self.user_ids, events[user_key], "user", user_key)
-        self.ev_item = _rows_of(self.item_ids, events[item_key], "item", item_key)
+        n_rows = len(users) + len(items) + len(events)
+        with progress(2 * n_rows, "Interactions", "row") as bar:  # the vocabularies, then the encoding
+            if not schema.fitted:
+                schema.fit([users, items, events])
+            elif grow:
+                schema.partial_fit([users, items, events])
+            bar.update(n_rows)
+            self.user_ids = _unique_keys(users[user_key], "users", user_key)
+            self.item_ids = _unique_keys(items[item_key], "items", item_key)
+            self.users = schema.transform(users, side="user")
+            self.items = schema.transform(items, side="item")
+            bar.update(len(users) + len(items))
+            ctx = schema.side_fields("context")
+            self.context = schema.transform(events, side="context") if ctx else None
+            self.ev_user = _rows_of(self.user_ids, events[user_key], "user", user_key)
+            self.ev_item = _rows_of(self.item_ids, events[item_key], "item", item_key)
         self.labels = None
         if label is not None:
             if label not in events.columns:

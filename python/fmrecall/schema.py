@@ -23,6 +23,7 @@ from ._frames import Frame, _frame, _pd
 from .dataset import Dataset
 from .diagnostics import UNSEEN_WARN_RATE, warn_transform
 from .fields import _KINDS, Categorical, Field, Hashed, MultiCategorical, Numeric
+from .progress import progress
 from .sides import SIDES, Sides
 
 __all__ = ["Schema", "Field", "Categorical", "MultiCategorical", "Numeric", "Hashed", "Frame"]
@@ -269,29 +270,33 @@ class Schema:
         rows, fidx, feats, vals = [], [], [], []
         mismatches: List[Tuple[str, str, str, str]] = []
         many_unseen: Dict[str, Tuple[float, Any]] = {}
-        for i in chosen:
-            f = self.fields[i]
-            col = df[f.column]
-            if isinstance(f, MultiCategorical) and f.weights_column:
-                if f.weights_column not in df.columns:
-                    raise ValueError(f"Schema.transform: missing column {f.weights_column!r} (weights of {f.name!r})")
-                r, loc, v = f.encode(col, df[f.weights_column])
-            else:
-                r, loc, v = f.encode(col)
-            wrong = f.kind_mismatch(col)
-            if wrong is not None:
-                mismatches.append((f.name, f.column, wrong[0], wrong[1]))
-            if isinstance(f, Categorical):
-                miss = loc == Categorical.UNSEEN
-                rate = float(miss.mean()) if loc.size else 0.0
-                if unseen is not None:
-                    unseen[f.name] = rate
-                if rate > UNSEEN_WARN_RATE:
-                    many_unseen[f.name] = (rate, _first_unseen(col, r, miss))
-            rows.append(r)
-            fidx.append(np.full(r.size, i, dtype=np.int32))
-            feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
-            vals.append(v)
+        with progress(n * len(chosen), "Schema.transform", "value") as bar:  # one step per field
+            for i in chosen:
+                f = self.fields[i]
+                col = df[f.column]
+                if isinstance(f, MultiCategorical) and f.weights_column:
+                    if f.weights_column not in df.columns:
+                        raise ValueError(
+                            f"Schema.transform: missing column {f.weights_column!r} (weights of {f.name!r})"
+                        )
+                    r, loc, v = f.encode(col, df[f.weights_column])
+                else:
+                    r, loc, v = f.encode(col)
+                wrong = f.kind_mismatch(col)
+                if wrong is not None:
+                    mismatches.append((f.name, f.column, wrong[0], wrong[1]))
+                if isinstance(f, Categorical):
+                    miss = loc == Categorical.UNSEEN
+                    rate = float(miss.mean()) if loc.size else 0.0
+                    if unseen is not None:
+                        unseen[f.name] = rate
+                    if rate > UNSEEN_WARN_RATE:
+                        many_unseen[f.name] = (rate, _first_unseen(col, r, miss))
+                rows.append(r)
+                fidx.append(np.full(r.size, i, dtype=np.int32))
+                feats.append(off[i] + loc if not self._ext[i] else self.feature(i, loc))
+                vals.append(v)
+                bar.update(n)
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         fi = np.concatenate(fidx) if fidx else np.zeros(0, np.int32)
         order = np.lexsort((np.arange(r.size), fi, r))  # by row, then schema field order

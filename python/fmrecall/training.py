@@ -8,13 +8,13 @@ chunks of ``_CHUNK_ROWS`` per call into C++ (progress bar granularity and Ctrl-C
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import _core
+from .progress import Bar, info, progress
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -74,20 +74,8 @@ def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Mod
     )
 
 
-def _progress(model: "_FactorizationModel", total: int) -> Any:
-    """A tqdm bar over `total` examples when verbose and long enough to matter, else None."""
-    if not model.verbose or total < 4 * _CHUNK_ROWS:
-        return None
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="row", unit_scale=True, leave=False)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-
-
 def run_epoch(
-    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, bar: Any = None
+    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, bar: Optional[Bar] = None
 ) -> Dict[str, Any]:
     """One epoch on `core`, chunk by chunk (each chunk through ``model._train_part``): its record
     {"epoch", "train_loss"} (mean loss per loss term)."""
@@ -104,12 +92,12 @@ def run_epoch(
     return {"epoch": epoch, "train_loss": total / max(terms, 1)}
 
 
-def print_epoch(r: Dict[str, Any]) -> None:
+def epoch_line(r: Dict[str, Any]) -> str:
+    """One epoch's record as the line fit logs."""
     line = f"epoch {r['epoch']:3d}  train_loss {r['train_loss']:.5f}"
     if "valid_loss" in r:
         line += f"  valid_loss {r['valid_loss']:.5f}  valid_auc {r['valid_auc']:.5f}"
-    line += f"  {r['seconds']:.2f}s"
-    print(line, file=sys.stdout, flush=True)
+    return line + f"  {r['seconds']:.2f}s"
 
 
 def fit(
@@ -128,8 +116,7 @@ def fit(
     best_epoch: Optional[int] = None
     best = np.inf
     since_best = 0
-    bar = _progress(model, len(train) * model.epochs)
-    try:
+    with progress(len(train) * model.epochs, f"{type(model).__name__}.fit", "row", model.verbose) as bar:
         for epoch in range(1, model.epochs + 1):
             t0 = time.perf_counter()
             record = run_epoch(model, core, train, epoch, bar)
@@ -138,8 +125,7 @@ def fit(
                 record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
-            if model.verbose:
-                print_epoch(record)
+            info(epoch_line(record), model.verbose)
             if valid is None:
                 continue
             if record["valid_loss"] < best:
@@ -149,14 +135,10 @@ def fit(
             else:
                 since_best += 1
                 if model.patience is not None and since_best >= model.patience:
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
+                    break  # the bar closes at 100%: the run is complete
     if valid is not None and model.patience is not None and best_epoch != history[-1]["epoch"]:
         core.restore()
-        if model.verbose:
-            print(f"restored epoch {best_epoch} (best valid loss {best:.5f})", file=sys.stdout, flush=True)
+        info(f"restored epoch {best_epoch} (best valid loss {best:.5f})", model.verbose)
     return core, history, best_epoch
 
 
@@ -190,11 +172,8 @@ def partial_fit_epoch(
 ) -> Dict[str, Any]:
     """One epoch of the fit loop on `core` (trained in place): its record."""
     t0 = time.perf_counter()
-    bar = _progress(model, len(train))
-    try:
+    with progress(len(train), f"{type(model).__name__}.partial_fit", "row", model.verbose) as bar:
         record = run_epoch(model, core, train, epoch, bar)
-    finally:
-        if bar is not None:
-            bar.close()
     record["seconds"] = time.perf_counter() - t0
+    info(epoch_line(record), model.verbose)
     return record

@@ -20,6 +20,7 @@ from ..datasets import GENRES, MovieLens, movielens100k
 from ..interactions import Interactions
 from ..metrics import precision_at_k, recall_at_k
 from ..models import FFM, FM, HybridFM, _FactorizationModel
+from ..progress import info
 from ..recall import Recaller, SearchResult
 from ..schema import Schema
 from . import baselines as B
@@ -188,30 +189,32 @@ def run(
     threads: int = 0,
     seed: int = 0,
     cold: bool = True,
-    verbose: bool = True,
+    verbose: bool = False,
 ) -> Dict[str, Any]:
-    """The full comparison on one split; prints a table when verbose. Returns all numbers."""
+    """The full comparison on one split: all numbers (``format_table`` renders them). `verbose`:
+    stages, epochs and progress bars on stderr (see fmrecall.progress)."""
     t0 = time.perf_counter()
     ml = movielens100k(path, split)
     schema = default_schema(ml)
     exp = Experiment(ml, schema)
     train = exp.interactions()
+    info(f"MovieLens-100K {split}: {len(train):,} train events, {len(exp.queries)} test users", verbose)
     out: Dict[str, Any] = {"split": split, "rows": {}, "fit_seconds": {}}
     for name, res in baseline_results(ml, exp).items():
         out["rows"][name] = res
     for name in models:
         t = time.perf_counter()
-        model = make_model(name, schema, threads, seed).fit(train)
+        info(f"training {name} {MODEL_PARAMS[name]}", verbose)
+        model = make_model(name, schema, threads, seed, verbose=verbose).fit(train)
         out["fit_seconds"][name] = time.perf_counter() - t
         rec, result = exp.recommend(model)
         out["rows"][f"{name} (one model)"] = {**_metrics(result.ids, exp.relevant), "dim": rec.dim}
         if name == models[0]:
             out["two_stage"] = two_stage_check(model, rec, exp, result)
     if cold:
+        info(f"cold-start run ({models[0]}, {COLD_START})", verbose)
         out["cold_start"] = cold_start(ml, models[0], threads=threads, seed=seed)
     out["seconds"] = time.perf_counter() - t0
-    if verbose:
-        print(format_table(out))
     return out
 
 

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import faiss as _faiss
 import numpy as np
 
+from ..progress import advance
+
 faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
 # Items are padded and handed to faiss in slices of this many rows, so adding N items holds one
@@ -177,6 +179,7 @@ class Segment:
                 self.index.add_with_ids(rows, ids)
             else:
                 self.index.add(rows)
+            advance(rows.shape[0])
 
     def truncate(self, n_rows: int) -> None:
         """Drop the rows added after the first `n_rows` (undo a failed add)."""

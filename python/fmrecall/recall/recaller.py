@@ -20,6 +20,7 @@ import numpy as np
 
 from .._limits import check_threads
 from ..dataset import Dataset
+from ..progress import advance, progress
 from ..schema import Schema
 from ..sides import Sides
 from .base import IdFilter, IdsLike, ItemIndex, id_filter
@@ -228,8 +229,11 @@ class Recaller:
         self.split._check_side(item_ds, want_item=True)
         if ids.size == 0:
             return self
+        # one bar: item vectors built, then inserted into each faiss segment (Segment.add advances it)
+        work = ids.size * (1 + (self.index.segments if isinstance(self.index, FaissIndex) else 0))
         try:
-            self.index.add(ids, self._vector_batches(item_ds))
+            with progress(work, "add_items", "item"):
+                self.index.add(ids, self._vector_batches(item_ds))
         except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
             if not isinstance(self.index, FaissIndex):
                 raise
@@ -243,7 +247,9 @@ class Recaller:
     def _vector_batches(self, item_ds: Dataset) -> Iterator[np.ndarray]:
         """Item vectors in slices of ADD_CHUNK rows, built when the index asks for them."""
         for lo in range(0, item_ds.n_rows, ADD_CHUNK):
-            yield self.split.item_vectors(row_range(item_ds, lo, lo + ADD_CHUNK))
+            vecs = self.split.item_vectors(row_range(item_ds, lo, lo + ADD_CHUNK))
+            advance(vecs.shape[0])
+            yield vecs
 
     def remove_items(self, ids: IdsLike) -> "Recaller":
         """Remove items by id (unknown ids are ignored). Returns self."""
