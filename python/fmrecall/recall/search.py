@@ -66,7 +66,8 @@ class Exclusion:
         query = np.repeat(np.arange(len(exclude), dtype=np.int64), sizes)
         rows = catalogue.rows_of(np.concatenate(given))
         found = rows >= 0
-        keys = np.unique(query[found] * n + rows[found])
+        keys = np.sort(query[found] * n + rows[found])
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys  # distinct
         most = int(np.bincount(keys // n).max()) if keys.size else 0
         return cls(keys, n, most) if keys.size else None
 
