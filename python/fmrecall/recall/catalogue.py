@@ -257,8 +257,9 @@ class ItemKeys:
 
     def removed(self, keys: np.ndarray) -> Tuple["ItemKeys", np.ndarray]:
         """(the ItemKeys without parsed `keys`, the internal ids they had; unknown keys ignored)."""
-        ids = self.ids_of(keys)
-        ids = np.unique(ids[ids >= 0])
+        ids = np.sort(self.ids_of(keys))
+        ids = ids[ids >= 0]
+        ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if ids.size else ids  # distinct
         if not self.mapped or ids.size == 0:
             return self, ids
         table = self.keys.copy()
@@ -266,7 +267,7 @@ class ItemKeys:
         for k in table[ids]:
             del lookup[k]
         table[ids] = None
-        return ItemKeys(self.kind, table, lookup, np.union1d(self.free, ids)), ids
+        return ItemKeys(self.kind, table, lookup, np.sort(np.concatenate([self.free, ids]))), ids  # disjoint
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> Dict[str, np.ndarray]:
@@ -309,8 +310,9 @@ class ItemKeys:
         lookup = dict(zip(table[ids].tolist(), ids.tolist()))
         if len(lookup) != ids.size:
             raise ValueError(f"{where}: duplicate item ids in the id table")
-        free = np.setdiff1d(np.arange(size, dtype=np.int64), ids)
-        return cls(kind, table, lookup, free)
+        free = np.ones(size, bool)
+        free[ids] = False
+        return cls(kind, table, lookup, np.flatnonzero(free).astype(np.int64))
 
 
 def _key_bytes(key: Any, kind: Optional[str]) -> bytes:
