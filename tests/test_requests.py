@@ -161,6 +161,11 @@ def test_frames_dicts_and_pyarrow_give_the_same_result(shop):
         fmrecall.Recaller(model, schema).add_items(items.to_dict("records"), items.item_id),
     ):
         _same(rec2.search(users, 5, exclude=[[100, 101]] * len(users)), ref)
+    # string ids from a pyarrow column: the same items, scores and order, under their skus
+    by_sku = fmrecall.Recaller(model, schema).add_items(pa.Table.from_pandas(items), "sku")
+    got = by_sku.search(pa.Table.from_pandas(users), 5, exclude=[["sku-000", "sku-001"]] * len(users))
+    assert got.ids.tolist() == [[f"sku-{x - 100:03d}" for x in row] for row in ref.ids]
+    np.testing.assert_array_equal(got.scores, ref.scores)
     with pytest.raises(TypeError, match="pyarrow Table"):
         rec.search(object(), 5)
 
