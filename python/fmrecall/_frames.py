@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-Frame = Any  # a pandas DataFrame, or a list of dict rows
+Frame = Any  # a pandas DataFrame, a pyarrow Table, a dict or a list of dict rows
 Series = Any  # a pandas Series (pandas ships no type information the package relies on)
 
 
@@ -19,15 +19,22 @@ def _pd() -> Any:
 
 
 def _frame(data: Frame) -> Any:
-    """A pandas DataFrame from a DataFrame, a dict of columns or a list of dict rows."""
+    """A pandas DataFrame from a DataFrame, a pyarrow Table / RecordBatch, a dict of columns, one
+    row as a dict of scalars, or a list of dict rows."""
     pd = _pd()
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, dict):
+        if data and not any(pd.api.types.is_list_like(v) for v in data.values()):
+            return pd.DataFrame([data])  # one row
         return pd.DataFrame(data)
     if isinstance(data, (list, tuple)):
         return pd.DataFrame(list(data))
-    raise TypeError(f"expected a pandas DataFrame or a list of dict rows, got {type(data).__name__}")
+    if type(data).__module__.startswith("pyarrow") and hasattr(data, "to_pandas"):
+        return data.to_pandas()  # pyarrow stays optional: only its own objects get here
+    raise TypeError(
+        f"expected a pandas DataFrame, a pyarrow Table, a dict or a list of dict rows, got {type(data).__name__}"
+    )
 
 
 def _jsonable(v: Any) -> Any:

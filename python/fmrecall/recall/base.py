@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-# A filter of item ids, normalised by `id_filter`: None (no filter), one int64 array for every
+# A filter of item ids, normalised by `filters.parse_filter`: None (no filter), one int64 array for every
 # query, or one entry per query (an int64 array, or None = no filter for that query).
 IdFilter = Union[None, np.ndarray, List[Optional[np.ndarray]]]
 IdsLike = Union[Sequence[int], np.ndarray]
@@ -16,42 +16,6 @@ IdsLike = Union[Sequence[int], np.ndarray]
 # maps a member name (e.g. "index0.faiss") to a function that writes that member to a path. All
 # members are checksummed by the Recaller's store.
 IndexState = Tuple[Dict[str, Any], Dict[str, np.ndarray], Dict[str, Callable[[str], None]]]
-
-
-def id_array(ids: Any, name: str) -> np.ndarray:
-    """int64 1-d array of ids (ValueError naming the argument for non-integers)."""
-    if isinstance(ids, (set, frozenset)):
-        ids = sorted(ids)
-    arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) and not np.isscalar(ids) else ids)
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer item ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False).ravel()
-
-
-def id_filter(value: Any, m: int, name: str) -> IdFilter:
-    """Normalise `exclude` / `restrict`: one id array for all queries, or one entry per query
-    (array, list, set or None)."""
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
-        return value.astype(np.int64, copy=False)
-    if isinstance(value, (set, frozenset)):
-        return id_array(value, name)
-    try:
-        entries = list(value)
-    except TypeError:
-        raise ValueError(
-            f"{name} must be an id array or one id collection per query, got {type(value).__name__}"
-        ) from None
-    if entries and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in entries):
-        return id_array(entries, name)  # a flat list of ids: one filter for every query
-    if len(entries) != m:
-        raise ValueError(
-            f"{name} must have one entry per query ({m}) or be one id array for all, got {len(entries)} entries"
-        )
-    return [None if e is None else id_array(e, f"{name}[{i}]") for i, e in enumerate(entries)]
 
 
 def filter_of(f: IdFilter, i: int) -> Optional[np.ndarray]:

@@ -7,6 +7,11 @@ the top K is cut, so an ANN index can lose recall but never return a wrong score
 Concurrency contract: any number of threads may call `search`, `item_vectors`, `ids` and `len`
 while one thread calls `add_items`, `remove_items` or `save` (writers are serialised). A search
 sees the catalogue before or after a change, never a mix. See README "Concurrency".
+
+Item ids: non-negative integers are the index's own ids; strings, bytes and UUIDs are mapped to
+internal int64 ids by an `ItemKeys` table (recall/catalogue.py), published before an add reaches
+the index and after a removal left it, so a search that saw the same table before and after its
+index search translated consistently (`_under_keys`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -23,10 +28,14 @@ from ..dataset import Dataset
 from ..progress import advance, progress
 from ..schema import Schema
 from ..sides import Sides
-from .base import IdFilter, IdsLike, ItemIndex, id_filter
+from .base import IdFilter, ItemIndex
+from .catalogue import ItemKeys, key_kind
 from .faiss_index import FaissIndex
 from .faiss_segment import ADD_CHUNK
+from .filters import parse_filter
 from .result import SearchResult
+
+T = TypeVar("T")
 
 
 def row_range(ds: Dataset, lo: int, hi: int) -> Dataset:
@@ -120,7 +129,9 @@ class Recaller:
         self.index.open(self.split.dim, self.threads)
 
     def _bind(self, model: Any, sides: Union[Sides, Schema, None], threads: Any) -> None:
-        """The query side: model, sides / schema, split, threads (validated)."""
+        """The query side: model, sides / schema, split, threads (validated); no items yet."""
+        self._keys = ItemKeys(None)  # the item ids callers use <-> the index's int64 ids
+        self._writing = threading.Lock()  # one writer (add, remove, save) at a time
         self.schema: Optional[Schema] = None
         if sides is None:
             sides = getattr(model, "schema_", None) or getattr(model, "sides", None)
@@ -158,8 +169,26 @@ class Recaller:
 
     @property
     def ids(self) -> np.ndarray:
-        """int64 ids of the indexed items."""
-        return self.index.ids
+        """Ids of the indexed items: int64, or an object array of str / bytes / UUID."""
+        return self._under_keys(lambda keys: keys.keys_of(self.index.ids))[1]
+
+    @property
+    def id_kind(self) -> Optional[str]:
+        """The kind of this Recaller's item ids: "int", "str", "bytes", "uuid" (fixed by the first
+        add_items), None before any."""
+        return self._keys.kind
+
+    def _under_keys(self, read: Callable[[ItemKeys], T]) -> Tuple[ItemKeys, T]:
+        """`read(keys)` with the current ItemKeys, such that the index state it read matches them:
+        repeated when a writer published new keys meanwhile, under the writers' lock after 3 tries."""
+        for _ in range(3):
+            keys = self._keys
+            out = read(keys)
+            if self._keys is keys:
+                return keys, out
+        with self._writing:
+            keys = self._keys
+            return keys, read(keys)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -169,10 +198,18 @@ class Recaller:
             raise AttributeError("vectors by row exist for faiss indexes only; use item_vectors(ids)")
         return self.index.all_vectors()
 
-    def item_vectors(self, ids: IdsLike) -> np.ndarray:
+    def item_vectors(self, ids: Any) -> np.ndarray:
         """The stored exact item vectors p (float32 (n, dim)) of the given ids (KeyError if one is
         not indexed)."""
-        return self.index.vectors(np.asarray(ids, dtype=np.int64).ravel())
+
+        def read(keys: ItemKeys) -> np.ndarray:
+            wanted = keys.parse(_listed(ids), "ids")
+            internal = keys.ids_of(wanted)
+            if keys.mapped and np.any(internal < 0):
+                raise KeyError(f"id {wanted[np.argmax(internal < 0)]!r} is not indexed")
+            return self.index.vectors(internal)
+
+        return self._under_keys(read)[1]
 
     def _check_model(self) -> None:
         now = getattr(self.model, "generation_", None)
@@ -201,11 +238,13 @@ class Recaller:
         return dict(getattr(self._last, "unseen", {}))
 
     # ------------------------------------------------------------------ writes
-    def add_items(self, items: Any, ids: Union[IdsLike, str]) -> "Recaller":
-        """Index item rows under int64 `ids` (one per row). `items` is a Dataset of item rows, or a
-        DataFrame / dict rows encoded with the schema (then `ids` may name its id column). Ids
-        already indexed are replaced. All or nothing: a failed call leaves the Recaller as it was.
-        Searches go on meanwhile (see the concurrency contract). Returns self."""
+    def add_items(self, items: Any, ids: Any) -> "Recaller":
+        """Index item rows under `ids` (one per row, distinct): non-negative integers, or strings,
+        bytes or UUIDs (mapped to internal int64 ids; one kind per Recaller). `items` is a Dataset
+        of item rows, or a pandas DataFrame / pyarrow Table / dict rows encoded with the schema
+        (then `ids` may name its id column). Ids already indexed are replaced. All or nothing: a
+        failed call leaves the Recaller as it was. Searches go on meanwhile (see the concurrency
+        contract). Returns self."""
         self._check_model()
         if isinstance(ids, str):
             if isinstance(items, Dataset):
@@ -215,33 +254,35 @@ class Recaller:
             items = _frame(items)
             ids = items[ids].to_numpy()
         item_ds = self._encode(items, "item")
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or ids.size != item_ds.n_rows:
-            raise ValueError(f"ids must be 1-d with one id per item row ({item_ds.n_rows}), got shape {ids.shape}")
-        if ids.size and ids.dtype.kind not in "iu":
-            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
-        if ids.size and ids.min() < 0:
-            raise ValueError(f"ids must be >= 0, got {int(ids.min())}")
-        uniq, counts = np.unique(ids, return_counts=True)
-        if np.any(counts > 1):
-            raise ValueError(f"duplicate id {int(uniq[counts > 1][0])} in one add_items call")
+        if (isinstance(ids, np.ndarray) and ids.ndim != 1) or key_kind(ids) is not None:
+            raise ValueError(f"ids must be 1-d with one id per item row ({item_ds.n_rows}), got {ids!r:.60}")
         self.split._check_side(item_ds, want_item=True)
-        if ids.size == 0:
-            return self
-        # one bar: item vectors built, then inserted into each faiss segment (Segment.add advances it)
-        work = ids.size * (1 + (self.index.segments if isinstance(self.index, FaissIndex) else 0))
-        try:
-            with progress(work, "add_items", "item"):
-                self.index.add(ids, self._vector_batches(item_ds))
-        except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
-            if not isinstance(self.index, FaissIndex):
+        with self._writing:
+            old = self._keys
+            keys = old.parse(ids, "ids")
+            if keys.size != item_ds.n_rows:
+                raise ValueError(f"ids must hold one id per item row ({item_ds.n_rows}), got {keys.size}")
+            _check_distinct(keys)
+            if keys.size == 0:
+                return self
+            self._keys, internal = old.added(keys)  # published before the index holds them
+            # one bar: item vectors built, then inserted into each faiss segment (Segment.add advances it)
+            work = keys.size * (1 + (self.index.segments if isinstance(self.index, FaissIndex) else 0))
+            try:
+                with progress(work, "add_items", "item"):
+                    self.index.add(internal, self._vector_batches(item_ds))
+            except RuntimeError as e:  # faiss, e.g. an IVF index with fewer training items than lists
+                self._keys = old
+                if not isinstance(self.index, FaissIndex):
+                    raise
+                raise ValueError(
+                    f"faiss could not index these {keys.size} items ({str(e).strip().splitlines()[-1]}); "
+                    f"nothing was added. An IVF index trains on its first batch: give it at least as many "
+                    f"items as it has lists"
+                ) from None
+            except BaseException:
+                self._keys = old
                 raise
-            raise ValueError(
-                f"faiss could not index these {ids.size} items ({str(e).strip().splitlines()[-1]}); "
-                f"nothing was added. An IVF index trains on its first batch: give it at least as many "
-                f"items as it has lists"
-            ) from None
         return self
 
     def _vector_batches(self, item_ds: Dataset) -> Iterator[np.ndarray]:
@@ -251,9 +292,13 @@ class Recaller:
             advance(vecs.shape[0])
             yield vecs
 
-    def remove_items(self, ids: IdsLike) -> "Recaller":
+    def remove_items(self, ids: Any) -> "Recaller":
         """Remove items by id (unknown ids are ignored). Returns self."""
-        self.index.remove(np.asarray(ids, dtype=np.int64).ravel())
+        with self._writing:
+            old = self._keys
+            new, internal = old.removed(old.parse(_listed(ids), "ids"))
+            self.index.remove(internal)
+            self._keys = new  # published after the index let them go
         return self
 
     # ------------------------------------------------------------------ search
@@ -269,13 +314,16 @@ class Recaller:
         ef_search: Optional[int] = None,
         nprobe: Optional[int] = None,
     ) -> SearchResult:
-        """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or a
-        DataFrame / dict rows when the Recaller has a schema).
+        """Top-k items for each query row of `query_ds` (user + context fields; a Dataset, or, when
+        the Recaller has a schema, a pandas DataFrame, a pyarrow Table, dict rows, or one request as
+        a dict of scalars).
 
-        exclude : ids to leave out: one id array for all queries, or one entry per query (array,
-            list or set of ids, or None), e.g. the items each user has seen
+        exclude : ids to leave out: one collection of ids for all queries; one entry per query
+            (a set, list or array of ids, or None); or a scipy sparse user × item matrix whose row
+            i's non-zero columns are query i's ids (implicit-style). E.g. the items each user has
+            seen. See recall/filters.py
         restrict : only rank these ids, in the same forms (exact scan; a None entry leaves that
-            query unrestricted)
+            query unrestricted, an empty one leaves nothing)
         certify : with segments > 1 and exact segment indexes, widen the per-segment K' until
             every query's top k is certified exact (DESIGN.md §5)
         candidates, ef_search, nprobe : this call's search parameters, overriding the index's
@@ -292,18 +340,24 @@ class Recaller:
         q, b = self.split.query_vectors(encoded)
         m = q.shape[0]
         loss = getattr(self.model, "loss", "logistic")
-        excl: IdFilter = id_filter(exclude, m, "exclude")
-        allow: IdFilter = id_filter(restrict, m, "restrict")
-        if m == 0:
-            return SearchResult.empty(m, k, loss)
         params = {
             name: value
             for name, value in (("candidates", candidates), ("ef_search", ef_search), ("nprobe", nprobe))
             if value is not None
         }
-        ids, ip, cert = self.index.search(q, k, excl, allow, bool(certify), params or None)
+
+        def run(keys: ItemKeys) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            excl: IdFilter = parse_filter(exclude, m, "exclude", keys)
+            allow: IdFilter = parse_filter(restrict, m, "restrict", keys)
+            return self.index.search(q, k, excl, allow, bool(certify), params or None) if m else None
+
+        keys, found = self._under_keys(run)
+        if found is None:
+            empty = SearchResult.empty(m, k, loss)
+            return SearchResult(keys.keys_of(empty.ids), empty.scores, empty.certified, loss)
+        ids, ip, cert = found
         scores = (ip + b[:, None]).astype(np.float32)  # b_q + <q, p>: the model's score on the joined row
-        return SearchResult(ids, scores, cert, loss)
+        return SearchResult(keys.keys_of(ids), scores, cert, loss)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Union[str, os.PathLike]) -> None:
@@ -312,7 +366,8 @@ class Recaller:
         reader always loads a complete version and a killed save leaves the previous one."""
         from .store import save_recaller
 
-        save_recaller(self, directory)
+        with self._writing:  # the id table and the index as one state
+            save_recaller(self, directory)
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike], **options: Any) -> "Recaller":
@@ -325,7 +380,9 @@ class Recaller:
     def __reduce__(self) -> Any:
         from .store import recaller_from_bytes, recaller_to_bytes
 
-        return (recaller_from_bytes, (recaller_to_bytes(self),))
+        with self._writing:
+            payload = recaller_to_bytes(self)
+        return (recaller_from_bytes, (payload,))
 
     def __repr__(self) -> str:
         return f"Recaller({type(self.model).__name__}, index={self.index_kind!r}, items={len(self)}, dim={self.dim})"
@@ -338,7 +395,27 @@ def recaller_config(rec: Recaller) -> Dict[str, Any]:
         "threads": rec.threads,
         "backend": rec.index.backend,
         "schema": rec.schema.to_dict() if rec.schema is not None else None,
+        "item_keys": rec._keys.kind,
     }
+
+
+def _listed(ids: Any) -> Any:
+    """One id as a list of one; collections as they are."""
+    return [ids] if key_kind(ids) is not None else ids
+
+
+def _check_distinct(keys: np.ndarray) -> None:
+    """ValueError naming the first id given twice."""
+    if keys.dtype == np.int64:
+        uniq, counts = np.unique(keys, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(f"duplicate id {int(uniq[counts > 1][0])} in one add_items call")
+        return
+    seen: set = set()
+    for key in keys:
+        if key in seen:
+            raise ValueError(f"duplicate id {key!r} in one add_items call")
+        seen.add(key)
 
 
 __all__ = ["Recaller", "SearchResult", "row_range", "recaller_config"]

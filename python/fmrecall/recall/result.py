@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from .catalogue import present
 
 
 @dataclass
 class SearchResult:
     """Top-K per query. Unpacks as ``ids, scores = result``.
 
-    ids : int64 (m, k), -1 where fewer than k items qualify
+    ids : int64 (m, k), -1 where fewer than k items qualify; for a Recaller whose item ids are
+        strings, bytes or UUIDs an object array of those ids, None where fewer than k qualify
     scores : float32 (m, k), the model's exact scores b_q + <q, p> (-inf for padding)
     certified : bool (m,), True when the top k is provably the exact top k (exact index, or a
         segmented exact search whose threshold certificate holds); False for ANN indexes
@@ -26,6 +29,32 @@ class SearchResult:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.ids, self.scores))
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        # pandas and numpy would stack ids and scores into one meaningless (2, m, k) array
+        raise TypeError(
+            "a SearchResult is two (m, k) arrays, ids and scores: use result.to_frame() for a long "
+            "DataFrame (query, rank, item_id, score, proba), or result.ids / result.scores"
+        )
+
+    def to_frame(self) -> Any:
+        """The results as a long pandas DataFrame, one row per returned item (padding left out),
+        ordered by query then rank: query int64 (the request row), rank int64 (1 = best),
+        item_id (int64; for str / bytes / UUID ids the dtype pandas infers: str, object), score
+        float32 and, for the logistic loss, proba float32."""
+        import pandas as pd
+
+        found = self.ids >= 0 if self.ids.dtype.kind in "iu" else present(self.ids)
+        query, rank = np.nonzero(found)
+        cols = {
+            "query": query.astype(np.int64),
+            "rank": rank.astype(np.int64) + 1,
+            "item_id": self.ids[found],
+            "score": self.scores[found].astype(np.float32),
+        }
+        if self.loss == "logistic":
+            cols["proba"] = self.proba[found]
+        return pd.DataFrame(cols)
 
     @property
     def proba(self) -> np.ndarray:

@@ -54,19 +54,21 @@ class Exclusion:
         if exclude is None:
             return None
         n = max(catalogue.n_rows, 1)
-        parts, most = [], 0
-        for i in range(m if not isinstance(exclude, np.ndarray) else 1):
-            e = filter_of(exclude, i)
-            if e is None or e.size == 0:
-                continue
-            rows = catalogue.rows_of(e)
+        if isinstance(exclude, np.ndarray):  # the same ids for every query
+            rows = catalogue.rows_of(exclude)
             rows = np.unique(rows[rows >= 0])
-            most = max(most, int(rows.size))
-            if isinstance(exclude, np.ndarray):  # the same ids for every query
-                parts.append((np.arange(m, dtype=np.int64)[:, None] * n + rows[None, :]).ravel())
-            else:
-                parts.append(i * n + rows)
-        keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            keys = (np.arange(m, dtype=np.int64)[:, None] * n + rows[None, :]).ravel()
+            return cls(keys, n, int(rows.size)) if keys.size else None
+        given = [e for e in exclude if e is not None and e.size]  # one lookup for all queries
+        if not given:
+            return None
+        sizes = [0 if e is None else e.size for e in exclude]
+        query = np.repeat(np.arange(len(exclude), dtype=np.int64), sizes)
+        rows = catalogue.rows_of(np.concatenate(given))
+        found = rows >= 0
+        keys = np.sort(query[found] * n + rows[found])
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if keys.size else keys  # distinct
+        most = int(np.bincount(keys // n).max()) if keys.size else 0
         return cls(keys, n, most) if keys.size else None
 
     def subset(self, queries: np.ndarray) -> Optional["Exclusion"]:
@@ -82,7 +84,8 @@ class Exclusion:
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """bool (m, c): candidate rows[i, j] is excluded for query i."""
         keys = np.arange(rows.shape[0], dtype=np.int64)[:, None] * self.n_rows + rows
-        return np.isin(keys, self.keys)
+        pos = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        return self.keys[pos] == keys  # self.keys is sorted and never empty
 
 
 def visible(found: Tuple[np.ndarray, np.ndarray], n_rows: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
     directory/
       CURRENT            {"version_dir": "v-…", "manifest_sha256": …}: replaced atomically (rename)
       v-<time>-<rand>/   one complete version: manifest.json (SHA-256 and size of every member),
-                         model.npz, items.npz (ids, vectors, settings), index<s>.faiss
+                         model.npz, items.npz (ids, vectors, settings, the table of string /
+                         bytes / UUID item ids), index<s>.faiss
 
 A save writes a new version beside the current one (under a .tmp- name, renamed when complete),
 then switches CURRENT. A reader therefore always finds a complete version, old or new, and a save
@@ -42,9 +43,10 @@ from ..persist import (
 from ..schema import Schema
 from ..sides import Sides
 from .base import ItemIndex
+from .catalogue import KEY_ARRAYS, ItemKeys, present
 
 RECALLER_FORMAT = "fmrecall.recaller"
-RECALLER_VERSION = 2
+RECALLER_VERSION = 3  # 3: string / bytes / UUID item ids (written only by Recallers that have them)
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v-[0-9a-f]{1,20}-[0-9a-f]{8}$")
@@ -116,13 +118,16 @@ def write_version(rec: Any, target: str) -> None:
     for name, arr in index_arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ValueError(f"refusing to save: the index's {name} contain non-finite values")
+        if name in KEY_ARRAYS:
+            raise ValueError(f"an index may not name an array {name!r} (the Recaller's id table)")
+    key_arrays = rec._keys.state()
     meta = {
         "format": RECALLER_FORMAT,
-        "version": RECALLER_VERSION,
+        "version": RECALLER_VERSION if key_arrays else 2,  # readable by older fmrecall when it can be
         "recaller": recaller_config(rec),
         "index": index_meta,
     }
-    save_arrays(os.path.join(target, "items.npz"), meta, index_arrays)
+    save_arrays(os.path.join(target, "items.npz"), meta, {**index_arrays, **key_arrays})
     for name, write in files.items():
         if not _MEMBER.match(name):
             raise ValueError(f"bad member name {name!r}")
@@ -292,13 +297,34 @@ def _load_members(files: Dict[str, Member], where: str, options: Dict[str, Any])
         rec = Recaller.__new__(Recaller)
         rec._init_loaded(model, sides, conf["threads"])  # validates like the constructor
         index_files = {n: m.file for n, m in files.items() if n.endswith(".faiss")}
+        key_arrays = {n: arrays.pop(n) for n in KEY_ARRAYS if n in arrays}
         rec.index = backend.from_state(index_meta, arrays, index_files, rec.dim, rec.threads, ipath, **options)
+        rec._keys = _item_keys(conf.get("item_keys"), key_arrays, rec.index, ipath)
     except (KeyError, TypeError) as e:
         raise ValueError(f"{ipath}: bad Recaller metadata ({e!r})") from None
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(ipath) else f"{ipath}: {msg}") from None
     return rec
+
+
+def _item_keys(kind: Any, arrays: Dict[str, np.ndarray], index: ItemIndex, where: str) -> ItemKeys:
+    """The Recaller's id table, checked against the ids the index holds (directories without one:
+    integer ids when the index holds items)."""
+    if kind is None and len(index):
+        kind = "int"
+    if kind in (None, "int") and arrays:
+        raise ValueError(f"{where}: an id table for {kind or 'no'} item ids")
+    keys = ItemKeys.from_state(kind, arrays, where)
+    if keys.mapped:
+        held = np.unique(index.ids)
+        known = np.flatnonzero(present(keys.keys))
+        if not np.array_equal(held, known):
+            raise ValueError(
+                f"{where}: the id table lists {known.size} items, the index holds {held.size} "
+                f"(differing ids, e.g. {np.setxor1d(held, known)[:3].tolist()})"
+            )
+    return keys
 
 
 def _upgrade_v1(meta: Dict[str, Any]) -> Dict[str, Any]:
