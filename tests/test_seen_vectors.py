@@ -239,3 +239,18 @@ def test_from_weights_takes_both_layouts_and_checks_the_row_map(rng):
     for bad, match in bad_cases:
         with pytest.raises(ValueError, match=match):
             FM.from_weights(bad, n_fields=F)
+
+
+def test_files_with_row_maps_are_format_version_2(rng, tmp_path):
+    """A file with "single_row" is format version 2, which a reader of version 1 (fmrecall 0.1)
+    refuses by name ("upgrade fmrecall"); files without one stay version 1 (FFM, dense models)."""
+    model, _ = _train(rng, "fm")
+    model.save(tmp_path / "fm.npz")
+    _old_file(model, tmp_path / "old.npz")
+    fmrecall.load(tmp_path / "old.npz").save(tmp_path / "dense.npz")
+    fmrecall.FFM(k=2, epochs=1, threads=1).fit(random_dataset(rng, 20, N, F)).save(tmp_path / "ffm.npz")
+    for name, version in (("fm", 2), ("dense", 1), ("ffm", 1)):
+        meta, _ = fmrecall.persist.load_arrays(tmp_path / f"{name}.npz", fmrecall.persist.MODEL_FORMAT, 2)
+        assert meta["version"] == version, name
+    with pytest.raises(ValueError, match="fm.npz: format version 2 is newer .* upgrade fmrecall"):
+        fmrecall.persist.load_arrays(tmp_path / "fm.npz", fmrecall.persist.MODEL_FORMAT, 1)

@@ -26,7 +26,8 @@ no history); ``get_params()`` of a loaded model equals that of the saved one.
 Arrays. The core's own: ``bias`` (1,), ``linear`` (n,), ``v`` (rows, k) single vectors with
 ``single_row`` (n,) int32 (feature -> row of v, -1: none), ``W`` (rows, F, k) field-aware vectors
 with ``aware_row`` (n,). Vectors exist only for the features seen in training. Files written before
-0.2 have a dense ``v`` (n, k) and no ``single_row``; they still load, as dense models.
+0.2 have a dense ``v`` (n, k) and no ``single_row`` (format version 1); they still load, as dense
+models. See ``MODEL_VERSION`` for which version a file gets.
 
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
@@ -45,7 +46,11 @@ from typing import IO, Any, Callable, Dict, Optional, Tuple, Union, cast
 import numpy as np
 
 MODEL_FORMAT = "fmrecall.model"
-MODEL_VERSION = 1
+# The newest model format version this fmrecall reads. 2: single vectors only for the features seen
+# in training ("v" (rows, k) + "single_row" (n,)). A file is written with the lowest version that
+# holds it (1 without "single_row": FFM, and models loaded from dense files), so fmrecall 0.1 reads
+# what it can and names the version of what it cannot ("upgrade fmrecall").
+MODEL_VERSION = 2
 
 PathLike = Union[str, os.PathLike]
 PathOrFile = Union[str, os.PathLike, IO[bytes]]
@@ -248,7 +253,7 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     core, state, schema, history, best_epoch, generation = model._snapshot()  # one consistent copy
     meta = {
         "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
+        "version": 2 if state.get("single_row") is not None else 1,
         "class": type(model).__name__,
         "params": _json_params(model),
         "fmrecall": __version__,
@@ -275,7 +280,7 @@ def _unfitted_meta(model: Any) -> Dict[str, Any]:
 
     return {
         "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
+        "version": 1,
         "class": type(model).__name__,
         "params": _json_params(model),
         "fmrecall": __version__,
