@@ -154,6 +154,19 @@ def random_weights(
     }
 
 
+def compact_single(rng: np.random.Generator, w: dict, missing=()) -> dict:
+    """Weights with dense "factors" (n, k) in the layout FM / HybridFM.weights() return: one row of
+    factors per feature, in a shuffled order, none for the features in `missing` (single_row -1)."""
+    n = len(w["linear"])
+    keep = np.setdiff1d(np.arange(n), np.asarray(missing, dtype=np.int64))
+    order = rng.permutation(keep.size)
+    rows = np.full(n, -1, dtype=np.int32)
+    rows[keep] = order
+    factors = np.empty((keep.size, w["factors"].shape[1]), np.float32)
+    factors[order] = w["factors"][keep]
+    return {**w, "factors": factors, "single_row": rows}
+
+
 MODEL_CLASSES = {"fm": fmrecall.FM, "ffm": fmrecall.FFM}
 
 
@@ -234,7 +247,7 @@ def random_hybrid_weights(
 
 
 def hybrid_ref_params(w: dict):
-    """reference.py params of HybridFM weights: v = factors; W[j] = field_factors[aware_row[j]],
+    """reference.py params of HybridFM weights: v[j] = factors[single_row[j]]; W[j] = field_factors[aware_row[j]],
     or zeros for aware_row[j] = -1 (such a feature's pairs vanish: only its linear term is left)."""
     import reference as ref
 
@@ -242,7 +255,7 @@ def hybrid_ref_params(w: dict):
     F, k = w["field_factors"].shape[1:]
     W = np.zeros((rows.size, F, k))
     W[rows >= 0] = w["field_factors"][rows[rows >= 0]]
-    return ref.make_params(w["bias"], w["linear"], v=w["factors"], W=W)
+    return ref.make_params(w["bias"], w["linear"], v=ref.dense_single(w), W=W)
 
 
 def ref_params_and_aware(kind: str, w: dict, n_fields: int, sides_dict=None):
@@ -250,7 +263,7 @@ def ref_params_and_aware(kind: str, w: dict, n_fields: int, sides_dict=None):
     import reference as ref
 
     if kind == "fm":
-        return ref.make_params(w["bias"], w["linear"], v=w["factors"]), ref.fm_aware(n_fields)
+        return ref.make_params(w["bias"], w["linear"], v=ref.dense_single(w)), ref.fm_aware(n_fields)
     if kind == "ffm":
         return ref.make_params(w["bias"], w["linear"], W=w["factors"]), ref.ffm_aware(n_fields)
     return hybrid_ref_params(w), aware_flags(sides_dict, kind.split("-")[1], n_fields)

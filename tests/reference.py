@@ -45,10 +45,22 @@ def ffm_aware(n_fields: int) -> np.ndarray:
     return np.ones(n_fields, dtype=bool)
 
 
+def dense_single(w: dict) -> np.ndarray:
+    """The single vectors of FM / HybridFM weights as one (n, k) row per feature: factors[single_row[j]],
+    or zeros where single_row[j] = -1 (no vector: such a feature's pairs vanish). Weights without
+    "single_row" (the dense layout) are returned as they are."""
+    if w.get("single_row") is None:
+        return np.asarray(w["factors"])
+    rows = np.asarray(w["single_row"])
+    dense = np.zeros((rows.size, np.asarray(w["factors"]).shape[1]), np.float32)
+    dense[rows >= 0] = np.asarray(w["factors"])[rows[rows >= 0]]
+    return dense
+
+
 def params_from_model_weights(kind: str, w: dict) -> Params:
     """Reference params from ``model.weights()`` of an FM ("fm") or FFM ("ffm")."""
     if kind == "fm":
-        return make_params(w["bias"], w["linear"], v=w["factors"])
+        return make_params(w["bias"], w["linear"], v=dense_single(w))
     if kind == "ffm":
         return make_params(w["bias"], w["linear"], W=w["factors"])
     raise ValueError(kind)

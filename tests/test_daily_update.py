@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import reference as ref
-from helpers import one_row_dataset, random_hybrid_weights, random_weights, ref_params_and_aware
+from helpers import compact_single, one_row_dataset, random_hybrid_weights, random_weights, ref_params_and_aware
 
 import fmrecall
 from fmrecall import Categorical, Interactions, MultiCategorical, Numeric, Recaller, Schema
@@ -23,6 +23,7 @@ pd = pytest.importorskip("pandas")
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
 N, F, NEW = 30, 5, 6
 SIDES = dict(user=[3], context=[0], item=[4, 1, 2])
+NO_VECTOR = (3, 7)  # old features without single vectors (absent from fit's data)
 
 
 def _from_weights(rng, kind, **hyper):
@@ -36,21 +37,22 @@ def _from_weights(rng, kind, **hyper):
         **hyper,
     }
     if kind == "fm":
-        return fmrecall.FM.from_weights(random_weights(rng, "fm", N, F, 4), n_fields=F, **hyper)
+        w = compact_single(rng, random_weights(rng, "fm", N, F, 4), NO_VECTOR)
+        return fmrecall.FM.from_weights(w, n_fields=F, **hyper)
     if kind == "ffm":
         return fmrecall.FFM.from_weights(random_weights(rng, "ffm", N, F, 4), **hyper)
-    return fmrecall.HybridFM.from_weights(
-        random_hybrid_weights(rng, N, F, 4), sides=fmrecall.Sides(**SIDES), field_aware=kind.split("-")[1], **hyper
-    )
+    w = compact_single(rng, random_hybrid_weights(rng, N, F, 4), NO_VECTOR)
+    return fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**SIDES), field_aware=kind.split("-")[1], **hyper)
 
 
 # ---------------------------------------------------------------------------- the core's growth
 @pytest.mark.parametrize("kind", KINDS)
 def test_grown_parameters_and_first_step_match_reference(rng, kind):
-    """partial_fit on a row with features N.. (beyond the model) first appends NEW features: linear 0,
-    single vectors as a fresh model with the same seed would have them for the features the data
-    uses (zero for the others), field-aware rows for those in field-aware fields; then one AdaGrad
-    step from accumulators 1, equal to the reference step from those grown weights. Old parameters
+    """partial_fit on a row with features N.. (beyond the model) first appends NEW features (linear 0,
+    no vectors), then gives vectors to the row's features that have none: single vectors, as a fresh
+    model with the same seed would draw them, to those in single fields (old features without one
+    included: NO_VECTOR), field-aware rows to those in field-aware fields; then one AdaGrad step
+    from accumulators 1, equal to the reference step from those grown weights. Old parameters
     that the row does not touch stay bit-identical."""
     model = _from_weights(rng, kind)
     old = model.weights()
@@ -60,26 +62,31 @@ def test_grown_parameters_and_first_step_match_reference(rng, kind):
 
     # the growth alone, on a copy: what partial_fit does before training
     grown = copy.deepcopy(model)
-    seen = np.zeros(NEW, np.uint8)
-    seen[np.unique(feats[feats >= N]) - N] = 1
-    grown._core.grow_features(NEW, seen, grown.init_std, grown.seed)
+    grown._core.grow_features(NEW)
     assert grown.n_features_ == N + NEW
     olds = one_row_dataset([0, 1, 3, 4], [2, 3, 7, 9], None, None, n_features=N, n_fields=F)
     np.testing.assert_array_equal(grown.decision_function(olds), model.decision_function(olds))
     aware = grown._aware_flags(F).astype(bool)
     need = np.unique(feats[aware[fields]]).astype(np.int32)
-    grown._core.grow_rows(need, grown.init_std, grown.seed)
+    need_single = np.unique(feats[~aware[fields]]).astype(np.int32)
+    grown._core.grow_rows(need_single, need, grown.init_std, grown.seed)
     w0 = grown.weights()
     np.testing.assert_array_equal(w0["linear"][:N], old["linear"])
     assert not w0["linear"][N:].any()
     if kind != "ffm":  # single vectors: exactly the ones a fresh model of N + NEW features would draw
-        np.testing.assert_array_equal(w0["factors"][:N], old["factors"])
+        before = np.r_[old["single_row"], np.full(NEW, -1)]
+        m_old = old["factors"].shape[0]
+        gets = need_single[before[need_single] < 0]
+        assert set(NO_VECTOR) & set(gets.tolist())  # an old feature absent from fit's data gets one too
+        rows = w0["single_row"]
+        np.testing.assert_array_equal(rows[before >= 0], before[before >= 0])
+        np.testing.assert_array_equal(rows[gets], np.arange(m_old, m_old + gets.size))  # appended, sorted
+        assert (np.delete(rows, np.r_[np.flatnonzero(before >= 0), gets]) == -1).all()
+        np.testing.assert_array_equal(w0["factors"][:m_old], old["factors"])
         fresh = fmrecall._core.Model(
             N + NEW, F, 4, np.zeros(F, np.uint8), None, 0, grown.init_std, grown.seed, False
         ).get_weights()["v"]
-        for t in range(NEW):
-            want = fresh[N + t] if seen[t] else np.zeros(4, np.float32)
-            np.testing.assert_array_equal(w0["factors"][N + t], want)
+        np.testing.assert_array_equal(w0["factors"][m_old:], fresh[gets])
     if kind == "ffm":
         np.testing.assert_array_equal(w0["factors"][:N], old["factors"])
     elif kind.startswith("hybrid"):
@@ -121,12 +128,12 @@ def test_grow_features_checks_before_changing(rng, kind):
     model = _from_weights(rng, kind)
     before = model.weights()
     with pytest.raises(ValueError, match="n_new"):
-        model._core.grow_features(-1, None, 0.1, 0)
+        model._core.grow_features(-1)
     with pytest.raises(ValueError, match="int32"):
-        model._core.grow_features(2**31, None, 0.1, 0)
-    with pytest.raises(ValueError, match="one entry per new feature"):
-        model._core.grow_features(3, np.ones(2, np.uint8), 0.1, 0)
-    model._core.grow_features(0, None, 0.1, 0)
+        model._core.grow_features(2**31)
+    with pytest.raises(ValueError, match="out of range"):
+        model._core.grow_rows(np.array([0, N], np.int32), np.array([1], np.int32), 0.1, 0)
+    model._core.grow_features(0)
     after = model.weights()
     assert model.n_features_ == N
     for key in before:
@@ -346,8 +353,9 @@ def test_growth_while_other_threads_predict(rng, kind):
         t.start()
     try:
         for step in range(200):
-            model._core.grow_features(7, None, 0.1, step)
-            model._core.grow_rows(np.arange(N + 7 * step, N + 7 * step + 7, dtype=np.int32), 0.1, step)
+            model._core.grow_features(7)
+            fresh = np.arange(N + 7 * step, N + 7 * step + 7, dtype=np.int32)
+            model._core.grow_rows(fresh, fresh, 0.1, step)
     finally:
         stop.set()
         for t in threads:

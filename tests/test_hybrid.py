@@ -175,7 +175,7 @@ def _grow_for(model, aware, fields, feats):
     before = model.weights()["aware_row"]
     need = np.unique(feats[aware[fields].astype(bool)])
     new = need[before[need] < 0]
-    model._core.grow_rows(need.astype(np.int32), model.init_std, model.seed)
+    model._core.grow_rows(np.zeros(0, np.int32), need.astype(np.int32), model.init_std, model.seed)
     w = model.weights()
     rows = w["aware_row"].copy()
     np.testing.assert_array_equal(np.delete(rows, new), np.delete(before, new))
@@ -296,11 +296,12 @@ def test_partial_fit_gives_a_new_feature_field_aware_vectors(rng, field_aware):
     _compare(model, p1, p0, t1, rows)
 
 
-# ---------------------------------------------------------------------------- aware_row at fit time
+# ---------------------------------------------------------------------------- row maps at fit time
 @pytest.mark.parametrize("field_aware", ORIENT)
-def test_aware_row_only_for_features_in_aware_fields(rng, field_aware):
-    """Rows go to exactly the features that occur in field-aware fields of the training data; a
-    feature seen only in single fields, or never (n_features beyond the data), gets -1."""
+def test_rows_only_for_features_in_fields_of_their_kind(rng, field_aware):
+    """Field-aware rows go to exactly the features that occur in field-aware fields of the training
+    data, single rows to exactly those in single fields; a feature seen only in fields of the other
+    kind, or never (n_features beyond the data), gets -1 (features 0 and 1 occur in both kinds)."""
     n_model = 45  # features 30..44 never occur
     ds = random_dataset(rng, n_rows=120, n_features=N, n_fields=F)
     # features 0 and 1 also occur in the other side's fields (two fields for one feature)
@@ -319,9 +320,15 @@ def test_aware_row_only_for_features_in_aware_fields(rng, field_aware):
     ).fit(ds)
     w = m.weights()
     rows = w["aware_row"]
-    assert rows.dtype == np.int32 and rows.shape == (n_model,)
-    assert w["factors"].shape == (n_model, 3) and w["linear"].shape == (n_model,)
+    assert rows.dtype == np.int32 and rows.shape == (n_model,) and w["linear"].shape == (n_model,)
     aware = aware_flags(SIDES, field_aware, F)
+    single = w["single_row"]
+    want_single = np.unique(ds.features[~aware[ds.fields]])
+    assert single.dtype == np.int32 and single.shape == (n_model,)
+    assert w["factors"].shape == (want_single.size, 3)
+    np.testing.assert_array_equal(single[want_single], np.arange(want_single.size))  # feature order
+    assert np.all(np.delete(single, want_single) == -1)
+    assert {0, 1} <= set(want_single.tolist()) and m._core.single_rows == want_single.size
     want = np.unique(ds.features[aware[ds.fields]])
     np.testing.assert_array_equal(np.flatnonzero(rows >= 0), want)
     assert w["field_factors"].shape == (want.size, F, 3)
@@ -358,20 +365,21 @@ def test_weights_round_trip(rng, field_aware):
     m = fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=2, threads=1).fit(ds)
     w = m.weights()
     assert isinstance(w["bias"], float)
-    assert set(w) == {"bias", "linear", "factors", "field_factors", "aware_row"}
+    assert set(w) == {"bias", "linear", "factors", "single_row", "field_factors", "aware_row"}
     for name in ("linear", "factors", "field_factors"):
         assert w[name].dtype == np.float32, name
     before = m.decision_function(ds)
     for name in ("linear", "factors", "field_factors"):
         w[name][...] = 100.0
     w["aware_row"][:] = -1
+    w["single_row"][:] = -1
     np.testing.assert_array_equal(m.decision_function(ds), before)  # weights() returned copies
     w = m.weights()
     m2 = _hybrid(w, field_aware)
     np.testing.assert_array_equal(m2.decision_function(ds), before)
     w2 = m2.weights()
     assert w2["bias"] == w["bias"]
-    for name in ("linear", "factors", "field_factors", "aware_row"):
+    for name in ("linear", "factors", "single_row", "field_factors", "aware_row"):
         np.testing.assert_array_equal(w2[name], w[name], err_msg=name)
     # the other orientation with the same arrays is a different model
     other = _hybrid(w, "query" if field_aware == "item" else "item")
@@ -402,7 +410,7 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path, field_aware):
         assert loaded.get_params()[name] == m.get_params()[name], name
     a, b = m.weights(), loaded.weights()
     assert a["bias"] == b["bias"]
-    for name in ("linear", "factors", "field_factors", "aware_row"):
+    for name in ("linear", "factors", "single_row", "field_factors", "aware_row"):
         assert b[name].dtype == a[name].dtype, name
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     np.testing.assert_array_equal(loaded.decision_function(ds), m.decision_function(ds))

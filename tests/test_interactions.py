@@ -165,9 +165,9 @@ def test_training_on_interactions_equals_training_on_rows(rng, kind, context):
 @pytest.mark.parametrize("kind", ["fm", "ffm"])
 def test_users_and_items_without_events_stay_neutral(rng, kind):
     """A user and an item that are in the tables but in no event never occur in a training row:
-    like every feature absent from the training rows they must keep zero weights (neutral), as
-    training on the materialised rows does, instead of keeping random initial vectors that are
-    never trained (they would add noise to every score of that user / item)."""
+    like every feature absent from the training rows they must keep zero weights (neutral; for FM:
+    no vector at all), as training on the materialised rows does, instead of keeping random initial
+    vectors that are never trained (they would add noise to every score of that user / item)."""
     users, items, events, _ = _toy(rng, context=False)
     users = pd.concat([users, pd.DataFrame({"user_id": ["lonely"], "age": ["young"]})], ignore_index=True)
     items = pd.concat(
@@ -188,12 +188,15 @@ def test_users_and_items_without_events_stay_neutral(rng, kind):
     a = _make(kind, schema).fit(inter)
     b = _make(kind, schema).fit(inter.materialize())
     w = a.weights()
+    factors = ref.dense_single(w)
     for name, value in (("user_id", "lonely"), ("item_id", 999)):
         j = int(schema.offsets[schema.index(name)]) + 2 + schema.field(name).vocab.index(value)
-        assert w["linear"][j] == 0.0 and not np.any(w["factors"][j]), (
+        assert w["linear"][j] == 0.0 and not np.any(factors[j]), (
             f"{name}={value!r} (no events) has non-zero weights after training on Interactions: "
-            f"factors {w['factors'][j].ravel()[:4]}..."
+            f"factors {factors[j].ravel()[:4]}..."
         )
+        if kind == "fm":
+            assert w["single_row"][j] == -1
     _assert_same_weights(a, b)
 
 
@@ -211,10 +214,11 @@ def test_implicit_item_without_events_is_trained_only_if_it_can_be_drawn(rng, al
     inter = Interactions(users, items, events, schema, negatives=3, alpha=alpha)
     w = _make("fm", schema).fit(inter).weights()
     j = int(schema.offsets[schema.index("item_id")]) + 2 + schema.field("item_id").vocab.index(999)
+    factors = ref.dense_single(w)
     if alpha == 0:
-        assert w["linear"][j] < 0 and np.any(w["factors"][j])  # trained as a negative
+        assert w["linear"][j] < 0 and np.any(factors[j])  # trained as a negative
     else:
-        assert w["linear"][j] == 0.0 and not np.any(w["factors"][j]), w["factors"][j]
+        assert w["linear"][j] == 0.0 and w["single_row"][j] == -1  # no vector: neutral
 
 
 # ---------------------------------------------------------------------------- history field

@@ -10,6 +10,7 @@ import pytest
 import reference as ref
 from helpers import (
     FRAPPE_SIDES,
+    compact_single,
     dataset_rows,
     join_rows,
     keep_fields,
@@ -48,16 +49,18 @@ def _query_fields(sd):
 
 
 def _random_model(rng, kind, k, sd, *, n=N, n_fields=F, missing=0.15):
-    """A model with random weights (hybrid: ~15% of the features have no field-aware row)."""
+    """A model with random weights (FM, hybrid: ~15% of the features have no single vector, hybrid:
+    ~15% no field-aware row: they contribute their linear term only)."""
+    no_vector = rng.choice(n, size=int(missing * n), replace=False)
     if kind in ("fm", "ffm"):
         w = random_weights(rng, kind, n, n_fields, k)
         model = (
-            fmrecall.FM.from_weights(w, n_fields=n_fields, threads=1)
+            fmrecall.FM.from_weights(w := compact_single(rng, w, no_vector), n_fields=n_fields, threads=1)
             if kind == "fm"
             else fmrecall.FFM.from_weights(w, threads=1)
         )
     else:
-        w = random_hybrid_weights(rng, n, n_fields, k, missing=missing)
+        w = compact_single(rng, random_hybrid_weights(rng, n, n_fields, k, missing=missing), no_vector)
         model = fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**sd), field_aware=kind.split("-")[1], threads=1)
     return model, w
 

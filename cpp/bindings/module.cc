@@ -239,19 +239,20 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
                        const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std, uint64_t seed,
-                       bool normalize, const std::optional<arr<uint8_t>>& seen) {
+                       bool normalize, const std::optional<arr<int32_t>>& single_row, int64_t single_rows) {
              auto M = std::make_unique<Model>();
              std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
-             std::vector<int32_t> ar;
+             std::vector<int32_t> ar, sr;
              if (aware_row) ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
+             if (single_row) sr.assign(single_row->data(), single_row->data() + single_row->size());
              py::gil_scoped_release nogil;
-             M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize);
-             if (seen) M->zero_unseen(seen->data(), seen->size());  // absent from training: start at 0
+             M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize, std::move(sr),
+                         single_rows);
              return M;
            }),
            py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
            py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
-           py::arg("seen") = py::none())
+           py::arg("single_row") = py::none(), py::arg("single_rows") = 0)
       .def_property_readonly("n_features",
                              [](const Model& M) {  // under the lock: grow_features changes it
                                py::gil_scoped_release nogil;
@@ -260,6 +261,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("n_fields", &Model::F)
       .def_readonly("k", &Model::k)
       .def_readonly("kp", &Model::kp)
+      .def_property_readonly("single_rows",
+                             [](const Model& M) {
+                               py::gil_scoped_release nogil;
+                               return M.current_single_rows();
+                             })
       .def_property_readonly("aware_rows",
                              [](const Model& M) {
                                py::gil_scoped_release nogil;
@@ -365,18 +371,18 @@ PYBIND11_MODULE(_core, m) {
           py::arg("data"), py::arg("items"), py::arg("threads"))
       .def(
           "grow_rows",
-          [](Model& M, const arr<int32_t>& features, float init_std, uint64_t seed) {
+          [](Model& M, const arr<int32_t>& single, const arr<int32_t>& aware, float init_std, uint64_t seed) {
             py::gil_scoped_release nogil;
-            return M.grow_rows(features.data(), features.size(), init_std, seed);
+            return M.grow_rows(single.data(), single.size(), aware.data(), aware.size(), init_std, seed);
           },
-          py::arg("features"), py::arg("init_std"), py::arg("seed"))
+          py::arg("single"), py::arg("aware"), py::arg("init_std"), py::arg("seed"))
       .def(
           "grow_features",
-          [](Model& M, int64_t n_new, const std::optional<arr<uint8_t>>& seen, float init_std, uint64_t seed) {
+          [](Model& M, int64_t n_new) {
             py::gil_scoped_release nogil;
-            M.grow_features(n_new, seen ? seen->data() : nullptr, seen ? seen->size() : 0, init_std, seed);
+            M.grow_features(n_new);
           },
-          py::arg("n_new"), py::arg("seen"), py::arg("init_std"), py::arg("seed"))
+          py::arg("n_new"))
       .def("snapshot",
            [](Model& M) {
              py::gil_scoped_release nogil;
@@ -397,7 +403,9 @@ PYBIND11_MODULE(_core, m) {
              py::dict d;
              d["bias"] = w.bias;
              d["linear"] = to_numpy(std::move(w.linear));
-             d["v"] = w.has_v ? py::object(to_numpy(std::move(w.v), {w.n, w.k})) : py::object(py::none());
+             d["v"] = w.has_v ? py::object(to_numpy(std::move(w.v), {w.single_rows, w.k})) : py::object(py::none());
+             d["single_row"] =
+                 w.has_single_map ? py::object(to_numpy(std::move(w.single_row))) : py::object(py::none());
              d["W"] = w.has_W ? py::object(to_numpy(std::move(w.W), {w.aware_rows, w.F, w.k})) : py::object(py::none());
              d["aware_row"] = w.has_rows ? py::object(to_numpy(std::move(w.aware_row))) : py::object(py::none());
              return d;

@@ -120,7 +120,7 @@ float forward(const Model& M, Row& r) {
     for (int a = 0; a < ns; ++a) {
       const int p = r.single[a];
       const float xi = r.x[p];
-      const float* vi = M.vec(r.feat[p]);
+      const float* vi = M.vec(r.single_row[p]);
       axpy<K>(S, xi, vi, kp);
       add_prod<K>(Q, xi * xi, vi, vi, kp);
       if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);
@@ -217,7 +217,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
   }
   for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
     const int p = r.single[a];
-    float* vi = M.vec(r.feat[p]);
+    float* vi = M.vec(r.single_row[p]);
     float* g = acc.slot(vi, vi + kp, kp, h.l2_fac);
     const float xi = r.x[p];
     for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));
@@ -388,8 +388,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     for (int a = 0; a < ns; ++a) {
       const int p = r.single[a];
       const T xi = splat<T>(r.x[p]);
-      const int64_t j = r.feat[p];
-      float* vi = M.vec(j);
+      float* vi = M.vec(r.single_row[p]);
       const float* ca = na ? Ca + r.slot[p] * kp : nullptr;
       for (int d = 0; d < kp; d += width<T>()) {
         T inner = load<T>(S + d) - xi * load<T>(vi + d);

@@ -1,7 +1,10 @@
 // The parameters of one factorization model, shared by FM, FFM and the hybrid.
 //
 // Every field is either *single* (its features keep one latent vector v_j, FM rule) or
-// *field-aware* (its features keep one vector w_{j,f} per field f, FFM rule). A pair (i, j) scores
+// *field-aware* (its features keep one vector w_{j,f} per field f, FFM rule). Vectors are stored
+// only for the features that have them (those seen in training): a row map per table says which
+// row of v (single_row) or W (aware_row) holds a feature's vectors, -1 for none; a node of a feature
+// without vectors contributes its linear term only (as a zero vector would). A pair (i, j) scores
 //   both single:        <v_i, v_j>                     (DESIGN.md §2)
 //   both field-aware:   <w_{i,f(j)}, w_{j,f(i)}>        (DESIGN.md §3)
 //   i single, j aware:  <v_i, w_{j,f(i)}>               (DESIGN.md §4, the hybrid)
@@ -17,6 +20,7 @@
 
 #include <mutex>
 #include <shared_mutex>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -51,15 +55,16 @@ class RwMutex {
 using ReadLock = std::shared_lock<RwMutex>;
 using WriteLock = std::unique_lock<RwMutex>;
 
-// The weights without padding or AdaGrad state (bias, linear (n), v (n, k), W (aware_rows, F, k)), and the
-// field-aware row map; has_* say which tables the model has (FM: v, FFM: W, hybrid: both).
+// The weights without padding or AdaGrad state (bias, linear (n), v (single_rows, k),
+// W (aware_rows, F, k)) and the row maps; has_* say which tables the model has (FM: v, FFM: W,
+// hybrid: both) and whether a row map is explicit (else identity: row j is feature j's).
 struct Weights {
   float bias = 0.f;
-  int64_t n = 0, aware_rows = 0;
+  int64_t n = 0, single_rows = 0, aware_rows = 0;
   int32_t F = 0, k = 0;
   std::vector<float> linear, v, W;
-  std::vector<int32_t> aware_row;
-  bool has_v = false, has_W = false, has_rows = false;
+  std::vector<int32_t> single_row, aware_row;
+  bool has_v = false, has_W = false, has_single_map = false, has_rows = false;
 };
 
 struct Model {
@@ -72,12 +77,14 @@ struct Model {
   AlignedArray<float> w, gw;  // (n)             linear weights
   // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
   // vector and its state share cache lines (the forward pass brings in what the update needs).
-  int32_t vs = 0;                  // 2 * kp: floats per stored vector
-  AlignedArray<float> v;           // (n, 2, kp)      single vectors (empty if no single field)
-  AlignedArray<float> W;           // (aware_rows, F, 2, kp)   field-aware vectors (empty if none)
-  std::vector<uint8_t> aware;      // (F)             1 = field is field-aware
-  std::vector<int32_t> aware_row;  // (n) feature -> row of W, -1 = none; empty = identity (aware_rows == n)
-  int64_t aware_rows = 0;          // rows of W
+  int32_t vs = 0;                   // 2 * kp: floats per stored vector
+  AlignedArray<float> v;            // (single_rows, 2, kp)      single vectors (empty if none)
+  AlignedArray<float> W;            // (aware_rows, F, 2, kp)    field-aware vectors (empty if none)
+  std::vector<uint8_t> aware;       // (F)             1 = field is field-aware
+  std::vector<int32_t> single_row;  // (n) feature -> row of v, -1 = none; empty = identity (single_rows == n)
+  int64_t single_rows = 0;          // rows of v
+  std::vector<int32_t> aware_row;   // (n) feature -> row of W, -1 = none; empty = identity (aware_rows == n)
+  int64_t aware_rows = 0;           // rows of W
 
   // Bias and its AdaGrad accumulator: written by every training row of every thread, so they get
   // a cache line of their own (sharing one with the fields above, which every row reads, would make
@@ -107,51 +114,53 @@ struct Model {
       if (a) return true;
     return false;
   }
+  int64_t single_row_of(int64_t j) const { return single_row.empty() ? j : single_row[j]; }
   int64_t aware_row_of(int64_t j) const { return aware_row.empty() ? j : aware_row[j]; }
-  float* vec(int64_t j) { return v.data() + j * vs; }
-  const float* vec(int64_t j) const { return v.data() + j * vs; }
+  float* vec(int64_t row) { return v.data() + row * vs; }  // row of v (single_row_of(feature))
+  const float* vec(int64_t row) const { return v.data() + row * vs; }
   float* wvec(int64_t row, int32_t f) { return W.data() + (row * F + f) * vs; }
   const float* wvec(int64_t row, int32_t f) const { return W.data() + (row * F + f) * vs; }
 
   static int32_t padded(int32_t k) { return (k + 3) / 4 * 4; }
 
-  // Allocate parameters; latent entries ~ U(-a, a) with a = init_std * sqrt(3), per-row seeded so
-  // initialisation does not depend on the thread count. AdaGrad accumulators start at 1 (libffm).
-  // aware_row: empty (identity: W has a row per feature when a field is field-aware) or n entries,
-  // each -1 or a row < aware_rows (else InputError).
+  // Allocate parameters; latent entries ~ U(-a, a) with a = init_std * sqrt(3), seeded per feature
+  // (single vectors: by (seed, feature), wherever its row is) or per row (W) so initialisation
+  // does not depend on the thread count or the row map. AdaGrad accumulators start at 1 (libffm).
+  // aware_row / single_row: empty (identity: the table has a row per feature when a field of its
+  // kind exists) or n entries, each -1 or a row < aware_rows / single_rows (else InputError); no
+  // two features share a single row.
   void allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_, std::vector<int32_t> aware_row_,
-                int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_);
+                int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_,
+                std::vector<int32_t> single_row_ = {}, int64_t single_rows_ = 0);
 
   void snapshot();  // shared lock (reads the tables; snap_* are guarded by snap_mu)
   void restore();   // exclusive lock
 
-  // Give field-aware vectors (random init, AdaGrad state 1) to the listed features that have none,
-  // growing W: how partial_fit takes in features a model has not seen before. Returns rows added.
-  // Exclusive lock (W is reallocated); on an InputError nothing has changed.
-  int64_t grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed);
+  // Give vectors (random init, AdaGrad state 1) to the listed features that have none: single
+  // vectors to `single_feats` (seeded by (seed, feature) as allocate seeds them), field-aware ones
+  // to `aware_feats`, growing v / W: how partial_fit takes in features a model has not trained
+  // before. Returns the rows added to each table (a table the model lacks, or an identity row map,
+  // gets none). Exclusive lock (the tables are reallocated); on an InputError nothing has changed.
+  std::pair<int64_t, int64_t> grow_rows(const int32_t* single_feats, int64_t n_single, const int32_t* aware_feats,
+                                        int64_t n_aware, float init_std, uint64_t seed);
 
   // Append n_new features (indices n .. n + n_new - 1): how partial_fit takes in the new values of
-  // a grown Schema. Linear weight 0; single vectors (if any field is single) ~ U(-a, a) seeded by
-  // (seed, feature) exactly as allocate would have seeded them where seen[t] != 0, else 0 (neutral,
-  // like a feature absent from fit's data; seen == nullptr: all seen); AdaGrad state 1. Field-aware
-  // rows: none yet (aware_row -1; an identity row map becomes explicit), grow_rows gives them.
-  // Existing parameters are copied unchanged. Exclusive lock; on an InputError nothing has changed.
-  // seen: nullptr or n_seen == n_new flags.
-  void grow_features(int64_t n_new, const uint8_t* seen, int64_t n_seen, float init_std, uint64_t seed);
+  // a grown Schema. Linear weight 0, AdaGrad state 1, no vectors yet (row -1 in each row map; an
+  // identity map becomes explicit): grow_rows gives them to those the data holds. Existing
+  // parameters are copied unchanged. Exclusive lock; on an InputError nothing has changed.
+  void grow_features(int64_t n_new);
 
   // Copies of the weights (shared lock), and all weights at once (exclusive lock). set_weights
-  // checks everything (sizes against the model, finiteness) before it writes anything; v / W are
-  // nullptr for a table the caller does not give, which must be one the model does not have.
+  // checks everything (sizes against the model's row counts, finiteness) before it writes
+  // anything; v / W are nullptr for a table the caller does not give, which must be one the model
+  // does not have (or has with 0 rows).
   Weights get_weights() const;
   void set_weights(float bias, const float* linear, int64_t n_linear, const float* v, int64_t n_v, const float* W,
                    int64_t n_W);
 
-  // Zero the single vectors of features with seen[j] == 0 (absent from the training data): they
-  // stay neutral instead of adding random pairs. Exclusive lock.
-  void zero_unseen(const uint8_t* seen, int64_t count);
-
-  int64_t current_aware_rows() const;  // aware_rows, read under the shared lock (grow_rows changes it)
-  int64_t current_features() const;    // n, read under the shared lock (grow_features changes it)
+  int64_t current_single_rows() const;  // single_rows, read under the shared lock (grow_rows changes it)
+  int64_t current_aware_rows() const;   // aware_rows, read under the shared lock (grow_rows changes it)
+  int64_t current_features() const;     // n, read under the shared lock (grow_features changes it)
 };
 
 }  // namespace fmrecall

@@ -95,7 +95,9 @@ struct Row {
   // nodes (filtered: 0 <= feature < n, 0 <= field < F, value != 0)
   int n = 0;
   std::vector<int32_t> field, slot;
-  std::vector<int64_t> feat, aware_row;  // aware_row: Model::aware_row_of(feat) for field-aware nodes, else -1
+  std::vector<int64_t> feat;
+  std::vector<int64_t> single_row;  // Model::single_row_of(feat) for single nodes, else -1
+  std::vector<int64_t> aware_row;   // Model::aware_row_of(feat) for field-aware nodes, else -1
   std::vector<float> x;
   // slots: the distinct fields of the row, in order of first appearance
   int nf = 0;
@@ -105,7 +107,7 @@ struct Row {
   int n_single = 0, n_aware = 0;
   bool one_per_slot = true;                 // no field holds two field-aware nodes (one-hot fields)
   bool shared = false;                      // some feature occurs in two nodes (its parameters are shared)
-  std::vector<int32_t> single, aware;       // node ids of single nodes / field-aware nodes with a W row
+  std::vector<int32_t> single, aware;       // node ids of single nodes with a v row / field-aware nodes with a W row
   std::vector<int32_t> aw_begin, aw_nodes;  // field-aware nodes grouped by slot (CSR over slots)
   // per field-aware node b (in `aware` order): offset of its W block, field * vs, value
   std::vector<int64_t> aoff;

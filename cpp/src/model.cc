@@ -2,21 +2,56 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 namespace fmrecall {
 
 namespace {
-// rows x blocks stored vectors [w | G] of vs = 2 kp floats: w ~ U(-a, a) in its first k lanes
-// (seeded by (seed, table, row), so independent of the thread count), G = 1 (libffm's start).
+// One row of `blocks` stored vectors [w | G] (vs = 2 kp floats each): w ~ U(-a, a) in its first k
+// lanes drawn from one stream, G = 1 (libffm's start).
+void init_row(float* row, int64_t blocks, int32_t k, int32_t kp, float a, uint64_t stream) {
+  Rng rng(stream);
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* w = row + b * 2 * kp;
+    for (int32_t d = 0; d < k; ++d) w[d] = a * (2.f * rng.uniform() - 1.f);
+    for (int32_t d = 0; d < kp; ++d) w[kp + d] = 1.f;
+  }
+}
+
+// rows x blocks stored vectors, row r seeded by (seed, table, r): independent of the thread count.
 void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a, uint64_t seed,
                 uint64_t table) {
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    Rng rng(mix_seed(seed, table, static_cast<uint64_t>(r)));
-    float* row = dst + r * blocks * 2 * kp;
-    for (int64_t b = 0; b < blocks; ++b) {
-      float* w = row + b * 2 * kp;
-      for (int32_t d = 0; d < k; ++d) w[d] = a * (2.f * rng.uniform() - 1.f);
-      for (int32_t d = 0; d < kp; ++d) w[kp + d] = 1.f;
+  for (int64_t r = 0; r < rows; ++r)
+    init_row(dst + r * blocks * 2 * kp, blocks, k, kp, a, mix_seed(seed, table, static_cast<uint64_t>(r)));
+}
+
+// Single vectors through an explicit row map: every row gets G = 1, the row of feature j its
+// weights from the stream (seed, 1, j), the one an identity layout gives row j (init_table, table 1).
+void init_mapped(float* dst, int64_t rows, const std::vector<int32_t>& map, int32_t k, int32_t kp, float a,
+                 uint64_t seed) {
+  const int64_t n = static_cast<int64_t>(map.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int32_t d = 0; d < kp; ++d) dst[r * 2 * kp + kp + d] = 1.f;
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j)
+    if (map[j] >= 0) init_row(dst + map[j] * 2 * kp, 1, k, kp, a, mix_seed(seed, 1, static_cast<uint64_t>(j)));
+}
+
+// InputError unless `map` is empty (identity) or has n entries, each -1 or a row < rows, and (if
+// `unique`) no row twice.
+void check_row_map(const std::vector<int32_t>& map, int64_t n, int64_t rows, const char* name, bool unique) {
+  if (map.empty()) return;
+  if (static_cast<int64_t>(map.size()) != n) throw InputError(std::string(name) + " must have one entry per feature");
+  std::vector<uint8_t> used(unique && rows > 0 ? static_cast<size_t>(rows) : 0);
+  for (int32_t r : map) {
+    if (r < -1 || r >= rows)
+      throw InputError(std::string(name) + " entries must be -1 or a row < " + std::to_string(rows) + ", got " +
+                       std::to_string(r));
+    if (unique && r >= 0) {
+      if (used[r]) throw InputError(std::string(name) + " gives two features row " + std::to_string(r));
+      used[r] = 1;
     }
   }
 }
@@ -34,13 +69,17 @@ void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool
 }  // namespace
 
 void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aware_, std::vector<int32_t> aware_row_,
-                     int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_) {
+                     int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_,
+                     std::vector<int32_t> single_row_, int64_t single_rows_) {
   WriteLock lock(mu);
-  for (int32_t r : aware_row_)
-    if (r < -1 || r >= aware_rows_) throw InputError("aware_row entries must be -1 or a row of W");
   if (n_ < 0 || F_ < 0 || k_ < 1 || k_ > 512)
     throw InputError("model sizes out of range (need n >= 0, F >= 0, 1 <= k <= 512)");
   if (static_cast<int32_t>(aware_.size()) != F_) throw InputError("aware flags must have one entry per field");
+  if (aware_rows_ < 0 || single_rows_ < 0) throw InputError("row counts must be >= 0");
+  check_row_map(aware_row_, n_, aware_rows_, "aware_row", false);
+  check_row_map(single_row_, n_, single_rows_, "single_row", true);
+  if (!single_row_.empty() && std::find(aware_.begin(), aware_.end(), uint8_t{0}) == aware_.end())
+    throw InputError("single_row given for a model without single fields");
   n = n_;
   F = F_;
   k = k_;
@@ -49,8 +88,8 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   normalize = normalize_;
   aware_row = std::move(aware_row_);
   aware_rows = aware_row.empty() ? (any_aware() ? n : 0) : aware_rows_;
-  if (!aware_row.empty() && static_cast<int64_t>(aware_row.size()) != n)
-    throw InputError("aware_row must have one entry per feature");
+  single_row = std::move(single_row_);
+  single_rows = single_row.empty() ? (any_single() ? n : 0) : single_rows_;
   w0 = 0.f;
   g0 = 1.f;
   w.resize(n);
@@ -58,8 +97,13 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   gw.fill(1.f);
   vs = 2 * kp;
   const float a = init_std * 1.7320508f;  // U(-a, a) has standard deviation init_std
-  v.resize(any_single() ? static_cast<size_t>(n) * vs : 0);
-  if (!v.empty()) init_table(v.data(), n, 1, k, kp, a, seed, 1);
+  v.resize(static_cast<size_t>(single_rows) * vs);
+  if (!v.empty()) {
+    if (single_row.empty())
+      init_table(v.data(), single_rows, 1, k, kp, a, seed, 1);
+    else
+      init_mapped(v.data(), single_rows, single_row, k, kp, a, seed);
+  }
   W.resize(aware_rows > 0 ? static_cast<size_t>(aware_rows) * F * vs : 0);
   if (!W.empty()) init_table(W.data(), aware_rows, F, k, kp, a, seed, 2);
   snap_w.resize(0);
@@ -72,47 +116,70 @@ void copy_into(AlignedArray<float>& dst, const AlignedArray<float>& src) {
   if (dst.size() != src.size()) dst.resize(src.size());
   if (src.size()) std::memcpy(dst.data(), src.data(), src.size() * sizeof(float));
 }
+
+// One table's growth, planned aside: `map` (explicit, a copy of the model's) gets a new row for
+// each listed feature without one; `table` is then the old rows followed by the new ones, each
+// drawn from the stream (seed, stream_table, feature) (independent of batch order).
+struct Growth {
+  std::vector<int32_t> map, fresh;
+  AlignedArray<float> table;
+
+  void plan(const std::vector<int32_t>& model_map, int64_t rows, const int32_t* feats, int64_t count) {
+    map = model_map;
+    for (int64_t i = 0; i < count; ++i) {
+      const int32_t j = feats[i];
+      if (map[j] < 0) {
+        map[j] = static_cast<int32_t>(rows + static_cast<int64_t>(fresh.size()));
+        fresh.push_back(j);
+      }
+    }
+    if (rows + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many vector rows");
+  }
+  void build(const AlignedArray<float>& old, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a,
+             uint64_t seed, uint64_t stream_table) {
+    const size_t block = static_cast<size_t>(blocks) * 2 * kp;
+    table.resize(static_cast<size_t>(rows + static_cast<int64_t>(fresh.size())) * block);
+    if (rows) std::memcpy(table.data(), old.data(), sizeof(float) * static_cast<size_t>(rows) * block);
+    for (size_t t = 0; t < fresh.size(); ++t)
+      init_row(table.data() + (static_cast<size_t>(rows) + t) * block, blocks, k, kp, a,
+               mix_seed(seed, stream_table, static_cast<uint64_t>(fresh[t])));
+  }
+};
 }  // namespace
 
-int64_t Model::grow_rows(const int32_t* features, int64_t count, float init_std, uint64_t seed) {
+std::pair<int64_t, int64_t> Model::grow_rows(const int32_t* single_feats, int64_t n_single, const int32_t* aware_feats,
+                                             int64_t n_aware, float init_std, uint64_t seed) {
   WriteLock lock(mu);
-  if (aware_row.empty() || !any_aware()) return 0;  // identity layout: every feature has a row
-  for (int64_t i = 0; i < count; ++i)               // check all before changing anything
-    if (features[i] < 0 || features[i] >= n)
-      throw InputError("feature index " + std::to_string(features[i]) + " out of range [0, " + std::to_string(n) + ")");
-  std::vector<int32_t> fresh;
-  std::vector<int32_t> rows(aware_row);  // the new row map, committed once the table exists
-  for (int64_t i = 0; i < count; ++i) {
-    const int32_t j = features[i];
-    if (rows[j] < 0) {
-      rows[j] = static_cast<int32_t>(aware_rows + static_cast<int64_t>(fresh.size()));
-      fresh.push_back(j);
-    }
-  }
-  if (fresh.empty()) return 0;
-  if (aware_rows + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many field-aware rows");
-  const size_t block = static_cast<size_t>(F) * vs;
-  AlignedArray<float> bigger(static_cast<size_t>(aware_rows + static_cast<int64_t>(fresh.size())) * block);
-  if (aware_rows) std::memcpy(bigger.data(), W.data(), sizeof(float) * static_cast<size_t>(aware_rows) * block);
+  for (const auto& [feats, count] : {std::pair{single_feats, n_single}, std::pair{aware_feats, n_aware}})
+    for (int64_t i = 0; i < count; ++i)  // check all before changing anything
+      if (feats[i] < 0 || feats[i] >= n)
+        throw InputError("feature index " + std::to_string(feats[i]) + " out of range [0, " + std::to_string(n) + ")");
+  // an identity layout gives every feature a row already
+  const bool grow_v = !single_row.empty() && any_single(), grow_W = !aware_row.empty() && any_aware();
+  Growth gs, ga;
+  if (grow_v) gs.plan(single_row, single_rows, single_feats, n_single);
+  if (grow_W) ga.plan(aware_row, aware_rows, aware_feats, n_aware);
   const float a = init_std * 1.7320508f;
-  for (size_t t = 0; t < fresh.size(); ++t) {  // seeded by (seed, feature): independent of batch order
-    Rng rng(mix_seed(seed, 3, static_cast<uint64_t>(fresh[t])));
-    float* row = bigger.data() + (static_cast<size_t>(aware_rows) + t) * block;
-    for (int32_t b = 0; b < F; ++b) {
-      for (int32_t d = 0; d < k; ++d) row[b * vs + d] = a * (2.f * rng.uniform() - 1.f);
-      for (int32_t d = 0; d < kp; ++d) row[b * vs + kp + d] = 1.f;
-    }
+  if (!gs.fresh.empty()) gs.build(v, single_rows, 1, k, kp, a, seed, 1);  // allocate's stream: same init
+  if (!ga.fresh.empty()) ga.build(W, aware_rows, F, k, kp, a, seed, 3);
+  const int64_t added_v = static_cast<int64_t>(gs.fresh.size()), added_W = static_cast<int64_t>(ga.fresh.size());
+  if (added_v) {
+    v = std::move(gs.table);
+    single_row = std::move(gs.map);
+    single_rows += added_v;
+    snap_v.resize(0);  // a snapshot no longer matches
   }
-  W = std::move(bigger);
-  aware_row = std::move(rows);
-  aware_rows += static_cast<int64_t>(fresh.size());
-  snap_W.resize(0);  // a snapshot no longer matches
-  snap_w.resize(0);
-  return static_cast<int64_t>(fresh.size());
+  if (added_W) {
+    W = std::move(ga.table);
+    aware_row = std::move(ga.map);
+    aware_rows += added_W;
+    snap_W.resize(0);
+  }
+  if (added_v || added_W) snap_w.resize(0);
+  return {added_v, added_W};
 }
 
-void Model::grow_features(int64_t n_new, const uint8_t* seen, int64_t n_seen, float init_std, uint64_t seed) {
-  if (seen && n_seen != n_new) throw InputError("seen must have one entry per new feature");
+void Model::grow_features(int64_t n_new) {
   WriteLock lock(mu);
   if (n_new < 0) throw InputError("grow_features: n_new must be >= 0, got " + std::to_string(n_new));
   if (n_new == 0) return;
@@ -120,38 +187,28 @@ void Model::grow_features(int64_t n_new, const uint8_t* seen, int64_t n_seen, fl
     throw InputError("grow_features: " + std::to_string(n) + " + " + std::to_string(n_new) +
                      " features exceed the int32 index range");
   const int64_t n2 = n + n_new;
-  // build every new table aside, then commit (nothing changes if an allocation throws)
+  // build every new array aside, then commit (nothing changes if an allocation throws)
   AlignedArray<float> w2(static_cast<size_t>(n2)), gw2(static_cast<size_t>(n2));
   if (n) std::memcpy(w2.data(), w.data(), sizeof(float) * n);  // new linear weights stay 0
   gw2.fill(1.f);
   if (n) std::memcpy(gw2.data(), gw.data(), sizeof(float) * n);
-  AlignedArray<float> v2;
-  if (any_single()) {
-    v2.resize(static_cast<size_t>(n2) * vs);
-    if (!v.empty()) std::memcpy(v2.data(), v.data(), sizeof(float) * static_cast<size_t>(n) * vs);
-    const float a = init_std * 1.7320508f;
-    for (int64_t j = n; j < n2; ++j) {  // the stream allocate() uses for feature j (table 1)
-      float* x = v2.data() + j * vs;
-      if (!seen || seen[j - n]) {
-        Rng rng(mix_seed(seed, 1, static_cast<uint64_t>(j)));
-        for (int32_t d = 0; d < k; ++d) x[d] = a * (2.f * rng.uniform() - 1.f);
-      }
-      for (int32_t d = 0; d < kp; ++d) x[kp + d] = 1.f;
-    }
-  }
-  std::vector<int32_t> rows;
-  if (any_aware()) {
-    rows.reserve(static_cast<size_t>(n2));
-    if (aware_row.empty())  // identity layout (aware_rows == n): every old feature keeps its row
-      for (int64_t j = 0; j < n; ++j) rows.push_back(static_cast<int32_t>(j));
+  // the row maps gain -1 entries (an identity map becomes explicit: every old feature keeps its row)
+  auto extend = [&](const std::vector<int32_t>& map, bool kind) {
+    std::vector<int32_t> out;
+    if (!kind) return out;
+    out.reserve(static_cast<size_t>(n2));
+    if (map.empty())
+      for (int64_t j = 0; j < n; ++j) out.push_back(static_cast<int32_t>(j));
     else
-      rows = aware_row;
-    rows.resize(static_cast<size_t>(n2), -1);
-  }
+      out = map;
+    out.resize(static_cast<size_t>(n2), -1);
+    return out;
+  };
+  std::vector<int32_t> srows = extend(single_row, any_single()), arows = extend(aware_row, any_aware());
   w = std::move(w2);
   gw = std::move(gw2);
-  if (any_single()) v = std::move(v2);
-  if (any_aware()) aware_row = std::move(rows);
+  single_row = std::move(srows);
+  aware_row = std::move(arows);
   n = n2;
   snap_w.resize(0);  // a snapshot no longer matches
   snap_v.resize(0);
@@ -209,14 +266,17 @@ Weights Model::get_weights() const {
   Weights out;
   out.bias = w0;
   out.n = n;
+  out.single_rows = single_rows;
   out.aware_rows = aware_rows;
   out.F = F;
   out.k = k;
   out.linear.assign(w.data(), w.data() + n);
   out.has_v = !v.empty();
   out.has_W = !W.empty();
+  out.has_single_map = !single_row.empty();
   out.has_rows = !aware_row.empty();
-  if (out.has_v) out.v = unpad(v, n, k, kp);
+  if (out.has_v) out.v = unpad(v, single_rows, k, kp);
+  if (out.has_single_map) out.single_row = single_row;
   if (out.has_W) out.W = unpad(W, aware_rows * F, k, kp);
   if (out.has_rows) out.aware_row = aware_row;
   return out;
@@ -234,26 +294,23 @@ void Model::set_weights(float bias, const float* linear, int64_t n_linear, const
     throw InputError("linear has " + std::to_string(n_linear) + " entries, expected n_features = " + std::to_string(n));
   if (v.empty() != !v_) throw InputError("single-vector factors given/missing for this model type");
   if (W.empty() != !W_) throw InputError("field-aware factors given/missing for this model type");
-  if (v_ && n_v != n * k)
-    throw InputError("factors has " + std::to_string(n_v) + " entries, expected " + std::to_string(n * k));
+  if (v_ && n_v != single_rows * k)
+    throw InputError("factors has " + std::to_string(n_v) + " entries, expected " + std::to_string(single_rows * k));
   if (W_ && n_W != aware_rows * F * k)
     throw InputError("field-aware factors has " + std::to_string(n_W) + " entries, expected " +
                      std::to_string(aware_rows * F * k));
   w0 = bias;
   if (n) std::memcpy(w.data(), linear, sizeof(float) * n);
-  if (v_) pad_into(v, v_, n, k, kp);
+  if (v_) pad_into(v, v_, single_rows, k, kp);
   if (W_) pad_into(W, W_, aware_rows * F, k, kp);
   snap_w.resize(0);  // a snapshot of other weights must not be restored over these
   snap_v.resize(0);
   snap_W.resize(0);
 }
 
-void Model::zero_unseen(const uint8_t* seen, int64_t count) {
-  WriteLock lock(mu);
-  if (count != n) throw InputError("seen must have one entry per feature");
-  if (v.empty()) return;
-  for (int64_t j = 0; j < n; ++j)
-    if (!seen[j]) std::memset(vec(j), 0, sizeof(float) * kp);
+int64_t Model::current_single_rows() const {
+  ReadLock lock(mu);
+  return single_rows;
 }
 
 int64_t Model::current_aware_rows() const {

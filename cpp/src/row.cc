@@ -17,6 +17,7 @@ void Row::reserve_nodes(int64_t cap) {
   for (auto* v : {&field, &slot, &slot_field, &single, &aware, &aw_nodes, &afo}) v->resize(c);
   aw_begin.resize(c + 1);
   feat.resize(c);
+  single_row.resize(c);
   aware_row.resize(c);
   aoff.resize(c);
   x.resize(c);
@@ -97,18 +98,22 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
       slot_aware[s] = M.aware[f];
     }
     slot[p] = s;
+    // a feature with no vectors (not seen in training) contributes linearly only
     if (M.aware[f]) {
       const int64_t r = M.aware_row_of(feat[p]);
+      single_row[p] = -1;
       aware_row[p] = r;
-      if (r >= 0) {  // a field-aware feature with no vectors contributes linearly only
+      if (r >= 0) {
         aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
         afo[na] = f * M.vs;
         ax[na] = x[p];
         aware[na++] = p;
       }
     } else {
+      const int64_t r = M.single_row_of(feat[p]);
+      single_row[p] = r;
       aware_row[p] = -1;
-      single[ns++] = p;
+      if (r >= 0) single[ns++] = p;
     }
   }
   // field-aware nodes grouped by slot (counting sort)

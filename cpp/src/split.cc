@@ -102,7 +102,8 @@ void query_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float*
       const float x = row.x[p];
       if (L.side[f]) continue;  // not a query field (callers check; ignore defensively)
       if (!M.aware[f]) {
-        const float* vi = M.vec(row.feat[p]);
+        if (row.single_row[p] < 0) continue;  // no vector: linear only (in b)
+        const float* vi = M.vec(row.single_row[p]);
         if (L.off_ss >= 0) add(v + L.off_ss, x, vi, k);
         if (L.off_sa[f] >= 0) add(v + L.off_sa[f], x, vi, k);
       } else if (row.aware_row[p] >= 0) {
@@ -127,7 +128,8 @@ void item_vectors(const Model& M, const SplitLayout& L, const Csr& rows, float* 
       const float x = row.x[t];
       if (!L.side[g]) continue;  // not an item field
       if (!M.aware[g]) {
-        const float* vj = M.vec(row.feat[t]);
+        if (row.single_row[t] < 0) continue;  // no vector: linear only (in the bias slot)
+        const float* vj = M.vec(row.single_row[t]);
         if (L.off_ss >= 0) add(v + L.off_ss, x, vj, k);
         if (L.off_bs[g] >= 0) add(v + L.off_bs[g], x, vj, k);
       } else if (row.aware_row[t] >= 0) {

@@ -25,8 +25,8 @@ inline void prefetch_row(const Model& M, const Run& s) {
       if (r < 0) continue;
       const char* a = reinterpret_cast<const char*>(M.wvec(r, 0));
       for (int64_t b = 0; b < block; b += 64) __builtin_prefetch(a + b, 1);
-    } else {
-      __builtin_prefetch(M.vec(j), 1);
+    } else if (M.single_row_of(j) >= 0) {
+      __builtin_prefetch(M.vec(M.single_row_of(j)), 1);
     }
   }
 }

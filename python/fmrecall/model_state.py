@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from .persist import PathOrFile
     from .schema import Schema
 
-# (n_fields, aware_row or None, field-aware rows, v or None, W or None): a core's layout and factors
-CoreArrays = Tuple[int, Optional[np.ndarray], int, Optional[np.ndarray], Optional[np.ndarray]]
+# (n_fields, single_row or None, aware_row or None, field-aware rows, v or None, W or None): a core's
+# layout and factors (a row map None: the identity, one row per feature; v's rows: single_rows)
+CoreArrays = Tuple[int, Optional[np.ndarray], Optional[np.ndarray], int, Optional[np.ndarray], Optional[np.ndarray]]
 M = TypeVar("M", bound="ModelState")
 
 
@@ -86,6 +87,7 @@ class ModelState:
     def _install_weights(
         self,
         n_fields: int,
+        single_row: Optional[np.ndarray],
         aware_row: Optional[np.ndarray],
         m: int,
         bias: float,
@@ -94,7 +96,10 @@ class ModelState:
         W: Optional[np.ndarray],
     ) -> None:
         """The one constructor of a core from arrays (from_weights, load, unpickling): a core of
-        this model's type and hyper-parameters holding exactly these weights, made the model's."""
+        this model's type and hyper-parameters holding exactly these weights, made the model's.
+        v: (single rows, k), or (n, k) with single_row None (dense: row j is feature j's)."""
+        if v is not None and v.shape[0] == 0:
+            v = None  # a table with no rows is no table for the core
         core = CoreModel(
             int(linear.size),
             int(n_fields),
@@ -105,6 +110,8 @@ class ModelState:
             float(self.init_std),
             int(self.seed),
             bool(self.normalize),
+            single_row,
+            0 if v is None else int(v.shape[0]),
         )
         core.set_weights(float(bias), linear, v, W)
         self._core = core
@@ -119,7 +126,7 @@ class ModelState:
         linear = np.ascontiguousarray(weights["linear"], dtype=np.float32)
         if linear.ndim != 1:
             raise ValueError(f"linear must be 1-d, got shape {linear.shape}")
-        n_fields, aware_row, m, v, W = cls._core_arrays_from_weights(weights, model.get_params())
+        n_fields, single_row, aware_row, m, v, W = cls._core_arrays_from_weights(weights, model.get_params())
         factors = v if v is not None else W
         assert factors is not None
         k = factors.shape[-1]
@@ -129,7 +136,7 @@ class ModelState:
             model.k = int(k)
         model._check_params()
         model.n_features, model.n_fields = int(linear.size), n_fields
-        model._install_weights(n_fields, aware_row, m, float(weights["bias"]), linear, v, W)
+        model._install_weights(n_fields, single_row, aware_row, m, float(weights["bias"]), linear, v, W)
         model._bump_generation()
         return model
 
@@ -144,12 +151,19 @@ class ModelState:
             return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_, self.generation_)
 
     def _set_core_state(self, state: Dict[str, Any], n_fields: int) -> None:
-        """Install the core's own arrays (compact field-aware table + its row map, as get_weights
-        returns them), already checked by fmrecall.persist._check_state: bit-identical weights,
-        same layout. Replaces the core at once (no fit in between)."""
+        """Install the core's own arrays (compact tables + their row maps, as get_weights returns
+        them), already checked by fmrecall.persist._check_state: bit-identical weights, same
+        layout. Replaces the core at once (no fit in between)."""
         W = state["W"]
         self._install_weights(
-            n_fields, state["aware_row"], 0 if W is None else W.shape[0], state["bias"], state["linear"], state["v"], W
+            n_fields,
+            state["single_row"],
+            state["aware_row"],
+            0 if W is None else W.shape[0],
+            state["bias"],
+            state["linear"],
+            state["v"],
+            W,
         )
 
     def save(self, path: PathOrFile) -> None:

@@ -195,7 +195,7 @@ class _FactorizationModel(ModelState):
 
     @classmethod
     def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays:
-        """(n_fields, aware_row, field-aware rows, v, W) of the arrays weights() returns."""
+        """(n_fields, single_row, aware_row, field-aware rows, v, W) of the arrays weights() returns."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ sklearn recognition (fmrecall.sklearn_tags)
@@ -552,10 +552,47 @@ def _check_factors(arr: Any, ndim: int, name: str, n_features: Optional[int] = N
     return a
 
 
+def _check_row_map(raw: Any, n: int, rows: int, name: str, unique: bool) -> np.ndarray:
+    """int32 (n,) feature -> row map, each entry -1 or < rows (and no row twice if `unique`)."""
+    a = np.asarray(raw)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.size and (a.min() < -1 or a.max() >= rows):
+        raise ValueError(f"{name} entries must be -1 or < {rows}")
+    used = a[a >= 0]
+    if unique and np.unique(used).size != used.size:
+        raise ValueError(f"{name} gives two features the same row")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _single_from_core(w: Dict[str, Any], core: _core.Model) -> Dict[str, Any]:
+    """weights()' single vectors: "factors" (rows, k) and "single_row" (n,) (explicit even where
+    the core's map is the identity: a model loaded from a dense file)."""
+    n = w["linear"].size
+    v = w["v"] if w["v"] is not None else np.zeros((0, core.k), np.float32)
+    rows = w["single_row"] if w["single_row"] is not None else np.arange(n, dtype=np.int32)
+    return {"factors": v, "single_row": rows}
+
+
+def _single_from_weights(weights: Dict[str, Any], n: int) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """(single_row or None, v) of weights: "factors" (rows, k) with its "single_row" map, or the
+    dense layout before 0.2 (factors (n, k), no map: row j is feature j's)."""
+    if weights.get("single_row") is None:
+        return None, _check_factors(weights.get("factors"), 2, "factors", n)
+    v = _check_factors(weights.get("factors"), 2, "factors")
+    return _check_row_map(weights["single_row"], n, v.shape[0], "single_row", unique=True), v
+
+
 class FM(_FactorizationModel):
     """Factorization Machine: score = w0 + Σ w_j x_j + Σ_{i<j} <v_i, v_j> x_i x_j.
 
-    weights(): {"bias": float, "linear": (n,), "factors": (n, k)} (float32).
+    weights(): {"bias": float, "linear": (n,), "factors": (m, k) latent vectors, "single_row": (n,)
+    int32 row of factors for each feature (-1: none, the feature was not seen in training: its
+    pairs are 0, it contributes only its linear weight)} (float32). Only seen features have a
+    vector, so a hashed field costs what its used buckets cost. from_weights also takes the dense
+    layout written before 0.2: "factors" (n, k) without "single_row".
     Fields do not change the score; they only say which side a feature is on for the split.
     """
 
@@ -563,16 +600,16 @@ class FM(_FactorizationModel):
         return np.zeros(n_fields, dtype=np.uint8)
 
     def _weights_from_core(self, w: Dict[str, Any], core: _core.Model) -> Dict[str, Any]:
-        return {"factors": w["v"]}
+        return _single_from_core(w, core)
 
     @classmethod
     def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays:
         n = np.asarray(weights["linear"]).size
-        v = _check_factors(weights.get("factors"), 2, "factors", n)
+        single_row, v = _single_from_weights(weights, n)
         n_fields = hyper.get("n_fields") or weights.get("n_fields")
         if n_fields is None:
             raise ValueError("FM.from_weights needs n_fields (fields beyond it would be ignored)")
-        return int(n_fields), None, 0, v, None
+        return int(n_fields), single_row, None, 0, v, None
 
 
 class FFM(_FactorizationModel):
@@ -600,7 +637,7 @@ class FFM(_FactorizationModel):
     def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays:
         n = np.asarray(weights["linear"]).size
         W = _check_factors(weights.get("factors"), 3, "factors", n)
-        return W.shape[1], None, n, None, W
+        return W.shape[1], None, None, n, None, W
 
 
 class HybridFM(_FactorizationModel):
@@ -610,11 +647,13 @@ class HybridFM(_FactorizationModel):
     dim |F_query|·k + 1 (field_aware="item") or |F_item|·k + 1 (field_aware="query").
     Put high-cardinality id fields on the single-vector side.
 
-    weights(): {"bias", "linear": (n,), "factors": (n, k) single vectors,
-                "field_factors": (m, F, k) field-aware vectors, "aware_row": (n,) int32 row of
-                field_factors for each feature (-1: none; such a feature in a field-aware field
-                contributes only its linear weight)}. from_weights also takes the key "field_rows",
-                this map's name before 0.2.
+    weights(): {"bias", "linear": (n,), "factors": (m_s, k) single vectors, "single_row": (n,)
+                int32 row of factors for each feature, "field_factors": (m, F, k) field-aware
+                vectors, "aware_row": (n,) int32 row of field_factors for each feature (-1: none;
+                such a feature contributes only its linear weight in a field of that kind)}. Only
+                features seen in training have vectors. from_weights also takes the key
+                "field_rows", this map's name before 0.2, and dense "factors" (n, k) without
+                "single_row" (before 0.2).
     """
 
     def __init__(self, k: int = 4, *, field_aware: str = "item", sides: Optional[Sides] = None, **kwargs: Any) -> None:
@@ -636,24 +675,18 @@ class HybridFM(_FactorizationModel):
         return item if self.field_aware == "item" else (1 - item).astype(np.uint8)
 
     def _weights_from_core(self, w: Dict[str, Any], core: _core.Model) -> Dict[str, Any]:
-        return {"factors": w["v"], "field_factors": w["W"], "aware_row": w["aware_row"]}
+        return {**_single_from_core(w, core), "field_factors": w["W"], "aware_row": w["aware_row"]}
 
     @classmethod
     def _core_arrays_from_weights(cls, weights: Dict[str, Any], hyper: Dict[str, Any]) -> CoreArrays:
         n = np.asarray(weights["linear"]).size
         if not isinstance(hyper.get("sides"), Sides):
             raise ValueError("HybridFM.from_weights needs sides=fmrecall.Sides(...)")
-        v = _check_factors(weights.get("factors"), 2, "factors", n)
+        single_row, v = _single_from_weights(weights, n)
         W = _check_factors(weights.get("field_factors"), 3, "field_factors")
-        raw = np.asarray(weights["aware_row"] if "aware_row" in weights else weights.get("field_rows"))
-        if raw.shape != (n,):
-            raise ValueError(f"aware_row must have shape ({n},), got {raw.shape}")
-        if raw.size and raw.dtype.kind not in "iu":
-            raise ValueError(f"aware_row must hold integers, got dtype {raw.dtype}")
-        if raw.size and (raw.min() < -1 or raw.max() >= W.shape[0]):
-            raise ValueError(f"aware_row entries must be -1 or < {W.shape[0]}")
-        rows = np.ascontiguousarray(raw, dtype=np.int32)
-        return W.shape[1], rows, W.shape[0], v, W
+        raw = weights["aware_row"] if "aware_row" in weights else weights.get("field_rows")
+        rows = _check_row_map(raw, n, W.shape[0], "aware_row", unique=False)
+        return W.shape[1], single_row, rows, W.shape[0], v, W
 
     def split(self, sides: Optional[Sides] = None) -> "Split":
         """The exact query/item split; `sides` defaults to (and must match) the model's own."""

@@ -25,6 +25,12 @@ no history), and ``estimator`` (a classifier's ``classes_`` with their dtype) pl
 ``columns`` (the field of each column of a matrix fit) when the model has them (older files: none,
 classes [0, 1]); ``get_params()`` of a loaded model equals that of the saved one.
 
+Arrays. The core's own: ``bias`` (1,), ``linear`` (n,), ``v`` (rows, k) single vectors with
+``single_row`` (n,) int32 (feature -> row of v, -1: none), ``W`` (rows, F, k) field-aware vectors
+with ``aware_row`` (n,). Vectors exist only for the features seen in training. Files written before
+0.2 have a dense ``v`` (n, k) and no ``single_row`` (format version 1); they still load, as dense
+models. See ``MODEL_VERSION`` for which version a file gets.
+
 Every ``path`` argument may also be a binary file-like object (written / read in place, not
 atomically).
 """
@@ -47,7 +53,11 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 MODEL_FORMAT = "fmrecall.model"
-MODEL_VERSION = 1
+# The newest model format version this fmrecall reads. 2: single vectors only for the features seen
+# in training ("v" (rows, k) + "single_row" (n,)). A file is written with the lowest version that
+# holds it (1 without "single_row": FFM, and models loaded from dense files), so fmrecall 0.1 reads
+# what it can and names the version of what it cannot ("upgrade fmrecall").
+MODEL_VERSION = 2
 
 PathLike = Union[str, os.PathLike]
 PathOrFile = Union[str, os.PathLike, IO[bytes]]
@@ -250,7 +260,7 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     core, state, schema, history, best_epoch, generation = model._snapshot()  # one consistent copy
     meta = {
         "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
+        "version": 2 if state.get("single_row") is not None else 1,
         "class": type(model).__name__,
         "params": _json_params(model),
         "fmrecall": __version__,
@@ -282,7 +292,7 @@ def _unfitted_meta(model: Any) -> Dict[str, Any]:
 
     return {
         "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
+        "version": 1,
         "class": type(model).__name__,
         "params": _json_params(model),
         "fmrecall": __version__,
@@ -308,13 +318,34 @@ def _member(arrays: Dict[str, np.ndarray], name: str, dtype: Any, shape: Tuple[i
     return np.ascontiguousarray(a)
 
 
+def _row_map(
+    arrays: Dict[str, np.ndarray], name: str, table: str, ndim: int, n: int, kind: bool, what: str, path: str
+) -> Tuple[Optional[np.ndarray], int]:
+    """(map or None, rows of `table`) of a row-map member (`name`: feature -> row of `table`, -1 =
+    none). Without the member the table is dense (identity: one row per feature, n rows, where the
+    model has fields of this `kind`): the layout of files written before the map existed."""
+    if name not in arrays:
+        return None, (n if kind else 0)
+    if not kind:
+        raise ValueError(f"{path}: unexpected member {name!r} (the model has no {what} field)")
+    rows = _member(arrays, name, np.int32, (n,), path)
+    m = arrays[table].shape[0] if table in arrays and arrays[table].ndim == ndim else 0
+    if rows.size and (rows.min() < -1 or rows.max() >= m):
+        raise ValueError(f"{path}: member {name!r} has entries outside [-1, {m})")
+    used = rows[rows >= 0]
+    if np.unique(used).size != used.size:
+        raise ValueError(f"{path}: member {name!r} gives two features the same row")
+    return rows, m
+
+
 def _check_state(model: Any, arrays: Dict[str, np.ndarray], n: int, F: int, path: str) -> Dict[str, Any]:
     """The core arrays of a file, each checked (dtype, shape, values) against n_features = n,
-    n_fields = F, k and the model type, as _set_core_state takes them."""
+    n_fields = F, k and the model type, as _set_core_state takes them. Single vectors: "v"
+    (rows, k) with "single_row" (n,), or (files written before 0.2) a dense "v" (n, k) without a map."""
     k = int(model.k)
     flags = model._aware_flags(F)
     any_single, any_aware = bool((flags == 0).any()), bool(flags.any())
-    unknown = sorted(set(arrays) - {"bias", "linear", "v", "W", "aware_row"})
+    unknown = sorted(set(arrays) - {"bias", "linear", "v", "W", "single_row", "aware_row"})
     if unknown:
         raise ValueError(f"{path}: unexpected member {unknown[0]!r}")
     for name in ("bias", "linear"):
@@ -324,34 +355,19 @@ def _check_state(model: Any, arrays: Dict[str, np.ndarray], n: int, F: int, path
         "bias": _member(arrays, "bias", np.float32, (1,), path)[0],
         "linear": _member(arrays, "linear", np.float32, (n,), path),
     }
-    want_v = any_single and n > 0
-    if ("v" in arrays) != want_v:
-        raise ValueError(
-            f"{path}: member 'v' (single vectors) is {'missing' if want_v else 'unexpected'} "
-            f"for a {type(model).__name__} with these fields"
-        )
-    state["v"] = _member(arrays, "v", np.float32, (n, k), path) if want_v else None
-    rows = None
-    if "aware_row" in arrays:
-        if not any_aware:
-            raise ValueError(f"{path}: unexpected member 'aware_row' (the model has no field-aware field)")
-        rows = _member(arrays, "aware_row", np.int32, (n,), path)
-        m = arrays["W"].shape[0] if "W" in arrays and arrays["W"].ndim == 3 else 0
-        if rows.size and (rows.min() < -1 or rows.max() >= m):
-            raise ValueError(f"{path}: member 'aware_row' has entries outside [-1, {m})")
-        used = rows[rows >= 0]
-        if np.unique(used).size != used.size:
-            raise ValueError(f"{path}: member 'aware_row' gives two features the same row")
-    else:
-        m = n if any_aware else 0
-    want_W = m > 0 and F > 0 and any_aware
-    if ("W" in arrays) != want_W:
-        raise ValueError(
-            f"{path}: member 'W' (field-aware vectors) is {'missing' if want_W else 'unexpected'} "
-            f"for a {type(model).__name__} with these fields"
-        )
-    state["W"] = _member(arrays, "W", np.float32, (m, F, k), path) if want_W else None
-    state["aware_row"] = rows
+    for name, table, kind, what in (
+        ("single_row", "v", any_single, "single"),
+        ("aware_row", "W", any_aware, "field-aware"),
+    ):
+        state[name], m = _row_map(arrays, name, table, 2 if table == "v" else 3, n, kind, what, path)
+        want = m > 0 and F > 0 and kind
+        if (table in arrays) != want:
+            raise ValueError(
+                f"{path}: member {table!r} ({what} vectors) is {'missing' if want else 'unexpected'} "
+                f"for a {type(model).__name__} with these fields"
+            )
+        shape = (m, k) if table == "v" else (m, F, k)
+        state[table] = _member(arrays, table, np.float32, shape, path) if want else None
     return state
 
 

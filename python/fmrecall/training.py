@@ -29,18 +29,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
 
 
-def aware_features(nodes: "Dataset", flags: np.ndarray) -> np.ndarray:
-    """Sorted int32 features that occur in field-aware fields (`flags`) of `nodes`."""
+def vector_features(nodes: "Dataset", flags: np.ndarray, aware: bool) -> np.ndarray:
+    """Sorted int32 features that occur in the field-aware (`aware`) or single fields (`flags`:
+    1 = field-aware) of `nodes`, in-model fields only: the features that need vectors of that kind."""
     in_model = nodes.fields < flags.size
-    aware_nodes = np.zeros(nodes.nnz, dtype=bool)
-    aware_nodes[in_model] = flags[nodes.fields[in_model]].astype(bool)
-    return np.unique(nodes.features[aware_nodes]).astype(np.int32)
+    kind = np.zeros(nodes.nnz, dtype=bool)
+    kind[in_model] = flags[nodes.fields[in_model]].astype(bool) == aware
+    return np.unique(nodes.features[kind]).astype(np.int32)
+
+
+def row_map(n_features: int, feats: np.ndarray) -> np.ndarray:
+    """int32 (n_features,): feature -> row (features `feats`, sorted, get rows 0..len-1), else -1."""
+    rows = np.full(n_features, -1, dtype=np.int32)
+    rows[feats] = np.arange(feats.size, dtype=np.int32)
+    return rows
 
 
 def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Model:
-    """A fresh core sized for `train` (and the model's n_features / n_fields, if larger): field-aware
-    vectors only for the features that occur in field-aware fields of the training data, random
-    vectors only for the features that occur at all (the others stay neutral)."""
+    """A fresh core sized for `train` (and the model's n_features / n_fields, if larger), with
+    vectors only for the features the training data holds: single vectors for those in single
+    fields, field-aware ones for those in field-aware fields (rows in feature order). A feature with
+    no vectors contributes its linear weight only (0 until trained): it is neutral."""
     nodes = train.feature_nodes()
     n_features = max(nodes.n_features, model.n_features or 0)
     n_fields = max(nodes.n_fields, model.n_fields or 0)
@@ -51,26 +60,21 @@ def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Mod
         if given is not None and given < need:
             raise ValueError(f"{name}={given} is smaller than the training data needs ({need})")
     flags = model._aware_flags(n_fields)
-    aware_row: Optional[np.ndarray] = None
-    m = 0
-    if flags.any():
-        feats = aware_features(nodes, flags)
-        aware_row = np.full(n_features, -1, dtype=np.int32)
-        aware_row[feats] = np.arange(feats.size, dtype=np.int32)
-        m = int(feats.size)
-    seen = np.zeros(n_features, dtype=np.uint8)  # features absent from train keep zero weights
-    seen[nodes.features] = 1
+    # per table: the features that get its vectors (None: the model has no field of that kind)
+    single = vector_features(nodes, flags, False) if (flags == 0).any() else None
+    aware = vector_features(nodes, flags, True) if flags.any() else None
     return _core.Model(
         n_features,
         n_fields,
         int(model.k),
         flags,
-        aware_row,
-        m,
+        None if aware is None else row_map(n_features, aware),
+        0 if aware is None else int(aware.size),
         float(model.init_std),
         int(model.seed),
         bool(model.normalize),
-        seen,
+        None if single is None else row_map(n_features, single),
+        0 if single is None else int(single.size),
     )
 
 
@@ -143,8 +147,9 @@ def fit(
 
 
 def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource") -> None:
-    """Give `core` the features and field-aware vectors `train` needs that it lacks (partial_fit):
-    appended features get linear 0, random vectors if they occur in `train`, AdaGrad state 1."""
+    """Give `core` the features and vectors `train` needs that it lacks (partial_fit): appended
+    features get linear 0 and AdaGrad state 1; every feature of `train` without vectors of its
+    field's kind (appended, or absent from fit's data) gets them, random as fit draws them."""
     nodes = train.feature_nodes()
     schema = train.source_schema()
     n_features, n_fields = (
@@ -157,14 +162,12 @@ def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource
         )
     n_old = core.n_features
     if n_features > n_old:  # append the new features (existing indices keep their parameters)
-        seen = np.zeros(n_features - n_old, dtype=np.uint8)
-        feats = nodes.features
-        seen[feats[feats >= n_old] - n_old] = 1
-        core.grow_features(n_features - n_old, seen, float(model.init_std), int(model.seed))
-    # features new to the model get their field-aware vectors now (fit only allocates seen ones)
-    fresh = aware_features(nodes, model._aware_flags(core.n_fields))
-    if fresh.size:
-        core.grow_rows(fresh, float(model.init_std), int(model.seed))
+        core.grow_features(n_features - n_old)
+    # features new to the model get their vectors now (fit only allocates those it trains)
+    flags = model._aware_flags(core.n_fields)
+    single, aware = (vector_features(nodes, flags, kind) for kind in (False, True))
+    if single.size or aware.size:
+        core.grow_rows(single, aware, float(model.init_std), int(model.seed))
 
 
 def partial_fit_epoch(
