@@ -18,14 +18,15 @@ from fmrecall.recall.faiss_tiers import TIER_FRACTIONS
     "n,dim,spread,segments,want",
     [
         (1_000, 65, 1.3, 1, "exact"),  # small: exact
-        (258_000, 65, 1.3, 1, "exact"),  # n·d = 16.77M ≤ 2^24
-        (259_000, 65, 1.3, 1, "tiered-ivf"),  # just above: short vectors with spread norms
+        (516_000, 65, 1.3, 1, "exact"),  # n·d = 33.54M ≤ 2^25
+        (517_000, 65, 1.3, 1, "tiered-ivf"),  # just above: short vectors with spread norms
         (1_000_000, 65, 1.25, 1, "tiered-ivf"),  # the FM k=64 catalogue of bench/
         (1_000_000, 128, 1.06, 1, "tiered-ivf"),
         (1_000_000, 65, 1.01, 1, "hnsw"),  # norms do not spread (e.g. normalised): no tiers
         (1_000_000, 129, 1.3, 1, "hnsw"),  # long vectors
         (1_000_000, 301, 1.44, 1, "hnsw"),  # the FFM catalogue of bench/
-        (55_000, 301, 1.44, 1, "exact"),
+        (100_000, 301, 1.44, 1, "exact"),
+        (112_000, 301, 1.44, 1, "hnsw"),
         (1_000_000, 301, 1.44, 3, "exact"),  # segments: exact for the certificate
     ],
 )

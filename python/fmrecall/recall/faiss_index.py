@@ -48,7 +48,7 @@ class FaissIndex(ItemIndex):
         smaller value is raised to k)
     hnsw_m (>= 2), ef_construction, ef_search, nlist, nprobe : index parameters, passed per search
         as faiss SearchParameters (HNSW walks max(ef_search, candidates) nodes). nlist None: 4·√n
-        for ivf, n / 256 for tiered-ivf; nprobe None: 32 for ivf, 3% of the lists for tiered-ivf
+        for ivf, n / 256 for tiered-ivf; nprobe None: 32 for ivf, 2·√lists for tiered-ivf
     pad : pad vectors to a multiple of 16 floats when that adds < 25%. Default: on for the built-in
         kinds (a pure speed matter), off for factory strings, whose meaning padding would change
         (e.g. the sub-vector size of "PQ16"); pad=True with a factory string applies it to the

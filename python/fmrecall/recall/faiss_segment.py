@@ -21,10 +21,10 @@ ADD_CHUNK = 1 << 16
 # k-means of an IVF index trains on at most this many points per list (faiss's own cap).
 IVF_TRAIN_PER_LIST = 256
 BUILTIN_KINDS = ("exact", "hnsw", "hnsw-ip", "ivf", "tiered-ivf")
-# "ivf" probes this many lists unless told otherwise; "tiered-ivf" this share of its lists, and
-# at least TIERED_MIN_PROBE.
+# "ivf" probes this many lists unless told otherwise; "tiered-ivf" 2·√(its lists), at least 8
+# (125 of 3,906 lists at 1M items, 40 of 390 at 100k: bench/results.md).
 IVF_NPROBE = 32
-TIERED_PROBE_SHARE = 0.03
+TIERED_PROBE_SQRT = 2.0
 TIERED_MIN_PROBE = 8
 # "tiered-ivf" makes one list per this many items unless nlist is given.
 TIERED_ITEMS_PER_LIST = 256
@@ -108,11 +108,11 @@ class Segment:
         return self.kind == "tiered-ivf"
 
     def nprobe(self, nprobe: Optional[int]) -> int:
-        """Lists probed: `nprobe`, else the kind's default (a share of the lists for tiered-ivf)."""
+        """Lists probed: `nprobe`, else the kind's default (2·√lists for tiered-ivf)."""
         if nprobe is not None:
             return int(nprobe)
         if self.tiers is not None:
-            return max(TIERED_MIN_PROBE, int(np.ceil(TIERED_PROBE_SHARE * self.tiers.nlist)))
+            return max(TIERED_MIN_PROBE, int(np.ceil(TIERED_PROBE_SQRT * np.sqrt(self.tiers.nlist))))
         return IVF_NPROBE
 
     def new_index(self, n_hint: int) -> faiss.Index:
