@@ -215,3 +215,20 @@ def test_failed_in_place_add_restores_the_radii(rng, monkeypatch):
     after = rec.search(world.queries, 10, nprobe=2)
     np.testing.assert_array_equal(after.ids, before.ids)
     np.testing.assert_array_equal(after.scores, before.scores)
+
+
+def test_auto_long_vectors_get_hnsw_and_exact_scores(rng, tmp_path, monkeypatch):
+    """auto above the exact bound with vectors longer than TIERED_MAX_DIM builds hnsw; scores are
+    exact and the choice survives save / load."""
+    _auto_large(monkeypatch)
+    monkeypatch.setattr(faiss_auto, "TIERED_MAX_DIM", 1)
+    world = World(rng, "ffm", m=12, n=300)
+    rec = world.recaller("auto")
+    assert rec.index.chosen == "hnsw" and rec.index.parts()[0].augment
+    res = rec.search(world.queries, 10)
+    hits = check_top(world, res, 10, exact=False)
+    assert sum(h for h, _ in hits) / sum(t for _, t in hits) >= 0.9
+    rec.save(tmp_path / "rec")
+    back = fmrecall.Recaller.load(tmp_path / "rec")
+    assert back.index.chosen == "hnsw"
+    np.testing.assert_array_equal(back.search(world.queries, 10).ids, res.ids)
