@@ -32,6 +32,10 @@ KS = (10, 300)
 def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
     rng = np.random.default_rng(7)
     world = World(rng, "ffm", m=24, n=900)
+    if index == "auto-tiered":  # index="auto" as it is on a large catalogue: tiered-ivf
+        import fmrecall.recall.faiss_auto as faiss_auto
+
+        faiss_auto.EXACT_MAX_FLOATS, index = 0, "auto"
     rec = world.recaller(index, threads=1)
     moved = world.ids[:150]  # removed and re-added by the writer
     moved_items = world.items.subset(np.arange(150))

@@ -32,7 +32,7 @@ import fmrecall.recall.faiss_segment as fsegment
 import fmrecall.recall.recaller as frecaller
 
 KINDS = ["fm", "ffm", "hybrid-item", "hybrid-query"]
-ANN = ["hnsw", "hnsw-ip", "ivf", "IVF16,Flat", "HNSW16,Flat"]
+ANN = ["hnsw", "hnsw-ip", "ivf", "tiered-ivf", "IVF16,Flat", "HNSW16,Flat"]
 
 
 # ---------------------------------------------------------------------------- exact search
@@ -190,7 +190,7 @@ def test_empty_queries_and_empty_catalogue(rng):
         check_top(world, rec.search(world.queries, 4), 4, exact=index == "exact")
 
 
-@pytest.mark.parametrize("index", ["exact", "hnsw", "ivf", "IVF16,Flat"])
+@pytest.mark.parametrize("index", ["exact", "hnsw", "ivf", "tiered-ivf", "IVF16,Flat"])
 def test_removed_items_are_never_returned(rng, index):
     world = World(rng, "hybrid-item", m=20, n=200)
     rec = world.recaller(index)
@@ -446,7 +446,7 @@ def test_failed_replacement_keeps_the_old_vectors(rng, monkeypatch, index):
     np.testing.assert_array_equal(after.scores, before.scores)
 
 
-@pytest.mark.parametrize("index", ["hnsw", "ivf", "exact"])
+@pytest.mark.parametrize("index", ["hnsw", "ivf", "tiered-ivf", "exact"])
 def test_failed_insert_in_the_middle_of_the_slices_leaves_the_recaller_unchanged(rng, monkeypatch, index):
     """ANN indexes insert an add in slices (searches run in between): faiss failing on the third
     slice leaves the published catalogue, the indexes (truncated, or rebuilt aside for HNSW, which
@@ -508,7 +508,17 @@ def test_hnsw_walk_is_at_least_the_candidate_count(rng, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- persistence
-SAVE_CONFIGS = [("exact", 1), ("hnsw", 1), ("hnsw-ip", 1), ("ivf", 1), ("exact", 3), ("hnsw", 2), ("IVF8,Flat", 1)]
+SAVE_CONFIGS = [
+    ("exact", 1),
+    ("hnsw", 1),
+    ("hnsw-ip", 1),
+    ("ivf", 1),
+    ("tiered-ivf", 1),
+    ("auto", 1),
+    ("exact", 3),
+    ("hnsw", 2),
+    ("IVF8,Flat", 1),
+]
 
 
 @pytest.mark.parametrize("index,segments", SAVE_CONFIGS)

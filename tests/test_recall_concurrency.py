@@ -21,7 +21,7 @@ from fmrecall.recall import faiss_config
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("index", ["exact", "hnsw", "ivf"])
+@pytest.mark.parametrize("index", ["exact", "hnsw", "ivf", "auto-tiered"])
 def test_readers_and_a_writer(tmp_path, index):
     """8 readers with k = 10 / 300, with and without exclude, while a writer removes and re-adds
     150 of 900 items and saves every 5th cycle: no crash, no exception, every result exact (the
@@ -46,6 +46,7 @@ def test_readers_and_a_writer(tmp_path, index):
         ("hnsw", {}),
         ("hnsw-ip", {"candidates": 50}),
         ("ivf", {"nprobe": 3}),
+        ("tiered-ivf", {"nprobe": 3, "nlist": 16}),
         ("IVF8_HNSW8,Flat", {"nprobe": 2, "ef_search": 16}),
         ("exact", {"segments": 3}),
     ],

@@ -16,6 +16,7 @@ _INDEX_CLASS = {
     "hnsw": faiss.IndexHNSWFlat,
     "hnsw-ip": faiss.IndexHNSWFlat,
     "ivf": faiss.IndexIVFFlat,
+    "tiered-ivf": faiss.IndexIVFFlat,
 }
 
 
@@ -52,7 +53,7 @@ def _check_index(seg: Segment, rows: int, where: str, name: str, kind: str) -> N
     want = _INDEX_CLASS.get(kind)
     if want is not None and not isinstance(index, want):
         raise ValueError(f"{where}: {name} is a {type(index).__name__}, expected {want.__name__} for {kind!r}")
-    if kind in ("hnsw", "hnsw-ip"):
+    if kind in ("hnsw", "hnsw-ip", "tiered-ivf"):
         metric = faiss.METRIC_L2 if kind == "hnsw" else faiss.METRIC_INNER_PRODUCT
         if index.metric_type != metric:
             raise ValueError(f"{where}: {name} has the wrong metric for {kind!r}")

@@ -18,9 +18,11 @@ import numpy as np
 from .._limits import check_int
 from .base import IdFilter, IndexState, ItemIndex
 from .catalogue import Catalogue
+from .faiss_auto import choose, norm_spread, stale
 from .faiss_config import ensure_configured, faiss_threads
 from .faiss_files import _check_ids, _check_index, _read_index, _writer
 from .faiss_segment import BUILTIN_KINDS, Segment, pad_width
+from .faiss_tiers import Tiers
 from .rwlock import ReadWriteLock
 from .search import Settings, Snapshot, search
 
@@ -34,15 +36,19 @@ INSERT_SLICE = 128
 class FaissIndex(ItemIndex):
     """Item vectors in faiss, searched by inner product, every result re-scored exactly.
 
-    kind : "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat on L2-augmented vectors), "hnsw-ip"
-        (IndexHNSWFlat on the raw inner product), "ivf" (IndexIVFFlat) or a faiss index_factory
-        string (inner-product metric), validated at the real vector dimension
+    kind : "auto" (the index is picked from the dimension, catalogue size and norm spread, see
+        faiss_auto.py and the README), "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat on
+        L2-augmented vectors), "hnsw-ip" (IndexHNSWFlat on the raw inner product), "ivf"
+        (IndexIVFFlat), "tiered-ivf" (inverted lists per norm tier, faiss_tiers.py) or a faiss
+        index_factory string (inner-product metric), validated at the real vector dimension
     segments : split q / p into this many contiguous parts, one index each; candidates are merged
         and re-scored exactly; exact segments give a per-query certificate (DESIGN.md §5)
-    candidates : ANN candidates per query before exact re-scoring (default max(4k, 100); never
-        fewer than k: a smaller value is raised to k)
+    candidates : ANN candidates per query before exact re-scoring (default max(4k, 100), k for
+        tiered-ivf, whose lists are scanned with the exact inner product; never fewer than k: a
+        smaller value is raised to k)
     hnsw_m (>= 2), ef_construction, ef_search, nlist, nprobe : index parameters, passed per search
-        as faiss SearchParameters (HNSW walks max(ef_search, candidates) nodes)
+        as faiss SearchParameters (HNSW walks max(ef_search, candidates) nodes). nlist None: 4·√n
+        for ivf, n / 256 for tiered-ivf; nprobe None: 32 for ivf, 2·√lists for tiered-ivf
     pad : pad vectors to a multiple of 16 floats when that adds < 25%. Default: on for the built-in
         kinds (a pure speed matter), off for factory strings, whose meaning padding would change
         (e.g. the sub-vector size of "PQ16"); pad=True with a factory string applies it to the
@@ -61,12 +67,17 @@ class FaissIndex(ItemIndex):
         ef_construction: int = 80,
         ef_search: int = 128,
         nlist: Optional[int] = None,
-        nprobe: int = 32,
+        nprobe: Optional[int] = None,
         pad: Optional[bool] = None,
     ) -> None:
         if not isinstance(kind, str) or not kind.strip():
-            raise ValueError(f"index must be 'exact', 'hnsw', 'hnsw-ip', 'ivf' or a faiss factory string, got {kind!r}")
+            raise ValueError(
+                f"index must be 'auto', 'exact', 'hnsw', 'hnsw-ip', 'ivf', 'tiered-ivf' or a faiss factory "
+                f"string, got {kind!r}"
+            )
         self.kind = kind
+        self.auto = kind == "auto"
+        self.built_n = 0  # auto: the catalogue size at the last (re)build (a writer's record)
         self.segments: int = check_int(segments, "segments", 1)  # type: ignore[assignment]
         self.candidates = check_int(candidates, "candidates", 1, optional=True)
         if pad is not None and not isinstance(pad, (bool, np.bool_)):
@@ -76,8 +87,8 @@ class FaissIndex(ItemIndex):
             "ef_construction": check_int(ef_construction, "ef_construction", 1, 1 << 20),
             "ef_search": check_int(ef_search, "ef_search", 1, 1 << 20),
             "nlist": check_int(nlist, "nlist", 1, 1 << 24, optional=True),
-            "nprobe": check_int(nprobe, "nprobe", 1, 1 << 24),
-            "pad": (kind in BUILTIN_KINDS) if pad is None else bool(pad),
+            "nprobe": check_int(nprobe, "nprobe", 1, 1 << 24, optional=True),
+            "pad": (self.auto or kind in BUILTIN_KINDS) if pad is None else bool(pad),
         }
         self.pad_given = pad
         self.dim = 0
@@ -89,21 +100,28 @@ class FaissIndex(ItemIndex):
     # ------------------------------------------------------------------ setup
     @property
     def exact(self) -> bool:
-        return self.kind == "exact"
+        """Whether searches are exact now (auto: whether it picked the exact index)."""
+        return self._snap.exact if self._snap is not None else self.kind == "exact"
+
+    @property
+    def chosen(self) -> str:
+        """The index kind searches use now: `kind`, or for auto the kind it picked ("exact" while
+        empty)."""
+        return self._snap.segments[0].kind if self._snap is not None else self.kind
 
     @property
     def _own(self) -> bool:
-        """Keep a float32 copy of the vectors; a single exact index reads faiss's own storage."""
-        return not (self.exact and self.segments == 1)
+        """Keep a float32 copy of the vectors; a single exact index reads faiss's own storage
+        (auto keeps its copy: it may have to rebuild as another kind)."""
+        return not (self.kind == "exact" and self.segments == 1)
 
     def open(self, dim: int, threads: int) -> None:
         if self.segments > dim:
             raise ValueError(f"segments={self.segments} exceeds the vector dimension {dim}")
         self.dim, self.threads = int(dim), int(threads)
         ensure_configured()
-        bounds = np.linspace(0, dim, self.segments + 1).round().astype(int)
-        segs = tuple(Segment(self.kind, int(bounds[s]), int(bounds[s + 1]), self.params) for s in range(self.segments))
-        if self.kind not in BUILTIN_KINDS:
+        segs = self._segments("exact" if self.auto else self.kind)
+        if self.kind not in BUILTIN_KINDS and not self.auto:
             for seg in segs:  # validate the factory string at the dimension it will really get
                 try:
                     seg.new_index(1)
@@ -117,7 +135,12 @@ class FaissIndex(ItemIndex):
                         f"faiss index_factory string {self.kind!r} does not fit vectors of "
                         f"dimension {seg.dim}{hint}: {str(e).strip().splitlines()[-1]}"
                     ) from None
-        self._snap = Snapshot(Catalogue.empty(), segs, np.zeros((0, dim), np.float32), self.exact)
+        self._snap = Snapshot(Catalogue.empty(), segs, np.zeros((0, dim), np.float32), segs[0].kind == "exact")
+
+    def _segments(self, kind: str) -> Tuple[Segment, ...]:
+        """Unbuilt segments of `kind` over the contiguous coordinate ranges."""
+        bounds = np.linspace(0, self.dim, self.segments + 1).round().astype(int)
+        return tuple(Segment(kind, int(bounds[s]), int(bounds[s + 1]), self.params) for s in range(self.segments))
 
     def _current(self) -> Snapshot:
         if self._snap is None:
@@ -129,7 +152,7 @@ class FaissIndex(ItemIndex):
         aside). `vecs` None: read the vectors from the single exact index's own storage."""
         if vecs is None:
             vecs = _flat_vectors(segments[0], self.dim)
-        self._snap = Snapshot(catalogue, tuple(segments), vecs, self.exact)
+        self._snap = Snapshot(catalogue, tuple(segments), vecs, segments[0].kind == "exact")
 
     # ------------------------------------------------------------------ reads (any thread)
     def __len__(self) -> int:
@@ -187,7 +210,7 @@ class FaissIndex(ItemIndex):
         return Settings(
             cand,
             int(ef if ef is not None else self.params["ef_search"]),
-            int(nprobe if nprobe is not None else self.params["nprobe"]),
+            nprobe if nprobe is not None else self.params["nprobe"],
         )
 
     # ------------------------------------------------------------------ writes (one at a time)
@@ -210,17 +233,23 @@ class FaissIndex(ItemIndex):
             parts = [self._checked(p) for p in batches]
             vecs = np.concatenate(parts) if ids.size else np.zeros((0, self.dim), np.float32)
             self._check_count(vecs.shape[0], ids.size)
-            if self._own and (unbuilt or any(seg.needs_rebuild(vecs) for seg in snap.segments)):
+            n_after = len(catalogue)
+            rechoose = self.auto and (
+                unbuilt or stale(snap.segments[0].kind, self.built_n, n_after, self.dim, self.segments)
+            )
+            if self._own and (rechoose or unbuilt or any(seg.needs_rebuild(vecs) for seg in snap.segments)):
                 live = snap.catalogue.row_ids >= 0
                 live[replaced] = False
                 all_vecs = np.concatenate([snap.vectors[live], vecs])
                 new_cat = Catalogue(np.concatenate([snap.catalogue.row_ids[live], ids]))
-                self._rebuild_aside(new_cat, all_vecs, snap)
+                self._rebuild_aside(new_cat, all_vecs, snap, rechoose)
                 return
             # in place: searches wait while faiss inserts (faiss indexes cannot be searched during
             # add). ANN indexes take the rows in slices, searches running in between: rows beyond
             # the published catalogue stay invisible to them until the publish below.
-            step = max(vecs.shape[0], 1) if self.exact else INSERT_SLICE
+            step = max(vecs.shape[0], 1) if snap.exact else INSERT_SLICE
+            for seg in snap.segments:
+                seg.checkpoint()
             try:
                 for lo in range(0, vecs.shape[0], step):
                     with self._rw.write():
@@ -263,7 +292,7 @@ class FaissIndex(ItemIndex):
         cat = snap.catalogue
         if cat.dead == 0:
             return
-        if self.exact:
+        if snap.exact:
             gone = np.flatnonzero(cat.row_ids < 0)
             compact, keep = cat.compacted()
             with self._rw.write():
@@ -274,8 +303,17 @@ class FaissIndex(ItemIndex):
             compact, keep = cat.compacted()
             self._rebuild_aside(compact, np.ascontiguousarray(snap.vectors[keep]), snap)
 
-    def _rebuild_aside(self, catalogue: Catalogue, all_vecs: np.ndarray, snap: Snapshot) -> None:
-        segs = [seg.fresh() for seg in snap.segments]
+    def _rebuild_aside(
+        self, catalogue: Catalogue, all_vecs: np.ndarray, snap: Snapshot, rechoose: bool = False
+    ) -> None:
+        """Build new segments over all_vecs (auto with `rechoose`: of the kind the rule picks now,
+        faiss_auto.choose) while searches read `snap`, then publish them."""
+        if self.auto and (rechoose or self.built_n == 0):
+            kind, _ = choose(len(catalogue), self.dim, norm_spread(all_vecs), self.segments)
+            segs = list(self._segments(kind))
+            self.built_n = len(catalogue)
+        else:
+            segs = [seg.fresh() for seg in snap.segments]
         for seg in segs:
             seg.build(all_vecs)
         with self._rw.write():
@@ -324,13 +362,22 @@ class FaissIndex(ItemIndex):
         with self._write:
             snap = self._current()
             meta = {**self.config(), "max_norms": [seg.max_norm for seg in snap.segments]}
+            if self.auto:
+                meta["chosen"], meta["built_n"] = snap.segments[0].kind, self.built_n
             arrays = {"ids": snap.catalogue.row_ids}
             if self._own:
                 arrays["vectors"] = snap.vectors
             files: Dict[str, Callable[[str], None]] = {}
+            tiers: List[Any] = []
             for s, seg in enumerate(snap.segments):
                 if seg.index is not None:
                     files[f"index{s}.faiss"] = _writer(seg.index)
+                if seg.tiers is not None:
+                    table, tier_arrays = seg.tiers.state(s)
+                    tiers.append(table["tiers"])
+                    arrays.update(tier_arrays)
+            if tiers:
+                meta["tiers"] = tiers
             return meta, arrays, files
 
     @classmethod
@@ -364,7 +411,12 @@ class FaissIndex(ItemIndex):
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         row_ids = _check_ids(arrays.get("ids"), where)
-        snap = index._current()
+        kind = index.kind
+        if index.auto:
+            chosen, built = meta.get("chosen"), meta.get("built_n")
+            if chosen not in ("exact", "hnsw", "tiered-ivf") or not isinstance(built, int) or built < 0:
+                raise ValueError(f"{where}: an auto index needs its chosen kind and built_n, got {chosen!r}, {built!r}")
+            kind, index.built_n = str(chosen), built
         norms = meta.get("max_norms")
         if (
             not isinstance(norms, list)
@@ -373,13 +425,22 @@ class FaissIndex(ItemIndex):
         ):
             raise ValueError(f"{where}: max_norms must be {index.segments} finite non-negative numbers, got {norms!r}")
         segs: List[Segment] = []
-        for s, seg in enumerate(snap.segments):
-            seg = seg.fresh()
+        for s, seg in enumerate(index._segments(kind)):
             seg.max_norm = float(norms[s])
             name = f"index{s}.faiss"
             if name in files:
                 seg.index = _read_index(files[name], where, name)
-                _check_index(seg, row_ids.size, where, name, index.kind)
+                _check_index(seg, row_ids.size, where, name, kind)
+                if seg.tiered:
+                    tables = meta.get("tiers")
+                    table = tables[s] if isinstance(tables, list) and len(tables) == index.segments else None
+                    seg.tiers = Tiers.from_state(
+                        table,
+                        arrays.get(f"tiers{s}_aug"),
+                        arrays.get(f"tiers{s}_radii"),
+                        seg.index,
+                        f"{where} ({name})",
+                    )
             elif row_ids.size:
                 raise ValueError(f"{where}: missing {name}")
             segs.append(seg)
@@ -403,7 +464,8 @@ class FaissIndex(ItemIndex):
         return index
 
     def __repr__(self) -> str:
-        return f"FaissIndex({self.kind!r}, segments={self.segments}, items={len(self) if self._snap else 0})"
+        chosen = f" -> {self.chosen!r}" if self.auto and self._snap is not None else ""
+        return f"FaissIndex({self.kind!r}{chosen}, segments={self.segments}, items={len(self) if self._snap else 0})"
 
 
 def _flat_vectors(seg: Segment, dim: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import faiss as _faiss
 import numpy as np
 
 from ..progress import advance
+from .faiss_tiers import Tiers
 
 faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 
@@ -20,7 +21,14 @@ faiss: Any = _faiss  # faiss's SWIG stubs are incomplete: typed as Any here
 ADD_CHUNK = 1 << 16
 # k-means of an IVF index trains on at most this many points per list (faiss's own cap).
 IVF_TRAIN_PER_LIST = 256
-BUILTIN_KINDS = ("exact", "hnsw", "hnsw-ip", "ivf")
+BUILTIN_KINDS = ("exact", "hnsw", "hnsw-ip", "ivf", "tiered-ivf")
+# "ivf" probes this many lists unless told otherwise; "tiered-ivf" 2·√(its lists), at least 8
+# (125 of 3,906 lists at 1M items, 40 of 390 at 100k: bench/results.md).
+IVF_NPROBE = 32
+TIERED_PROBE_SQRT = 2.0
+TIERED_MIN_PROBE = 8
+# "tiered-ivf" makes one list per this many items unless nlist is given.
+TIERED_ITEMS_PER_LIST = 256
 
 
 def pad_width(d: int, pad: bool) -> int:
@@ -83,7 +91,8 @@ def check_structure(index: faiss.Index, what: str) -> None:
 
 class Segment:
     """A faiss index over coordinates [lo, hi): exact (IndexFlatIP), HNSW on L2-augmented vectors
-    ("hnsw"), HNSW on the raw inner product ("hnsw-ip"), IVF ("ivf") or a factory string."""
+    ("hnsw"), HNSW on the raw inner product ("hnsw-ip"), IVF ("ivf"), norm-tiered IVF
+    ("tiered-ivf", faiss_tiers.py) or a factory string."""
 
     def __init__(self, kind: str, lo: int, hi: int, params: Dict[str, Any]) -> None:
         self.kind, self.lo, self.hi = kind, lo, hi
@@ -92,6 +101,20 @@ class Segment:
         self.dim = pad_width(hi - lo + (1 if self.augment else 0), bool(params["pad"]))
         self.max_norm = 0.0
         self.index: Optional[faiss.Index] = None
+        self.tiers: Optional[Tiers] = None  # "tiered-ivf" only: the tier table, set with the index
+        self._radii: Optional[np.ndarray] = None  # the tiers' radii before an in-place add
+
+    @property
+    def tiered(self) -> bool:
+        return self.kind == "tiered-ivf"
+
+    def nprobe(self, nprobe: Optional[int]) -> int:
+        """Lists probed: `nprobe`, else the kind's default (2·√lists for tiered-ivf)."""
+        if nprobe is not None:
+            return int(nprobe)
+        if self.tiers is not None:
+            return max(TIERED_MIN_PROBE, int(np.ceil(TIERED_PROBE_SQRT * np.sqrt(self.tiers.nlist))))
+        return IVF_NPROBE
 
     def new_index(self, n_hint: int) -> faiss.Index:
         p = self.params
@@ -102,6 +125,8 @@ class Segment:
             index = faiss.IndexHNSWFlat(self.dim, int(p["hnsw_m"]), metric)
             index.hnsw.efConstruction = int(p["ef_construction"])
             return index
+        if self.tiered:
+            raise RuntimeError("a tiered-ivf index is built from its first items (Segment.add)")
         if self.kind == "ivf":
             nlist = p["nlist"] or max(1, min(int(4 * np.sqrt(max(n_hint, 1))), n_hint // 39 or 1))
             quantizer = faiss.IndexFlatIP(self.dim)
@@ -154,14 +179,17 @@ class Segment:
         if self.augment and all_vecs.shape[0]:
             part = all_vecs[:, self.lo : self.hi]
             self.max_norm = 1.2 * float(np.sqrt(np.einsum("ij,ij->i", part, part).max()) or 1.0)
-        self.index = self.new_index(all_vecs.shape[0])
+        self.index, self.tiers = (None, None) if self.tiered else (self.new_index(all_vecs.shape[0]), None)
         self.add(all_vecs, 0)
 
     def add(self, vecs: np.ndarray, first_row: int) -> None:
         """Append rows first_row, first_row + 1, ... (a fresh index trains on the first batch)."""
+        n = vecs.shape[0]
+        if self.tiered:
+            self._add_tiered(vecs, first_row)
+            return
         if self.index is None:
             self.index = self.new_index(vecs.shape[0])
-        n = vecs.shape[0]
         if n == 0:
             return
         if not self.index.is_trained:  # on a seeded sample, as faiss's k-means would subsample
@@ -181,10 +209,31 @@ class Segment:
                 self.index.add(rows)
             advance(rows.shape[0])
 
+    def _add_tiered(self, vecs: np.ndarray, first_row: int) -> None:
+        """tiered-ivf: the first batch makes the tiers and their lists, later rows join them."""
+        if vecs.shape[0] == 0:
+            return
+        if self.tiers is None:
+            x = self.rows(vecs)
+            nlist = self.params["nlist"] or max(1, x.shape[0] // TIERED_ITEMS_PER_LIST)
+            tiers, _ = Tiers.build(x, int(nlist))
+            self.index, self.tiers = tiers.new_index(self.dim), tiers
+        for lo in range(0, vecs.shape[0], ADD_CHUNK):
+            self.tiers.add(self.index, self.rows(vecs[lo : lo + ADD_CHUNK]), first_row + lo)
+
+    def checkpoint(self) -> None:
+        """Remember what an in-place add changes besides the rows (tiered-ivf: the list radii), for
+        `truncate` to put back."""
+        self._radii = self.tiers.radii.copy() if self.tiers is not None else None
+
     def truncate(self, n_rows: int) -> None:
-        """Drop the rows added after the first `n_rows` (undo a failed add)."""
+        """Drop the rows added after the first `n_rows` (undo a failed add) and restore the
+        checkpoint."""
         if self.index is not None and self.index.ntotal > n_rows:
             self.index.remove_ids(faiss.IDSelectorRange(n_rows, self.index.ntotal))
+        saved = getattr(self, "_radii", None)
+        if self.tiers is not None and saved is not None and saved.shape == self.tiers.radii.shape:
+            self.tiers.radii[:] = saved
 
     def remove_rows(self, rows: np.ndarray) -> None:
         """Remove rows in place (flat indexes: later rows move up, as the catalogue compacts)."""
@@ -192,15 +241,17 @@ class Segment:
             self.index.remove_ids(faiss.IDSelectorBatch(rows.astype(np.int64)))
 
     # -------- search (read-only: safe from many threads)
-    def search(self, q: np.ndarray, kk: int, ef_search: int, nprobe: int) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, kk: int, ef_search: int, nprobe: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
         """(partial inner products or -inf, rows or -1), each (m, kk); ef_search / nprobe for this
-        call only."""
+        call only (nprobe None: the kind's default)."""
         if self.index is None:
             m = q.shape[0]
             return np.full((m, kk), -np.inf, np.float32), np.full((m, kk), -1, np.int64)
+        if self.tiers is not None:
+            return self.tiers.search(self.index, self.queries(q), int(kk), self.nprobe(nprobe))
         keep: List[Any] = []
         # HNSW stops its graph walk after efSearch nodes: never fetch filler
-        params = search_params(self.index, max(int(ef_search), int(kk)), int(nprobe), keep)
+        params = search_params(self.index, max(int(ef_search), int(kk)), self.nprobe(nprobe), keep)
         D, I = self.index.search(self.queries(q), int(kk), params=params)
         if self.augment:  # L2 distances -> -inf where nothing was found; scores are recomputed anyway
             D = np.where(I >= 0, -D, -np.inf).astype(np.float32)

@@ -67,10 +67,13 @@ class Recaller:
     sides : fmrecall.Sides, or a fitted fmrecall.Schema (then items and queries may be given as
         DataFrames / dict rows and are encoded with it); defaults to the model's schema or sides
     index : where the item vectors live. A string selects a faiss index on this machine:
-        "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat on L2-augmented vectors), "hnsw-ip"
-        (IndexHNSWFlat on the raw inner product), "ivf" (IndexIVFFlat) or any faiss index_factory
-        string (inner-product metric); or an index adapter instance: `fmrecall.FaissIndex(...)` or
-        `fmrecall.MilvusIndex(uri, ...)` (beyond one machine)
+        "auto" (the default: exact search for small catalogues, else the approximate index that
+        suits the vectors' dimension and norm spread; README "Which index auto picks"), "exact"
+        (IndexFlatIP), "hnsw" (IndexHNSWFlat on L2-augmented vectors), "hnsw-ip" (IndexHNSWFlat
+        on the raw inner product), "ivf" (IndexIVFFlat), "tiered-ivf" (inverted lists per norm
+        tier) or any faiss index_factory string (inner-product metric); or an index adapter
+        instance: `fmrecall.FaissIndex(...)` or `fmrecall.MilvusIndex(uri, ...)` (beyond one
+        machine). Every result is re-scored exactly whatever the index
     segments, candidates, hnsw_m, ef_construction, ef_search, nlist, nprobe, pad : faiss index
         parameters, see `fmrecall.FaissIndex` (only with a string `index`)
     threads : threads for faiss and the vector builders (0 = all; at most fmrecall.MAX_THREADS)
@@ -80,7 +83,7 @@ class Recaller:
         self,
         model: Any,
         sides: Union[Sides, Schema, None] = None,
-        index: Union[str, ItemIndex] = "exact",
+        index: Union[str, ItemIndex] = "auto",
         *,
         segments: int = 1,
         candidates: Optional[int] = None,
@@ -88,7 +91,7 @@ class Recaller:
         ef_construction: int = 80,
         ef_search: int = 128,
         nlist: Optional[int] = None,
-        nprobe: int = 32,
+        nprobe: Optional[int] = None,
         pad: Optional[bool] = None,
         threads: int = 0,
     ) -> None:

@@ -39,7 +39,7 @@ class Settings:
 
     candidates: Optional[int]
     ef_search: int
-    nprobe: int
+    nprobe: Optional[int]  # None: the index kind's default (Segment.nprobe)
 
 
 class Exclusion:
@@ -154,7 +154,8 @@ def search_single(snap: Snapshot, q: np.ndarray, k: int, excl: Optional[Exclusio
         D, I = visible(seg.search(q, max(min(k + extra, n_rows), 1), settings.ef_search, settings.nprobe), n_rows)
         ids, ip = top_k(snap, I, D, k, excl)  # flat inner products are exact
         return ids, ip, np.ones(m, bool)
-    cand = max(settings.candidates or max(4 * k, 100), k)  # never fewer candidates than k
+    # never fewer candidates than k; tiered-ivf scans its lists with the exact inner product
+    cand = max(settings.candidates or (k if seg.tiered else max(4 * k, 100)), k)
     kk = max(min(cand + extra, n_rows), 1)
     _, I = visible(seg.search(q, kk, settings.ef_search, settings.nprobe), n_rows)
     ids, ip = top_k(snap, I, rescore(snap, q, I), k, excl)
