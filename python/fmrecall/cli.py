@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = command("demo", cmd_demo, "generate a click log, train, index and recommend (no data needed)")
     d.add_argument("--model", choices=sorted(MODELS), help="model type (default: ffm; with --movielens: fm)")
     d.add_argument("--k", type=_positive, default=8, help="latent size of the generated-log model")
-    d.add_argument("--index", default="exact", help="exact | hnsw | hnsw-ip | ivf | a faiss factory string")
+    d.add_argument(
+        "--index", default="auto", help="auto | exact | hnsw | hnsw-ip | ivf | tiered-ivf | a faiss factory string"
+    )
     d.add_argument("--users", type=_positive, default=2000, help="users in the generated log")
     d.add_argument("--items", type=_positive, default=1000, help="items in the generated log")
     d.add_argument("--queries", type=_positive, default=500, help="requests to recommend for")
@@ -423,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("items", help="item rows (item fields only; the label may be left out)")
     i.add_argument("--out", required=True, help="Recaller directory to write")
     i.add_argument("--ids", help="file with one int64 id per item row (default: the row numbers)")
-    i.add_argument("--index", default="exact", help="exact | hnsw | hnsw-ip | ivf | a faiss factory string")
+    i.add_argument(
+        "--index", default="auto", help="auto | exact | hnsw | hnsw-ip | ivf | tiered-ivf | a faiss factory string"
+    )
     i.add_argument("--segments", type=_positive, default=1, help="split the vectors into this many indexes")
     i.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: all cores)")
     _add_data_args(i)
