@@ -357,8 +357,14 @@ def test_keyboard_interrupt_during_fit_keeps_the_previous_model(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(model, "_train_part", part)
-    with pytest.raises(KeyboardInterrupt):
-        model.set_params(seed=2, epochs=3).fit(ds)
+    # Python's own handler: a shell that starts the tests in the background has SIGINT ignored, and
+    # Python then leaves it ignored (the signal would be lost, not turned into KeyboardInterrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.set_params(seed=2, epochs=3).fit(ds)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(calls) == 3
     np.testing.assert_array_equal(model.decision_function(ds), before)
     assert model.generation_ == gen

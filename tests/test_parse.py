@@ -341,6 +341,7 @@ def test_ctrl_c_stops_a_long_parse(tmp_path):
         f"""
         import os, signal, threading, time
         import fmrecall
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored when started in the background
         path = {str(tmp_path / "big.ffm")!r}
         cache = {str(tmp_path / "cache")!r}
         line = b"1 " + b" ".join(b"%d:%d:1" % (f, 1000 + f) for f in range(39)) + b"\\n"
