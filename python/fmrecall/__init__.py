@@ -16,6 +16,7 @@ from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
 from .sides import Sides
 from .source import TrainingSource
 from .split import Split
+from .training import DivergenceError
 
 __all__ = [
     "Dataset",
@@ -38,6 +39,7 @@ __all__ = [
     "MilvusIndex",
     "configure_faiss",
     "NotFittedError",
+    "DivergenceError",
     "load",
     "metrics",
     "best_arch",
