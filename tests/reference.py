@@ -77,11 +77,20 @@ def fresh_state(params: Params) -> Params:
 
 
 # ---------------------------------------------------------------------------- rows
-def row_nodes(fields, features, values, n_features: int, n_fields: int, normalize: bool = False):
+def value_scale(rows) -> float:
+    """normalize="mean": the constant c every value is multiplied by, c = 1 / sqrt(mean ||x||^2) over
+    the training rows (a list of (fields, features, values or None)); pairs then carry c^2 (the
+    libffm 1/||x||^2 of one-hot rows with a fixed field count, but one constant for all rows)."""
+    sq = [np.sum(np.square(np.asarray(v, dtype=np.float64))) if v is not None else float(len(j)) for _, j, v in rows]
+    return float(1.0 / np.sqrt(np.mean(sq)))
+
+
+def row_nodes(fields, features, values, n_features: int, n_fields: int, normalize: bool = False, scale: float = 1.0):
     """The row's in-model nodes (f, j, x) as float64 / int64 arrays.
 
     Nodes with feature >= n_features, field >= n_fields or value 0 are dropped; with `normalize`
-    every remaining value is multiplied by 1 / ||x||_2 over the remaining nodes.
+    every remaining value is multiplied by 1 / ||x||_2 over the remaining nodes, otherwise by the
+    model's constant `scale` (value_scale).
     """
     fields = np.asarray(fields, dtype=np.int64)
     features = np.asarray(features, dtype=np.int64)
@@ -92,6 +101,8 @@ def row_nodes(fields, features, values, n_features: int, n_fields: int, normaliz
     f, j, x = fields[keep], features[keep], values[keep]
     if normalize and x.size:
         x = x / np.sqrt(np.sum(x * x))
+    elif not normalize:
+        x = x * scale
     return f, j, x
 
 

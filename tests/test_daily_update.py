@@ -285,7 +285,7 @@ def test_movielens_held_out_users_get_personalised_lists(data_dir):
     held = ml.users.user_id.between(400, 499)
     old_users, old_train = ml.users[~held], ml.train[~ml.train.user_id.between(400, 499)]
     schema = M.default_schema(ml).fit([old_users, ml.items, old_train])
-    hyper = dict(k=32, learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, threads=1, seed=0)
+    hyper = dict(k=32, normalize="none", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, threads=1, seed=0)
     model = fmrecall.FM(epochs=5, **hyper).fit(
         Interactions(old_users, ml.items, old_train, schema, negatives=4, alpha=0.5)
     )

@@ -365,7 +365,7 @@ def test_weights_round_trip(rng, field_aware):
     m = fmrecall.HybridFM(k=5, sides=fmrecall.Sides(**SIDES), field_aware=field_aware, epochs=2, threads=1).fit(ds)
     w = m.weights()
     assert isinstance(w["bias"], float)
-    assert set(w) == {"bias", "linear", "factors", "single_row", "field_factors", "aware_row"}
+    assert set(w) == {"bias", "linear", "factors", "single_row", "field_factors", "aware_row", "scale"}
     for name in ("linear", "factors", "field_factors"):
         assert w[name].dtype == np.float32, name
     before = m.decision_function(ds)
@@ -473,10 +473,10 @@ def test_get_params():
     assert {n: p[n] for n in ("k", "loss", "epochs", "learning_rate", "normalize", "patience", "threads", "seed")} == {
         "k": 4,
         "loss": "logistic",
-        "epochs": 10,
-        "learning_rate": 0.05,
-        "normalize": False,
-        "patience": 2,
+        "epochs": 30,
+        "learning_rate": "auto",
+        "normalize": "mean",
+        "patience": 3,
         "threads": 0,
         "seed": 0,
     }
@@ -553,7 +553,7 @@ def test_learns_and_early_stops(rng, field_aware):
     valid = random_dataset(rng, n_rows=300, n_features=N, n_fields=F)
     for ds in (train, valid):
         ds.labels[:] = teacher.decision_function(ds) > np.median(teacher.decision_function(ds))
-    m = fmrecall.HybridFM(k=3, sides=sides, field_aware=field_aware, epochs=15, learning_rate=0.1, threads=1)
+    m = fmrecall.HybridFM(k=3, sides=sides, field_aware=field_aware, epochs=15, threads=1)
     m.fit(train, valid=valid)
     losses = [h["valid_loss"] for h in m.history_]
     assert m.best_epoch_ == int(np.argmin(losses)) + 1
@@ -565,35 +565,17 @@ def test_learns_and_early_stops(rng, field_aware):
 
 # ---------------------------------------------------------------------------- frappe comparison
 FRAPPE_MODELS = [
-    # name, constructor (hybrids: the FFM hyper-parameters)
-    ("FM", lambda: fmrecall.FM(k=8, epochs=30, threads=1)),
+    # name, constructor: the defaults (issue 8), k=8, one thread
+    ("FM", lambda: fmrecall.FM(k=8, threads=1)),
     (
         "HybridFM(item)",
-        lambda: fmrecall.HybridFM(
-            k=8,
-            field_aware="item",
-            sides=fmrecall.Sides(**FRAPPE_SIDES),
-            learning_rate=0.3,
-            reg_factors=2e-3,
-            init_std=0.1,
-            epochs=30,
-            threads=1,
-        ),
+        lambda: fmrecall.HybridFM(k=8, field_aware="item", sides=fmrecall.Sides(**FRAPPE_SIDES), threads=1),
     ),
     (
         "HybridFM(query)",
-        lambda: fmrecall.HybridFM(
-            k=8,
-            field_aware="query",
-            sides=fmrecall.Sides(**FRAPPE_SIDES),
-            learning_rate=0.3,
-            reg_factors=2e-3,
-            init_std=0.1,
-            epochs=30,
-            threads=1,
-        ),
+        lambda: fmrecall.HybridFM(k=8, field_aware="query", sides=fmrecall.Sides(**FRAPPE_SIDES), threads=1),
     ),
-    ("FFM", lambda: fmrecall.FFM(k=8, learning_rate=0.3, reg_factors=2e-3, init_std=0.1, epochs=30, threads=1)),
+    ("FFM", lambda: fmrecall.FFM(k=8, threads=1)),
 ]
 
 

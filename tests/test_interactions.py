@@ -650,3 +650,35 @@ def test_grow_must_be_a_bool(rng):
     users, items, events, schema = _toy(rng)
     with pytest.raises(ValueError, match="grow must be True or False"):
         Interactions(users, items, events, schema, label="y", grow="yes")
+
+
+# ---------------------------------------------------------------------------- the default value scale
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_value_scale_keeps_the_split_exact(rng, kind):
+    """normalize="mean" (the default) on rows with a context field, a multi-valued and a real-valued
+    item field: the scale is the reference's 1/sqrt(mean ||x||^2) of the joined training rows, and
+    b_q + <q, p> equals decision_function on the joined rows (1e-5 relative) and the reference score."""
+    from helpers import dataset_rows, keep_fields, ref_params_and_aware, rows_dataset
+
+    users, items, events, schema = _toy(rng)
+    inter = Interactions(users, items, events, schema, label="y")
+    model = _make(kind, schema, learning_rate=0.5, k=5).set_params(normalize="mean").fit(inter)
+    joined = inter.materialize()
+    rows = dataset_rows(joined)
+    scale = ref.value_scale(rows)
+    assert scale < 0.6 and model.scale_ == pytest.approx(scale, rel=1e-6)
+    n, F = model.n_features_, model.n_fields_
+    side_of = [schema.field(f.name).side for f in schema.fields]
+    query = [f for f in range(F) if side_of[f] != "item"]
+    item = [f for f in range(F) if side_of[f] == "item"]
+    split = model.split(schema.sides) if not kind.startswith("hybrid") else model.split()
+    q, b = split.query_vectors(rows_dataset([keep_fields(r, query) for r in rows], n_features=n, n_fields=F))
+    p = split.item_vectors(rows_dataset([keep_fields(r, item) for r in rows], n_features=n, n_fields=F))
+    got = b.astype(np.float64) + np.einsum("ij,ij->i", q.astype(np.float64), p.astype(np.float64))
+    want = model.decision_function(joined).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+    sd = {s: [f for f in range(F) if side_of[f] == s] for s in ("user", "context", "item")}
+    params, aware = ref_params_and_aware(kind, model.weights(), F, sd)
+    for r in range(0, len(rows), 15):
+        f, j, x = ref.row_nodes(*rows[r], n, F, scale=scale)
+        assert got[r] == pytest.approx(ref.score(params, aware, f, j, x), rel=1e-5, abs=1e-5)

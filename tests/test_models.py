@@ -356,13 +356,13 @@ def test_get_params_defaults(cls):
     assert cls().get_params() == {
         "k": 4,
         "loss": "logistic",
-        "epochs": 10,
-        "learning_rate": 0.05,
+        "epochs": 30,
+        "learning_rate": "auto",
         "reg_linear": 2e-5,
-        "reg_factors": 2e-5,
+        "reg_factors": 2e-3,
         "init_std": 0.05,
-        "normalize": False,
-        "patience": 2,
+        "normalize": "mean",
+        "patience": 3,
         "threads": 0,
         "seed": 0,
         "n_features": None,
@@ -580,15 +580,21 @@ def test_fit_history_and_validation_metrics(rng, kind):
     m = cls(k=4, epochs=4, patience=None, threads=1).fit(train, valid=valid)
     assert [h["epoch"] for h in m.history_] == [1, 2, 3, 4]
     for h in m.history_:
-        assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds"}
+        assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds", "learning_rate"}
         assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0 and h["seconds"] >= 0
+    # learning_rate="auto": 8 / mean ||x||^2 of the training rows, recorded, parameters untouched
+    sq = np.add.reduceat(train.values_or_ones().astype(np.float64) ** 2, train.indptr[:-1].astype(np.int64))
+    assert m.learning_rate_ == pytest.approx(8.0 / sq.mean(), rel=1e-9)
+    assert all(h["learning_rate"] == m.learning_rate_ for h in m.history_)
+    assert m.get_params()["learning_rate"] == "auto"
+    assert cls(k=4, epochs=1, learning_rate=0.03, threads=1).fit(train).learning_rate_ == 0.03
     s = m.decision_function(valid)
     assert m.history_[-1]["valid_loss"] == pytest.approx(logloss_from_scores(valid.labels, s), rel=1e-9)
     assert m.history_[-1]["valid_auc"] == pytest.approx(auc(valid.labels, s), rel=1e-9)
     losses = [h["valid_loss"] for h in m.history_]
     assert m.best_epoch_ == int(np.argmin(losses)) + 1
     no_valid = cls(k=4, epochs=3, threads=1).fit(train)
-    assert [set(h) for h in no_valid.history_] == [{"epoch", "train_loss", "seconds"}] * 3
+    assert [set(h) for h in no_valid.history_] == [{"epoch", "train_loss", "seconds", "learning_rate"}] * 3
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -615,7 +621,7 @@ def test_squared_loss_learns_a_regression_target(rng, kind):
     ds = random_dataset(rng, n_rows=300, n_features=N_FEATURES, n_fields=N_FIELDS, real_values=False)
     truth = model_from_weights(kind, random_weights(rng, kind, N_FEATURES, N_FIELDS, 3, scale=0.5), N_FIELDS)
     ds.labels[:] = truth.decision_function(ds)
-    m = cls(k=3, loss="squared", epochs=30, learning_rate=0.1, threads=1).fit(ds)
+    m = cls(k=3, loss="squared", epochs=30, threads=1).fit(ds)
     err = mse(ds.labels, m.predict(ds))
     assert err < 0.2 * np.var(ds.labels), (err, np.var(ds.labels))
     assert m.history_[-1]["train_loss"] < m.history_[0]["train_loss"]

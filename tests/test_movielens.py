@@ -16,7 +16,9 @@ from fmrecall.datasets import movielens100k
 from fmrecall.experiments import movielens as M
 
 pd = pytest.importorskip("pandas")
-EPOCHS = 8  # MODEL_PARAMS uses 16; 8 is within ~0.01 of it on u1 and halves the time
+# issue 8's target: FM(k=64, threads=1, seed=s) with defaults, Recall@50 on u1 for s = 0, 1, 2
+# (measured 0.4929, 0.4943, 0.4938; the target 0.50 is not reached: README "Accuracy at default settings")
+RECALL50_FLOOR = 0.485
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def trained(ml):
     schema = M.default_schema(ml)
     exp = M.Experiment(ml, schema)
     inter = exp.interactions()
-    model = M.make_model("FM", schema, threads=0, seed=0, epochs=EPOCHS).fit(inter)
+    model = M.make_model("FM", schema, threads=1, seed=0).fit(inter)
     rec = fmrecall.Recaller(model, schema)
     rec.add_items(ml.items, "item_id")
     res = rec.search(exp.queries, 100, exclude=exp.exclude)
@@ -81,8 +83,21 @@ def test_recall_beats_popularity(ml, trained):
     )
     # the library's metric agrees with this one
     assert fmrecall.metrics.recall_at_k(ids, rel, 50) == pytest.approx(fm50, rel=1e-12)
-    assert fm50 > pop50 + 0.05  # measured ~0.48 vs ~0.27
+    assert fm50 > pop50 + 0.05  # measured ~0.49 vs ~0.27
     assert fm10 > pop10
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_defaults_recall_at_50(ml, trained, seed):
+    """FM(k=64, threads=1, seed) with nothing else set (the trained fixture is seed 0)."""
+    schema, exp, model, _, res = trained
+    if seed:
+        model = fmrecall.FM(k=64, threads=1, seed=seed).fit(exp.interactions())
+        res = exp.recommend(model, 100)[1]
+    assert model.get_params() == {**fmrecall.FM().get_params(), "k": 64, "threads": 1, "seed": seed}
+    r50 = _recall(res.ids, exp.relevant, 50)
+    print(f"\nMovieLens u1 FM defaults seed {seed}: Recall@50 {r50:.4f}")
+    assert r50 >= RECALL50_FLOOR
 
 
 def _joined(ml, queries, ids, items=None):

@@ -80,10 +80,11 @@ def _close(got, want, scale, what):
     assert abs(got - want) <= 1e-5 * abs(want) + 1e-6 * scale, (what, got, want, scale)
 
 
-def check_exact(model, split, params, aware, qrows, irows, *, n_features, n_fields, rng, n_ref=None):
+def check_exact(model, split, params, aware, qrows, irows, *, n_features, n_fields, rng, n_ref=None, scale=1.0):
     """b + q·p against decision_function on the materialised joined rows and against the reference;
     b against the reference score of the query row alone; p[-1] against the reference score of the
-    item row alone minus the bias; q[-1] == 1. Returns (q, b, p)."""
+    item row alone minus the bias; q[-1] == 1. `scale`: the reference's constant value scale
+    (normalize="mean"). Returns (q, b, p)."""
     qds = rows_dataset(qrows, n_features=n_features, n_fields=n_fields)
     ids = rows_dataset(irows, n_features=n_features, n_fields=n_fields)
     q, b = split.query_vectors(qds)
@@ -99,21 +100,21 @@ def check_exact(model, split, params, aware, qrows, irows, *, n_features, n_fiel
     dec = dec.astype(np.float64).reshape(m, n)
 
     for a in range(m):
-        f, j, x = ref.row_nodes(*qrows[a], n_features, n_fields)
+        f, j, x = ref.row_nodes(*qrows[a], n_features, n_fields, scale=scale)
         _close(float(b[a]), ref.score(params, aware, f, j, x), ref.score_terms_abs(params, aware, f, j, x), ("b", a))
     for i in range(n):
-        f, j, x = ref.row_nodes(*irows[i], n_features, n_fields)
+        f, j, x = ref.row_nodes(*irows[i], n_features, n_fields, scale=scale)
         want = ref.score(params, aware, f, j, x) - params["bias"]
         _close(float(p[i, -1]), want, ref.score_terms_abs(params, aware, f, j, x), ("p[-1]", i))
     pairs = [(a, i) for a in range(m) for i in range(n)]
     if n_ref is not None and n_ref < len(pairs):
         pairs = [pairs[t] for t in rng.choice(len(pairs), size=n_ref, replace=False)]
     for a, i in pairs:
-        f, j, x = ref.row_nodes(*joined[a * n + i], n_features, n_fields)
+        f, j, x = ref.row_nodes(*joined[a * n + i], n_features, n_fields, scale=scale)
         want = ref.score(params, aware, f, j, x)
-        scale = ref.score_terms_abs(params, aware, f, j, x)
-        _close(float(got[a, i]), want, scale, ("b+q.p vs reference", a, i))
-        _close(float(dec[a, i]), want, scale, ("decision_function vs reference", a, i))
+        terms = ref.score_terms_abs(params, aware, f, j, x)
+        _close(float(got[a, i]), want, terms, ("b+q.p vs reference", a, i))
+        _close(float(dec[a, i]), want, terms, ("decision_function vs reference", a, i))
     # and the two library paths agree everywhere (reference-independent)
     np.testing.assert_allclose(got, dec, rtol=2e-5, atol=2e-5 * max(1.0, float(np.max(np.abs(dec)))))
     return q, b, p
@@ -186,10 +187,22 @@ def test_split_is_exact_after_training_random_data(rng, kind):
     ds = random_dataset(rng, n_rows=300, n_features=N, n_fields=F)
     model = _train(kind, sd, ds)
     params, aware = ref_params_and_aware(kind, model.weights(), F, sd)
+    scale = _reference_scale(model, ds)
     pools = _pools()
     qrows = side_rows(rng, 7, _query_fields(sd), pools)
     irows = side_rows(rng, 6, sd["item"], pools)
-    check_exact(model, _split(model, kind, sd), params, aware, qrows, irows, n_features=N, n_fields=F, rng=rng)
+    check_exact(
+        model, _split(model, kind, sd), params, aware, qrows, irows, n_features=N, n_fields=F, rng=rng, scale=scale
+    )
+
+
+def _reference_scale(model, train):
+    """The default normalize="mean" value scale, computed by the reference from the training rows
+    (and the model's own, which must agree)."""
+    scale = ref.value_scale(dataset_rows(train))
+    assert model.normalize == "mean" and scale != 1.0
+    assert model.scale_ == pytest.approx(scale, rel=1e-6)
+    return scale
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -213,7 +226,20 @@ def test_split_is_exact_after_training_on_frappe(frappe_data, rng, kind):
     diag = b.astype(np.float64) + np.einsum("ij,ij->i", q.astype(np.float64), p.astype(np.float64))
     np.testing.assert_allclose(diag, model.decision_function(sub), rtol=1e-5, atol=1e-5)
     params, aware = ref_params_and_aware(kind, model.weights(), nfl, FRAPPE_SIDES)
-    check_exact(model, split, params, aware, qrows[:25], irows[25:50], n_features=nf, n_fields=nfl, rng=rng, n_ref=60)
+    scale = _reference_scale(model, train)
+    check_exact(
+        model,
+        split,
+        params,
+        aware,
+        qrows[:25],
+        irows[25:50],
+        n_features=nf,
+        n_fields=nfl,
+        rng=rng,
+        n_ref=60,
+        scale=scale,
+    )
 
 
 # ---------------------------------------------------------------------------- block layout and content
@@ -441,26 +467,28 @@ def test_rows_on_the_wrong_side_raise(rng, kind):
         split.item_vectors(rows_dataset(bad_c, n_features=N, n_fields=F))
 
 
+@pytest.mark.parametrize("normalize", [True, "row"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_normalized_model_cannot_be_split(rng, kind):
-    """Whole-row 1/||x|| normalisation couples the sides (DESIGN.md §6): split must refuse."""
+def test_normalized_model_cannot_be_split(rng, kind, normalize):
+    """Whole-row 1/||x|| normalisation couples the sides (DESIGN.md §6): split must refuse, saying
+    why and what to use instead."""
     sd = SIDE_CONFIGS["no-context"]
     sides = fmrecall.Sides(**sd)
     if kind in ("fm", "ffm"):
         w = random_weights(rng, kind, N, F, 4)
         model = (
-            fmrecall.FM.from_weights(w, n_fields=F, normalize=True)
+            fmrecall.FM.from_weights(w, n_fields=F, normalize=normalize)
             if kind == "fm"
-            else fmrecall.FFM.from_weights(w, normalize=True)
+            else fmrecall.FFM.from_weights(w, normalize=normalize)
         )
-        with pytest.raises(ValueError, match="normaliz"):
+        with pytest.raises(ValueError, match=r"couples the query and item sides.*normalize=\"mean\""):
             model.split(sides)
     else:
         ds = random_dataset(rng, n_rows=30, n_features=N, n_fields=F)
         model = fmrecall.HybridFM(
-            k=4, sides=sides, field_aware=kind.split("-")[1], normalize=True, epochs=1, threads=1
+            k=4, sides=sides, field_aware=kind.split("-")[1], normalize=normalize, epochs=1, threads=1
         ).fit(ds)
-        with pytest.raises(ValueError, match="normaliz"):
+        with pytest.raises(ValueError, match=r"couples the query and item sides.*normalize=\"mean\""):
             model.split()
 
 

@@ -9,6 +9,8 @@
 
 #include <omp.h>
 
+#include <cmath>
+
 #include "fmrecall/interactions.h"
 #include "fmrecall/parse.h"
 #include "fmrecall/split.h"
@@ -239,7 +241,9 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Model>(m, "Model")
       .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
                        const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std, uint64_t seed,
-                       bool normalize, const std::optional<arr<int32_t>>& single_row, int64_t single_rows) {
+                       bool normalize, const std::optional<arr<int32_t>>& single_row, int64_t single_rows,
+                       float scale) {
+             if (!(scale > 0.f) || !std::isfinite(scale)) throw InputError("scale must be finite and > 0");
              auto M = std::make_unique<Model>();
              std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
              std::vector<int32_t> ar, sr;
@@ -248,11 +252,12 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize, std::move(sr),
                          single_rows);
+             M->scale = scale;  // set once, before any other thread can see the model
              return M;
            }),
            py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
            py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
-           py::arg("single_row") = py::none(), py::arg("single_rows") = 0)
+           py::arg("single_row") = py::none(), py::arg("single_rows") = 0, py::arg("scale") = 1.f)
       .def_property_readonly("n_features",
                              [](const Model& M) {  // under the lock: grow_features changes it
                                py::gil_scoped_release nogil;
@@ -272,6 +277,7 @@ PYBIND11_MODULE(_core, m) {
                                return M.current_aware_rows();
                              })
       .def_readonly("normalize", &Model::normalize)
+      .def_readonly("scale", &Model::scale)
       .def(
           "train",
           [](Model& M, const arr<int64_t>& indptr, const arr<int32_t>& field, const arr<int32_t>& feat,
@@ -383,10 +389,22 @@ PYBIND11_MODULE(_core, m) {
             M.grow_features(n_new);
           },
           py::arg("n_new"))
+      .def(
+          "finite",
+          [](const Model& M) {
+            py::gil_scoped_release nogil;
+            return M.finite();
+          },
+          "Whether every weight (bias, linear, latent vectors; not the AdaGrad state) is finite.")
       .def("snapshot",
            [](Model& M) {
              py::gil_scoped_release nogil;
              M.snapshot();
+           })
+      .def("drop_snapshot",
+           [](Model& M) {
+             py::gil_scoped_release nogil;
+             M.drop_snapshot();
            })
       .def("restore",
            [](Model& M) {

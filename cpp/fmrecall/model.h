@@ -73,6 +73,10 @@ struct Model {
   int32_t k = 0;           // latent size
   int32_t kp = 0;          // k padded to a multiple of 4 (padding lanes stay exactly 0)
   bool normalize = false;  // scale every row to unit L2 norm (libffm's default; breaks the split)
+  // Otherwise every value is multiplied by this constant (fixed at fit time: 1/sqrt(mean ||x||^2) of
+  // the training rows). The same for every row, so pairs get scale^2 and the split stays exact
+  // (DESIGN.md §6: q and p are built from the scaled values).
+  float scale = 1.f;
 
   AlignedArray<float> w, gw;  // (n)             linear weights
   // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
@@ -133,8 +137,10 @@ struct Model {
                 int64_t aware_rows_, float init_std, uint64_t seed, bool normalize_,
                 std::vector<int32_t> single_row_ = {}, int64_t single_rows_ = 0);
 
-  void snapshot();  // shared lock (reads the tables; snap_* are guarded by snap_mu)
-  void restore();   // exclusive lock
+  bool finite() const;   // every weight (bias, linear, vectors; not the AdaGrad state) finite? Shared lock
+  void snapshot();       // shared lock (reads the tables; snap_* are guarded by snap_mu)
+  void restore();        // exclusive lock
+  void drop_snapshot();  // frees the snapshot (snap_mu only)
 
   // Give vectors (random init, AdaGrad state 1) to the listed features that have none: single
   // vectors to `single_feats` (seeded by (seed, feature) as allocate seeds them), field-aware ones

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace fmrecall {
 
@@ -215,6 +216,18 @@ void Model::grow_features(int64_t n_new) {
   snap_W.resize(0);
 }
 
+bool Model::finite() const {
+  ReadLock lock(mu);
+  if (!std::isfinite(w0)) return false;
+  for (size_t i = 0; i < w.size(); ++i)
+    if (!std::isfinite(w[i])) return false;
+  for (const AlignedArray<float>* t : {&v, &W})  // weight halves of the stored vectors [w (kp) | G (kp)]
+    for (size_t r = 0; r < t->size(); r += vs)
+      for (int32_t d = 0; d < k; ++d)
+        if (!std::isfinite((*t)[r + d])) return false;
+  return true;
+}
+
 void Model::snapshot() {
   ReadLock lock(mu);
   std::lock_guard<std::mutex> snap(snap_mu);
@@ -236,6 +249,13 @@ void Model::restore() {
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
+}
+
+void Model::drop_snapshot() {
+  std::lock_guard<std::mutex> snap(snap_mu);
+  snap_w = AlignedArray<float>();
+  snap_v = AlignedArray<float>();
+  snap_W = AlignedArray<float>();
 }
 
 namespace {

@@ -85,6 +85,8 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
   if (M.normalize && norm2 > 0.0) {  // libffm's instance-wise 1/||x|| (breaks the split, DESIGN §6)
     const float r = static_cast<float>(1.0 / std::sqrt(norm2));
     for (int p = 0; p < n; ++p) x[p] *= r;
+  } else if (M.scale != 1.f) {  // the model's constant value scale (keeps the split exact, DESIGN §6)
+    for (int p = 0; p < n; ++p) x[p] *= M.scale;
   }
 
   int ns = 0, na = 0;

@@ -12,8 +12,9 @@ SplitLayout make_layout(const Model& M, const uint8_t* side, int64_t n_side) {
   if (n_side != M.F) throw InputError("side must have one entry per field");
   if (M.normalize)
     throw InputError(
-        "this model was trained with normalize=True (whole-row 1/||x|| scaling couples the query and item "
-        "sides), so it cannot be split exactly; retrain with normalize=False (DESIGN.md §6)");
+        "this model was trained with normalize=True / \"row\" (whole-row 1/||x|| scaling couples the query and "
+        "item sides), so it cannot be split exactly; retrain with normalize=\"mean\" (the default: one constant "
+        "scale for every row) or \"none\" (DESIGN.md §6)");
   SplitLayout L;
   L.F = M.F;
   L.k = M.k;

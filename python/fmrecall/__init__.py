@@ -17,6 +17,7 @@ from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
 from .sides import Sides
 from .source import TrainingSource
 from .split import Split
+from .training import DivergenceError
 
 __all__ = [
     "Dataset",
@@ -41,6 +42,7 @@ __all__ = [
     "NotFittedError",
     "UnseenValueWarning",
     "DtypeMismatchWarning",
+    "DivergenceError",
     "load",
     "metrics",
     "best_arch",

@@ -328,6 +328,16 @@ class Dataset:
         """The rows themselves: every node a training row holds."""
         return self
 
+    def row_sq_norms(self) -> np.ndarray:
+        """float64 (n_rows,): each row's squared L2 norm Σ x² (every node counted)."""
+        sq = self.values_or_ones().astype(np.float64) ** 2
+        csum = np.concatenate([[0.0], np.cumsum(sq)])
+        return csum[self.indptr[1:]] - csum[self.indptr[:-1]]
+
+    def mean_sq_norm(self) -> float:
+        """Mean squared L2 norm of a training row (fit's constant value scale is 1/sqrt of it)."""
+        return float(self.row_sq_norms().mean()) if self.n_rows else 0.0
+
     def train_chunk(
         self,
         core: "_core.Model",

@@ -218,6 +218,37 @@ class Interactions:
             n_fields=self.schema.n_fields,
         )
 
+    def mean_sq_norm(self) -> float:
+        """Mean squared L2 norm of a training row (user ⊕ context ⊕ item; an item drawn as a negative
+        weighs as often as the sampling law draws it): fit's constant value scale is 1/sqrt of it."""
+        if self.n_events == 0:
+            return 0.0
+        total = float(self.users.row_sq_norms()[self.ev_user].mean()) - self._own_history_sq()
+        if self.context is not None:
+            total += float(self.context.row_sq_norms().mean())
+        items = self.items.row_sq_norms()
+        item_sq = float(items[self.ev_item].mean())
+        if self.negatives > 0:
+            law = self.sample_weights()
+            item_sq = (item_sq + self.negatives * float(law @ items) / float(law.sum())) / (1 + self.negatives)
+        return total + item_sq
+
+    def _own_history_sq(self) -> float:
+        """Mean over events of x² of the event's own item in its user's history (left out of the row)."""
+        u = self.users
+        hist = u.fields == self.hist_field
+        if self.hist_feat is None or self.n_events == 0 or not hist.any():
+            return 0.0
+        rows = np.repeat(np.arange(u.n_rows, dtype=np.int64), np.diff(u.indptr))[hist]
+        keys = rows * u.n_features + u.features[hist]  # (user row, feature) of every history node
+        order = np.argsort(keys, kind="stable")
+        keys, vals = keys[order], u.values_or_ones()[hist][order].astype(np.float64)
+        own = self.hist_feat[self.ev_item]
+        want = self.ev_user.astype(np.int64) * u.n_features + own
+        at = np.minimum(np.searchsorted(keys, want), keys.size - 1)
+        hit = (own >= 0) & (keys[at] == want)
+        return float(np.sum(vals[at[hit]] ** 2) / self.n_events)
+
     def feature_nodes(self) -> Dataset:
         """Every (field, feature) node that can occur in a training row, as one row (to size the model):
         the rows of users with events, the context rows, the rows of items that are in events or can

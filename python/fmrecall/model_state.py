@@ -33,7 +33,7 @@ class ModelState:
     k: int
     init_std: float
     seed: int
-    normalize: bool
+    normalize: Any
     n_features: Optional[int]
     n_fields: Optional[int]
     _core: Optional[CoreModel]
@@ -82,7 +82,14 @@ class ModelState:
         w = core.get_weights()
         out = {"bias": float(w["bias"]), "linear": w["linear"]}  # type: ignore[arg-type]
         out.update(self._weights_from_core(w, core))
+        out["scale"] = float(core.scale)  # every value is multiplied by it before scoring
         return out
+
+    @property
+    def scale_(self) -> float:
+        """The constant every feature value is multiplied by (pairs by its square): 1/sqrt(mean ‖x‖²)
+        of the training rows with normalize="mean", else 1. Fixed at fit time, so the split stays exact."""
+        return float(self._require_core().scale)
 
     def _install_weights(
         self,
@@ -94,12 +101,15 @@ class ModelState:
         linear: np.ndarray,
         v: Optional[np.ndarray],
         W: Optional[np.ndarray],
+        scale: float = 1.0,
     ) -> None:
         """The one constructor of a core from arrays (from_weights, load, unpickling): a core of
         this model's type and hyper-parameters holding exactly these weights, made the model's.
         v: (single rows, k), or (n, k) with single_row None (dense: row j is feature j's)."""
         if v is not None and v.shape[0] == 0:
             v = None  # a table with no rows is no table for the core
+        from .training import row_normalized
+
         core = CoreModel(
             int(linear.size),
             int(n_fields),
@@ -109,9 +119,10 @@ class ModelState:
             int(m),
             float(self.init_std),
             int(self.seed),
-            bool(self.normalize),
+            row_normalized(self.normalize),
             single_row,
             0 if v is None else int(v.shape[0]),
+            scale=float(scale),
         )
         core.set_weights(float(bias), linear, v, W)
         self._core = core
@@ -136,7 +147,10 @@ class ModelState:
             model.k = int(k)
         model._check_params()
         model.n_features, model.n_fields = int(linear.size), n_fields
-        model._install_weights(n_fields, single_row, aware_row, m, float(weights["bias"]), linear, v, W)
+        scale = weights.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not 0 < scale < np.inf:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        model._install_weights(n_fields, single_row, aware_row, m, float(weights["bias"]), linear, v, W, float(scale))
         model._bump_generation()
         return model
 
@@ -150,7 +164,7 @@ class ModelState:
             core = self._require_core()
             return (core, core.get_weights(), self.schema_, list(self.history_), self.best_epoch_, self.generation_)
 
-    def _set_core_state(self, state: Dict[str, Any], n_fields: int) -> None:
+    def _set_core_state(self, state: Dict[str, Any], n_fields: int, scale: float = 1.0) -> None:
         """Install the core's own arrays (compact tables + their row maps, as get_weights returns
         them), already checked by fmrecall.persist._check_state: bit-identical weights, same
         layout. Replaces the core at once (no fit in between)."""
@@ -164,6 +178,7 @@ class ModelState:
             state["linear"],
             state["v"],
             W,
+            scale,
         )
 
     def save(self, path: PathOrFile) -> None:

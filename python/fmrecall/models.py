@@ -76,6 +76,13 @@ class _FactorizationModel(ModelState):
     Subclasses only say which fields are field-aware (`_aware_flags`) and how their weights()
     arrays map to the core's (`_weights_from_core`, `_core_arrays_from_weights`); the C++ core
     runs one kernel for all.
+
+    The defaults are meant to work untuned (README "Accuracy at default settings"):
+    normalize="mean" multiplies every value by one constant fixed at fit time, 1/sqrt(mean ||x||²)
+    of the training rows (``scale_``; split-compatible, DESIGN.md §6); "row" / True is libffm's
+    whole-row 1/||x|| (ranking only: split() refuses it); "none" / False leaves values as they are.
+    learning_rate="auto" is 8 / mean ||x||² of the training rows (0.2 on 39 one-hot fields), the
+    value used is ``learning_rate_`` and each history_ record's "learning_rate".
     """
 
     def __init__(
@@ -83,13 +90,13 @@ class _FactorizationModel(ModelState):
         k: int = 4,
         *,
         loss: str = "logistic",
-        epochs: int = 10,
-        learning_rate: float = 0.05,
+        epochs: int = 30,
+        learning_rate: Union[float, str] = "auto",
         reg_linear: float = 2e-5,
-        reg_factors: float = 2e-5,
+        reg_factors: float = 2e-3,
         init_std: float = 0.05,
-        normalize: bool = False,
-        patience: Optional[int] = 2,
+        normalize: Union[bool, str] = "mean",
+        patience: Optional[int] = 3,
         threads: int = 0,
         seed: int = 0,
         n_features: Optional[int] = None,
@@ -163,16 +170,15 @@ class _FactorizationModel(ModelState):
             raise ValueError(f"loss must be one of {sorted(_core.Loss.__members__)}, got {self.loss!r}")
         if not integer(self.epochs) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        for name in ("learning_rate",):
-            value = getattr(self, name)
-            if not real(value) or not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        lr: Any = self.learning_rate
+        if lr != "auto" and (not real(lr) or not np.isfinite(lr) or lr <= 0):
+            raise ValueError(f'learning_rate must be "auto" or a number > 0, got {lr!r}')
         for name in ("reg_linear", "reg_factors", "init_std"):
             value = getattr(self, name)
             if not real(value) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if not isinstance(self.normalize, (bool, np.bool_)):
-            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
+        if not (isinstance(self.normalize, (bool, np.bool_)) or self.normalize in training.NORMALIZE):
+            raise ValueError(f"normalize must be one of {training.NORMALIZE} (or True / False), got {self.normalize!r}")
         if self.patience is not None and (not integer(self.patience) or self.patience < 1):
             raise ValueError(f"patience must be None or a positive integer, got {self.patience!r}")
         check_threads(self.threads)
@@ -436,15 +442,24 @@ class _FactorizationModel(ModelState):
             self._bump_generation()
         return self
 
-    def _train_part(self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int) -> Tuple[float, int]:
-        """One chunk of an epoch in C++ on `core`: (summed loss, number of loss terms)."""
+    @property
+    def learning_rate_(self) -> Optional[float]:
+        """The learning rate the last epoch trained with (learning_rate="auto" derives it from the
+        data at fit time), None before any training."""
+        history = self.history_
+        return float(history[-1]["learning_rate"]) if history and "learning_rate" in history[-1] else None
+
+    def _train_part(
+        self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int, lr: float
+    ) -> Tuple[float, int]:
+        """One chunk of an epoch in C++ on `core` at learning rate `lr`: (summed loss, loss terms)."""
         loss = _core.Loss.__members__[self.loss].value
         return train.train_chunk(
             core,
             order,
             loss,
             training.epoch_seed(self.seed, epoch),
-            float(self.learning_rate),
+            lr,
             float(self.reg_linear),
             float(self.reg_factors),
             int(self.threads),

@@ -270,6 +270,7 @@ def model_to_arrays(model: Any) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
         "generation": int(generation),
         "history": history,
         "best_epoch": best_epoch,
+        "scale": float(core.scale),
     }
     arrays = {"bias": np.asarray([state["bias"]], dtype=np.float32)}
     arrays.update({k: np.asarray(v) for k, v in state.items() if k != "bias" and v is not None})
@@ -417,6 +418,9 @@ def model_from_arrays(
         raise ValueError(f"{path}: history must be a list of objects")
     if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
         raise ValueError(f"{path}: best_epoch must be an integer or null, got {best!r}")
+    scale = meta.get("scale", 1.0)  # files before 0.3: no constant value scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0.0 < scale < float("inf")):
+        raise ValueError(f"{path}: scale must be a finite number > 0, got {scale!r}")
     schema = None
     if meta.get("schema"):
         from .schema import Schema
@@ -426,7 +430,7 @@ def model_from_arrays(
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: bad schema ({e!r})") from None
     try:
-        model._set_core_state(state, F)
+        model._set_core_state(state, F, float(scale))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.schema_ = schema

@@ -25,6 +25,7 @@ class TrainingSource(Protocol):
     - ``len(source)``: training examples per epoch (rows, or events for Interactions);
     - ``source_schema()``: the Schema the rows were encoded with (None for plain rows);
     - ``check_labels(loss, name)``: ValueError if `loss` cannot be trained on this data;
+    - ``mean_sq_norm()``: the mean squared L2 norm of a training row (fit's value scale);
     - ``feature_nodes()``: a Dataset holding every (field, feature) node a training row can
       contain (it sizes a new model and tells partial_fit which features are new);
     - ``train_chunk(core, order, loss, seed, learning_rate, reg_linear, reg_factors, threads)``:
@@ -39,6 +40,8 @@ class TrainingSource(Protocol):
     def source_schema(self) -> Optional["Schema"]: ...
 
     def check_labels(self, loss: str, name: str) -> None: ...
+
+    def mean_sq_norm(self) -> float: ...
 
     def feature_nodes(self) -> "Dataset": ...
 

@@ -23,6 +23,55 @@ if TYPE_CHECKING:
 
 _CHUNK_ROWS = 1 << 18  # examples per call into C++
 
+# normalize=: "mean" a constant value scale 1/sqrt(mean ||x||^2) of the training rows, fixed at fit
+# (split-compatible, DESIGN.md §6); "row" (= True) libffm's whole-row 1/||x|| (ranking only: split()
+# refuses it); "none" (= False) values as given.
+NORMALIZE = ("mean", "row", "none")
+
+
+def row_normalized(normalize: Any) -> bool:
+    """Whether `normalize` asks for whole-row scaling (True or "row")."""
+    return normalize is True or normalize == "row" or (isinstance(normalize, np.bool_) and bool(normalize))
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or weight (the learning rate is too large for the data).
+    ``epoch`` is the epoch it happened in; fit leaves the model as it was, partial_fit restores the
+    weights it started from."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def check_finite(core: _core.Model, record: Dict[str, Any], what: str) -> None:
+    """DivergenceError naming the epoch if the epoch's training loss or a weight is not finite."""
+    loss = float(record["train_loss"])
+    if np.isfinite(loss) and core.finite():
+        return
+    raise DivergenceError(
+        f"training diverged in epoch {record['epoch']} (train_loss {loss:.4g}; non-finite "
+        f"{'weights' if np.isfinite(loss) else 'loss'}): {what}. Retry with a smaller learning_rate "
+        f"(now {record['learning_rate']:g}; e.g. {record['learning_rate'] / 10:g})",
+        int(record["epoch"]),
+    )
+
+
+# learning_rate="auto": LR_PER_NODE / mean ||x||^2 of the training rows (raw values, before any
+# scaling), i.e. 0.2 on 39 one-hot fields, 0.8 on 10 (the normalisation study in README.md).
+LR_PER_NODE = 8.0
+
+
+def learning_rate(model: "_FactorizationModel", train: "TrainingSource", continued: bool = False) -> float:
+    """The learning rate a fit (or, `continued`, a partial_fit) on `train` uses: the model's number;
+    for "auto" LR_PER_NODE / mean ||x||^2 of `train`, or the one the model trained with so far."""
+    if model.learning_rate != "auto":
+        return float(model.learning_rate)
+    if continued and model.learning_rate_ is not None:
+        return model.learning_rate_
+    mean_sq = train.mean_sq_norm()
+    return LR_PER_NODE / mean_sq if mean_sq > 0 else LR_PER_NODE
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch `epoch` (its permutation; Interactions derive their negative draws from it)."""
@@ -72,28 +121,39 @@ def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Mod
         0 if aware is None else int(aware.size),
         float(model.init_std),
         int(model.seed),
-        bool(model.normalize),
+        row_normalized(model.normalize),
         None if single is None else row_map(n_features, single),
         0 if single is None else int(single.size),
+        scale=value_scale(model, train),
     )
 
 
+def value_scale(model: "_FactorizationModel", train: "TrainingSource") -> float:
+    """The constant every value is multiplied by: 1/sqrt(mean ||x||^2) of `train`'s rows for
+    normalize="mean" (the pair scale 1/mean ||x||^2 is libffm's 1/||x||^2 on one-hot rows of a fixed
+    field count, and the same for every row, so the split stays exact: DESIGN.md §6), else 1."""
+    if model.normalize != "mean":
+        return 1.0
+    mean_sq = train.mean_sq_norm()
+    return float(1.0 / np.sqrt(mean_sq)) if mean_sq > 0 else 1.0
+
+
 def run_epoch(
-    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, bar: Optional[Bar] = None
+    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, lr: float, bar: Optional[Bar] = None
 ) -> Dict[str, Any]:
-    """One epoch on `core`, chunk by chunk (each chunk through ``model._train_part``): its record
-    {"epoch", "train_loss"} (mean loss per loss term)."""
+    """One epoch on `core` at learning rate `lr`, chunk by chunk (each chunk through
+    ``model._train_part``): its record {"epoch", "train_loss", "learning_rate"} (mean loss per term)."""
     n = len(train)
     order = _core.permutation(n, epoch_seed(model.seed, epoch))
     total, terms = 0.0, 0
     for start in range(0, n, _CHUNK_ROWS):
         part = order[start : start + _CHUNK_ROWS]
-        loss_sum, count = model._train_part(core, train, part, epoch)
+        loss_sum, count = model._train_part(core, train, part, epoch, lr)
         total += loss_sum
         terms += count
         if bar is not None:
             bar.update(part.size)
-    return {"epoch": epoch, "train_loss": total / max(terms, 1)}
+    return {"epoch": epoch, "train_loss": total / max(terms, 1), "learning_rate": lr}
 
 
 def epoch_line(r: Dict[str, Any]) -> str:
@@ -116,6 +176,7 @@ def fit(
     if len(train) == 0:
         raise ValueError("train has no rows")
     core = new_core(model, train)
+    lr = learning_rate(model, train)
     history: List[Dict[str, Any]] = []
     best_epoch: Optional[int] = None
     best = np.inf
@@ -123,7 +184,8 @@ def fit(
     with progress(len(train) * model.epochs, f"{type(model).__name__}.fit", "row", model.verbose) as bar:
         for epoch in range(1, model.epochs + 1):
             t0 = time.perf_counter()
-            record = run_epoch(model, core, train, epoch, bar)
+            record = run_epoch(model, core, train, epoch, lr, bar)
+            check_finite(core, record, "fit leaves the model as it was")
             if valid is not None:
                 ev = model._evaluate(core, valid)
                 record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
@@ -140,9 +202,10 @@ def fit(
                 since_best += 1
                 if model.patience is not None and since_best >= model.patience:
                     break  # the bar closes at 100%: the run is complete
-    if valid is not None and model.patience is not None and best_epoch != history[-1]["epoch"]:
+    if valid is not None and model.patience is not None and best_epoch not in (None, history[-1]["epoch"]):
         core.restore()
         info(f"restored epoch {best_epoch} (best valid loss {best:.5f})", model.verbose)
+    core.drop_snapshot()
     return core, history, best_epoch
 
 
@@ -173,10 +236,20 @@ def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource
 def partial_fit_epoch(
     model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int
 ) -> Dict[str, Any]:
-    """One epoch of the fit loop on `core` (trained in place): its record."""
+    """One epoch of the fit loop on `core` (trained in place): its record. If it diverges, the
+    weights it started from are restored (a snapshot taken first) and DivergenceError is raised."""
     t0 = time.perf_counter()
-    with progress(len(train), f"{type(model).__name__}.partial_fit", "row", model.verbose) as bar:
-        record = run_epoch(model, core, train, epoch, bar)
-    record["seconds"] = time.perf_counter() - t0
+    lr = learning_rate(model, train, continued=True)
+    core.snapshot()  # the last finite weights, restored if this epoch diverges
+    try:
+        with progress(len(train), f"{type(model).__name__}.partial_fit", "row", model.verbose) as bar:
+            record = run_epoch(model, core, train, epoch, lr, bar)
+        record["seconds"] = time.perf_counter() - t0
+        check_finite(core, record, f"the weights from before epoch {epoch} are restored")
+    except DivergenceError:
+        core.restore()
+        raise
+    finally:
+        core.drop_snapshot()
     info(epoch_line(record), model.verbose)
     return record
