@@ -34,11 +34,11 @@ def test_huge_learning_rate_with_valid_raises_instead_of_restoring_nothing(rng):
     """learning_rate=1e30 with validation data used to end in 'restore() without snapshot()'."""
     train = random_dataset(rng, n_rows=300, n_features=30, n_fields=4)
     valid = random_dataset(rng, n_rows=100, n_features=30, n_fields=4)
-    model = fmrecall.FFM(k=4, epochs=1, threads=1).fit(train, valid)
+    model = fmrecall.FFM(k=4, epochs=1, threads=1).fit(train, valid=valid)
     before, generation = model.decision_function(valid), model.generation_
     model.set_params(learning_rate=1e30, epochs=5)
     with pytest.raises(DivergenceError, match=r"epoch \d+ .*learning_rate \(now 1e\+30; e\.g\. 1e\+29\)"):
-        model.fit(train, valid)
+        model.fit(train, valid=valid)
     np.testing.assert_array_equal(model.decision_function(valid), before)  # the previous weights
     assert model.generation_ == generation and np.all(np.isfinite(before))
 

@@ -43,7 +43,7 @@ def last_bar_state(err: str, desc: str) -> str:
 def test_epochs_go_to_the_logger_and_never_to_stdout(log, caplog, capsys):
     tr, va = log.impressions.holdout(0.8, seed=0)
     with caplog.at_level(logging.INFO, logger="fmrecall"):
-        model = FM(k=4, epochs=3, patience=None, verbose=True).fit(tr, va)
+        model = FM(k=4, epochs=3, patience=None, verbose=True).fit(tr, valid=va)
     lines = [r.getMessage() for r in caplog.records if r.name == "fmrecall"]
     assert [int(line.split()[1]) for line in lines] == [1, 2, 3] and len(model.history_) == 3
     out = capsys.readouterr()
@@ -52,17 +52,17 @@ def test_epochs_go_to_the_logger_and_never_to_stdout(log, caplog, capsys):
 
 def test_verbose_writes_each_epoch_to_stderr_once_without_logging_setup(log, capsys):
     tr, va = log.impressions.holdout(0.8, seed=0)
-    FM(k=4, epochs=3, patience=None, verbose=True).fit(tr, va)
+    FM(k=4, epochs=3, patience=None, verbose=True).fit(tr, valid=va)
     out = capsys.readouterr()
     assert out.out == ""
     assert [line.split()[:2] for line in out.err.splitlines()] == [["epoch", "1"], ["epoch", "2"], ["epoch", "3"]]
-    FM(k=4, epochs=3, patience=None).fit(tr, va)
+    FM(k=4, epochs=3, patience=None).fit(tr, valid=va)
     assert capsys.readouterr().err == ""  # not verbose: silent
 
 
 def test_fit_bar_closes_at_100_percent_on_early_stopping(log, bars_on, capsys):
     tr, va = log.impressions.holdout(0.8, seed=0)
-    model = FM(k=8, epochs=40, learning_rate=0.5, patience=1, seed=0).fit(tr, va)
+    model = FM(k=8, epochs=40, learning_rate=0.5, patience=1, seed=0).fit(tr, valid=va)
     assert len(model.history_) < 40  # stopped early
     state = last_bar_state(capsys.readouterr().err, "FM.fit")
     total = tqdm.format_sizeof(tr.n_rows * 40)  # 40 epochs planned: the bar still ends full
