@@ -189,3 +189,28 @@ def test_bad_definitions():
         Vector("e", "user", 3, scale="mean")
     with pytest.raises(ValueError, match="side must be"):
         Vector("e", "query", 3)
+
+
+# ---------------------------------------------------------------------------- the SVD helper
+def test_svd_vectors_span_the_best_rank_d_approximation(rng):
+    """experiments.collab_vectors.svd_vectors: <u, v> is proportional to the best rank-d
+    approximation of the interaction matrix (here from an eigendecomposition of R Rᵀ), each side
+    has mean squared coordinate 1, and a user without interactions gets the zero vector."""
+    from fmrecall.experiments.collab_vectors import svd_vectors
+
+    n_users, n_items, d = 12, 20, 4
+    R = (rng.random((n_users, n_items)) < 0.3).astype(np.float64)
+    R[5] = 0.0
+    users, items = np.nonzero(R)
+    u, v = svd_vectors(users, items, n_users, n_items, d)
+    assert u.shape == (n_users, d) and v.shape == (n_items, d)
+    np.testing.assert_allclose([np.mean(u * u), np.mean(v * v)], [1.0, 1.0], rtol=1e-12)
+    np.testing.assert_array_equal(u[5], 0.0)
+    lam, E = np.linalg.eigh(R @ R.T)
+    top = E[:, np.argsort(lam)[::-1][:d]]
+    best = top @ top.T @ R  # the projection of R on its top-d left singular vectors
+    got = u @ v.T
+    c = float(np.sum(got * best) / np.sum(best * best))
+    np.testing.assert_allclose(got, c * best, atol=1e-9 * np.abs(got).max())
+    with pytest.raises(ValueError, match="dim must be in"):
+        svd_vectors(users, items, n_users, n_items, 13)
