@@ -13,7 +13,7 @@ from .interactions import Interactions
 from .models import FFM, FM, HybridFM, NotFittedError
 from .persist import load
 from .recall import FaissIndex, ItemIndex, MilvusIndex, Recaller, SearchResult, configure_faiss
-from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema
+from .schema import Categorical, Hashed, MultiCategorical, Numeric, Schema, Vector
 from .sides import Sides
 from .source import TrainingSource
 from .split import Split
@@ -28,6 +28,7 @@ __all__ = [
     "MultiCategorical",
     "Numeric",
     "Hashed",
+    "Vector",
     "FM",
     "FFM",
     "HybridFM",

@@ -10,6 +10,9 @@ Each field has a name (its column), a side (user / context / item) and a kind:
 - ``Numeric``           the standardised raw value (one feature) or quantile buckets (one-hot).
 - ``Hashed``            a categorical with ``buckets`` features chosen by a stable hash of the
                          value, inside its own field's range only (ids with 10^8 values).
+- ``Vector``            a fixed-length float vector per row (pretrained collaborative factors,
+                         text or image embeddings): ``dim`` real-valued features, coordinate d =
+                         local feature d.
 
 A Schema (fmrecall.schema) lists fields; field i of the schema is field index i of the model.
 """
@@ -441,4 +444,85 @@ def _saved_kind(d: Dict[str, Any]) -> Optional[str]:
     return kind
 
 
-_KINDS = {c.kind: c for c in (Categorical, MultiCategorical, Numeric, Hashed)}
+class Vector(Field):
+    """A fixed-length float vector per row: pretrained collaborative factors, text or image
+    embeddings fed as input instead of learned per-id parameters. One field of ``dim`` real-valued
+    features, local feature d = coordinate d, so the model learns ``dim`` weights / vectors for the
+    field however many rows it has. The column holds lists, tuples or 1-d arrays of ``dim`` finite
+    numbers. ``scale="l2"`` divides each row by its L2 norm (a zero vector stays zero), "none"
+    keeps the values. Zero coordinates give no node (a value 0 adds nothing to any score). Nothing
+    to learn: fitted at construction; fit() only checks the values."""
+
+    kind = "vector"
+
+    def __init__(self, name: str, side: str, dim: int, *, scale: str = "none", column: Optional[str] = None) -> None:
+        super().__init__(name, side, column=column)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"field {name!r}: dim must be a positive integer, got {dim!r}")
+        if scale not in ("none", "l2"):
+            raise ValueError(f"field {name!r}: scale must be 'none' or 'l2', got {scale!r}")
+        self.dim = int(dim)
+        self.scale = scale
+        self.fitted = True
+
+    @property
+    def size(self) -> int:
+        return self.dim
+
+    def matrix(self, values: Series) -> np.ndarray:
+        """float64 (n, dim): the column's vectors, checked (ValueError naming the field and row for a
+        value that is not a flat sequence of ``dim`` finite numbers), before scaling."""
+        rows = values.tolist()
+        if not rows:
+            return np.zeros((0, self.dim), np.float64)
+        try:
+            m = np.array(rows) if all(isinstance(v, (list, tuple, np.ndarray)) for v in rows) else None
+        except (ValueError, TypeError):  # ragged: rows of different lengths or nesting
+            m = None
+        if m is None or m.dtype.kind not in "biuf" or m.shape != (len(rows), self.dim):
+            for i, v in enumerate(rows):  # find and name the first bad row
+                self._check_row(v, values.index[i])
+            m = np.stack([np.asarray(v, dtype=np.float64) for v in rows])
+        out = np.asarray(m, dtype=np.float64)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self._fail("non-finite value in a vector", rows[i], values.index[i])
+        return out
+
+    def _check_row(self, v: Any, row: Any) -> None:
+        if not isinstance(v, (list, tuple, np.ndarray)):
+            what = "missing value (NaN / None) in a vector column" if _is_missing(v) else "expected a list or array"
+            self._fail(f"{what} of {self.dim} numbers", v, row)
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError):
+            a = np.asarray(v, dtype=object)
+        if a.ndim != 1 or a.dtype.kind not in "biuf":
+            self._fail(f"expected a flat vector of {self.dim} numbers (ragged or non-numeric)", v, row)
+        if a.size != self.dim:
+            self._fail(f"expected {self.dim} numbers, got {a.size}", v, row)
+
+    def fit(self, values: Series) -> None:
+        self.matrix(values)
+
+    def encode(self, values: Series) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = self.matrix(values)
+        if self.scale == "l2":
+            norm = np.sqrt(np.einsum("ij,ij->i", m, m))
+            m = m / np.where(norm > 0, norm, 1.0)[:, None]
+        rows, local = np.nonzero(m)
+        return rows.astype(np.int64), local.astype(np.int64), m[rows, local].astype(np.float32)
+
+    def describe(self, local: int) -> str:
+        return f"{self.name}[{local}]"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**super().to_dict(), "dim": self.dim, "scale": self.scale}
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "Vector":
+        return cls(d["name"], d["side"], d["dim"], scale=d["scale"], column=d["column"])
+
+
+_KINDS = {c.kind: c for c in (Categorical, MultiCategorical, Numeric, Hashed, Vector)}

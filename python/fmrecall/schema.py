@@ -1,7 +1,7 @@
 """Named feature fields: how table columns become field-aware sparse rows.
 
-A Schema lists named fields (their kinds, Categorical, MultiCategorical, Numeric and Hashed, are in
-fmrecall.fields) and encodes tables with them.
+A Schema lists named fields (their kinds, Categorical, MultiCategorical, Numeric, Hashed and Vector,
+are in fmrecall.fields) and encodes tables with them.
 
 Field i of the schema is field index i of the model; every field owns a contiguous range of
 feature indices, so hashing never collides across fields (DESIGN.md §6).
@@ -22,11 +22,11 @@ import numpy as np
 from ._frames import Frame, _frame, _pd
 from .dataset import Dataset
 from .diagnostics import UNSEEN_WARN_RATE, warn_transform
-from .fields import _KINDS, Categorical, Field, Hashed, MultiCategorical, Numeric
+from .fields import _KINDS, Categorical, Field, Hashed, MultiCategorical, Numeric, Vector
 from .progress import progress
 from .sides import SIDES, Sides
 
-__all__ = ["Schema", "Field", "Categorical", "MultiCategorical", "Numeric", "Hashed", "Frame"]
+__all__ = ["Schema", "Field", "Categorical", "MultiCategorical", "Numeric", "Hashed", "Vector", "Frame"]
 
 
 class Schema:
@@ -168,7 +168,7 @@ class Schema:
           counted in `frames` only, get new features if they occur at least ``min_count`` times
           there; the others join "other". Known values keep their feature, and a value once rare
           stays "other" (no counts are kept from fit), so every row encodes as before.
-        - Numeric keeps its statistics / buckets; Hashed needs no growth. Fields whose column no
+        - Numeric keeps its statistics / buckets; Hashed and Vector need no growth. Fields whose column no
           frame holds do not grow. Values are checked in every field before any field changes.
 
         Layout: the new values of each grown field form an extension segment appended after all

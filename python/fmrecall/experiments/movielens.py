@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -95,22 +95,33 @@ class Experiment:
         return rec, rec.search(self.queries, k, exclude=self.exclude)
 
 
-def baseline_results(ml: MovieLens, exp: Experiment) -> Dict[str, Dict[str, float]]:
-    """Popularity, item-based CF (cosine) and the 60/20/20 multi-channel merge (item-CF, genre
-    preference, popularity), on the same users, exclusions and K."""
+CHANNELS = ("item-CF", "genre", "popularity")  # the multi-channel merge's order
+QUOTAS = (0.6, 0.2, 0.2)  # its shares of the merged list
+
+
+def channel_lists(ml: MovieLens, exp: Experiment, k: int) -> List[np.ndarray]:
+    """The classic recall channels' top k for each query of `exp`, in CHANNELS order: item-based CF
+    (cosine), genre preference, popularity; each int64 (n_queries, k) item ids, best first, never
+    an item of the user's train events."""
     n_users, n_items = int(ml.users.user_id.max()), int(ml.items.item_id.max())
-    R = B.interaction_matrix(ml.train.user_id.to_numpy() - 1, ml.train.item_id.to_numpy() - 1, n_users, n_items)
+    ev = exp.train_events
+    R = B.interaction_matrix(ev.user_id.to_numpy() - 1, ev.item_id.to_numpy() - 1, n_users, n_items)
     users = exp.queries.user_id.to_numpy() - 1
     G = np.zeros((n_items, len(GENRES)), np.float32)
     for i, gs in zip(ml.items.item_id.to_numpy() - 1, ml.items.genres):
         G[i, [GENRES.index(g) for g in gs]] = 1.0
-    k = max(KS)
-    pop, cf, gen = B.popularity(R, k)[users], B.item_cf(R, k)[users], B.genre_preference(R, G, k)[users]
-    out = {"popularity": _metrics(pop + 1, exp.relevant), "item-CF (cosine)": _metrics(cf + 1, exp.relevant)}
+    return [B.item_cf(R, k)[users] + 1, B.genre_preference(R, G, k)[users] + 1, B.popularity(R, k)[users] + 1]
+
+
+def baseline_results(ml: MovieLens, exp: Experiment) -> Dict[str, Dict[str, float]]:
+    """Popularity, item-based CF (cosine) and the 60/20/20 multi-channel merge (item-CF, genre
+    preference, popularity), on the same users, exclusions and K."""
+    cf, gen, pop = channel_lists(ml, exp, max(KS))
+    out = {"popularity": _metrics(pop, exp.relevant), "item-CF (cosine)": _metrics(cf, exp.relevant)}
     # a multi-channel system fills each list length with its quotas, so merge per K
     mc = {}
     for kk in KS:
-        merged = B.merge_channels([cf, gen, pop], [0.6, 0.2, 0.2], kk) + 1
+        merged = B.merge_channels([cf, gen, pop], QUOTAS, kk)
         mc[f"recall@{kk}"] = recall_at_k(merged, exp.relevant, kk)
         if kk == 10:
             mc["precision@10"] = precision_at_k(merged, exp.relevant, 10)
@@ -199,7 +210,10 @@ def run(
     exp = Experiment(ml, schema)
     train = exp.interactions()
     info(f"MovieLens-100K {split}: {len(train):,} train events, {len(exp.queries)} test users", verbose)
-    out: Dict[str, Any] = {"split": split, "rows": {}, "fit_seconds": {}}
+    from . import two_stage
+
+    channels = channel_lists(ml, exp, max(two_stage.NS))
+    out: Dict[str, Any] = {"split": split, "rows": {}, "fit_seconds": {}, "pipeline": {}}
     for name, res in baseline_results(ml, exp).items():
         out["rows"][name] = res
     for name in models:
@@ -211,6 +225,7 @@ def run(
         out["rows"][f"{name} (one model)"] = {**_metrics(result.ids, exp.relevant), "dim": rec.dim}
         if name == models[0]:
             out["two_stage"] = two_stage_check(model, rec, exp, result)
+        out["pipeline"][name] = two_stage.compare(rec, exp, channels)
     if cold:
         info(f"cold-start run ({models[0]}, {COLD_START})", verbose)
         out["cold_start"] = cold_start(ml, models[0], threads=threads, seed=seed)
@@ -237,6 +252,15 @@ def format_table(out: Dict[str, Any]) -> str:
             f"rows: {ts['inversions']} inversions in {ts['pairs']:,} pairs, max |score diff| "
             f"{ts['max_abs_score_diff']:.1e}"
         )
+    if out.get("pipeline"):
+        cols = [key for key in next(iter(out["pipeline"].values())) if not key.startswith("candidates")]
+        lines += [
+            "one stage vs two stages (60/20/20 merge → N candidates → the same model → top 50), Recall@50:",
+            "| model | " + " | ".join(cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for name, r in out["pipeline"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
     if "cold_start" in out:
         c = out["cold_start"]
         lines.append(
