@@ -117,6 +117,7 @@ def test_check_is_fitted_and_not_fitted_errors(rng):
 # ---------------------------------------------------------------------------- matrix X, labels y
 def _fm_scores(w, X):
     """numpy FM: w0 + X·w + Σ_{i<j} <v_i, v_j> x_i x_j, written as the explicit pair sum."""
+    X = X * float(w["scale"])  # the model's value scale (normalize="mean": one constant for every row)
     n, d = X.shape
     out = np.full(n, float(w["bias"]), dtype=np.float64) + X @ w["linear"].astype(np.float64)
     V = w["factors"].astype(np.float64)
@@ -128,6 +129,7 @@ def _fm_scores(w, X):
 
 def _ffm_scores(w, X, fields):
     """numpy FFM, column c in field fields[c]: Σ_{i<j} <w_{i,f(j)}, w_{j,f(i)}> x_i x_j."""
+    X = X * float(w["scale"])  # the model's value scale (normalize="mean": one constant for every row)
     n, d = X.shape
     out = np.full(n, float(w["bias"]), dtype=np.float64) + X @ w["linear"].astype(np.float64)
     W = w["factors"].astype(np.float64)
