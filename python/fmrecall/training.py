@@ -31,10 +31,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def aware_features(nodes: "Dataset", flags: np.ndarray) -> np.ndarray:
     """Sorted int32 features that occur in field-aware fields (`flags`) of `nodes`."""
-    in_model = nodes.fields < flags.size
-    aware_nodes = np.zeros(nodes.nnz, dtype=bool)
-    aware_nodes[in_model] = flags[nodes.fields[in_model]].astype(bool)
-    return np.unique(nodes.features[aware_nodes]).astype(np.int32)
+    if nodes.n_fields <= flags.size and flags[: nodes.n_fields].all():
+        feats = nodes.features  # FFM: every node is field-aware
+    else:
+        in_model = nodes.fields < flags.size
+        aware_nodes = np.zeros(nodes.nnz, dtype=bool)
+        aware_nodes[in_model] = flags[nodes.fields[in_model]].astype(bool)
+        feats = nodes.features[aware_nodes]
+    # a presence mask, not np.unique: one O(nnz) scatter instead of a hash or sort of every node
+    # (np.unique took ~1.4 s per partial_fit on 17.5M nodes, a third of an FFM k=4 epoch)
+    present = np.zeros(nodes.n_features, dtype=bool)  # Dataset features are in [0, n_features)
+    present[feats] = True
+    return np.flatnonzero(present).astype(np.int32)
 
 
 def new_core(model: "_FactorizationModel", train: "TrainingSource") -> _core.Model:
