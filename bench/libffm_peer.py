@@ -146,8 +146,9 @@ def epoch_times(exe: str, k: int, threads: int, epochs: int, train: str, eta: fl
     processes' CPU time over the extra epochs (so conversion, loading and the first epoch cancel out)."""
     one = run(exe, k, threads, 1, train, None, eta, lam)
     many = run(exe, k, threads, epochs, train, None, eta, lam)
+    cpu = (many["cpu_seconds"] - one["cpu_seconds"]) / (epochs - 1)
     return {
         "wall": many["epoch_seconds"][1:],
-        "cpu_per_epoch": (many["cpu_seconds"] - one["cpu_seconds"]) / (epochs - 1),
+        "cpu_per_epoch": cpu if cpu > 0 else None,  # None: epochs too short to show above process noise
         "command": many["command"],
     }

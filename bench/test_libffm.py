@@ -98,7 +98,7 @@ def test_vs_libffm(benchmark, rows, libffm, kind, k, threads):
     if kind == "ffm" and VALID_PEER:
         lib_valid = libffm_peer.run(exe, k, threads, 1 + len(wall), tr, va, lr, l2)
     lib_wall = [s for p in peer for s in p["wall"]]
-    lib_cpu = [p["cpu_per_epoch"] for p in peer]
+    lib_cpu = [p["cpu_per_epoch"] for p in peer if p["cpu_per_epoch"] is not None]
     row = {
         "model": common.model_label(kind, k),
         "threads": threads,
