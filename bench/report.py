@@ -174,7 +174,7 @@ def render(path: str = RESULTS_MD, n_rows: Optional[int] = None) -> str:
     return text
 
 
-KEPT = "<!-- sections below are written by their own benchmarks (bench/test_milvus.py, bench/test_mmap.py); render() keeps them -->"
+KEPT = "<!-- sections below are written by their own benchmarks (bench/test_milvus.py, bench/test_mmap.py, bench/test_libffm.py); render() keeps them -->"
 
 
 def _kept_sections(path: str) -> str:

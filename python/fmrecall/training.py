@@ -82,9 +82,17 @@ def vector_features(nodes: "Dataset", flags: np.ndarray, aware: bool) -> np.ndar
     """Sorted int32 features that occur in the field-aware (`aware`) or single fields (`flags`:
     1 = field-aware) of `nodes`, in-model fields only: the features that need vectors of that kind."""
     in_model = nodes.fields < flags.size
-    kind = np.zeros(nodes.nnz, dtype=bool)
-    kind[in_model] = flags[nodes.fields[in_model]].astype(bool) == aware
-    return np.unique(nodes.features[kind]).astype(np.int32)
+    if in_model.all() and (flags[: nodes.n_fields] == aware).all():
+        feats = nodes.features  # every node is of that kind (FFM: all field-aware; FM: all single)
+    else:
+        kind = np.zeros(nodes.nnz, dtype=bool)
+        kind[in_model] = flags[nodes.fields[in_model]].astype(bool) == aware
+        feats = nodes.features[kind]
+    # a presence mask, not np.unique: one O(nnz) scatter instead of a hash or sort of every node
+    # (np.unique took ~1.4 s per partial_fit on 17.5M nodes, a third of an FFM k=4 epoch)
+    present = np.zeros(nodes.n_features, dtype=bool)  # Dataset features are in [0, n_features)
+    present[feats] = True
+    return np.flatnonzero(present).astype(np.int32)
 
 
 def row_map(n_features: int, feats: np.ndarray) -> np.ndarray:
