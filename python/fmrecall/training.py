@@ -147,7 +147,12 @@ def value_scale(model: "_FactorizationModel", train: "TrainingSource") -> float:
 
 
 def run_epoch(
-    model: "_FactorizationModel", core: _core.Model, train: "TrainingSource", epoch: int, lr: float, bar: Optional[Bar] = None
+    model: "_FactorizationModel",
+    core: _core.Model,
+    train: "TrainingSource",
+    epoch: int,
+    lr: float,
+    bar: Optional[Bar] = None,
 ) -> Dict[str, Any]:
     """One epoch on `core` at learning rate `lr`, chunk by chunk (each chunk through
     ``model._train_part``): its record {"epoch", "train_loss", "learning_rate"} (mean loss per term)."""

@@ -4,6 +4,7 @@ behind the README tables; each prints its table rows (markdown) and its run time
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional
 
 
@@ -26,11 +27,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.what == "two-stage":
         from . import two_stage
 
-        two_stage.run(a.data, splits, models, threads=a.threads, seed=a.seed)
+        out = two_stage.run(a.data, splits, models, threads=a.threads, seed=a.seed)
+        sys.stdout.write(two_stage.format_table(out) + "\n")  # the table is this command's output
     else:
         from . import collab_vectors
 
-        collab_vectors.run(a.data, splits, models, dim=a.dim, threads=a.threads, seed=a.seed)
+        out = collab_vectors.run(a.data, splits, models, dim=a.dim, threads=a.threads, seed=a.seed)
+        sys.stdout.write(collab_vectors.format_table(out) + "\n")  # the table is this command's output
     return 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ..datasets import MovieLens, movielens100k
 from ..fields import Field, Vector
 from ..metrics import recall_at_k
+from ..progress import info
 from ..recall import Recaller
 from ..schema import Schema
 from . import baselines as B
@@ -109,10 +110,8 @@ def run(
                 r: Dict[str, float] = {f"recall@{k}": recall_at_k(res.ids, exp.relevant, k) for k in KS}
                 rows[(split, name, which)] = {**r, "dim": rec.dim, "fit_seconds": fit_s}
                 if verbose:
-                    print(f"{split} {name} {which}: {r} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                    info(f"{split} {name} {which}: {r} ({time.perf_counter() - t0:.0f} s)", True)
     out = {"dim": dim, "rows": rows, "seconds": time.perf_counter() - t0}
-    if verbose:
-        print(format_table(out))
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..datasets import movielens100k
 from ..metrics import recall_at_k
+from ..progress import info
 from ..recall import Recaller, SearchResult
 from . import baselines as B
 from .movielens import QUOTAS, Experiment, channel_lists, default_schema, make_model
@@ -83,10 +84,8 @@ def run(
             row.update({f"{name} {key}": v for key, v in res.items() if not key.startswith("candidates")})
         recall[split] = row
         if verbose:
-            print(f"{split} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+            info(f"{split} done ({time.perf_counter() - t0:.0f} s)", True)
     out = {"splits": list(splits), "recall": recall, "seconds": time.perf_counter() - t0}
-    if verbose:
-        print(format_table(out))
     return out
 
 
