@@ -239,25 +239,25 @@ PYBIND11_MODULE(_core, m) {
           "(offset, kind, query field or -1, item field or -1) of every block, in vector order.");
 
   py::class_<Model>(m, "Model")
-      .def(py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
-                       const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std, uint64_t seed,
-                       bool normalize, const std::optional<arr<int32_t>>& single_row, int64_t single_rows,
-                       float scale) {
-             if (!(scale > 0.f) || !std::isfinite(scale)) throw InputError("scale must be finite and > 0");
-             auto M = std::make_unique<Model>();
-             std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
-             std::vector<int32_t> ar, sr;
-             if (aware_row) ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
-             if (single_row) sr.assign(single_row->data(), single_row->data() + single_row->size());
-             py::gil_scoped_release nogil;
-             M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize, std::move(sr),
-                         single_rows);
-             M->scale = scale;  // set once, before any other thread can see the model
-             return M;
-           }),
-           py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
-           py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
-           py::arg("single_row") = py::none(), py::arg("single_rows") = 0, py::arg("scale") = 1.f)
+      .def(
+          py::init([](int64_t n, int32_t F, int32_t k, const arr<uint8_t>& aware,
+                      const std::optional<arr<int32_t>>& aware_row, int64_t aware_rows, float init_std, uint64_t seed,
+                      bool normalize, const std::optional<arr<int32_t>>& single_row, int64_t single_rows, float scale) {
+            if (!(scale > 0.f) || !std::isfinite(scale)) throw InputError("scale must be finite and > 0");
+            auto M = std::make_unique<Model>();
+            std::vector<uint8_t> a(aware.data(), aware.data() + aware.size());
+            std::vector<int32_t> ar, sr;
+            if (aware_row) ar.assign(aware_row->data(), aware_row->data() + aware_row->size());
+            if (single_row) sr.assign(single_row->data(), single_row->data() + single_row->size());
+            py::gil_scoped_release nogil;
+            M->allocate(n, F, k, std::move(a), std::move(ar), aware_rows, init_std, seed, normalize, std::move(sr),
+                        single_rows);
+            M->scale = scale;  // set once, before any other thread can see the model
+            return M;
+          }),
+          py::arg("n_features"), py::arg("n_fields"), py::arg("k"), py::arg("aware"), py::arg("aware_row"),
+          py::arg("aware_rows"), py::arg("init_std"), py::arg("seed"), py::arg("normalize"),
+          py::arg("single_row") = py::none(), py::arg("single_rows") = 0, py::arg("scale") = 1.f)
       .def_property_readonly("n_features",
                              [](const Model& M) {  // under the lock: grow_features changes it
                                py::gil_scoped_release nogil;
