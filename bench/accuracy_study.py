@@ -6,7 +6,7 @@ configuration per line, on the Criteo-shaped synthetic rows (bench/synth.py), fr
     PYTHONPATH=python python bench/accuracy_study.py movielens-FM '{"seed": 1}'
 
 Each argument is a JSON object of estimator parameters on top of the defaults (threads=1). Prints one
-line per configuration: the metric, the best epoch, the value scale used and the seconds.
+line per configuration: the metric, the best epoch, the value scale and reg_factors used, the seconds.
 Data: ``FMRECALL_DATA`` (default ../shared/data); rows for criteo: ``FMRECALL_BENCH_ROWS`` (300,000).
 """
 
@@ -81,6 +81,7 @@ def run(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
         best_epoch=model.best_epoch_,
         epochs=len(model.history_),
         scale=round(model.scale_, 5),
+        reg_factors=float(f"{model.reg_factors_:.3g}"),
         seconds=round(time.perf_counter() - t0, 1),
     )
     return out

@@ -83,11 +83,6 @@ def run_fmrecall(train, valid) -> dict:
     return dict(res, best_epoch=model.best_epoch_, epochs=len(model.history_), seconds=seconds, scale=model.scale_)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 target not met: the default reg_factors=2e-3 (needed on frappe and MovieLens) "
-    "over-regularises this data (0.530 vs libffm 0.509 at 300k rows; reg_factors=2e-5 gives 0.507)",
-)
 def test_ffm_defaults_vs_libffm(synth_file, synth_data):
     path, meta = synth_file
     train, valid, _ = synth_data

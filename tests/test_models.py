@@ -359,7 +359,7 @@ def test_get_params_defaults(cls):
         "epochs": 30,
         "learning_rate": "auto",
         "reg_linear": 2e-5,
-        "reg_factors": 2e-3,
+        "reg_factors": "auto",
         "init_std": 0.05,
         "normalize": "mean",
         "patience": 3,
@@ -401,6 +401,8 @@ BAD_PARAMS = [
     dict(learning_rate=float("inf")),
     dict(reg_linear=-1e-3),
     dict(reg_factors=float("nan")),
+    dict(reg_factors=-1e-3),
+    dict(reg_factors="2e-3"),
     dict(init_std=-0.1),
     dict(patience=0),
     dict(patience=1.5),
@@ -580,7 +582,7 @@ def test_fit_history_and_validation_metrics(rng, kind):
     m = cls(k=4, epochs=4, patience=None, threads=1).fit(train, valid=valid)
     assert [h["epoch"] for h in m.history_] == [1, 2, 3, 4]
     for h in m.history_:
-        assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds", "learning_rate"}
+        assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds", "learning_rate", "reg_factors"}
         assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0 and h["seconds"] >= 0
     # learning_rate="auto": 8 / mean ||x||^2 of the training rows, recorded, parameters untouched
     sq = np.add.reduceat(train.values_or_ones().astype(np.float64) ** 2, train.indptr[:-1].astype(np.int64))
@@ -588,13 +590,24 @@ def test_fit_history_and_validation_metrics(rng, kind):
     assert all(h["learning_rate"] == m.learning_rate_ for h in m.history_)
     assert m.get_params()["learning_rate"] == "auto"
     assert cls(k=4, epochs=1, learning_rate=0.03, threads=1).fit(train).learning_rate_ == 0.03
+    # reg_factors="auto": 2 / (mean ||x||^2)^3 of the training rows, recorded, parameters untouched
+    assert m.reg_factors_ == pytest.approx(2.0 / sq.mean() ** 3, rel=1e-9)
+    assert all(h["reg_factors"] == m.reg_factors_ for h in m.history_)
+    assert m.get_params()["reg_factors"] == "auto"
+    assert cls(k=4, epochs=1, reg_factors=0.03, threads=1).fit(train).reg_factors_ == 0.03
     s = m.decision_function(valid)
     assert m.history_[-1]["valid_loss"] == pytest.approx(logloss_from_scores(valid.labels, s), rel=1e-9)
     assert m.history_[-1]["valid_auc"] == pytest.approx(auc(valid.labels, s), rel=1e-9)
     losses = [h["valid_loss"] for h in m.history_]
     assert m.best_epoch_ == int(np.argmin(losses)) + 1
     no_valid = cls(k=4, epochs=3, threads=1).fit(train)
-    assert [set(h) for h in no_valid.history_] == [{"epoch", "train_loss", "seconds", "learning_rate"}] * 3
+    assert [set(h) for h in no_valid.history_] == [
+        {"epoch", "train_loss", "seconds", "learning_rate", "reg_factors"}
+    ] * 3
+    # partial_fit goes on with the values the fit derived, not ones derived from its own rows
+    lr, reg = m.learning_rate_, m.reg_factors_
+    m.partial_fit(valid)
+    assert (m.history_[-1]["learning_rate"], m.history_[-1]["reg_factors"]) == (lr, reg)
 
 
 @pytest.mark.parametrize("kind", KINDS)

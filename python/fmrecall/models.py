@@ -83,6 +83,8 @@ class _FactorizationModel(ModelState):
     whole-row 1/||x|| (ranking only: split() refuses it); "none" / False leaves values as they are.
     learning_rate="auto" is 8 / mean ||x||² of the training rows (0.2 on 39 one-hot fields), the
     value used is ``learning_rate_`` and each history_ record's "learning_rate".
+    reg_factors="auto" is 2 / (mean ||x||²)³ of the training rows (2e-3 on 10 one-hot fields, 3.4e-5
+    on 39), the value used is ``reg_factors_`` and each history_ record's "reg_factors".
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class _FactorizationModel(ModelState):
         epochs: int = 30,
         learning_rate: Union[float, str] = "auto",
         reg_linear: float = 2e-5,
-        reg_factors: float = 2e-3,
+        reg_factors: Union[float, str] = "auto",
         init_std: float = 0.05,
         normalize: Union[bool, str] = "mean",
         patience: Optional[int] = 3,
@@ -173,7 +175,10 @@ class _FactorizationModel(ModelState):
         lr: Any = self.learning_rate
         if lr != "auto" and (not real(lr) or not np.isfinite(lr) or lr <= 0):
             raise ValueError(f'learning_rate must be "auto" or a number > 0, got {lr!r}')
-        for name in ("reg_linear", "reg_factors", "init_std"):
+        reg: Any = self.reg_factors
+        if reg != "auto" and (not real(reg) or not np.isfinite(reg) or reg < 0):
+            raise ValueError(f'reg_factors must be "auto" or a number >= 0, got {reg!r}')
+        for name in ("reg_linear", "init_std"):
             value = getattr(self, name)
             if not real(value) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -449,10 +454,18 @@ class _FactorizationModel(ModelState):
         history = self.history_
         return float(history[-1]["learning_rate"]) if history and "learning_rate" in history[-1] else None
 
+    @property
+    def reg_factors_(self) -> Optional[float]:
+        """The L2 on the latent vectors the last epoch trained with (reg_factors="auto" derives it
+        from the data at fit time), None before any training."""
+        history = self.history_
+        return float(history[-1]["reg_factors"]) if history and "reg_factors" in history[-1] else None
+
     def _train_part(
-        self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int, lr: float
+        self, core: _core.Model, train: TrainingSource, order: np.ndarray, epoch: int, lr: float, reg: float
     ) -> Tuple[float, int]:
-        """One chunk of an epoch in C++ on `core` at learning rate `lr`: (summed loss, loss terms)."""
+        """One chunk of an epoch in C++ on `core` at learning rate `lr` and factor L2 `reg`: (summed
+        loss, loss terms)."""
         loss = _core.Loss.__members__[self.loss].value
         return train.train_chunk(
             core,
@@ -461,7 +474,7 @@ class _FactorizationModel(ModelState):
             training.epoch_seed(self.seed, epoch),
             lr,
             float(self.reg_linear),
-            float(self.reg_factors),
+            reg,
             int(self.threads),
         )
 

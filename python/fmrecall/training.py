@@ -73,6 +73,27 @@ def learning_rate(model: "_FactorizationModel", train: "TrainingSource", continu
     return LR_PER_NODE / mean_sq if mean_sq > 0 else LR_PER_NODE
 
 
+# reg_factors="auto": REG_PER_NODE_CUBED / (mean ||x||^2)^3 of the training rows (raw values): 2e-3 at
+# 10 one-hot fields (frappe, MovieLens u1 at 11), 3.4e-5 at 39 (Criteo-shaped). Why the cube: with
+# the constant value scale a pair's product is 1/m (m = mean ||x||^2), and a model's logit is shared
+# by about m^2/2 field pairs, so the signal one pair's vectors see near zero shrinks as 1/m^3; an L2
+# above it holds the factors at 0 (a linear model: Criteo-shaped FFM at 4e-4 and 2e-3 both give the
+# linear model's 0.5297). README "Accuracy at default settings" has the study.
+REG_PER_NODE_CUBED = 2.0
+
+
+def reg_factors(model: "_FactorizationModel", train: "TrainingSource", continued: bool = False) -> float:
+    """The L2 on the latent vectors a fit (or, `continued`, a partial_fit) on `train` uses: the
+    model's number; for "auto" REG_PER_NODE_CUBED / (mean ||x||^2)^3 of `train`, or the one the model
+    trained with so far."""
+    if model.reg_factors != "auto":
+        return float(model.reg_factors)
+    if continued and model.reg_factors_ is not None:
+        return model.reg_factors_
+    mean_sq = train.mean_sq_norm()
+    return REG_PER_NODE_CUBED / mean_sq**3 if mean_sq > 0 else REG_PER_NODE_CUBED
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch `epoch` (its permutation; Interactions derive their negative draws from it)."""
     return (int(seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
@@ -152,21 +173,23 @@ def run_epoch(
     train: "TrainingSource",
     epoch: int,
     lr: float,
+    reg: float,
     bar: Optional[Bar] = None,
 ) -> Dict[str, Any]:
-    """One epoch on `core` at learning rate `lr`, chunk by chunk (each chunk through
-    ``model._train_part``): its record {"epoch", "train_loss", "learning_rate"} (mean loss per term)."""
+    """One epoch on `core` at learning rate `lr` and factor L2 `reg`, chunk by chunk (each chunk through
+    ``model._train_part``): its record {"epoch", "train_loss", "learning_rate", "reg_factors"} (mean
+    loss per term)."""
     n = len(train)
     order = _core.permutation(n, epoch_seed(model.seed, epoch))
     total, terms = 0.0, 0
     for start in range(0, n, _CHUNK_ROWS):
         part = order[start : start + _CHUNK_ROWS]
-        loss_sum, count = model._train_part(core, train, part, epoch, lr)
+        loss_sum, count = model._train_part(core, train, part, epoch, lr, reg)
         total += loss_sum
         terms += count
         if bar is not None:
             bar.update(part.size)
-    return {"epoch": epoch, "train_loss": total / max(terms, 1), "learning_rate": lr}
+    return {"epoch": epoch, "train_loss": total / max(terms, 1), "learning_rate": lr, "reg_factors": reg}
 
 
 def epoch_line(r: Dict[str, Any]) -> str:
@@ -190,6 +213,7 @@ def fit(
         raise ValueError("train has no rows")
     core = new_core(model, train)
     lr = learning_rate(model, train)
+    reg = reg_factors(model, train)
     history: List[Dict[str, Any]] = []
     best_epoch: Optional[int] = None
     best = np.inf
@@ -197,7 +221,7 @@ def fit(
     with progress(len(train) * model.epochs, f"{type(model).__name__}.fit", "row", model.verbose) as bar:
         for epoch in range(1, model.epochs + 1):
             t0 = time.perf_counter()
-            record = run_epoch(model, core, train, epoch, lr, bar)
+            record = run_epoch(model, core, train, epoch, lr, reg, bar)
             check_finite(core, record, "fit leaves the model as it was")
             if valid is not None:
                 ev = model._evaluate(core, valid)
@@ -253,10 +277,11 @@ def partial_fit_epoch(
     weights it started from are restored (a snapshot taken first) and DivergenceError is raised."""
     t0 = time.perf_counter()
     lr = learning_rate(model, train, continued=True)
+    reg = reg_factors(model, train, continued=True)
     core.snapshot()  # the last finite weights, restored if this epoch diverges
     try:
         with progress(len(train), f"{type(model).__name__}.partial_fit", "row", model.verbose) as bar:
-            record = run_epoch(model, core, train, epoch, lr, bar)
+            record = run_epoch(model, core, train, epoch, lr, reg, bar)
         record["seconds"] = time.perf_counter() - t0
         check_finite(core, record, f"the weights from before epoch {epoch} are restored")
     except DivergenceError:
