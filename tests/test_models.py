@@ -586,15 +586,21 @@ def test_fit_history_and_validation_metrics(rng, kind):
         assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0 and h["seconds"] >= 0
     # learning_rate="auto": 8 / mean ||x||^2 of the training rows, recorded, parameters untouched
     sq = np.add.reduceat(train.values_or_ones().astype(np.float64) ** 2, train.indptr[:-1].astype(np.int64))
-    assert m.learning_rate_ == pytest.approx(8.0 / sq.mean(), rel=1e-9)
+    assert m.learning_rate_ == pytest.approx(8.0 / max(sq.mean(), 1.0), rel=1e-9)
     assert all(h["learning_rate"] == m.learning_rate_ for h in m.history_)
     assert m.get_params()["learning_rate"] == "auto"
     assert cls(k=4, epochs=1, learning_rate=0.03, threads=1).fit(train).learning_rate_ == 0.03
-    # reg_factors="auto": 2 / (mean ||x||^2)^3 of the training rows, recorded, parameters untouched
-    assert m.reg_factors_ == pytest.approx(2.0 / sq.mean() ** 3, rel=1e-9)
+    # reg_factors="auto": 2 / (mean ||x||^2)^3 of the training rows, at most 2e-3, recorded,
+    # parameters untouched
+    assert m.reg_factors_ == pytest.approx(min(2.0 / sq.mean() ** 3, 2e-3), rel=1e-9)
     assert all(h["reg_factors"] == m.reg_factors_ for h in m.history_)
     assert m.get_params()["reg_factors"] == "auto"
     assert cls(k=4, epochs=1, reg_factors=0.03, threads=1).fit(train).reg_factors_ == 0.03
+    small = fmrecall.Dataset(  # values of 0.1: mean ||x||^2 < 1 is floored at 1 (lr 8), reg capped
+        train.indptr, train.fields, train.features, np.full(train.nnz, 0.1, np.float32), train.labels
+    )
+    tiny = cls(k=4, epochs=1, threads=1).fit(small)
+    assert (tiny.learning_rate_, tiny.reg_factors_) == (8.0, 2e-3)
     s = m.decision_function(valid)
     assert m.history_[-1]["valid_loss"] == pytest.approx(logloss_from_scores(valid.labels, s), rel=1e-9)
     assert m.history_[-1]["valid_auc"] == pytest.approx(auc(valid.labels, s), rel=1e-9)

@@ -69,8 +69,8 @@ def learning_rate(model: "_FactorizationModel", train: "TrainingSource", continu
         return float(model.learning_rate)
     if continued and model.learning_rate_ is not None:
         return model.learning_rate_
-    mean_sq = train.mean_sq_norm()
-    return LR_PER_NODE / mean_sq if mean_sq > 0 else LR_PER_NODE
+    mean_sq = max(train.mean_sq_norm(), 1.0)  # rows of small values are not "fewer fields": lr <= 8
+    return LR_PER_NODE / mean_sq
 
 
 # reg_factors="auto": REG_PER_NODE_CUBED / (mean ||x||^2)^3 of the training rows (raw values): 2e-3 at
@@ -80,6 +80,7 @@ def learning_rate(model: "_FactorizationModel", train: "TrainingSource", continu
 # above it holds the factors at 0 (a linear model: Criteo-shaped FFM at 4e-4 and 2e-3 both give the
 # linear model's 0.5297). README "Accuracy at default settings" has the study.
 REG_PER_NODE_CUBED = 2.0
+REG_CAP = 2e-3  # the rule at m = 10 (frappe)
 
 
 def reg_factors(model: "_FactorizationModel", train: "TrainingSource", continued: bool = False) -> float:
@@ -91,7 +92,9 @@ def reg_factors(model: "_FactorizationModel", train: "TrainingSource", continued
     if continued and model.reg_factors_ is not None:
         return model.reg_factors_
     mean_sq = train.mean_sq_norm()
-    return REG_PER_NODE_CUBED / mean_sq**3 if mean_sq > 0 else REG_PER_NODE_CUBED
+    # at most REG_CAP: the rule was measured from 10 to 39 fields; fewer (or rows of small values)
+    # keep the 10-field value instead of growing as 1/m^3 (m = 2 would give 0.25)
+    return min(REG_PER_NODE_CUBED / mean_sq**3, REG_CAP) if mean_sq > 0 else REG_CAP
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
