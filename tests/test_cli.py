@@ -83,7 +83,8 @@ def test_version_and_defaults_in_help(files: Path) -> None:
     assert r.returncode == 0
     text = " ".join(r.stdout.split())  # argparse wraps lines
     assert "--k K latent size (default: 4)" in text
-    assert "(0: train every epoch) (default: 2)" in text  # --patience
+    assert "(0: train every epoch) (default: 3)" in text  # --patience: the library's defaults
+    assert "(auto: 8 / mean ||x||^2) (default: auto)" in text and "--epochs EPOCHS most epochs (default: 30)" in text
 
 
 def test_every_argument_has_help() -> None:
@@ -160,6 +161,7 @@ def test_recommend_label_free_with_exclude_proba_out(files: Path) -> None:
     "args, code, message",
     [
         (["recommend", "rec", "queries.ffm", "-k", "0"], 2, "argument -k: must be >= 1"),
+        (["train", "train.ffm", "--learning-rate", "fast", "--out", "x"], 2, "must be a number or auto, got 'fast'"),
         (["predict", "fm.npz", "valid.ffm", "--format", "libsvm"], 2, "--format libsvm needs --fields"),
         (["index", "fm.npz", "items.ffm", "--out", "x"], 2, "give the sides with --user/--context/--item"),
         (["train", "items.ffm", "--out", "x.npz"], 1, "items.ffm: the rows have no labels"),

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -351,6 +351,16 @@ def _add_side_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--item", type=ints, help=f"item fields, e.g. 1 ({what})")
 
 
+def _auto_or_float(text: str) -> Union[str, float]:
+    """ "auto" (the library's data-derived default) or a number."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -397,17 +407,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=sorted(MODELS), default="ffm", help="model type")
     t.add_argument("--k", type=_positive, default=4, help="latent size")
     t.add_argument("--loss", choices=["logistic", "squared"], default="logistic", help="training loss")
-    t.add_argument("--epochs", type=_positive, default=10, help="most epochs")
+    t.add_argument("--epochs", type=_positive, default=30, help="most epochs")
     t.add_argument(
         "--patience",
         type=int,
-        default=2,
+        default=3,
         help="with --valid: stop after this many epochs without a better validation loss and keep the "
         "best epoch's weights (0: train every epoch)",
     )
-    t.add_argument("--learning-rate", type=float, default=0.05, help="AdaGrad learning rate")
+    t.add_argument(
+        "--learning-rate", type=_auto_or_float, default="auto", help="AdaGrad learning rate (auto: 8 / mean ||x||^2)"
+    )
     t.add_argument("--reg-linear", type=float, default=2e-5, help="L2 on the linear weights")
-    t.add_argument("--reg-factors", type=float, default=2e-5, help="L2 on the latent vectors")
+    t.add_argument(
+        "--reg-factors",
+        type=_auto_or_float,
+        default="auto",
+        help="L2 on the latent vectors (auto: 2 / (mean ||x||^2)^3, at most 2e-3)",
+    )
     t.add_argument("--field-aware", choices=["item", "query"], default="item", help="hybrid: the field-aware side")
     t.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: all cores)")
     t.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the row order")
