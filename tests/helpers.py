@@ -478,3 +478,21 @@ def random_id_lists(rng, world, m, *, size_max, extra_unknown=True, with_none=Tr
                 lst += [5, 999_999]  # ids that are not indexed are ignored
             out.append(lst)
     return out
+
+
+def run_stress(script: str, index: str, seconds: float, readers: int, save_dir: Path) -> dict:
+    """Run a readers-and-a-writer stress child (tests/stress_*.py, bounded: 180 s) and return its
+    counts, asserting it exited cleanly with no failed check."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(here, script), index, str(seconds), str(readers), str(save_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    counts: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["failures"] == 0, counts
+    return counts

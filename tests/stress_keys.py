@@ -15,17 +15,15 @@ must return that state's exact top k.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
-import time
 import traceback
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import World  # noqa: E402
+from stress_harness import Stress  # noqa: E402
 
 import fmrecall  # noqa: E402
 
@@ -50,16 +48,8 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
     b_items = world.items.subset(np.arange(MOVED)[::-1])
     pool = np.array(a_keys + b_keys + c_keys, dtype=object)
     excl = [set(rng.choice(pool, 40, replace=False).tolist()) for _ in range(world.m)]
-    stop = threading.Event()
-    counts = {"searches": 0, "mutations": 0, "saves": 0, "failures": 0, "states": [0, 0, 0]}
-    errors: list = []
-    lock = threading.Lock()
-
-    def fail(msg):
-        with lock:
-            counts["failures"] += 1
-            if len(errors) < 5:
-                errors.append(msg)
+    stress = Stress(states=[0, 0, 0])
+    fail = stress.fail
 
     def check(res, k, e, lo, hi):
         for row, i in enumerate(range(lo, hi)):
@@ -90,12 +80,12 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
             if not ok:
                 return fail(f"query {i}: keys / scores match no catalogue state: {got[:5]}")
             if len(ok) == 1:
-                with lock:
-                    counts["states"][ok[0]] += 1
+                with stress.lock:
+                    stress.counts["states"][ok[0]] += 1
 
     def reader(seed):
         r = np.random.default_rng(seed)
-        while not stop.is_set():
+        while not stress.stop.is_set():
             k, e = int(r.choice(KS)), int(r.integers(2))
             lo = int(r.integers(world.m))
             hi = world.m if r.random() < 0.3 else lo + 1
@@ -105,41 +95,19 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
                 check(res, k, e, lo, hi)
             except Exception:
                 fail(traceback.format_exc(limit=3))
-            with lock:
-                counts["searches"] += 1
+            stress.count("searches")
 
-    def writer():
-        cycle = 0
-        while not stop.is_set():
-            try:
-                rec.remove_items(a_keys).add_items(b_items, b_keys)
-                rec.remove_items(b_keys).add_items(a_items, a_keys)
-                cycle += 1
-                with lock:
-                    counts["mutations"] += 4
-                if save_dir and cycle % 5 == 0:
-                    rec.save(save_dir)
-                    with lock:
-                        counts["saves"] += 1
-            except Exception:
-                fail(traceback.format_exc(limit=3))
+    def cycle():
+        rec.remove_items(a_keys).add_items(b_items, b_keys)
+        rec.remove_items(b_keys).add_items(a_items, a_keys)
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(readers)]
-    threads.append(threading.Thread(target=writer))
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    if save_dir and counts["saves"]:
+    stress.run(reader, readers, cycle, 4, rec, save_dir, seconds)
+    if save_dir and stress.counts["saves"]:
         back = fmrecall.Recaller.load(save_dir)
         if back.id_kind != "str" or sorted(back.ids.tolist()) != sorted(a_keys + c_keys):
             fail("the saved Recaller does not hold state A's keys")
         check(back.search(world.queries, 10), 10, 0, 0, world.m)
-    counts["errors"] = errors
-    print(json.dumps(counts))
-    return 1 if counts["failures"] else 0
+    return stress.report()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,15 @@ belong to one of the two states.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
-import time
 import traceback
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import World  # noqa: E402
+from stress_harness import Stress  # noqa: E402
 
 import fmrecall  # noqa: E402
 
@@ -59,16 +57,8 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
     live = [set(world.ids.tolist()), set(world.ids[150:].tolist())]
     col = {int(x): j for j, x in enumerate(world.ids)}
 
-    stop = threading.Event()
-    counts = {"searches": 0, "mutations": 0, "saves": 0, "failures": 0}
-    errors = []
-    lock = threading.Lock()
-
-    def fail(msg):
-        with lock:
-            counts["failures"] += 1
-            if len(errors) < 5:
-                errors.append(msg)
+    stress = Stress()
+    fail = stress.fail
 
     def check(res, k, e, s):
         if index == "exact":
@@ -99,7 +89,7 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
 
     def reader(seed):
         r = np.random.default_rng(seed)
-        while not stop.is_set():
+        while not stress.stop.is_set():
             k = int(r.choice(KS))
             e = int(r.integers(2))
             s = slices[int(r.integers(len(slices)))]
@@ -108,41 +98,19 @@ def main(index: str, seconds: float, readers: int, save_dir: str) -> int:
                 check(res, k, e, s)
             except Exception:
                 fail(traceback.format_exc(limit=3))
-            with lock:
-                counts["searches"] += 1
+            stress.count("searches")
 
-    def writer():
-        cycle = 0
-        while not stop.is_set():
-            try:
-                rec.remove_items(moved)
-                rec.add_items(moved_items, moved)
-                cycle += 1
-                with lock:
-                    counts["mutations"] += 2
-                if save_dir and cycle % 5 == 0:
-                    rec.save(save_dir)
-                    with lock:
-                        counts["saves"] += 1
-            except Exception:
-                fail(traceback.format_exc(limit=3))
+    def cycle():
+        rec.remove_items(moved)
+        rec.add_items(moved_items, moved)
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(readers)]
-    threads.append(threading.Thread(target=writer))
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(60)
-    if save_dir and counts["saves"]:
+    stress.run(reader, readers, cycle, 2, rec, save_dir, seconds)
+    if save_dir and stress.counts["saves"]:
         back = fmrecall.Recaller.load(save_dir)
         got = back.search(_rows(world, slices[0]), 10)
         if not any(np.array_equal(got.ids, r[(10, 0, 0, world.m)].ids) for r in refs) and index == "exact":
             fail("the saved Recaller matches neither state")
-    counts["errors"] = errors
-    print(json.dumps(counts))
-    return 1 if counts["failures"] else 0
+    return stress.report()
 
 
 def _rows(world, s):

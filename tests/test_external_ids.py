@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 import uuid
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import SD, World, check_top
+from helpers import SD, World, check_top, run_stress
 
 import fmrecall
 from fmrecall.persist import load_arrays
@@ -227,15 +225,5 @@ def test_keys_stay_consistent_under_a_writer(tmp_path, index):
     """6 readers search with key exclusions while a writer relabels 150 of 600 items (reusing the
     freed internal ids for other items) and saves: every key comes back with its own item's exact
     score, in one catalogue state (tests/stress_keys.py)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "stress_keys.py"), index, "2", "6", str(tmp_path / "saved")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert counts["failures"] == 0, counts
+    counts = run_stress("stress_keys.py", index, 2, 6, tmp_path / "saved")
     assert counts["searches"] >= 100 and counts["mutations"] >= 8, counts

@@ -13,7 +13,7 @@ import threading
 import faiss
 import numpy as np
 import pytest
-from helpers import SD, World
+from helpers import SD, World, run_stress
 
 import fmrecall
 from fmrecall.recall import faiss_config
@@ -26,17 +26,7 @@ def test_readers_and_a_writer(tmp_path, index):
     """8 readers with k = 10 / 300, with and without exclude, while a writer removes and re-adds
     150 of 900 items and saves every 5th cycle: no crash, no exception, every result exact (the
     exact index: bit-identical to a serial search on one of the two catalogue states)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "stress_recall.py"), index, "3", "8", str(tmp_path / "saved")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert counts["failures"] == 0, counts
+    counts = run_stress("stress_recall.py", index, 3, 8, tmp_path / "saved")
     assert counts["searches"] >= 200 and counts["mutations"] >= 10 and counts["saves"] >= 1, counts
 
 
