@@ -116,3 +116,12 @@ def status_mb(key: str) -> float:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0  # kB
     return float("nan")
+
+
+def proc_status(key: str) -> float:
+    """A /proc/self/status field (VmHWM, RssAnon, RssFile, ...) in MiB; nan where it is missing."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")

@@ -164,18 +164,12 @@ def make_candidate(name: str, P: np.ndarray) -> Any:
     parts = name.split(":")
     kind = parts[0]
     nlist = int(parts[1])
+    transform, _, code = kind.partition("-")  # ip / aug / sph, then ivf (Flat lists) or fs (4-bit PQ)
     if kind == "ivf-ip":
-        return Single(P, f"IVF{nlist},Flat", "ip", 64)
-    if kind == "aug-ivf":
-        return Single(P, f"IVF{nlist},Flat", "aug", 64)
-    if kind == "sph-ivf":
-        return Single(P, f"IVF{nlist},Flat", "sph", 64)
-    if kind == "sph-fs":
-        return Single(P, f"IVF{nlist},PQ{parts[2]}x4fs", "sph", 64)
-    if kind == "aug-fs":
-        return Single(P, f"IVF{nlist},PQ{parts[2]}x4fs", "aug", 64)
-    if kind == "ip-fs":
-        return Single(P, f"IVF{nlist},PQ{parts[2]}x4fs", "ip", 64)
+        transform, code = "ip", "ivf"
+    if transform in ("ip", "aug", "sph") and code in ("ivf", "fs"):
+        lists = "Flat" if code == "ivf" else f"PQ{parts[2]}x4fs"
+        return Single(P, f"IVF{nlist},{lists}", transform, 64)
     if kind.startswith("nr"):
         R = int(kind[2:].split("-")[0])
         equal = "range" if kind.endswith("r") else "count"

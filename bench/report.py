@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,17 @@ def _load(n_rows: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+def replace_section(heading: str, section: str) -> None:
+    """Put `section` (starting with the "## ..." `heading` line) into results.md in place of that
+    heading's section, or append it: the hand-run benches (libffm, Milvus) keep their own sections."""
+    with open(RESULTS_MD) as f:
+        text = f.read()
+    pattern = re.compile(r"^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    with open(RESULTS_MD, "w") as f:
+        f.write(text)
 
 
 def record(section: str, key: str, row: Dict[str, Any]) -> None:

@@ -32,15 +32,6 @@ EPOCHS = int(os.environ.get("FMRECALL_BENCH_FM_EPOCHS", 2))  # memory does not d
 VARIANTS = ("hashed", "categorical")
 
 
-def _status(key: str) -> float:
-    """A /proc/self/status field in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
@@ -48,6 +39,8 @@ def _du(path: str) -> int:
 def child(variant: str) -> Dict[str, Any]:
     """Runs in a fresh process: the tour on MovieLens u1 with `variant` item ids; JSON numbers."""
     sys.path.insert(0, os.path.join(ROOT, "python"))
+    sys.path.insert(0, HERE)
+    import common
     import numpy as np
 
     import fmrecall
@@ -81,7 +74,7 @@ def child(variant: str) -> Dict[str, Any]:
         "variant": variant,
         "n_features": int(model.n_features_),
         "vectors": int(w["factors"].shape[0]),
-        "peak_rss_mb": _status("VmHWM"),
+        "peak_rss_mb": common.proc_status("VmHWM"),
         "saved_mb": saved / 2**20,
         "reload_same": same,
         "fmrecall": fmrecall.__version__,

@@ -18,7 +18,6 @@ The table goes into bench/results.md under "## Speed vs libffm" (that section on
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from typing import Any, Dict
@@ -191,11 +190,4 @@ def _write_results(meta: Dict) -> None:
         f"Reproduce: `{threads}{COMMAND}` (or `bash bench/scaling.sh` for 1–16 threads).",
         "",
     ]
-    section = "\n".join(lines)
-    path = report.RESULTS_MD
-    with open(path) as f:
-        text = f.read()
-    pattern = re.compile(r"^" + re.escape(HEADING) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
+    report.replace_section(HEADING, "\n".join(lines))

@@ -18,7 +18,7 @@ Environment:
     FMRECALL_BENCH_ROWS                       synthetic data size (bench/synth.py; default 1M rows)
 
 The table is written into bench/results.md under "## Milvus Lite vs faiss" (that section only; it
-is replaced when the benchmark runs again). Nothing here calls bench/report.py, so this run does
+is replaced when the benchmark runs again). Nothing here renders bench/report.py's tables, so this run does
 not regenerate the rest of results.md. Speed is reported, never asserted.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +42,7 @@ if HERE not in sys.path:
 import common  # noqa: E402
 import faiss  # noqa: E402
 import recall_data as rd  # noqa: E402
+import report  # noqa: E402
 import synth  # noqa: E402
 
 import fmrecall  # noqa: E402
@@ -230,14 +230,7 @@ def _write_results() -> None:
         "of other processes meanwhile).",
         "",
     ]
-    section = "\n".join(lines)
-    path = os.path.join(HERE, "results.md")
-    with open(path) as f:
-        text = f.read()
-    pattern = re.compile(r"^" + re.escape(HEADING) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
+    report.replace_section(HEADING, "\n".join(lines))
 
 
 def _version(module: str) -> str:

@@ -34,19 +34,11 @@ K = 8
 LIMIT_MIB = 250
 
 
-def _status(key: str) -> float:
-    """A /proc/self/status field in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def child() -> dict:
     """Runs in a fresh process: open (or build) the cache, fit, predict; JSON of the numbers."""
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.join(ROOT, "python"))
+    import common
     import numpy as np
     import synth
 
@@ -63,13 +55,13 @@ def child() -> dict:
     open_s = time.perf_counter() - t0
     cache_bytes = sum(os.path.getsize(os.path.join(entry, f)) for f in os.listdir(entry))
     gc.collect()
-    before = _status("RssAnon")
+    before = common.proc_status("RssAnon")
     peak = [before]
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.01):
-            peak[0] = max(peak[0], _status("RssAnon"))
+            peak[0] = max(peak[0], common.proc_status("RssAnon"))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -77,12 +69,12 @@ def child() -> dict:
     t0 = time.perf_counter()
     model.fit(ds)
     fit_s = time.perf_counter() - t0
-    after_fit = _status("RssAnon")
+    after_fit = common.proc_status("RssAnon")
     peak_fit = max(peak[0], after_fit)
     t0 = time.perf_counter()
     p = model.decision_function(ds)
     predict_s = time.perf_counter() - t0
-    after_predict = _status("RssAnon")
+    after_predict = common.proc_status("RssAnon")
     done.set()
     watcher.join()
     peak[0] = max(peak[0], after_predict)
@@ -110,7 +102,7 @@ def child() -> dict:
         "rss_anon_after_predict_mib": after_predict,
         "rss_anon_peak_fit_mib": peak_fit,
         "rss_anon_peak_mib": peak[0],
-        "rss_file_mib": _status("RssFile"),
+        "rss_file_mib": common.proc_status("RssFile"),
         "model_state_mib": state_mib,
         "fit_s": fit_s,
         "predict_s": predict_s,
