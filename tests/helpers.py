@@ -496,3 +496,12 @@ def run_stress(script: str, index: str, seconds: float, readers: int, save_dir: 
     counts: dict = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["failures"] == 0, counts
     return counts
+
+
+def child_env(**extra: str) -> dict:
+    """os.environ for a child interpreter that imports the fmrecall under test: the folder holding
+    the imported package (the source tree with its built extension, or an installed copy) first on
+    PYTHONPATH, plus `extra`."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(fmrecall.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PYTHONPATH": pkg, **extra}

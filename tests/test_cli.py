@@ -8,7 +8,6 @@ values come from the library's API on the same files (and numpy for σ), not fro
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
+from helpers import child_env
 
 import fmrecall
 from fmrecall import Dataset, load
@@ -29,7 +29,7 @@ SIDES = ["--user", "0-2", "--context", "3-4", "--item", "5-8"]  # the fields of 
 
 
 def fmrecall_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "FMRECALL_PROGRESS": "0"}
+    env = child_env(FMRECALL_PROGRESS="0")
     return subprocess.run(
         [sys.executable, "-m", "fmrecall", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
@@ -127,7 +127,7 @@ def test_predict_into_a_closed_pipe_exits_quietly(files: Path) -> None:
     # while predict still writes (GNU head may drain the pipe first; this reader never does)
     reader = f"{sys.executable} -c 'import sys; print(sys.stdin.readline(), end=\"\")'"
     cmd = f"{sys.executable} -m fmrecall predict fm.npz train.ffm | {reader}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    env = child_env()
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=files, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert len(r.stdout.splitlines()) == 1

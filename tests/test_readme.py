@@ -7,11 +7,12 @@ patched: the tour itself is small enough to be fast.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -24,8 +25,7 @@ def python_blocks(text: str) -> list:
 def test_the_api_tour_runs_as_written(data_dir: Path, tmp_path: Path) -> None:
     blocks = python_blocks(README.read_text(encoding="utf-8"))
     assert blocks, "README.md has no python block"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(ROOT / "python"), FMRECALL_DATA=str(data_dir), FMRECALL_PROGRESS="0")
+    env = child_env(FMRECALL_DATA=str(data_dir), FMRECALL_PROGRESS="0")
     r = subprocess.run(
         [sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
