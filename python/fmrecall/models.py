@@ -367,7 +367,8 @@ class _FactorizationModel(ModelState):
         the previous weights (or get NotFittedError), and a fit that raises changes nothing. At
         the end the new core, schema_, history_, best_epoch_ and classes_ are swapped in and
         generation_ increases. The old weights stay in memory until then: a refit needs room for
-        both models (partial_fit, in place, does not).
+        both models (partial_fit, in place, needs room for one copy of the weights, without the
+        AdaGrad state: the snapshot it restores if the epoch diverges).
         """
         if is_source(train) and is_source(y):  # fit(train, valid), the signature before 0.2
             if valid is not None:
