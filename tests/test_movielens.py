@@ -184,7 +184,7 @@ def test_cold_start_smoke(ml):
     schema = M.default_schema(ml)
     schema.fit([ml.users, warm, train])
     exp = M.Experiment(ml, schema, train, warm, cold_start=M.COLD_START)
-    model = M.make_model("FM", schema, threads=0, seed=0, k=16, epochs=3).fit(exp.interactions())
+    model = M.make_model("FM", schema, threads=1, seed=0, k=16, epochs=3).fit(exp.interactions())  # deterministic
     rec = fmrecall.Recaller(model, schema)
     rec.add_items(items, "item_id")
     assert len(rec) == 1682
@@ -196,7 +196,7 @@ def test_cold_start_smoke(ml):
     )
     q = exp.queries.iloc[:40]
     res = rec.search(q, 100, exclude=exp.exclude[:40])
-    assert np.isin(res.ids, cold).any()  # cold items do get recommended
+    assert np.isin(res.ids, cold).sum() >= 1, np.isin(res.ids, cold).sum()  # cold items do get recommended
     full = model.decision_function(schema.transform(_joined(ml, q, res.ids, items))).reshape(res.ids.shape)
     np.testing.assert_allclose(res.scores, full, rtol=1e-5, atol=1e-5)
     within = rec.search(q, 10, exclude=exp.exclude[:40], restrict=cold)
