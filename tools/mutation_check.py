@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Mutation check of the row kernel: plant deliberate one-line bugs, one at a time, in a private
-copy of the repository, rebuild it, and check that tests/test_kernels.py fails for every one.
+copy of the repository, rebuild it, and check that the kernel tests (tests/test_kernels.py, plus
+test_seen_vectors.py and test_split.py for the gather of rows) fail for every one.
 
     python tools/mutation_check.py                      # every mutation (~40 s each on 2 cores, mostly rebuild)
     python tools/mutation_check.py --only pair_steps4   # the mutations whose name contains a word
@@ -437,6 +438,18 @@ MUTATIONS = [
         "shared = any_repeated_feature();",
         "shared = false;",
     ),
+    Mutation(
+        "gather: value scale ignored",
+        "cpp/src/row.cc",
+        "} else if (M.scale != 1.f) {  // the model's constant value scale (keeps the split exact, DESIGN §6)",
+        "} else if (false) {",
+    ),
+    Mutation(
+        "gather: a node without a vector takes row 0",
+        "cpp/src/row.cc",
+        "if (r >= 0) single[ns++] = p;",
+        "single[ns++] = p; single_row[p] = r < 0 ? 0 : r;",
+    ),
 ]
 
 
@@ -462,7 +475,11 @@ def _cpu_has(arch: str, python: str, work: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
-    ap.add_argument("--tests", default="tests/test_kernels.py", help="pytest target(s), space separated")
+    ap.add_argument(
+        "--tests",
+        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py",
+        help="pytest target(s), space separated",
+    )
     ap.add_argument(
         "--only",
         default="",
