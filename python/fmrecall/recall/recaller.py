@@ -96,34 +96,24 @@ class Recaller:
         threads: int = 0,
     ) -> None:
         self._bind(model, sides, threads)
+        faiss_args: Dict[str, Any] = dict(
+            segments=segments,
+            candidates=candidates,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+            nlist=nlist,
+            nprobe=nprobe,
+            pad=pad,
+        )
         if isinstance(index, ItemIndex):
-            faiss_args = dict(
-                segments=segments,
-                candidates=candidates,
-                hnsw_m=hnsw_m,
-                ef_construction=ef_construction,
-                ef_search=ef_search,
-                nlist=nlist,
-                nprobe=nprobe,
-                pad=pad,
-            )
             defaults = {k: p.default for k, p in inspect.signature(Recaller.__init__).parameters.items()}
             changed = [k for k, v in faiss_args.items() if v != defaults[k]]
             if changed:
                 raise ValueError(f"{', '.join(changed)}: give index parameters to the index adapter, not the Recaller")
             self.index = index
         elif isinstance(index, str):
-            self.index = FaissIndex(
-                index,
-                segments=segments,
-                candidates=candidates,
-                hnsw_m=hnsw_m,
-                ef_construction=ef_construction,
-                ef_search=ef_search,
-                nlist=nlist,
-                nprobe=nprobe,
-                pad=pad,
-            )
+            self.index = FaissIndex(index, **faiss_args)
         else:
             raise ValueError(
                 f"index must be a string or an index adapter (fmrecall.FaissIndex / MilvusIndex), "
