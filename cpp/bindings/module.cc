@@ -411,6 +411,25 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release nogil;
              M.restore();
            })
+      .def(
+          "average",
+          [](Model& M, float beta) {
+            py::gil_scoped_release nogil;
+            M.average(beta);
+          },
+          py::arg("beta"), "avg <- beta avg + (1 - beta) weights (the first call copies the weights).")
+      .def(
+          "swap_average",
+          [](Model& M) {
+            py::gil_scoped_release nogil;
+            M.swap_average();
+          },
+          "The weights and their average trade places.")
+      .def("drop_average",
+           [](Model& M) {
+             py::gil_scoped_release nogil;
+             M.drop_average();
+           })
       .def("get_weights",
            [](const Model& M) {
              Weights w;

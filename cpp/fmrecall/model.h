@@ -101,8 +101,14 @@ struct Model {
   float snap_w0 = 0.f;
   AlignedArray<float> snap_w, snap_v, snap_W;
 
+  // Per-epoch exponential moving average of the weights only (README "Accuracy at default
+  // settings"): avg <- beta avg + (1 - beta) w after each epoch of fit; empty = none.
+  float avg_w0 = 0.f;
+  AlignedArray<float> avg_w, avg_v, avg_W;
+
   mutable RwMutex mu;          // shared: routines that read the tables; exclusive: structural changes
   mutable std::mutex snap_mu;  // two concurrent snapshot() calls (both hold mu shared) write snap_*
+  mutable std::mutex avg_mu;   // likewise for average() and avg_*
 
   Model() = default;
   Model(const Model&) = delete;
@@ -141,6 +147,11 @@ struct Model {
   void snapshot();       // shared lock (reads the tables; snap_* are guarded by snap_mu)
   void restore();        // exclusive lock
   void drop_snapshot();  // frees the snapshot (snap_mu only)
+  // avg <- beta avg + (1 - beta) w (the first call, or one after a change of the tables, copies w).
+  // Shared lock (avg_* are guarded by avg_mu).
+  void average(float beta);
+  void swap_average();  // the weights and their average trade places (exclusive lock; logic_error if none)
+  void drop_average();  // frees the average (avg_mu only)
 
   // Give vectors (random init, AdaGrad state 1) to the listed features that have none: single
   // vectors to `single_feats` (seeded by (seed, feature) as allocate seeds them), field-aware ones

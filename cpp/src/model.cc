@@ -57,15 +57,27 @@ void check_row_map(const std::vector<int32_t>& map, int64_t n, int64_t rows, con
   }
 }
 
-// Copy the weight half of every stored vector (stride 2 kp) into a compact (count, kp) array, or back.
-void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool to_compact) {
+// f(stored weight, compact copy) for every weight lane of the stored vectors (stride 2 kp, weights
+// in the first kp floats) and the same lane of a compact (count, kp) array.
+template <class Fn>
+void zip_weights(float* compact, float* stored, int64_t count, int32_t kp, Fn f) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) {
-    if (to_compact)
-      std::memcpy(compact + i * kp, stored + i * 2 * kp, sizeof(float) * kp);
-    else
-      std::memcpy(stored + i * 2 * kp, compact + i * kp, sizeof(float) * kp);
-  }
+  for (int64_t i = 0; i < count; ++i)
+    for (int32_t d = 0; d < kp; ++d) f(stored[i * 2 * kp + d], compact[i * kp + d]);
+}
+
+// Copy the weight half of every stored vector into a compact (count, kp) array, or back.
+void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool to_compact) {
+  if (to_compact)
+    zip_weights(compact, stored, count, kp, [](float& s, float& c) { c = s; });
+  else
+    zip_weights(compact, stored, count, kp, [](float& s, float& c) { s = c; });
+}
+
+void drop_arrays(AlignedArray<float>& a, AlignedArray<float>& b, AlignedArray<float>& c) {
+  a = AlignedArray<float>();
+  b = AlignedArray<float>();
+  c = AlignedArray<float>();
 }
 }  // namespace
 
@@ -110,6 +122,7 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
+  drop_arrays(avg_w, avg_v, avg_W);
 }
 
 namespace {
@@ -211,9 +224,10 @@ void Model::grow_features(int64_t n_new) {
   single_row = std::move(srows);
   aware_row = std::move(arows);
   n = n2;
-  snap_w.resize(0);  // a snapshot no longer matches
+  snap_w.resize(0);  // a snapshot (or an average) no longer matches
   snap_v.resize(0);
   snap_W.resize(0);
+  drop_arrays(avg_w, avg_v, avg_W);
 }
 
 bool Model::finite() const {
@@ -253,9 +267,43 @@ void Model::restore() {
 
 void Model::drop_snapshot() {
   std::lock_guard<std::mutex> snap(snap_mu);
-  snap_w = AlignedArray<float>();
-  snap_v = AlignedArray<float>();
-  snap_W = AlignedArray<float>();
+  drop_arrays(snap_w, snap_v, snap_W);
+}
+
+void Model::average(float beta) {
+  ReadLock lock(mu);
+  std::lock_guard<std::mutex> guard(avg_mu);
+  const bool first = avg_w.size() != w.size() || avg_v.size() != v.size() / 2 || avg_W.size() != W.size() / 2;
+  if (first) {
+    avg_w.resize(w.size());
+    avg_v.resize(v.size() / 2);
+    avg_W.resize(W.size() / 2);
+  }
+  const float a = first ? 0.f : beta, b = 1.f - a;  // avg <- a avg + b w (a copy the first time)
+  auto blend = [a, b](float& s, float& c) { c = a * c + b * s; };
+  avg_w0 = a * avg_w0 + b * w0;
+  const int64_t n_lin = static_cast<int64_t>(w.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n_lin; ++j) avg_w[j] = a * avg_w[j] + b * w[j];
+  if (!v.empty()) zip_weights(avg_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, blend);
+  if (!W.empty()) zip_weights(avg_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, blend);
+}
+
+void Model::swap_average() {
+  WriteLock lock(mu);
+  std::lock_guard<std::mutex> guard(avg_mu);
+  if (avg_w.size() != w.size() || avg_v.size() != v.size() / 2 || avg_W.size() != W.size() / 2)
+    throw std::logic_error("swap_average() without average()");
+  auto swap = [](float& s, float& c) { std::swap(s, c); };
+  std::swap(w0, avg_w0);
+  std::swap(w, avg_w);  // compact on both sides
+  if (!v.empty()) zip_weights(avg_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, swap);
+  if (!W.empty()) zip_weights(avg_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, swap);
+}
+
+void Model::drop_average() {
+  std::lock_guard<std::mutex> guard(avg_mu);
+  drop_arrays(avg_w, avg_v, avg_W);
 }
 
 namespace {
