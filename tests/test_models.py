@@ -363,6 +363,7 @@ def test_get_params_defaults(cls):
         "init_std": 0.05,
         "normalize": "mean",
         "patience": 3,
+        "average": 0.9,
         "threads": 0,
         "seed": 0,
         "n_features": None,
@@ -523,7 +524,7 @@ def test_partial_fit_continues_training(rng, kind):
     and partial_fit on an unfitted model must equal fit(epochs=1)."""
     cls = MODEL_CLASSES[kind]
     ds = one_row_dataset([0, 2, 1, 2], [3, 8, 5, 9], [0.5, 1.0, -1.5, 0.7], 1.0, n_features=12, n_fields=3)
-    hyper = dict(k=5, threads=1, seed=4, learning_rate=0.3, reg_linear=0.01, reg_factors=0.01)
+    hyper = dict(k=5, threads=1, seed=4, learning_rate=0.3, reg_linear=0.01, reg_factors=0.01, average=0)
     three = cls(epochs=3, **hyper).fit(ds).weights()
     stepped = cls(epochs=1, **hyper).fit(ds)
     stepped.partial_fit(ds).partial_fit(ds)
@@ -582,7 +583,16 @@ def test_fit_history_and_validation_metrics(rng, kind):
     m = cls(k=4, epochs=4, patience=None, threads=1).fit(train, valid=valid)
     assert [h["epoch"] for h in m.history_] == [1, 2, 3, 4]
     for h in m.history_:
-        assert set(h) == {"epoch", "train_loss", "valid_loss", "valid_auc", "seconds", "learning_rate", "reg_factors"}
+        assert set(h) == {
+            "epoch",
+            "train_loss",
+            "valid_loss",
+            "valid_auc",
+            "seconds",
+            "learning_rate",
+            "reg_factors",
+            "averaged",
+        }
         assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0 and h["seconds"] >= 0
     # learning_rate="auto": 8 / mean ||x||^2 of the training rows, recorded, parameters untouched
     sq = np.add.reduceat(train.values_or_ones().astype(np.float64) ** 2, train.indptr[:-1].astype(np.int64))
@@ -608,7 +618,7 @@ def test_fit_history_and_validation_metrics(rng, kind):
     assert m.best_epoch_ == int(np.argmin(losses)) + 1
     no_valid = cls(k=4, epochs=3, threads=1).fit(train)
     assert [set(h) for h in no_valid.history_] == [
-        {"epoch", "train_loss", "seconds", "learning_rate", "reg_factors"}
+        {"epoch", "train_loss", "seconds", "learning_rate", "reg_factors", "averaged"}
     ] * 3
     # partial_fit goes on with the values the fit derived, not ones derived from its own rows
     lr, reg = m.learning_rate_, m.reg_factors_

@@ -85,6 +85,11 @@ class _FactorizationModel(ModelState):
     value used is ``learning_rate_`` and each history_ record's "learning_rate".
     reg_factors="auto" is 2 / (mean ||x||²)³ of the training rows (2e-3 on 10 one-hot fields, 3.4e-5
     on 39), the value used is ``reg_factors_`` and each history_ record's "reg_factors".
+    average=0.9: fit keeps a per-epoch exponential moving average of the weights,
+    avg ← average·avg + (1 − average)·weights after each epoch (the first epoch's weights start it),
+    and returns it; with `valid`, each epoch scores both the weights and their average and keeps
+    the better (history_ record "averaged"). 0 returns the last (or best) epoch's weights.
+    partial_fit (one epoch in place) does not average.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class _FactorizationModel(ModelState):
         init_std: float = 0.05,
         normalize: Union[bool, str] = "mean",
         patience: Optional[int] = 3,
+        average: float = 0.9,
         threads: int = 0,
         seed: int = 0,
         n_features: Optional[int] = None,
@@ -114,6 +120,7 @@ class _FactorizationModel(ModelState):
         self.init_std = init_std
         self.normalize = normalize
         self.patience = patience
+        self.average = average
         self.threads = threads
         self.seed = seed
         self.n_features = n_features
@@ -186,6 +193,8 @@ class _FactorizationModel(ModelState):
             raise ValueError(f"normalize must be one of {training.NORMALIZE} (or True / False), got {self.normalize!r}")
         if self.patience is not None and (not integer(self.patience) or self.patience < 1):
             raise ValueError(f"patience must be None or a positive integer, got {self.patience!r}")
+        if not real(self.average) or not 0 <= self.average < 1:
+            raise ValueError(f"average must be a number in [0, 1), got {self.average!r}")
         check_threads(self.threads)
         if not integer(self.seed) or not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")

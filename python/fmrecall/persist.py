@@ -391,7 +391,7 @@ def model_from_arrays(
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: params must be a JSON object")
     try:
-        params = _restore_params(raw)
+        params = {"average": 0.0, **_restore_params(raw)}  # files before 0.3 hold no averaged weights
         model = cls(**params)
     except TypeError as e:
         raise ValueError(f"{path}: bad parameters ({e})") from None

@@ -207,7 +207,9 @@ def fit(
     model: "_FactorizationModel", train: "TrainingSource", valid: Optional["TrainingSource"]
 ) -> Tuple[_core.Model, List[Dict[str, Any]], Optional[int]]:
     """Train a fresh core (the model is not touched): (core, history, best epoch). With `valid`,
-    early stopping after `patience` epochs without improvement restores the best epoch's weights."""
+    early stopping after `patience` epochs without improvement restores the best epoch's weights
+    (or their average, whichever that epoch scored better: score_epoch). Without `valid`, the core
+    ends with the moving average of the weights (model.average > 0) or the last epoch's."""
     model._check_params()
     train.check_labels(model.loss, "train")
     if valid is not None:
@@ -226,9 +228,12 @@ def fit(
             t0 = time.perf_counter()
             record = run_epoch(model, core, train, epoch, lr, reg, bar)
             check_finite(core, record, "fit leaves the model as it was")
+            if model.average:
+                core.average(float(model.average))  # avg <- average avg + (1 - average) weights
+            record["averaged"] = bool(model.average)
             if valid is not None:
-                ev = model._evaluate(core, valid)
-                record["valid_loss"], record["valid_auc"] = ev["loss"], ev["auc"]
+                keep = model.patience is not None and epoch < model.epochs  # the last one needs no copy
+                score_epoch(model, core, valid, record, best, keep)
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             info(epoch_line(record), model.verbose)
@@ -236,17 +241,47 @@ def fit(
                 continue
             if record["valid_loss"] < best:
                 best, best_epoch, since_best = record["valid_loss"], epoch, 0
-                if model.patience is not None and epoch < model.epochs:
-                    core.snapshot()
             else:
                 since_best += 1
                 if model.patience is not None and since_best >= model.patience:
                     break  # the bar closes at 100%: the run is complete
     if valid is not None and model.patience is not None and best_epoch not in (None, history[-1]["epoch"]):
-        core.restore()
+        core.restore()  # the snapshot holds what that epoch scored best: weights or average
         info(f"restored epoch {best_epoch} (best valid loss {best:.5f})", model.verbose)
+    elif history[-1]["averaged"]:
+        core.swap_average()
     core.drop_snapshot()
+    core.drop_average()
     return core, history, best_epoch
+
+
+def score_epoch(
+    model: "_FactorizationModel",
+    core: _core.Model,
+    valid: "TrainingSource",
+    record: Dict[str, Any],
+    best: float,
+    keep: bool,
+) -> None:
+    """Score the epoch's weights and (model.average > 0) their moving average on `valid`; the better
+    one goes into `record` ("valid_loss", "valid_auc", "averaged") and, if it beats `best` and
+    `keep`, into the core's snapshot. The core holds the weights (not the average) on return."""
+    ev = model._evaluate(core, valid)
+    averaged = False
+    if model.average:
+        core.swap_average()
+        try:
+            ev_avg = model._evaluate(core, valid)
+            averaged = bool(ev_avg["loss"] < ev["loss"])
+            if averaged:
+                ev = ev_avg
+                if keep and ev["loss"] < best:
+                    core.snapshot()
+        finally:
+            core.swap_average()
+    if keep and not averaged and ev["loss"] < best:
+        core.snapshot()
+    record["valid_loss"], record["valid_auc"], record["averaged"] = ev["loss"], ev["auc"], averaged
 
 
 def grow(model: "_FactorizationModel", core: _core.Model, train: "TrainingSource") -> None:
@@ -286,6 +321,7 @@ def partial_fit_epoch(
         with progress(len(train), f"{type(model).__name__}.partial_fit", "row", model.verbose) as bar:
             record = run_epoch(model, core, train, epoch, lr, reg, bar)
         record["seconds"] = time.perf_counter() - t0
+        record["averaged"] = False  # one epoch in place: the weights themselves
         check_finite(core, record, f"the weights from before epoch {epoch} are restored")
     except DivergenceError:
         core.restore()
