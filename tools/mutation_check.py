@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Mutation check of the row kernel: plant deliberate one-line bugs, one at a time, in a private
 copy of the repository, rebuild it, and check that the kernel tests (tests/test_kernels.py, plus
-test_seen_vectors.py and test_split.py for the gather of rows) fail for every one.
+test_seen_vectors.py and test_split.py for the gather of rows, test_average.py for the moving
+average of the weights) fail for every one.
 
     python tools/mutation_check.py                      # every mutation (~40 s each on 2 cores, mostly rebuild)
     python tools/mutation_check.py --only pair_steps4   # the mutations whose name contains a word
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KI = "cpp/fmrecall/kernel_impl.h"
 LANES = "cpp/fmrecall/lanes.h"
+MODEL = "cpp/src/model.cc"
 
 
 @dataclass
@@ -450,6 +452,32 @@ MUTATIONS = [
         "if (r >= 0) single[ns++] = p;",
         "single[ns++] = p; single_row[p] = r < 0 ? 0 : r;",
     ),
+    # ---- the moving average of the weights (cpp/src/model.cc; tests/test_average.py)
+    Mutation(
+        "average: the first call blends instead of copying",
+        MODEL,
+        "const float a = first ? 0.f : beta, b = 1.f - a;  // avg <- a avg + b w (a copy the first time)",
+        "const float a = beta, b = 1.f - a;",
+    ),
+    Mutation(
+        "average: vector weights blended the wrong way round",
+        MODEL,
+        "auto blend = [a, b](float& s, float& c) { c = a * c + b * s; };",
+        "auto blend = [a, b](float& s, float& c) { c = b * c + a * s; };",
+    ),
+    Mutation(
+        "average: linear weights not averaged",
+        MODEL,
+        "for (int64_t j = 0; j < n_lin; ++j) avg_w[j] = a * avg_w[j] + b * w[j];",
+        "for (int64_t j = 0; j < n_lin; ++j) avg_w[j] = w[j];",
+    ),
+    Mutation("average: bias not averaged", MODEL, "avg_w0 = a * avg_w0 + b * w0;", "avg_w0 = w0;"),
+    Mutation(
+        "swap_average: vectors copied one way",
+        MODEL,
+        "auto swap = [](float& s, float& c) { std::swap(s, c); };",
+        "auto swap = [](float& s, float& c) { s = c; };",
+    ),
 ]
 
 
@@ -477,7 +505,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
     ap.add_argument(
         "--tests",
-        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py",
+        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_average.py",
         help="pytest target(s), space separated",
     )
     ap.add_argument(
