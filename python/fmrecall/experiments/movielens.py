@@ -26,8 +26,11 @@ from ..schema import Schema
 from . import baselines as B
 
 # FM: the estimator defaults (issue 8). HybridFM / FFM: chosen by a sweep on the u1 split before the
-# defaults had a value scale (hence normalize="none"; see README); the same settings on every split.
-_SWEPT: Dict[str, Any] = dict(normalize="none", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16)
+# defaults had a value scale or averaged weights (hence normalize="none", average=0; see README); the
+# same settings on every split.
+_SWEPT: Dict[str, Any] = dict(
+    normalize="none", learning_rate=0.1, reg_factors=2e-2, reg_linear=1e-2, epochs=16, average=0.0
+)
 MODEL_PARAMS: Dict[str, Dict[str, Any]] = {
     "FM": dict(k=64),
     "HybridFM": dict(k=32, field_aware="query", **_SWEPT),
