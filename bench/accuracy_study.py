@@ -3,9 +3,11 @@ configuration per line, on the Criteo-shaped synthetic rows (bench/synth.py), fr
 
     PYTHONPATH=python python bench/accuracy_study.py criteo '{"normalize": "none"}' '{}' ...
     PYTHONPATH=python python bench/accuracy_study.py frappe-FFM '{}'
-    PYTHONPATH=python python bench/accuracy_study.py movielens-FM '{"seed": 1}'
+    PYTHONPATH=python python bench/accuracy_study.py movielens-FM '{"seed": 1}' '{"average": 0}'
+    PYTHONPATH=python python bench/accuracy_study.py movielens-FM '{"split": "u3"}'
 
-Each argument is a JSON object of estimator parameters on top of the defaults (threads=1). Prints one
+Each argument is a JSON object of estimator parameters on top of the defaults (threads=1); for
+MovieLens, "split" picks the official split (u1 .. u5, default u1). Prints one
 line per configuration: the metric, the best epoch, the value scale and reg_factors used, the seconds.
 Data: ``FMRECALL_DATA`` (default ../shared/data); rows for criteo: ``FMRECALL_BENCH_ROWS`` (300,000).
 """
@@ -55,7 +57,7 @@ def run(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
         from fmrecall.experiments import movielens as M
 
         name = kind.split("-")[1]
-        ml = movielens100k(os.path.join(DATA, "ml-100k"), "u1")
+        ml = movielens100k(os.path.join(DATA, "ml-100k"), params.pop("split", "u1"))
         schema = M.default_schema(ml)
         exp = M.Experiment(ml, schema)
         k = params.pop("k", {"FM": 64, "HybridFM": 32, "FFM": 16}[name])
