@@ -34,17 +34,17 @@ struct KernelFns {
 // environment variable FMRECALL_ARCH (generic | avx2 | avx512) asks for a narrower one. Lanes:
 // generic 128-bit; avx2 256-bit; avx512 512-bit where the padded latent size is a multiple of 16,
 // else 256-bit (lanes.h: Chunk).
-KernelFns select_kernels(int32_t kp);
+KernelFns select_kernels(int32_t kp, bool rowwise = false);
 const char* best_arch();  // "generic", "avx2" or "avx512"
 
 namespace generic {
-KernelFns kernels(int32_t kp);
+KernelFns kernels(int32_t kp, bool rowwise);
 }
 namespace avx2 {
-KernelFns kernels(int32_t kp);
+KernelFns kernels(int32_t kp, bool rowwise);
 }
 namespace avx512 {
-KernelFns kernels(int32_t kp);
+KernelFns kernels(int32_t kp, bool rowwise);
 }
 
 }  // namespace fmrecall

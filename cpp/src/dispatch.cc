@@ -39,15 +39,15 @@ const char* best_arch() {
   return names[chosen_level()];
 }
 
-KernelFns select_kernels(int32_t kp) {
+KernelFns select_kernels(int32_t kp, bool rowwise) {
 #if defined(FMRECALL_X86)
   switch (chosen_level()) {
-    case 2: return avx512::kernels(kp);
-    case 1: return avx2::kernels(kp);
+    case 2: return avx512::kernels(kp, rowwise);
+    case 1: return avx2::kernels(kp, rowwise);
     default: break;
   }
 #endif
-  return generic::kernels(kp);
+  return generic::kernels(kp, rowwise);
 }
 
 }  // namespace fmrecall
