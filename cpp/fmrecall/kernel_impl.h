@@ -161,6 +161,21 @@ float forward(const Model& M, Row& r) {
 // 1/sqrt(x) of one float through the refined lane estimate (lanes.h vrsqrt)
 inline float rsqrt1(float x) { return vrsqrt(splat<f4>(x))[0]; }
 
+// A chunk folded to 4 lanes (the sum of its 4-float quarters): lane sums stay lane sums.
+template <class T>
+inline f4 fold4(T v) {
+  f4 out = load<f4>(reinterpret_cast<const float*>(&v));
+  for (int q = 4; q < width<T>(); q += 4) out += load<f4>(reinterpret_cast<const float*>(&v) + q);
+  return out;
+}
+
+// {Σa, Σb, Σa, Σb}: both horizontal sums in one register (two shuffle rounds, no scalar loop)
+inline f4 sum2(f4 a, f4 b) {
+  typedef int i4 __attribute__((vector_size(16)));
+  const f4 t = __builtin_shuffle(a, b, i4{0, 4, 2, 6}) + __builtin_shuffle(a, b, i4{1, 5, 3, 7});  // a01 b01 a23 b23
+  return t + __builtin_shuffle(t, i4{2, 3, 0, 1});
+}
+
 // AdaGrad on one vector: g = kappa * dscore + l2 * w;  G += g²;  w -= eta * g / sqrt(G).
 // RW (row-wise AdaGrad): one accumulator per vector, G[0] += mean_d g_d² over the k real lanes
 // (padding lanes of g are 0), then the same step with that one G for every lane.
@@ -210,9 +225,12 @@ inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restr
       s1 += g1 * g1;
       s2 += g2 * g2;
     }
-    G1[0] += hsum(s1) * inv_k;
-    G2[0] += hsum(s2) * inv_k;
-    const T r1 = ev * splat<T>(rsqrt1(G1[0])), r2 = ev * splat<T>(rsqrt1(G2[0]));
+    f4 Gv = {G1[0], G2[0], 0.f, 0.f};
+    Gv += sum2(fold4(s1), fold4(s2)) * inv_k;
+    G1[0] = Gv[0];
+    G2[0] = Gv[1];
+    const f4 r = vrsqrt(Gv);  // both steps' 1/sqrt(G) in one estimate (lanes 2, 3 unused)
+    const T r1 = ev * splat<T>(r[0]), r2 = ev * splat<T>(r[1]);
     for (int d = 0; d < kp; d += width<T>()) {
       const T a = load<T>(w1 + d), b = load<T>(w2 + d);
       store(w1 + d, a - r1 * (kv * b + lv * a));
