@@ -34,17 +34,17 @@ struct KernelFns {
 // environment variable FMRECALL_ARCH (generic | avx2 | avx512) asks for a narrower one. Lanes:
 // generic 128-bit; avx2 256-bit; avx512 512-bit where the padded latent size is a multiple of 16,
 // else 256-bit (lanes.h: Chunk).
-KernelFns select_kernels(int32_t kp, bool rowwise = false);
+KernelFns select_kernels(int32_t kp);
 const char* best_arch();  // "generic", "avx2" or "avx512"
 
 namespace generic {
-KernelFns kernels(int32_t kp, bool rowwise);
+KernelFns kernels(int32_t kp);
 }
 namespace avx2 {
-KernelFns kernels(int32_t kp, bool rowwise);
+KernelFns kernels(int32_t kp);
 }
 namespace avx512 {
-KernelFns kernels(int32_t kp, bool rowwise);
+KernelFns kernels(int32_t kp);
 }
 
 }  // namespace fmrecall

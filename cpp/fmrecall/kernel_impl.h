@@ -158,47 +158,13 @@ float forward(const Model& M, Row& r) {
   return r.score;
 }
 
-// 1/sqrt(x) of one float through the refined lane estimate (lanes.h vrsqrt)
-inline float rsqrt1(float x) { return vrsqrt(splat<f4>(x))[0]; }
-
-// A chunk folded to 4 lanes (the sum of its 4-float quarters): lane sums stay lane sums.
-template <class T>
-inline f4 fold4(T v) {
-  f4 out = load<f4>(reinterpret_cast<const float*>(&v));
-  for (int q = 4; q < width<T>(); q += 4) out += load<f4>(reinterpret_cast<const float*>(&v) + q);
-  return out;
-}
-
-// {Σa, Σb, Σa, Σb}: both horizontal sums in one register (two shuffle rounds, no scalar loop)
-inline f4 sum2(f4 a, f4 b) {
-  typedef int i4 __attribute__((vector_size(16)));
-  const f4 t = __builtin_shuffle(a, b, i4{0, 4, 2, 6}) + __builtin_shuffle(a, b, i4{1, 5, 3, 7});  // a01 b01 a23 b23
-  return t + __builtin_shuffle(t, i4{2, 3, 0, 1});
-}
-
-// AdaGrad on one vector: g = kappa * dscore + l2 * w;  G += g²;  w -= eta * g / sqrt(G).
-// RW (row-wise AdaGrad): one accumulator per vector, G[0] += mean_d g_d² over the k real lanes
-// (padding lanes of g are 0), then the same step with that one G for every lane.
-template <int K, bool RW>
+// AdaGrad on one vector: g = kappa * dscore + l2 * w;  G += g²;  w -= eta * g / sqrt(G)
+template <int K>
 inline void adagrad(float* __restrict w, float* __restrict G, const float* __restrict dscore, float kappa, float eta,
-                    float l2, float inv_k, int kp_rt) {
+                    float l2, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
   const T kv = splat<T>(kappa), ev = splat<T>(eta), lv = splat<T>(l2);
-  if constexpr (RW) {
-    T ss = {};
-    for (int d = 0; d < kp; d += width<T>()) {
-      const T g = kv * load<T>(dscore + d) + lv * load<T>(w + d);
-      ss += g * g;
-    }
-    G[0] += hsum(ss) * inv_k;
-    const T r = ev * splat<T>(rsqrt1(G[0]));
-    for (int d = 0; d < kp; d += width<T>()) {
-      const T wv = load<T>(w + d);
-      store(w + d, wv - r * (kv * load<T>(dscore + d) + lv * wv));
-    }
-    return;
-  }
   for (int d = 0; d < kp; d += width<T>()) {
     const T wv = load<T>(w + d);
     const T g = kv * load<T>(dscore + d) + lv * wv;
@@ -208,36 +174,13 @@ inline void adagrad(float* __restrict w, float* __restrict G, const float* __res
   }
 }
 
-// Both vectors of one pair (libffm's update): g1 = kx w2 + l2 w1, g2 = kx w1 + l2 w2, AdaGrad on each
-// (RW: row-wise, as adagrad).
-template <int K, bool RW>
+// Both vectors of one pair (libffm's update): g1 = kx w2 + l2 w1, g2 = kx w1 + l2 w2, AdaGrad on each.
+template <int K>
 inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restrict G1, float* __restrict G2, float kx,
-                      Chunk<K> ev, Chunk<K> lv, float inv_k, int kp_rt) {
+                      Chunk<K> ev, Chunk<K> lv, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
   const T kv = splat<T>(kx);
-  if constexpr (RW) {
-    T s1 = {}, s2 = {};
-    for (int d = 0; d < kp; d += width<T>()) {
-      const T a = load<T>(w1 + d), b = load<T>(w2 + d);
-      const T g1 = kv * b + lv * a;
-      const T g2 = kv * a + lv * b;
-      s1 += g1 * g1;
-      s2 += g2 * g2;
-    }
-    f4 Gv = {G1[0], G2[0], 0.f, 0.f};
-    Gv += sum2(fold4(s1), fold4(s2)) * inv_k;
-    G1[0] = Gv[0];
-    G2[0] = Gv[1];
-    const f4 r = vrsqrt(Gv);  // both steps' 1/sqrt(G) in one estimate (lanes 2, 3 unused)
-    const T r1 = ev * splat<T>(r[0]), r2 = ev * splat<T>(r[1]);
-    for (int d = 0; d < kp; d += width<T>()) {
-      const T a = load<T>(w1 + d), b = load<T>(w2 + d);
-      store(w1 + d, a - r1 * (kv * b + lv * a));
-      store(w2 + d, b - r2 * (kv * a + lv * b));
-    }
-    return;
-  }
   for (int d = 0; d < kp; d += width<T>()) {
     const T a = load<T>(w1 + d), b = load<T>(w2 + d);
     const T g1 = kv * b + lv * a;
@@ -299,24 +242,11 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
   }
 }
 
-// One AdaGrad step per accumulated parameter: g = grad + l2 w;  G += g²;  w -= eta g / sqrt(G)
-// (RW: vectors (len > 1) get the row-wise step, G[0] += mean over the k real lanes of g²).
-template <bool RW>
-void apply(GradAcc& acc, const Hyper& h, float inv_k) {
+// One AdaGrad step per accumulated parameter: g = grad + l2 w;  G += g²;  w -= eta g / sqrt(G).
+void apply(GradAcc& acc, const Hyper& h) {
   for (int32_t e = 0; e < acc.count; ++e) {
     const GradAcc::Entry& en = acc.entries[e];
     const float* g = acc.grad.data() + static_cast<size_t>(e) * acc.stride;
-    if (RW && en.len > 1) {
-      float ss = 0.f;
-      for (int32_t d = 0; d < en.len; ++d) {
-        const float gd = g[d] + en.l2 * en.w[d];
-        ss += gd * gd;
-      }
-      en.G[0] += ss * inv_k;
-      const float r = h.eta / std::sqrt(en.G[0]);
-      for (int32_t d = 0; d < en.len; ++d) en.w[d] -= r * (g[d] + en.l2 * en.w[d]);
-      continue;
-    }
     for (int32_t d = 0; d < en.len; ++d) {
       const float gd = g[d] + en.l2 * en.w[d];
       en.G[d] += gd * gd;
@@ -332,17 +262,10 @@ inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
       y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));
 }
 
-// Σ of the 4 floats of each 128-bit half, broadcast within that half
-inline __m256 lane_sum4(__m256 v) {
-  v = _mm256_add_ps(v, _mm256_permute_ps(v, 0xB1));     // (1 0 3 2)
-  return _mm256_add_ps(v, _mm256_permute_ps(v, 0x4E));  // (2 3 0 1)
-}
-
 // K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
 // AdaGrad states. Returns the first c not done (the caller finishes an odd one).
-template <bool RW>
 inline int pair_steps4(float* W, int64_t ob, int32_t fb, const int64_t* aoff, const int32_t* afo, const float* ax,
-                       int c, int na, float kxb, float eta, float l2, float inv_k) {
+                       int c, int na, float kxb, float eta, float l2) {
   const __m256 ev = _mm256_set1_ps(eta), lv = _mm256_set1_ps(l2);
   for (; c + 1 < na; c += 2) {
     float* w1a = W + ob + afo[c];
@@ -353,20 +276,6 @@ inline int pair_steps4(float* W, int64_t ob, int32_t fb, const int64_t* aoff, co
     const __m256 a = _mm256_loadu2_m128(w1b, w1a), bq = _mm256_loadu2_m128(w2b, w2a);
     const __m256 g1 = _mm256_fmadd_ps(kx, bq, _mm256_mul_ps(lv, a));
     const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, bq));
-    if constexpr (RW) {  // row-wise: one accumulator after each vector (w[4]), per 128-bit half
-      const __m256 ik = _mm256_set1_ps(inv_k);
-      const __m256 G1 = _mm256_fmadd_ps(lane_sum4(_mm256_mul_ps(g1, g1)), ik,
-                                        _mm256_set_m128(_mm_broadcast_ss(w1b + 4), _mm_broadcast_ss(w1a + 4)));
-      const __m256 G2 = _mm256_fmadd_ps(lane_sum4(_mm256_mul_ps(g2, g2)), ik,
-                                        _mm256_set_m128(_mm_broadcast_ss(w2b + 4), _mm_broadcast_ss(w2a + 4)));
-      _mm_store_ss(w1a + 4, _mm256_castps256_ps128(G1));
-      _mm_store_ss(w1b + 4, _mm256_extractf128_ps(G1, 1));
-      _mm_store_ss(w2a + 4, _mm256_castps256_ps128(G2));
-      _mm_store_ss(w2b + 4, _mm256_extractf128_ps(G2, 1));
-      _mm256_storeu2_m128(w1b, w1a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g1), rsqrt8(G1), a));
-      _mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));
-      continue;
-    }
     const __m256 G1 = _mm256_fmadd_ps(g1, g1, _mm256_loadu2_m128(w1b + 4, w1a + 4));
     const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));
     _mm256_storeu2_m128(w1b + 4, w1a + 4, G1);
@@ -378,14 +287,13 @@ inline int pair_steps4(float* W, int64_t ob, int32_t fb, const int64_t* aoff, co
 }
 #endif
 
-template <int K, bool RW>
+template <int K>
 void backward(Model& M, Row& r, float kappa, const Hyper& h) {
-  const float inv_k = 1.f / static_cast<float>(M.k);
   if (r.shared) {
     GradAcc& acc = r.acc;
     acc.reset(K ? K : M.kp);
     collect<K>(M, r, kappa, h, acc);
-    apply<RW>(acc, h, inv_k);
+    apply(acc, h);
     return;
   }
   using T = Chunk<K>;
@@ -412,7 +320,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         zero<K>(g, kp);
         axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);
         const size_t off = woff(r.aware_row[p], r.slot_field[s]);
-        adagrad<K, RW>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, inv_k, kp);
+        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);
       }
     }
   }
@@ -433,11 +341,11 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       const float kxb = kappa * ax[b];
       int c = b + 1;
 #if FMR_WIDE
-      if (K == 4) c = pair_steps4<RW>(W, ob, fb, aoff, afo, ax, c, na, kxb, eta, l2f, inv_k);
+      if (K == 4) c = pair_steps4(W, ob, fb, aoff, afo, ax, c, na, kxb, eta, l2f);
 #endif
       for (; c < na; ++c) {
         const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;
-        pair_step<K, RW>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, inv_k, kp);
+        pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);
       }
     }
   } else if (na > 1) {
@@ -467,8 +375,8 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       for (int s = 0; s < nf; ++s) {
         if (!used[b * nf + s]) continue;
         const size_t off = woff(rp, r.slot_field[s]);
-        adagrad<K, RW>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa,
-                       eta, l2f, inv_k, kp);
+        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa, eta,
+                   l2f, kp);
       }
     }
   }
@@ -487,7 +395,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         if (ca) inner += load<T>(ca + d);
         store(dv + d, xi * inner);
       }
-      adagrad<K, RW>(vi, vi + kp, dv, kappa, eta, l2f, inv_k, kp);
+      adagrad<K>(vi, vi + kp, dv, kappa, eta, l2f, kp);
     }
   }
 
@@ -504,42 +412,39 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
 
 // The kernel's entries (KernelFns): backward and collect read the sums forward leaves in the row,
 // so they run only from here, right after forward on the same row.
-template <int K, bool RW>
+template <int K>
 double step(Model& M, Row& r, Loss loss, float label, const Hyper& h) {
   const LossGrad lg = loss_grad(loss, forward<K>(M, r), label);
-  backward<K, RW>(M, r, lg.kappa, h);
+  backward<K>(M, r, lg.kappa, h);
   return lg.loss;
 }
 
-template <int K, bool RW>
+template <int K>
 double bpr_step(Model& M, Row& pos, Row& neg, const Hyper& h, GradAcc& acc) {
   const double d = static_cast<double>(forward<K>(M, pos)) - forward<K>(M, neg);
   const LossGrad lg = bpr_loss_grad(d);
   acc.reset(K ? K : M.kp);
   collect<K>(M, pos, lg.kappa, h, acc);
   collect<K>(M, neg, -lg.kappa, h, acc);
-  apply<RW>(acc, h, 1.f / static_cast<float>(M.k));
+  apply(acc, h);
   return lg.loss;
 }
 
-template <int K, bool RW>
+template <int K>
 KernelFns entries() {
-  return {&forward<K>, &step<K, RW>, &bpr_step<K, RW>, FMR_ARCH_NAME};
+  return {&forward<K>, &step<K>, &bpr_step<K>, FMR_ARCH_NAME};
 }
 
-template <bool RW>
-KernelFns kernels_for(int32_t kp) {
+KernelFns kernels(int32_t kp) {
   switch (kp) {
-    case 4: return entries<4, RW>();
-    case 8: return entries<8, RW>();
-    case 16: return entries<16, RW>();
-    case 32: return entries<32, RW>();
-    case 64: return entries<64, RW>();
-    default: return entries<0, RW>();
+    case 4: return entries<4>();
+    case 8: return entries<8>();
+    case 16: return entries<16>();
+    case 32: return entries<32>();
+    case 64: return entries<64>();
+    default: return entries<0>();
   }
 }
-
-KernelFns kernels(int32_t kp, bool rowwise) { return rowwise ? kernels_for<true>(kp) : kernels_for<false>(kp); }
 
 }  // namespace FMR_ARCH
 }  // namespace fmrecall

@@ -81,8 +81,7 @@ struct Model {
   AlignedArray<float> w, gw;  // (n)             linear weights
   // Latent vectors are stored interleaved with their AdaGrad accumulators, [w (kp) | G (kp)], so a
   // vector and its state share cache lines (the forward pass brings in what the update needs).
-  int32_t vs = 0;                   // 2 * kp: floats per stored vector (row-wise AdaGrad: kp + 1)
-  bool rowwise = false;             // one AdaGrad accumulator per vector (prototype: FMRECALL_ROWWISE=1)
+  int32_t vs = 0;                   // 2 * kp: floats per stored vector
   AlignedArray<float> v;            // (single_rows, 2, kp)      single vectors (empty if none)
   AlignedArray<float> W;            // (aware_rows, F, 2, kp)    field-aware vectors (empty if none)
   std::vector<uint8_t> aware;       // (F)             1 = field is field-aware

@@ -39,15 +39,15 @@ const char* best_arch() {
   return names[chosen_level()];
 }
 
-KernelFns select_kernels(int32_t kp, bool rowwise) {
+KernelFns select_kernels(int32_t kp) {
 #if defined(FMRECALL_X86)
   switch (chosen_level()) {
-    case 2: return avx512::kernels(kp, rowwise);
-    case 1: return avx2::kernels(kp, rowwise);
+    case 2: return avx512::kernels(kp);
+    case 1: return avx2::kernels(kp);
     default: break;
   }
 #endif
-  return generic::kernels(kp, rowwise);
+  return generic::kernels(kp);
 }
 
 }  // namespace fmrecall

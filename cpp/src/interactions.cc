@@ -134,7 +134,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (loss == Loss::bpr && S.negatives == 0) throw InputError("the BPR loss needs sampled negatives (negatives >= 1)");
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
-  const KernelFns K = select_kernels(M.kp, M.rowwise);
+  const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
   int64_t terms = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total, terms)
@@ -182,7 +182,7 @@ void score_factored(const Model& M, const Factored& D, const int32_t* items, int
     check_range(items, n_items, D.items.rows, "items");
   }
   ReadLock lock(M.mu);
-  const KernelFns K = select_kernels(M.kp, M.rowwise);
+  const KernelFns K = select_kernels(M.kp);
 #pragma omp parallel num_threads(threads)
   {
     Row row;

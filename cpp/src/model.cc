@@ -4,41 +4,40 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 
 namespace fmrecall {
 
 namespace {
 // One row of `blocks` stored vectors [w | G] (vs = 2 kp floats each): w ~ U(-a, a) in its first k
 // lanes drawn from one stream, G = 1 (libffm's start).
-void init_row(float* row, int64_t blocks, int32_t k, int32_t kp, int32_t vs, float a, uint64_t stream) {
+void init_row(float* row, int64_t blocks, int32_t k, int32_t kp, float a, uint64_t stream) {
   Rng rng(stream);
   for (int64_t b = 0; b < blocks; ++b) {
-    float* w = row + b * vs;
+    float* w = row + b * 2 * kp;
     for (int32_t d = 0; d < k; ++d) w[d] = a * (2.f * rng.uniform() - 1.f);
-    for (int32_t d = kp; d < vs; ++d) w[d] = 1.f;
+    for (int32_t d = 0; d < kp; ++d) w[kp + d] = 1.f;
   }
 }
 
 // rows x blocks stored vectors, row r seeded by (seed, table, r): independent of the thread count.
-void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, int32_t vs, float a, uint64_t seed,
+void init_table(float* dst, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a, uint64_t seed,
                 uint64_t table) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    init_row(dst + r * blocks * vs, blocks, k, kp, vs, a, mix_seed(seed, table, static_cast<uint64_t>(r)));
+    init_row(dst + r * blocks * 2 * kp, blocks, k, kp, a, mix_seed(seed, table, static_cast<uint64_t>(r)));
 }
 
 // Single vectors through an explicit row map: every row gets G = 1, the row of feature j its
 // weights from the stream (seed, 1, j), the one an identity layout gives row j (init_table, table 1).
-void init_mapped(float* dst, int64_t rows, const std::vector<int32_t>& map, int32_t k, int32_t kp, int32_t vs, float a,
+void init_mapped(float* dst, int64_t rows, const std::vector<int32_t>& map, int32_t k, int32_t kp, float a,
                  uint64_t seed) {
   const int64_t n = static_cast<int64_t>(map.size());
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    for (int32_t d = kp; d < vs; ++d) dst[r * vs + d] = 1.f;
+    for (int32_t d = 0; d < kp; ++d) dst[r * 2 * kp + kp + d] = 1.f;
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < n; ++j)
-    if (map[j] >= 0) init_row(dst + map[j] * vs, 1, k, kp, vs, a, mix_seed(seed, 1, static_cast<uint64_t>(j)));
+    if (map[j] >= 0) init_row(dst + map[j] * 2 * kp, 1, k, kp, a, mix_seed(seed, 1, static_cast<uint64_t>(j)));
 }
 
 // InputError unless `map` is empty (identity) or has n entries, each -1 or a row < rows, and (if
@@ -59,13 +58,13 @@ void check_row_map(const std::vector<int32_t>& map, int64_t n, int64_t rows, con
 }
 
 // Copy the weight half of every stored vector (stride 2 kp) into a compact (count, kp) array, or back.
-void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, int32_t vs, bool to_compact) {
+void copy_weights(float* compact, float* stored, int64_t count, int32_t kp, bool to_compact) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) {
     if (to_compact)
-      std::memcpy(compact + i * kp, stored + i * vs, sizeof(float) * kp);
+      std::memcpy(compact + i * kp, stored + i * 2 * kp, sizeof(float) * kp);
     else
-      std::memcpy(stored + i * vs, compact + i * kp, sizeof(float) * kp);
+      std::memcpy(stored + i * 2 * kp, compact + i * kp, sizeof(float) * kp);
   }
 }
 }  // namespace
@@ -97,20 +96,17 @@ void Model::allocate(int64_t n_, int32_t F_, int32_t k_, std::vector<uint8_t> aw
   w.resize(n);
   gw.resize(n);
   gw.fill(1.f);
-  const char* rw = std::getenv("FMRECALL_ROWWISE");  // prototype switch (study only)
-  rowwise = rw && rw[0] == '1';
-  vs = rowwise ? kp + 1 : 2 * kp;
-  if (const char* e = std::getenv("FMRECALL_RW_VS"); rowwise && e) vs = std::max(kp + 1, std::atoi(e));  // study only
+  vs = 2 * kp;
   const float a = init_std * 1.7320508f;  // U(-a, a) has standard deviation init_std
   v.resize(static_cast<size_t>(single_rows) * vs);
   if (!v.empty()) {
     if (single_row.empty())
-      init_table(v.data(), single_rows, 1, k, kp, vs, a, seed, 1);
+      init_table(v.data(), single_rows, 1, k, kp, a, seed, 1);
     else
-      init_mapped(v.data(), single_rows, single_row, k, kp, vs, a, seed);
+      init_mapped(v.data(), single_rows, single_row, k, kp, a, seed);
   }
   W.resize(aware_rows > 0 ? static_cast<size_t>(aware_rows) * F * vs : 0);
-  if (!W.empty()) init_table(W.data(), aware_rows, F, k, kp, vs, a, seed, 2);
+  if (!W.empty()) init_table(W.data(), aware_rows, F, k, kp, a, seed, 2);
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
@@ -140,13 +136,13 @@ struct Growth {
     }
     if (rows + static_cast<int64_t>(fresh.size()) > INT32_MAX) throw InputError("too many vector rows");
   }
-  void build(const AlignedArray<float>& old, int64_t rows, int64_t blocks, int32_t k, int32_t kp, int32_t vs, float a,
+  void build(const AlignedArray<float>& old, int64_t rows, int64_t blocks, int32_t k, int32_t kp, float a,
              uint64_t seed, uint64_t stream_table) {
-    const size_t block = static_cast<size_t>(blocks) * vs;
+    const size_t block = static_cast<size_t>(blocks) * 2 * kp;
     table.resize(static_cast<size_t>(rows + static_cast<int64_t>(fresh.size())) * block);
     if (rows) std::memcpy(table.data(), old.data(), sizeof(float) * static_cast<size_t>(rows) * block);
     for (size_t t = 0; t < fresh.size(); ++t)
-      init_row(table.data() + (static_cast<size_t>(rows) + t) * block, blocks, k, kp, vs, a,
+      init_row(table.data() + (static_cast<size_t>(rows) + t) * block, blocks, k, kp, a,
                mix_seed(seed, stream_table, static_cast<uint64_t>(fresh[t])));
   }
 };
@@ -165,8 +161,8 @@ std::pair<int64_t, int64_t> Model::grow_rows(const int32_t* single_feats, int64_
   if (grow_v) gs.plan(single_row, single_rows, single_feats, n_single);
   if (grow_W) ga.plan(aware_row, aware_rows, aware_feats, n_aware);
   const float a = init_std * 1.7320508f;
-  if (!gs.fresh.empty()) gs.build(v, single_rows, 1, k, kp, vs, a, seed, 1);  // allocate's stream: same init
-  if (!ga.fresh.empty()) ga.build(W, aware_rows, F, k, kp, vs, a, seed, 3);
+  if (!gs.fresh.empty()) gs.build(v, single_rows, 1, k, kp, a, seed, 1);  // allocate's stream: same init
+  if (!ga.fresh.empty()) ga.build(W, aware_rows, F, k, kp, a, seed, 3);
   const int64_t added_v = static_cast<int64_t>(gs.fresh.size()), added_W = static_cast<int64_t>(ga.fresh.size());
   if (added_v) {
     v = std::move(gs.table);
@@ -237,10 +233,10 @@ void Model::snapshot() {
   std::lock_guard<std::mutex> snap(snap_mu);
   snap_w0 = w0;
   copy_into(snap_w, w);
-  snap_v.resize(v.size() / vs * kp);
-  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, vs, true);
-  snap_W.resize(W.size() / vs * kp);
-  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, vs, true);
+  snap_v.resize(v.size() / 2);
+  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, true);
+  snap_W.resize(W.size() / 2);
+  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, true);
 }
 
 void Model::restore() {
@@ -248,8 +244,8 @@ void Model::restore() {
   if (snap_w.size() != w.size()) throw std::logic_error("restore() without snapshot()");
   w0 = snap_w0;
   copy_into(w, snap_w);
-  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, vs, false);
-  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, vs, false);
+  if (!v.empty()) copy_weights(snap_v.data(), v.data(), static_cast<int64_t>(v.size() / vs), kp, false);
+  if (!W.empty()) copy_weights(snap_W.data(), W.data(), static_cast<int64_t>(W.size() / vs), kp, false);
   snap_w.resize(0);
   snap_v.resize(0);
   snap_W.resize(0);
@@ -264,17 +260,17 @@ void Model::drop_snapshot() {
 
 namespace {
 // Unpadded copy of rows stored vectors (stride 2 kp, weights in the first k floats).
-std::vector<float> unpad(const AlignedArray<float>& src, int64_t rows, int32_t k, int32_t vs) {
+std::vector<float> unpad(const AlignedArray<float>& src, int64_t rows, int32_t k, int32_t kp) {
   std::vector<float> out(static_cast<size_t>(rows) * k);
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * k, src.data() + r * vs, sizeof(float) * k);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * k, src.data() + r * 2 * kp, sizeof(float) * k);
   return out;
 }
 
 // Write a compact (rows, k) array into the weight halves of stored vectors (padding lanes = 0).
-void pad_into(AlignedArray<float>& dst, const float* src, int64_t rows, int32_t k, int32_t kp, int32_t vs) {
+void pad_into(AlignedArray<float>& dst, const float* src, int64_t rows, int32_t k, int32_t kp) {
   for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(dst.data() + r * vs, src + r * k, sizeof(float) * k);
-    for (int32_t d = k; d < kp; ++d) dst[r * vs + d] = 0.f;
+    std::memcpy(dst.data() + r * 2 * kp, src + r * k, sizeof(float) * k);
+    for (int32_t d = k; d < kp; ++d) dst[r * 2 * kp + d] = 0.f;
   }
 }
 
@@ -299,9 +295,9 @@ Weights Model::get_weights() const {
   out.has_W = !W.empty();
   out.has_single_map = !single_row.empty();
   out.has_rows = !aware_row.empty();
-  if (out.has_v) out.v = unpad(v, single_rows, k, vs);
+  if (out.has_v) out.v = unpad(v, single_rows, k, kp);
   if (out.has_single_map) out.single_row = single_row;
-  if (out.has_W) out.W = unpad(W, aware_rows * F, k, vs);
+  if (out.has_W) out.W = unpad(W, aware_rows * F, k, kp);
   if (out.has_rows) out.aware_row = aware_row;
   return out;
 }
@@ -325,8 +321,8 @@ void Model::set_weights(float bias, const float* linear, int64_t n_linear, const
                      std::to_string(aware_rows * F * k));
   w0 = bias;
   if (n) std::memcpy(w.data(), linear, sizeof(float) * n);
-  if (v_) pad_into(v, v_, single_rows, k, kp, vs);
-  if (W_) pad_into(W, W_, aware_rows * F, k, kp, vs);
+  if (v_) pad_into(v, v_, single_rows, k, kp);
+  if (W_) pad_into(W, W_, aware_rows * F, k, kp);
   snap_w.resize(0);  // a snapshot of other weights must not be restored over these
   snap_v.resize(0);
   snap_W.resize(0);

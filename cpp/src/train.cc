@@ -117,7 +117,7 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
   if (loss != Loss::logistic && loss != Loss::squared) throw InputError("this loss needs factored (Interactions) data");
   if (!data.label) throw InputError("training needs labels");
   ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
-  const KernelFns K = select_kernels(M.kp, M.rowwise);
+  const KernelFns K = select_kernels(M.kp);
   double total = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
   {
