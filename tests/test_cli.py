@@ -85,6 +85,23 @@ def test_version_and_defaults_in_help(files: Path) -> None:
     assert "--k K latent size (default: 4)" in text
     assert "(0: train every epoch) (default: 3)" in text  # --patience: the library's defaults
     assert "(auto: 8 / mean ||x||^2) (default: auto)" in text and "--epochs EPOCHS most epochs (default: 30)" in text
+    assert "(0: the last or best epoch's weights) (default: 0.9)" in text  # --average
+
+
+@pytest.mark.parametrize("value", ["0", "0.5"])
+def test_train_average(files: Path, value: str) -> None:
+    args = ["train", "train.ffm", "--model", "fm", "--epochs", "2", "--threads", "1", "--average", value]
+    r = fmrecall_cli(*args, "--out", f"avg{value}.npz", cwd=files)
+    assert r.returncode == 0, r.stderr
+    model = load(str(files / f"avg{value}.npz"))
+    assert model.average == float(value)
+    assert [h["averaged"] for h in model.history_] == [float(value) > 0] * 2
+
+
+@pytest.mark.parametrize("value", ["1", "-0.5"])
+def test_train_average_out_of_range_is_a_usage_error(files: Path, value: str) -> None:
+    r = fmrecall_cli("train", "train.ffm", "--average", value, "--out", "x.npz", cwd=files)
+    assert r.returncode == 2 and "--average must be in [0, 1)" in r.stderr
 
 
 def test_every_argument_has_help() -> None:

@@ -165,6 +165,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.patience < 0:
         _usage_error(args, f"--patience must be >= 0, got {args.patience}")
+    if not 0 <= args.average < 1:
+        _usage_error(args, f"--average must be in [0, 1), got {args.average}")
     hyper: Dict[str, Any] = dict(
         k=args.k,
         loss=args.loss,
@@ -173,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         reg_linear=args.reg_linear,
         reg_factors=args.reg_factors,
         patience=args.patience or None,
+        average=args.average,
         threads=args.threads,
         seed=args.seed,
         verbose=True,
@@ -414,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="with --valid: stop after this many epochs without a better validation loss and keep the "
         "best epoch's weights (0: train every epoch)",
+    )
+    t.add_argument(
+        "--average",
+        type=float,
+        default=0.9,
+        help="per-epoch moving average of the weights, avg = a*avg + (1-a)*weights, kept when it scores "
+        "better (0: the last or best epoch's weights)",
     )
     t.add_argument(
         "--learning-rate", type=_auto_or_float, default="auto", help="AdaGrad learning rate (auto: 8 / mean ||x||^2)"
