@@ -367,17 +367,20 @@ class _FactorizationModel(ModelState):
         field ``fields[c]`` (fmrecall.estimator_input); classifiers (logistic, bpr) take any two
         class labels (``classes_``), regressors (squared) real targets.
 
-        With `valid` (a Dataset / Interactions, or ``(X_valid, y_valid)`` for a matrix fit), each
-        epoch is scored on it; training stops once the validation loss has not improved for
-        `patience` epochs and the best epoch's weights are restored (a copy of the weights only,
-        never of the AdaGrad state).
+        Without `valid`, fit returns the moving average of the weights over its epochs
+        (`average`, 0.9 by default; 0: the last epoch's weights). With `valid` (a Dataset /
+        Interactions, or ``(X_valid, y_valid)`` for a matrix fit), each epoch scores both the
+        weights and their average on it and keeps the better (history_ record "averaged"); training
+        stops once the validation loss has not improved for `patience` epochs, and what the best
+        epoch kept is restored (a copy of the weights only, never of the AdaGrad state).
 
         The new weights are trained aside: until fit returns, other threads keep predicting with
         the previous weights (or get NotFittedError), and a fit that raises changes nothing. At
         the end the new core, schema_, history_, best_epoch_ and classes_ are swapped in and
         generation_ increases. The old weights stay in memory until then: a refit needs room for
-        both models (partial_fit, in place, needs room for one copy of the weights, without the
-        AdaGrad state: the snapshot it restores if the epoch diverges).
+        both models, plus up to two copies of the new weights without their AdaGrad state (the
+        average and the early-stopping snapshot); partial_fit, in place, needs room for one such
+        copy (the snapshot it restores if the epoch diverges).
         """
         if is_source(train) and is_source(y):  # fit(train, valid), the signature before 0.2
             if valid is not None:
