@@ -63,9 +63,10 @@ def test_fit_returns_the_moving_average_of_its_epochs(rng, kind):
         if key != "bias":
             np.testing.assert_allclose(w[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     assert [h["averaged"] for h in got.history_] == [True] * 4
-    # the first epoch's average is its weights; average=0 returns the last epoch's weights
-    one = make(kind, epochs=1, average=beta).fit(train).weights()
-    np.testing.assert_array_equal(one["linear"], per_epoch[0]["linear"])
+    # one epoch's average is its weights (no copy is made); average=0 returns the last epoch's weights
+    one = make(kind, epochs=1, average=beta).fit(train)
+    np.testing.assert_array_equal(one.weights()["linear"], per_epoch[0]["linear"])
+    assert one.history_[0]["averaged"] is False
     assert not any(h["averaged"] for h in make(kind, epochs=2, average=0.0).fit(train).history_)
 
 

@@ -209,7 +209,8 @@ def fit(
     """Train a fresh core (the model is not touched): (core, history, best epoch). With `valid`,
     early stopping after `patience` epochs without improvement restores the best epoch's weights
     (or their average, whichever that epoch scored better: score_epoch). Without `valid`, the core
-    ends with the moving average of the weights (model.average > 0) or the last epoch's."""
+    ends with the moving average of the weights (model.average > 0, more than one epoch) or the
+    last epoch's."""
     model._check_params()
     train.check_labels(model.loss, "train")
     if valid is not None:
@@ -219,6 +220,7 @@ def fit(
     core = new_core(model, train)
     lr = learning_rate(model, train)
     reg = reg_factors(model, train)
+    averaging = bool(model.average) and model.epochs > 1  # one epoch's average is its weights: no copy
     history: List[Dict[str, Any]] = []
     best_epoch: Optional[int] = None
     best = np.inf
@@ -228,12 +230,12 @@ def fit(
             t0 = time.perf_counter()
             record = run_epoch(model, core, train, epoch, lr, reg, bar)
             check_finite(core, record, "fit leaves the model as it was")
-            if model.average:
+            if averaging:
                 core.average(float(model.average))  # avg <- average avg + (1 - average) weights
-            record["averaged"] = bool(model.average)
+            record["averaged"] = averaging
             if valid is not None:
                 keep = model.patience is not None and epoch < model.epochs  # the last one needs no copy
-                score_epoch(model, core, valid, record, best, keep)
+                score_epoch(model, core, valid, record, best, keep, averaging)
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             info(epoch_line(record), model.verbose)
@@ -262,13 +264,14 @@ def score_epoch(
     record: Dict[str, Any],
     best: float,
     keep: bool,
+    averaging: bool,
 ) -> None:
-    """Score the epoch's weights and (model.average > 0) their moving average on `valid`; the better
+    """Score the epoch's weights and (`averaging`) their moving average on `valid`; the better
     one goes into `record` ("valid_loss", "valid_auc", "averaged") and, if it beats `best` and
     `keep`, into the core's snapshot. The core holds the weights (not the average) on return."""
     ev = model._evaluate(core, valid)
     averaged = False
-    if model.average:
+    if averaging:
         core.swap_average()
         try:
             ev_avg = model._evaluate(core, valid)
