@@ -52,22 +52,23 @@ def moving_average(per_epoch: list, beta: float) -> dict:
 @pytest.mark.parametrize("kind", ["fm", "ffm", "hybrid"])
 def test_fit_returns_the_moving_average_of_its_epochs(rng, kind):
     train = random_dataset(rng, n_rows=90, n_features=N_FEATURES, n_fields=N_FIELDS)
-    beta = 0.7
-    per_epoch = [make(kind, epochs=e, average=0.0).fit(train).weights() for e in (1, 2, 3, 4)]
-    assert not np.array_equal(per_epoch[2]["linear"], per_epoch[3]["linear"])  # the epochs do move
-    got = make(kind, epochs=4, average=beta).fit(train)
-    want = moving_average(per_epoch, beta)
-    w = got.weights()
-    assert w["bias"] == pytest.approx(want["bias"], rel=1e-5, abs=1e-7)
-    for key, value in want.items():
-        if key != "bias":
-            np.testing.assert_allclose(w[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
-    assert [h["averaged"] for h in got.history_] == [True] * 4
-    # one epoch's average is its weights (no copy is made); average=0 returns the last epoch's weights
-    one = make(kind, epochs=1, average=beta).fit(train)
-    np.testing.assert_array_equal(one.weights()["linear"], per_epoch[0]["linear"])
-    assert one.history_[0]["averaged"] is False
-    assert not any(h["averaged"] for h in make(kind, epochs=2, average=0.0).fit(train).history_)
+    per_epoch = [make(kind, epochs=e, average=0.0).fit(train).weights() for e in range(1, 6)]
+    assert not np.array_equal(per_epoch[3]["linear"], per_epoch[4]["linear"])  # the epochs do move
+    # (epochs, average, the decay used): average itself, or 1 - 2 / epochs when that is smaller
+    for epochs, average, decay in [(5, 0.5, 0.5), (4, 0.9, 0.5)]:
+        got = make(kind, epochs=epochs, average=average).fit(train)
+        want = moving_average(per_epoch[:epochs], decay)
+        w = got.weights()
+        assert w["bias"] == pytest.approx(want["bias"], rel=1e-5, abs=1e-7)
+        for key, value in want.items():
+            if key != "bias":
+                np.testing.assert_allclose(w[key], value, rtol=1e-5, atol=1e-6, err_msg=f"{key} {epochs}")
+        assert [h["averaged"] for h in got.history_] == [True] * epochs
+    # one or two epochs: no average (no copy is made), the last epoch's weights
+    for epochs in (1, 2):
+        short = make(kind, epochs=epochs, average=0.9).fit(train)
+        np.testing.assert_array_equal(short.weights()["linear"], per_epoch[epochs - 1]["linear"])
+        assert not any(h["averaged"] for h in short.history_)
 
 
 def _valid_loss(kind: str, weights: dict, valid: fmrecall.Dataset) -> float:
@@ -89,10 +90,10 @@ def test_validation_keeps_the_better_of_weights_and_average(kind):
     train, valid = planted(rng, 200), planted(rng, 100)
     hyper = dict(learning_rate=1.0, patience=None)
     per_epoch = [make(kind, epochs=e, average=0.0, **hyper).fit(train).weights() for e in range(1, 6)]
-    got = make(kind, epochs=5, average=0.8, **hyper).fit(train, valid=valid)
+    got = make(kind, epochs=5, average=0.8, **hyper).fit(train, valid=valid)  # decay 1 - 2/5 = 0.6
     for e, record in enumerate(got.history_, start=1):
         last = _valid_loss(kind, per_epoch[e - 1], valid)
-        avg = _valid_loss(kind, {**per_epoch[e - 1], **moving_average(per_epoch[:e], 0.8)}, valid)
+        avg = _valid_loss(kind, {**per_epoch[e - 1], **moving_average(per_epoch[:e], 0.6)}, valid)
         assert record["averaged"] == (avg < last), e
         assert record["valid_loss"] == pytest.approx(min(last, avg), rel=1e-4), e
     assert any(h["averaged"] for h in got.history_) and not all(h["averaged"] for h in got.history_)

@@ -88,7 +88,8 @@ class _FactorizationModel(ModelState):
     average=0.9: fit keeps a per-epoch exponential moving average of the weights,
     avg ← average·avg + (1 − average)·weights after each epoch (the first epoch's weights start it),
     and returns it; with `valid`, each epoch scores both the weights and their average and keeps
-    the better (history_ record "averaged"). 0 returns the last (or best) epoch's weights.
+    the better (history_ record "averaged"). 0 returns the last (or best) epoch's weights. The
+    decay used is at most 1 − 2/epochs (none for one or two epochs: training.average_decay).
     partial_fit (one epoch in place) does not average.
     """
 

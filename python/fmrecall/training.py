@@ -97,6 +97,13 @@ def reg_factors(model: "_FactorizationModel", train: "TrainingSource", continued
     return min(REG_PER_NODE_CUBED / mean_sq**3, REG_CAP) if mean_sq > 0 else REG_CAP
 
 
+def average_decay(model: "_FactorizationModel") -> float:
+    """The decay of fit's moving average of the weights: model.average, at most 1 - 2 / epochs so
+    that the average's window, 1 / (1 - decay) epochs, spans at most half of them (a short fit
+    keeps its early, barely trained epochs out of it); 0 (no average) for one or two epochs."""
+    return max(0.0, min(float(model.average), 1.0 - 2.0 / model.epochs))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch `epoch` (its permutation; Interactions derive their negative draws from it)."""
     return (int(seed) * 1_000_003 + epoch) & 0xFFFFFFFFFFFFFFFF
@@ -220,7 +227,8 @@ def fit(
     core = new_core(model, train)
     lr = learning_rate(model, train)
     reg = reg_factors(model, train)
-    averaging = bool(model.average) and model.epochs > 1  # one epoch's average is its weights: no copy
+    decay = average_decay(model)
+    averaging = decay > 0
     history: List[Dict[str, Any]] = []
     best_epoch: Optional[int] = None
     best = np.inf
@@ -231,7 +239,7 @@ def fit(
             record = run_epoch(model, core, train, epoch, lr, reg, bar)
             check_finite(core, record, "fit leaves the model as it was")
             if averaging:
-                core.average(float(model.average))  # avg <- average avg + (1 - average) weights
+                core.average(decay)  # avg <- decay avg + (1 - decay) weights
             record["averaged"] = averaging
             if valid is not None:
                 keep = model.patience is not None and epoch < model.epochs  # the last one needs no copy
