@@ -98,14 +98,26 @@ MUTATIONS = [
     Mutation(
         "pair_dots compile-time K: partner offset",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]); };",
     ),
     Mutation(
         "pair_dots compile-time K: first chunk only",
         KI,
         "for (int i = 0; i < (K ? K : L); i += L) {",
         "for (int i = 0; i < L; i += L) {",
+    ),
+    Mutation(
+        "pair_dots compile-time K: fourth sum dropped",
+        KI,
+        "store(acc + i, (a0 + a1) + (a2 + a3));",
+        "store(acc + i, (a0 + a1) + a2);",
+    ),
+    Mutation(
+        "pair_dots compile-time K: remainder after the groups of four dropped",
+        KI,
+        "for (; c < count; ++c) a0 += term(c);",
+        "for (; c < count && c < 0; ++c) a0 += term(c);",
     ),
     Mutation(
         "pair_dots run-time K: value of the partner",
@@ -226,9 +238,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx2 K=16: pair value, AVX2 variant with K=16 only (two f8 chunks)",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
         cpu="avx2",
     ),
     Mutation(
@@ -327,9 +339,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
         cpu="avx512",
     ),
     Mutation(
