@@ -10,6 +10,9 @@ same seed on both sides, so it shows whether the change altered the arithmetic).
 
     cp -r python /tmp/base && <change, ninja -C build/dev> &&
     PYTHONPATH=python python bench/ab_epoch.py /tmp/base python      # AB_ROUNDS=4 AB_EPOCHS=2
+
+AB_MODELS picks the models (default ffm4,ffm8,fm16); AB_FOLD=1 trains on epoch_breakdown.py's
+folded rows (every field's ids folded onto one: the compute part of the epoch alone).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def child(epochs: int) -> None:
     rows = int(os.environ.get("FMRECALL_BENCH_ROWS", "300000"))
     path, meta = synth.ensure(rows, verbose=False)
     train, valid = synth.split_views(synth.load(path, meta))
+    fold = int(os.environ.get("AB_FOLD", "0"))
+    if fold:  # every field's ids folded onto `fold` values: the model stays in cache (compute only)
+        from epoch_breakdown import folded
+
+        train, valid = folded(train, fold), folded(valid, fold)
     out: Dict[str, Dict[str, object]] = {}
     for cfg in CONFIGS:
         kind = cfg.rstrip("0123456789")
