@@ -9,8 +9,8 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   the per-slot sums Sa and the single×aware dots; `na` field-aware nodes -> pair_dots, whose loop is
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
   chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks on AVX2; on
-  AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks)
-  and a run-time add_prod loop for K = 0.
+  AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks), four independent sums over groups of four
+  partners plus a remainder, and a run-time add_prod loop for K = 0.
 * K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
   K=0 (run time).
 * backward (the kernel's `step` runs it right after forward on the same row): a row with a repeated
