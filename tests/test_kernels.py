@@ -9,8 +9,8 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   the per-slot sums Sa and the single×aware dots; `na` field-aware nodes -> pair_dots, whose loop is
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
   chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks on AVX2; on
-  AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks)
-  and a run-time add_prod loop for K = 0.
+  AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks), four independent sums over groups of four
+  partners plus a remainder, and a run-time add_prod loop for K = 0.
 * K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
   K=0 (run time).
 * backward (the kernel's `step` runs it right after forward on the same row): a row with a repeated
@@ -19,6 +19,9 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   two at a time + pair_step for an odd one when K == 4 and wide, pair_step otherwise), a field with two
   or more field-aware nodes -> gradients gathered first (grad / used) then one adagrad per vector,
   3) single vectors (with Ca in a hybrid), 4) bias and linear.
+* gather (row.cc): one run without a values array (unit values), no instance normalisation and at most 64
+  fields -> the one-hot pass (every `unit` case), which hands the row to the general pass at the first
+  field met twice (`multi`, `repeat`); values given or normalize -> the general pass.
 * BPR pairs (Interactions, loss="bpr") -> bpr_step: collect of both rows into one GradAcc, then apply.
 * Interactions with logistic loss and sampled negatives -> backward on the positive, then the negative.
 
@@ -52,7 +55,7 @@ class Case:
     id: str
     kind: str  # fm | ffm | hybrid-item | hybrid-query
     k: int
-    shape: str  # onehot | multi | repeat | one-aware
+    shape: str  # onehot | multi | repeat | cross | one-aware
     unit: bool = False  # True: one-hot data without a values array (every value 1)
     normalize: bool = False
     labels: str = "logistic01"
@@ -97,10 +100,28 @@ CASES = [
     Case("ffm-multi-k12-norm", "ffm", 12, "multi", normalize=True, path="K=0 gathered gradients, normalized"),
     Case("ffm-repeat-k4", "ffm", 4, "repeat", path="repeated feature: collect<4> (aware partners) + apply"),
     Case("ffm-repeat-k16-unit", "ffm", 16, "repeat", unit=True, path="repeated feature: collect<16> + apply"),
+    Case(
+        "ffm-cross-k4-unit",
+        "ffm",
+        4,
+        "cross",
+        unit=True,
+        path="one node per field, one feature in two fields, unit values: gather's one-hot pass, collect<4>",
+    ),
+    Case("fm-cross-k16-unit", "fm", 16, "cross", unit=True, path="as ffm-cross, ns only: collect<16> + apply"),
     Case("fm-onehot-k4", "fm", 4, "onehot", path="ns only: FM sum trick; single-vector adagrad<4> without Ca"),
     Case("fm-multi-k5-unit", "fm", 5, "multi", unit=True, path="ns only, multi-valued fields, K=8"),
     Case("fm-onehot-k12-squared", "fm", 12, "onehot", labels="squared", path="ns only, K=0"),
     Case("fm-onehot-k16-norm", "fm", 16, "onehot", normalize=True, path="ns only, K=16, normalized"),
+    Case(
+        "fm-onehot-k16-unit-norm",
+        "fm",
+        16,
+        "onehot",
+        unit=True,
+        normalize=True,
+        path="unit values, instance normalisation: gather's general pass",
+    ),
     Case("fm-repeat-k4", "fm", 4, "repeat", path="repeated feature, ns only: collect (single vectors) + apply"),
     Case(
         "hybrid-onehot-k4",
@@ -214,6 +235,8 @@ def _row(rng, case: Case) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
     if case.shape == "repeat":  # one feature twice in its field, one in two fields
         fields += [fields[2], sf[0] if sf.size else 0]
         feats += [feats[2], feats[3]]
+    if case.shape == "cross":  # one node per field, the last field holding the first field's feature
+        feats[-1] = feats[0]
     fields, feats = np.asarray(fields, np.int32), np.asarray(feats, np.int32)
     values = None
     if not case.unit:  # distinct values of both signs
@@ -308,7 +331,9 @@ def test_row_shapes_take_the_branches_claimed(rng):
             f, j, _ = _row(rng, case)
             per_field = np.bincount(f[aware[f]], minlength=N_FIELDS)
             repeated = np.unique(j).size < j.size
-            assert repeated == (case.shape == "repeat"), case.id
+            assert repeated == (case.shape in ("repeat", "cross")), case.id
+            if case.shape == "cross":
+                assert np.unique(f).size == f.size == N_FIELDS, case.id  # one node per field
             if case.kind == "fm":
                 continue
             if case.shape == "onehot":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mutation check of the row kernel: plant deliberate one-line bugs, one at a time, in a private
 copy of the repository, rebuild it, and check that the kernel tests (tests/test_kernels.py, plus
-test_seen_vectors.py and test_split.py for the gather of rows, test_average.py for the moving
+test_seen_vectors.py, test_split.py and test_gather.py for the gather of rows, test_average.py for the moving
 average of the weights) fail for every one.
 
     python tools/mutation_check.py                      # every mutation (~40 s each on 2 cores, mostly rebuild)
@@ -98,14 +98,26 @@ MUTATIONS = [
     Mutation(
         "pair_dots compile-time K: partner offset",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]); };",
     ),
     Mutation(
         "pair_dots compile-time K: first chunk only",
         KI,
         "for (int i = 0; i < (K ? K : L); i += L) {",
         "for (int i = 0; i < L; i += L) {",
+    ),
+    Mutation(
+        "pair_dots compile-time K: fourth sum dropped",
+        KI,
+        "store(acc + i, (a0 + a1) + (a2 + a3));",
+        "store(acc + i, (a0 + a1) + a2);",
+    ),
+    Mutation(
+        "pair_dots compile-time K: remainder after the groups of four dropped",
+        KI,
+        "for (; c < count; ++c) a0 += term(c);",
+        "for (; c < count && c < 0; ++c) a0 += term(c);",
     ),
     Mutation(
         "pair_dots run-time K: value of the partner",
@@ -226,9 +238,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx2 K=16: pair value, AVX2 variant with K=16 only (two f8 chunks)",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
         cpu="avx2",
     ),
     Mutation(
@@ -327,9 +339,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)",
         KI,
-        "for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
-        f"for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]);",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
+        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
         cpu="avx512",
     ),
     Mutation(
@@ -439,6 +451,61 @@ MUTATIONS = [
         "cpp/src/row.cc",
         "shared = any_repeated_feature();",
         "shared = false;",
+        nth=2,
+    ),
+    # gather's one-hot pass (one run of unit values; tests/test_gather.py, the unit cases of test_kernels.py)
+    Mutation(
+        "gather one-hot pass: values array ignored",
+        "cpp/src/row.cc",
+        "if (nrun == 1 && !runs[0].val && skip_field < 0 && nswap == 0 && !M.normalize && M.F <= 64) {",
+        "if (nrun == 1 && skip_field < 0 && nswap == 0 && !M.normalize && M.F <= 64) {",
+    ),
+    Mutation(
+        "gather one-hot pass: instance normalisation ignored",
+        "cpp/src/row.cc",
+        "if (nrun == 1 && !runs[0].val && skip_field < 0 && nswap == 0 && !M.normalize && M.F <= 64) {",
+        "if (nrun == 1 && !runs[0].val && skip_field < 0 && nswap == 0 && M.F <= 64) {",
+    ),
+    Mutation(
+        "gather one-hot pass: a field met twice kept",
+        "cpp/src/row.cc",
+        "if (seen & bit) {  // a field met twice: the general path starts over (reset_slots clears these slots)",
+        "if (false) {",
+    ),
+    Mutation(
+        "gather one-hot pass: slots not handed back when the general pass takes over",
+        "cpp/src/row.cc",
+        "nf = n;",
+        "nf = 0;",
+        nth=1,
+    ),
+    Mutation(
+        "gather one-hot pass: value scale ignored",
+        "cpp/src/row.cc",
+        "x[n] = M.scale;  // value 1 times the model's value scale",
+        "x[n] = 1.f;",
+    ),
+    Mutation(
+        "gather one-hot pass: pair value without the scale", "cpp/src/row.cc", "ax[na] = M.scale;", "ax[na] = 1.f;"
+    ),
+    Mutation(
+        "gather one-hot pass: aware nodes not grouped by slot",
+        "cpp/src/row.cc",
+        "aw_begin[++n] = na;",
+        "aw_begin[++n] = 0;",
+    ),
+    Mutation(
+        "gather one-hot pass: a node without a vector takes row 0",
+        "cpp/src/row.cc",
+        "if (r >= 0) single[ns++] = n;",
+        "single[ns++] = n; single_row[n] = r < 0 ? 0 : r;",
+    ),
+    Mutation(
+        "gather one-hot pass: repeated features not detected",
+        "cpp/src/row.cc",
+        "shared = any_repeated_feature();",
+        "shared = false;",
+        nth=1,
     ),
     Mutation(
         "gather: value scale ignored",
@@ -505,7 +572,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
     ap.add_argument(
         "--tests",
-        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_average.py",
+        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_gather.py tests/test_average.py",
         help="pytest target(s), space separated",
     )
     ap.add_argument(

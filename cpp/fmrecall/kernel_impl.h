@@ -66,13 +66,21 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
     return;
   }
 #endif
-  if (K) {  // compile-time size: one chunk at a time, accumulated in a register
+  if (K) {  // compile-time size: one chunk at a time, four independent sums (no single add chain)
     for (int i = 0; i < (K ? K : L); i += L) {
-      T a = load<T>(acc + i);
       const float* p = Wb + i;
       const float* q = Wfb + i;
-      for (int c = 0; c < count; ++c) a += splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]);
-      store(acc + i, a);
+      auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };
+      T a0 = load<T>(acc + i), a1 = {}, a2 = {}, a3 = {};
+      int c = 0;
+      for (; c + 3 < count; c += 4) {
+        a0 += term(c);
+        a1 += term(c + 1);
+        a2 += term(c + 2);
+        a3 += term(c + 3);
+      }
+      for (; c < count; ++c) a0 += term(c);
+      store(acc + i, (a0 + a1) + (a2 + a3));
     }
   } else {
     for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);

@@ -127,6 +127,10 @@ struct Row {
               const Swap* swaps = nullptr, int nswap = 0);
 
  private:
+  // gather's fast path for a single run of unit values: true when every field occurs once (the
+  // common libffm / Criteo row), with the same contents the general path would give the row;
+  // false at the first field met twice (the general path then starts over).
+  bool gather_one_hot(const Model& M, const Run& g);
   void reset_slots();
   void reserve_nodes(int64_t cap);
   bool any_repeated_feature();

@@ -51,6 +51,56 @@ bool Row::any_repeated_feature() {
   return false;
 }
 
+bool Row::gather_one_hot(const Model& M, const Run& g) {
+  uint64_t seen = 0;  // fields met so far (M.F <= 64)
+  int ns = 0, na = 0;
+  n = 0;
+  aw_begin[0] = 0;
+  for (int64_t t = 0; t < g.len; ++t) {
+    const int32_t f = g.field[t];
+    const int64_t j = g.feat[t];
+    if (f < 0 || f >= M.F || j < 0 || j >= M.n) continue;  // outside the model: ignored, as in gather
+    const uint64_t bit = uint64_t{1} << f;
+    if (seen & bit) {  // a field met twice: the general path starts over (reset_slots clears these slots)
+      nf = n;
+      return false;
+    }
+    seen |= bit;
+    // node n is slot n: the same contents the general path gives a row of distinct fields
+    field[n] = f;
+    feat[n] = j;
+    x[n] = M.scale;  // value 1 times the model's value scale
+    slot[n] = n;
+    slot_of_field[f] = n;
+    slot_field[n] = f;
+    slot_aware[n] = M.aware[f];
+    if (M.aware[f]) {
+      const int64_t r = M.aware_row_of(j);
+      single_row[n] = -1;
+      aware_row[n] = r;
+      if (r >= 0) {
+        aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
+        afo[na] = f * M.vs;
+        ax[na] = M.scale;
+        aw_nodes[na] = n;
+        aware[na++] = n;
+      }
+    } else {
+      const int64_t r = M.single_row_of(j);
+      single_row[n] = r;
+      aware_row[n] = -1;
+      if (r >= 0) single[ns++] = n;
+    }
+    aw_begin[++n] = na;
+  }
+  nf = n;
+  n_single = ns;
+  n_aware = na;
+  one_per_slot = true;
+  shared = any_repeated_feature();
+  return true;
+}
+
 void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, int64_t skip_feat, const Swap* swaps,
                  int nswap) {
   if (static_cast<int32_t>(slot_of_field.size()) != M.F) {
@@ -61,6 +111,11 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
   int64_t cap = 0;
   for (int s = 0; s < nrun; ++s) cap += runs[s].len;
   reserve_nodes(cap);
+  // One-hot rows (one run, every value 1, no skip or swap, no instance normalisation): one pass
+  if (nrun == 1 && !runs[0].val && skip_field < 0 && nswap == 0 && !M.normalize && M.F <= 64) {
+    if (gather_one_hot(M, runs[0])) return;
+    reset_slots();
+  }
 
   n = 0;
   double norm2 = 0.0;
