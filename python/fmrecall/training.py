@@ -216,7 +216,7 @@ def fit(
     """Train a fresh core (the model is not touched): (core, history, best epoch). With `valid`,
     early stopping after `patience` epochs without improvement restores the best epoch's weights
     (or their average, whichever that epoch scored better: score_epoch). Without `valid`, the core
-    ends with the moving average of the weights (model.average > 0, more than one epoch) or the
+    ends with the moving average of the weights (model.average > 0, more than two epochs) or the
     last epoch's."""
     model._check_params()
     train.check_labels(model.loss, "train")
