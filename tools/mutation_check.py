@@ -59,8 +59,8 @@ MUTATIONS = [
     Mutation(
         "forward linear term",
         KI,
-        "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];",
-        "for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]];",
+        "for (int p = 0; p < r.n; ++p) t += *r.lw[p] * r.x[p];",
+        "for (int p = 0; p < r.n; ++p) t += *r.lw[p];",
     ),
     Mutation(
         "forward FM sum trick: x_i^2 of the square terms",
@@ -77,8 +77,8 @@ MUTATIONS = [
     Mutation(
         "forward single x aware dots",
         KI,
-        "add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
-        "add_prod<K>(acc, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);",
+        "add_prod<K>(acc, r.x[p], r.wrow[p] + r.slot_field[s] * M.vs, r.Sa.data() + s * kp, kp);",
+        "add_prod<K>(acc, 1.f, r.wrow[p] + r.slot_field[s] * M.vs, r.Sa.data() + s * kp, kp);",
     ),
     Mutation(
         "pair_dots K=4 wide: second pair's value",
@@ -90,16 +90,16 @@ MUTATIONS = [
     Mutation(
         "pair_dots K=4 wide: second pair's partner vector",
         KI,
-        "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c + 1], Wfb + aoff[c]);",
-        "const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c], Wfb + aoff[c]);",
+        "const __m256 q = _mm256_loadu2_m128(blk[c + 1] + fb, blk[c] + fb);",
+        "const __m256 q = _mm256_loadu2_m128(blk[c] + fb, blk[c] + fb);",
         cpu="avx2",
     ),
     Mutation("pair_dots K=4 wide: odd tail dropped", KI, "if (c < count)", "if (c + 1 < count)", cpu="avx2"),
     Mutation(
         "pair_dots compile-time K: partner offset",
         KI,
-        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
-        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + afo[c]); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(blk[c] + q); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(blk[c] + afo[c] + i); };",
     ),
     Mutation(
         "pair_dots compile-time K: first chunk only",
@@ -122,8 +122,8 @@ MUTATIONS = [
     Mutation(
         "pair_dots run-time K: value of the partner",
         KI,
-        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);",
-        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb, Wb + afo[c], Wfb + aoff[c], kp_rt);",
+        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], blk[c] + fb, kp_rt);",
+        "for (int c = 0; c < count; ++c) add_prod<K>(acc, xb, Wb + afo[c], blk[c] + fb, kp_rt);",
     ),
     Mutation(
         "hsum: last lane dropped",
@@ -163,8 +163,8 @@ MUTATIONS = [
     Mutation(
         "pair_steps4: second pair's first vector",
         KI,
-        "float* w1b = W + ob + afo[c + 1];",
-        "float* w1b = W + ob + afo[c];",
+        "float* w1b = Wb + afo[c + 1];",
+        "float* w1b = Wb + afo[c];",
         cpu="avx2",
     ),
     Mutation(
@@ -238,9 +238,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx2 K=16: pair value, AVX2 variant with K=16 only (two f8 chunks)",
         KI,
-        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(blk[c] + q); };",
         f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX2} && K == 16 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "load<T>(p + afo[c]) * load<T>(blk[c] + q); };",
         cpu="avx2",
     ),
     Mutation(
@@ -253,28 +253,28 @@ MUTATIONS = [
     Mutation(
         "collect@avx2 K=4: aware partner's value, AVX2 variant with K=4 only",
         KI,
-        "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
-        f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), M.wvec(r.aware_row[q], r.field[p]), kp);",
+        "axpy<K>(g, kx * r.x[q], r.wrow[q] + r.field[p] * M.vs, kp);",
+        f"axpy<K>(g, kx * r.x[q] * ({AVX2} && K == 4 ? 0.5f : 1.f), r.wrow[q] + r.field[p] * M.vs, kp);",
         cpu="avx2",
     ),
     Mutation(
         "fused loop: pair value",
         KI,
-        "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);",
-        "pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[b], ev, lv, kp);",
+        "pair_step<K>(w1, w2, w1 + kp, w2 + kp, kxb * ax[c], ev, lv, kp);  // AdaGrad state right after each vector",
+        "pair_step<K>(w1, w2, w1 + kp, w2 + kp, kxb * ax[b], ev, lv, kp);",
     ),
     Mutation(
         "fused loop: partner vector's field",
         KI,
-        "const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;",
-        "const int64_t o1 = ob + afo[c], o2 = aoff[c] + afo[c];",
+        "float* w2 = blk[c] + fb;",
+        "float* w2 = blk[c] + afo[c];",
     ),
     # ---- backward 2) multi-valued fields: gradients gathered first
     Mutation(
         "gathered gradients: partner's field",
         KI,
-        "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);",
-        "axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], r.slot_field[s]), kp);",
+        "axpy<K>(g, xp * r.x[q], r.wrow[q] + fp * M.vs, kp);",
+        "axpy<K>(g, xp * r.x[q], r.wrow[q] + r.slot_field[s] * M.vs, kp);",
     ),
     Mutation(
         "gathered gradients: a node is its own partner", KI, "if (q == p) continue;", "if (false) continue;", nth=2
@@ -289,8 +289,8 @@ MUTATIONS = [
     Mutation(
         "backward Ca: value of the aware node",
         KI,
-        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
-        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[p], r.slot_field[s]), kp);",
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], r.wrow[p] + r.slot_field[s] * M.vs, kp);",
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, r.wrow[p] + r.slot_field[s] * M.vs, kp);",
     ),
     Mutation(
         "backward single x aware: gradient of w_{p,a}",
@@ -301,8 +301,8 @@ MUTATIONS = [
     Mutation(
         "backward single x aware: L2 dropped",
         KI,
-        "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);",
-        "adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, 0.f, kp);",
+        "adagrad<K>(w, w + kp, g, kappa, eta, l2f, kp);",
+        "adagrad<K>(w, w + kp, g, kappa, eta, 0.f, kp);",
     ),
     Mutation(
         "backward single vectors: own term not removed",
@@ -339,9 +339,9 @@ MUTATIONS = [
     Mutation(
         "pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)",
         KI,
-        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(blk[c] + q); };",
         f"auto term = [&](int c) {{ return splat<T>(xb * ax[c] * ({AVX512} && K == 32 ? 0.5f : 1.f)) * "
-        "load<T>(p + afo[c]) * load<T>(q + aoff[c]); };",
+        "load<T>(p + afo[c]) * load<T>(blk[c] + q); };",
         cpu="avx512",
     ),
     Mutation(
@@ -351,35 +351,38 @@ MUTATIONS = [
         "return y * (1.5f - 0.49f * v * y * y);",
     ),
     # ---- backward 4) bias and linear weights
-    Mutation("bias: accumulator", KI, "M.g0 += kappa * kappa;", "M.g0 += std::fabs(kappa);"),
-    Mutation("bias: step", KI, "M.w0 -= eta * kappa / std::sqrt(M.g0);", "M.w0 -= eta * kappa / M.g0;"),
+    Mutation("bias: accumulator", KI, "*r.g0 += kappa * kappa;", "*r.g0 += std::fabs(kappa);"),
+    Mutation("bias: step", KI, "*r.w0 -= eta * kappa / std::sqrt(*r.g0);", "*r.w0 -= eta * kappa / *r.g0;"),
     Mutation(
         "linear: L2 dropped",
         KI,
-        "const float g = kappa * r.x[p] + h.l2_lin * M.w[j];",
-        "const float g = kappa + h.l2_lin * M.w[j];",
+        "const float g = kappa * r.x[p] + h.l2_lin * *r.lw[p];",
+        "const float g = kappa + h.l2_lin * *r.lw[p];",
     ),
     Mutation(
-        "linear: step", KI, "M.w[j] -= eta * g / std::sqrt(M.gw[j]);", "M.w[j] -= eta * g / std::sqrt(M.gw[j] + 1.f);"
+        "linear: step",
+        KI,
+        "*r.lw[p] -= eta * g / std::sqrt(*r.lg[p]);",
+        "*r.lw[p] -= eta * g / std::sqrt(*r.lg[p] + 1.f);",
     ),
     # ---- collect + apply: repeated features, BPR pairs
     Mutation(
         "collect: bias gradient",
         KI,
-        "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += kappa;",
-        "acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += 2 * kappa;",
+        "acc.slot(r.w0, r.g0, 1, 0.f)[0] += kappa;",
+        "acc.slot(r.w0, r.g0, 1, 0.f)[0] += 2 * kappa;",
     ),
     Mutation(
         "collect: linear L2",
         KI,
-        "acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];",
-        "acc.slot(&M.w[j], &M.gw[j], 1, 0.f)[0] += kappa * r.x[p];",
+        "for (int p = 0; p < n; ++p) acc.slot(r.lw[p], r.lg[p], 1, h.l2_lin)[0] += kappa * r.x[p];",
+        "for (int p = 0; p < n; ++p) acc.slot(r.lw[p], r.lg[p], 1, 0.f)[0] += kappa * r.x[p];",
     ),
     Mutation(
         "collect: Ca value",
         KI,
-        "axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
-        "axpy<K>(Ca + s * kp, 1.f, M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);",
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], r.wrow[r.aware[b]] + r.slot_field[s] * M.vs, kp);",
+        "if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, 1.f, r.wrow[r.aware[b]] + r.slot_field[s] * M.vs, kp);",
     ),
     Mutation(
         "collect: single vectors' own term",
@@ -396,8 +399,8 @@ MUTATIONS = [
     Mutation(
         "collect: aware partner's value",
         KI,
-        "axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);",
-        "axpy<K>(g, kx, M.wvec(r.aware_row[q], r.field[p]), kp);",
+        "axpy<K>(g, kx * r.x[q], r.wrow[q] + r.field[p] * M.vs, kp);",
+        "axpy<K>(g, kx, r.wrow[q] + r.field[p] * M.vs, kp);",
     ),
     Mutation("collect: a node is its own partner", KI, "if (q == p) continue;", "if (false) continue;", nth=1),
     Mutation("apply: L2 dropped", KI, "const float gd = g[d] + en.l2 * en.w[d];", "const float gd = g[d];"),
@@ -497,8 +500,8 @@ MUTATIONS = [
     Mutation(
         "gather one-hot pass: a node without a vector takes row 0",
         "cpp/src/row.cc",
-        "if (r >= 0) single[ns++] = n;",
-        "single[ns++] = n; single_row[n] = r < 0 ? 0 : r;",
+        "const int64_t r = M.single_row_of(j);",
+        "const int64_t r = std::max<int64_t>(M.single_row_of(j), 0);",
     ),
     Mutation(
         "gather one-hot pass: repeated features not detected",
@@ -516,8 +519,8 @@ MUTATIONS = [
     Mutation(
         "gather: a node without a vector takes row 0",
         "cpp/src/row.cc",
-        "if (r >= 0) single[ns++] = p;",
-        "single[ns++] = p; single_row[p] = r < 0 ? 0 : r;",
+        "const int64_t r = M.single_row_of(feat[p]);",
+        "const int64_t r = std::max<int64_t>(M.single_row_of(feat[p]), 0);",
     ),
     # ---- the moving average of the weights (cpp/src/model.cc; tests/test_average.py)
     Mutation(
@@ -572,7 +575,10 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/fmrecall-mutants", help="private copy to build and mutate")
     ap.add_argument(
         "--tests",
-        default="tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_gather.py tests/test_average.py",
+        default=(
+            "tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_gather.py "
+            "tests/test_average.py"
+        ),
         help="pytest target(s), space separated",
     )
     ap.add_argument(

@@ -42,9 +42,9 @@ inline void add_prod(float* __restrict acc, float x, const float* a, const float
   for (int d = 0; d < kp; d += width<T>()) store(acc + d, load<T>(acc + d) + xv * load<T>(a + d) * load<T>(b + d));
 }
 
-// acc += Σ_c xb x_c <Wb[afo_c], Wfb[aoff_c]>: one node against the later ones (forward pair loop)
+// acc += Σ_c xb x_c <Wb[afo_c], blk_c[fb]>: one node against the later ones (forward pair loop)
 template <int K>
-inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const float* Wfb, const int64_t* aoff,
+inline void pair_dots(float* __restrict acc, float xb, const float* Wb, int32_t fb, float* const* blk,
                       const int32_t* afo, const float* ax, int count, int kp_rt) {
   using T = Chunk<K>;
   constexpr int L = width<T>();
@@ -55,13 +55,12 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
     for (; c + 1 < count; c += 2) {
       const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));
       const __m256 p = _mm256_loadu2_m128(Wb + afo[c + 1], Wb + afo[c]);
-      const __m256 q = _mm256_loadu2_m128(Wfb + aoff[c + 1], Wfb + aoff[c]);
+      const __m256 q = _mm256_loadu2_m128(blk[c + 1] + fb, blk[c] + fb);
       a = _mm256_fmadd_ps(_mm256_mul_ps(x, p), q, a);
     }
     __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     if (c < count)
-      a4 =
-          _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(xb * ax[c]), _mm_loadu_ps(Wb + afo[c])), _mm_loadu_ps(Wfb + aoff[c]), a4);
+      a4 = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(xb * ax[c]), _mm_loadu_ps(Wb + afo[c])), _mm_loadu_ps(blk[c] + fb), a4);
     _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), a4));
     return;
   }
@@ -69,8 +68,8 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
   if (K) {  // compile-time size: one chunk at a time, four independent sums (no single add chain)
     for (int i = 0; i < (K ? K : L); i += L) {
       const float* p = Wb + i;
-      const float* q = Wfb + i;
-      auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(q + aoff[c]); };
+      const int32_t q = fb + i;
+      auto term = [&](int c) { return splat<T>(xb * ax[c]) * load<T>(p + afo[c]) * load<T>(blk[c] + q); };
       T a0 = load<T>(acc + i), a1 = {}, a2 = {}, a3 = {};
       int c = 0;
       for (; c + 3 < count; c += 4) {
@@ -83,7 +82,7 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, const fl
       store(acc + i, (a0 + a1) + (a2 + a3));
     }
   } else {
-    for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], Wfb + aoff[c], kp_rt);
+    for (int c = 0; c < count; ++c) add_prod<K>(acc, xb * ax[c], Wb + afo[c], blk[c] + fb, kp_rt);
   }
 }
 
@@ -111,8 +110,8 @@ float forward(const Model& M, Row& r) {
   prepare<K>(M, r);
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
 
-  float t = M.w0;  // w0 + Σ w_j x_j
-  for (int p = 0; p < r.n; ++p) t += M.w[r.feat[p]] * r.x[p];
+  float t = *r.w0;  // w0 + Σ w_j x_j
+  for (int p = 0; p < r.n; ++p) t += *r.lw[p] * r.x[p];
 
   alignas(64) float acc[K ? K : kMaxLanes];  // lane-wise accumulator, summed once at the end
   zero<K>(acc, kp);
@@ -128,7 +127,7 @@ float forward(const Model& M, Row& r) {
     for (int a = 0; a < ns; ++a) {
       const int p = r.single[a];
       const float xi = r.x[p];
-      const float* vi = M.vec(r.single_row[p]);
+      const float* vi = r.vrow[p];
       axpy<K>(S, xi, vi, kp);
       add_prod<K>(Q, xi * xi, vi, vi, kp);
       if (na) axpy<K>(Sa + r.slot[p] * kp, xi, vi, kp);
@@ -144,21 +143,16 @@ float forward(const Model& M, Row& r) {
         const int p = r.aware[b];
         for (int s = 0; s < nf; ++s) {
           if (r.slot_aware[s]) continue;
-          add_prod<K>(acc, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), r.Sa.data() + s * kp, kp);
+          add_prod<K>(acc, r.x[p], r.wrow[p] + r.slot_field[s] * M.vs, r.Sa.data() + s * kp, kp);
         }
       }
     }
     // aware×aware pairs: x_i x_j <w_{i,f(j)}, w_{j,f(i)}>
-    const float* W = M.W.data();
-    const int64_t* aoff = r.aoff.data();
+    float* const* blk = r.ablk.data();
     const int32_t* afo = r.afo.data();
     const float* ax = r.ax.data();
-    for (int b = 0; b < na; ++b) {
-      const float* Wb = W + aoff[b];
-      const int32_t fb = afo[b];
-      const float xb = ax[b];
-      pair_dots<K>(acc, xb, Wb, W + fb, aoff + b + 1, afo + b + 1, ax + b + 1, na - b - 1, kp);
-    }
+    for (int b = 0; b < na; ++b)
+      pair_dots<K>(acc, ax[b], blk[b], afo[b], blk + b + 1, afo + b + 1, ax + b + 1, na - b - 1, kp);
   }
   float sum = 0.f;
   for (int d = 0; d < kp; d += L) sum += hsum(load<T>(acc + d));
@@ -211,21 +205,17 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
   const int kp = K ? K : M.kp;
   const int n = r.n, ns = r.n_single, na = r.n_aware, nf = r.nf;
   float* Ca = r.Ca.data();
-  acc.slot(&M.w0, &M.g0, 1, 0.f)[0] += kappa;
-  for (int p = 0; p < n; ++p) {
-    const int64_t j = r.feat[p];
-    acc.slot(&M.w[j], &M.gw[j], 1, h.l2_lin)[0] += kappa * r.x[p];
-  }
+  acc.slot(r.w0, r.g0, 1, 0.f)[0] += kappa;
+  for (int p = 0; p < n; ++p) acc.slot(r.lw[p], r.lg[p], 1, h.l2_lin)[0] += kappa * r.x[p];
   if (ns && na) {  // C_a = Σ_p x_p w_{p,a}
     for (int i = 0; i < nf * kp; ++i) Ca[i] = 0.f;
     for (int b = 0; b < na; ++b)
       for (int s = 0; s < nf; ++s)
-        if (!r.slot_aware[s])
-          axpy<K>(Ca + s * kp, r.x[r.aware[b]], M.wvec(r.aware_row[r.aware[b]], r.slot_field[s]), kp);
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[r.aware[b]], r.wrow[r.aware[b]] + r.slot_field[s] * M.vs, kp);
   }
   for (int a = 0; a < ns; ++a) {  // d/dv_i = x_i (S − x_i v_i + C_{f(i)})
     const int p = r.single[a];
-    float* vi = M.vec(r.single_row[p]);
+    float* vi = r.vrow[p];
     float* g = acc.slot(vi, vi + kp, kp, h.l2_fac);
     const float xi = r.x[p];
     for (int d = 0; d < kp; ++d) g[d] += kappa * xi * (r.S[d] - xi * vi[d] + (na ? Ca[r.slot[p] * kp + d] : 0.f));
@@ -234,7 +224,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
     const int p = r.aware[b];
     const float kx = kappa * r.x[p];
     for (int s = 0; s < nf; ++s) {
-      float* w = M.wvec(r.aware_row[p], r.slot_field[s]);
+      float* w = r.wrow[p] + r.slot_field[s] * M.vs;
       if (!r.slot_aware[s]) {
         axpy<K>(acc.slot(w, w + kp, kp, h.l2_fac), kx, r.Sa.data() + s * kp, kp);
         continue;
@@ -244,7 +234,7 @@ void collect(Model& M, Row& r, float kappa, const Hyper& h, GradAcc& acc) {
         const int q = r.aw_nodes[c];
         if (q == p) continue;
         if (!g) g = acc.slot(w, w + kp, kp, h.l2_fac);  // only vectors that meet a partner are touched
-        axpy<K>(g, kx * r.x[q], M.wvec(r.aware_row[q], r.field[p]), kp);
+        axpy<K>(g, kx * r.x[q], r.wrow[q] + r.field[p] * M.vs, kp);
       }
     }
   }
@@ -272,14 +262,14 @@ inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
 
 // K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
 // AdaGrad states. Returns the first c not done (the caller finishes an odd one).
-inline int pair_steps4(float* W, int64_t ob, int32_t fb, const int64_t* aoff, const int32_t* afo, const float* ax,
-                       int c, int na, float kxb, float eta, float l2) {
+inline int pair_steps4(float* Wb, int32_t fb, float* const* blk, const int32_t* afo, const float* ax, int c, int na,
+                       float kxb, float eta, float l2) {
   const __m256 ev = _mm256_set1_ps(eta), lv = _mm256_set1_ps(l2);
   for (; c + 1 < na; c += 2) {
-    float* w1a = W + ob + afo[c];
-    float* w1b = W + ob + afo[c + 1];
-    float* w2a = W + aoff[c] + fb;
-    float* w2b = W + aoff[c + 1] + fb;
+    float* w1a = Wb + afo[c];
+    float* w1b = Wb + afo[c + 1];
+    float* w2a = blk[c] + fb;
+    float* w2b = blk[c + 1] + fb;
     const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));
     const __m256 a = _mm256_loadu2_m128(w1b, w1a), bq = _mm256_loadu2_m128(w2b, w2a);
     const __m256 g1 = _mm256_fmadd_ps(kx, bq, _mm256_mul_ps(lv, a));
@@ -309,7 +299,6 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   const int ns = r.n_single, na = r.n_aware, nf = r.nf;
   const float eta = h.eta, l2f = h.l2_fac;
   float* Ca = r.Ca.data();
-  auto woff = [&](int64_t row, int32_t f) { return (static_cast<size_t>(row) * M.F + f) * M.vs; };
 
   // 1) single×aware: C_a = Σ_p x_p w_{p,a} from the old weights, then d/dw_{p,a} = x_p S_a.
   //    (w_{p,a} with a single field a appears in no other term, so it can be updated at once.)
@@ -318,7 +307,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     for (int b = 0; b < na; ++b) {
       const int p = r.aware[b];
       for (int s = 0; s < nf; ++s)
-        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], M.wvec(r.aware_row[p], r.slot_field[s]), kp);
+        if (!r.slot_aware[s]) axpy<K>(Ca + s * kp, r.x[p], r.wrow[p] + r.slot_field[s] * M.vs, kp);
     }
     alignas(64) float g[K ? K : kMaxLanes];
     for (int b = 0; b < na; ++b) {
@@ -327,8 +316,8 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         if (r.slot_aware[s]) continue;
         zero<K>(g, kp);
         axpy<K>(g, r.x[p], r.Sa.data() + s * kp, kp);
-        const size_t off = woff(r.aware_row[p], r.slot_field[s]);
-        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, g, kappa, eta, l2f, kp);
+        float* w = r.wrow[p] + r.slot_field[s] * M.vs;
+        adagrad<K>(w, w + kp, g, kappa, eta, l2f, kp);
       }
     }
   }
@@ -337,23 +326,22 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   if (na > 1 && r.one_per_slot) {
     // One node per field: every vector w_{p,f(q)} belongs to exactly one pair, so the pair loop
     // updates both of its vectors in place (libffm's loop) and is still the exact gradient step.
-    float* W = M.W.data();
-    float* G = W + kp;  // AdaGrad state sits right after each vector
-    const int64_t* aoff = r.aoff.data();
+    float* const* blk = r.ablk.data();
     const int32_t* afo = r.afo.data();
     const float* ax = r.ax.data();
     const T ev = splat<T>(eta), lv = splat<T>(l2f);
     for (int b = 0; b < na; ++b) {
-      const int64_t ob = aoff[b];
+      float* Wb = blk[b];
       const int32_t fb = afo[b];
       const float kxb = kappa * ax[b];
       int c = b + 1;
 #if FMR_WIDE
-      if (K == 4) c = pair_steps4(W, ob, fb, aoff, afo, ax, c, na, kxb, eta, l2f);
+      if (K == 4) c = pair_steps4(Wb, fb, blk, afo, ax, c, na, kxb, eta, l2f);
 #endif
       for (; c < na; ++c) {
-        const int64_t o1 = ob + afo[c], o2 = aoff[c] + fb;
-        pair_step<K>(W + o1, W + o2, G + o1, G + o2, kxb * ax[c], ev, lv, kp);
+        float* w1 = Wb + afo[c];
+        float* w2 = blk[c] + fb;
+        pair_step<K>(w1, w2, w1 + kp, w2 + kp, kxb * ax[c], ev, lv, kp);  // AdaGrad state right after each vector
       }
     }
   } else if (na > 1) {
@@ -373,18 +361,17 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
         for (int c = r.aw_begin[s]; c < r.aw_begin[s + 1]; ++c) {
           const int q = r.aw_nodes[c];
           if (q == p) continue;
-          axpy<K>(g, xp * r.x[q], M.wvec(r.aware_row[q], fp), kp);
+          axpy<K>(g, xp * r.x[q], r.wrow[q] + fp * M.vs, kp);
           u = 1;
         }
       }
     }
     for (int b = 0; b < na; ++b) {
-      const int64_t rp = r.aware_row[r.aware[b]];
+      float* Wb = r.wrow[r.aware[b]];
       for (int s = 0; s < nf; ++s) {
         if (!used[b * nf + s]) continue;
-        const size_t off = woff(rp, r.slot_field[s]);
-        adagrad<K>(M.W.data() + off, M.W.data() + off + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa, eta,
-                   l2f, kp);
+        float* w = Wb + r.slot_field[s] * M.vs;
+        adagrad<K>(w, w + kp, grad + (static_cast<size_t>(b) * nf + s) * kp, kappa, eta, l2f, kp);
       }
     }
   }
@@ -396,7 +383,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     for (int a = 0; a < ns; ++a) {
       const int p = r.single[a];
       const T xi = splat<T>(r.x[p]);
-      float* vi = M.vec(r.single_row[p]);
+      float* vi = r.vrow[p];
       const float* ca = na ? Ca + r.slot[p] * kp : nullptr;
       for (int d = 0; d < kp; d += width<T>()) {
         T inner = load<T>(S + d) - xi * load<T>(vi + d);
@@ -408,13 +395,12 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
   }
 
   // 4) bias and linear weights: d score / d w_j = x_j
-  M.g0 += kappa * kappa;
-  M.w0 -= eta * kappa / std::sqrt(M.g0);
+  *r.g0 += kappa * kappa;
+  *r.w0 -= eta * kappa / std::sqrt(*r.g0);
   for (int p = 0; p < r.n; ++p) {
-    const int64_t j = r.feat[p];
-    const float g = kappa * r.x[p] + h.l2_lin * M.w[j];
-    M.gw[j] += g * g;
-    M.w[j] -= eta * g / std::sqrt(M.gw[j]);
+    const float g = kappa * r.x[p] + h.l2_lin * *r.lw[p];
+    *r.lg[p] += g * g;
+    *r.lw[p] -= eta * g / std::sqrt(*r.lg[p]);
   }
 }
 

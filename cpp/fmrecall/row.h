@@ -109,10 +109,17 @@ struct Row {
   bool shared = false;                      // some feature occurs in two nodes (its parameters are shared)
   std::vector<int32_t> single, aware;       // node ids of single nodes with a v row / field-aware nodes with a W row
   std::vector<int32_t> aw_begin, aw_nodes;  // field-aware nodes grouped by slot (CSR over slots)
-  // per field-aware node b (in `aware` order): offset of its W block, field * vs, value
-  std::vector<int64_t> aoff;
+  // per field-aware node b (in `aware` order): its W block (F * vs floats), field * vs, value
+  std::vector<float*> ablk;
   std::vector<int32_t> afo;
   std::vector<float> ax;
+  // Where each node's parameters live, for the kernels: its linear weight and AdaGrad state, its
+  // single vector (nullptr if none) and its W block (nullptr if none); and the bias and its state.
+  // gather points them into the model's tables. Writable: training writes through them (a row
+  // gathered from a const Model is only scored).
+  std::vector<float*> lw, lg, vrow, wrow;
+  float* w0 = nullptr;
+  float* g0 = nullptr;
 
   // kernel scratch (sized by prepare())
   std::vector<float> S, Q, Sa, Ca, grad;
@@ -131,6 +138,7 @@ struct Row {
   // common libffm / Criteo row), with the same contents the general path would give the row;
   // false at the first field met twice (the general path then starts over).
   bool gather_one_hot(const Model& M, const Run& g);
+  void point(const Model& M, int p, int64_t j);
   void reset_slots();
   void reserve_nodes(int64_t cap);
   bool any_repeated_feature();

@@ -5,6 +5,19 @@
 
 namespace fmrecall {
 
+namespace {
+// A table's first float, writable: rows point into the model for training to write through.
+float* table(const AlignedArray<float>& a) { return const_cast<float*>(a.data()); }
+}  // namespace
+
+// Node p (feature j) in the model's tables: linear weight and state; no vectors until set.
+void Row::point(const Model& M, int p, int64_t j) {
+  lw[p] = table(M.w) + j;
+  lg[p] = table(M.gw) + j;
+  vrow[p] = nullptr;
+  wrow[p] = nullptr;
+}
+
 void Row::reset_slots() {
   for (int s = 0; s < nf; ++s) slot_of_field[slot_field[s]] = -1;
   nf = 0;
@@ -19,7 +32,8 @@ void Row::reserve_nodes(int64_t cap) {
   feat.resize(c);
   single_row.resize(c);
   aware_row.resize(c);
-  aoff.resize(c);
+  ablk.resize(c);
+  for (auto* v : {&lw, &lg, &vrow, &wrow}) v->resize(c);
   x.resize(c);
   ax.resize(c);
   slot_aware.resize(c);
@@ -74,12 +88,14 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
     slot_of_field[f] = n;
     slot_field[n] = f;
     slot_aware[n] = M.aware[f];
+    point(M, n, j);
     if (M.aware[f]) {
       const int64_t r = M.aware_row_of(j);
       single_row[n] = -1;
       aware_row[n] = r;
       if (r >= 0) {
-        aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
+        wrow[n] = table(M.W) + r * static_cast<int64_t>(M.F) * M.vs;
+        ablk[na] = wrow[n];
         afo[na] = f * M.vs;
         ax[na] = M.scale;
         aw_nodes[na] = n;
@@ -89,7 +105,10 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
       const int64_t r = M.single_row_of(j);
       single_row[n] = r;
       aware_row[n] = -1;
-      if (r >= 0) single[ns++] = n;
+      if (r >= 0) {
+        vrow[n] = table(M.v) + r * M.vs;
+        single[ns++] = n;
+      }
     }
     aw_begin[++n] = na;
   }
@@ -108,6 +127,8 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
     nf = 0;
   }
   reset_slots();
+  w0 = const_cast<float*>(&M.w0);
+  g0 = const_cast<float*>(&M.g0);
   int64_t cap = 0;
   for (int s = 0; s < nrun; ++s) cap += runs[s].len;
   reserve_nodes(cap);
@@ -156,12 +177,14 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
     }
     slot[p] = s;
     // a feature with no vectors (not seen in training) contributes linearly only
+    point(M, p, feat[p]);
     if (M.aware[f]) {
       const int64_t r = M.aware_row_of(feat[p]);
       single_row[p] = -1;
       aware_row[p] = r;
       if (r >= 0) {
-        aoff[na] = r * static_cast<int64_t>(M.F) * M.vs;
+        wrow[p] = table(M.W) + r * static_cast<int64_t>(M.F) * M.vs;
+        ablk[na] = wrow[p];
         afo[na] = f * M.vs;
         ax[na] = x[p];
         aware[na++] = p;
@@ -170,7 +193,10 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
       const int64_t r = M.single_row_of(feat[p]);
       single_row[p] = r;
       aware_row[p] = -1;
-      if (r >= 0) single[ns++] = p;
+      if (r >= 0) {
+        vrow[p] = table(M.v) + r * M.vs;
+        single[ns++] = p;
+      }
     }
   }
   // field-aware nodes grouped by slot (counting sort)
