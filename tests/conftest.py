@@ -39,6 +39,15 @@ def arch(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(params=["auto", "on"])
+def copies(request, monkeypatch) -> str:
+    """Run a one-thread training test twice: on the model in place ("auto" on one thread) and through
+    a thread's private copies of the hot parameters (FMRECALL_HOT=on; cpp/fmrecall/hot.h), which
+    must give the same steps."""
+    monkeypatch.setenv("FMRECALL_HOT", request.param)
+    return request.param
+
+
 # ---------------------------------------------------------------------------- random generator
 @pytest.fixture
 def rng(request) -> np.random.Generator:

@@ -24,6 +24,9 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   field met twice (`multi`, `repeat`); values given or normalize -> the general pass.
 * BPR pairs (Interactions, loss="bpr") -> bpr_step: collect of both rows into one GradAcc, then apply.
 * Interactions with logistic loss and sampled negatives -> backward on the positive, then the negative.
+* Every training test runs twice (the `copies` fixture): on the model in place, and with the row's
+  hot features and bias pointed at a thread's private copies (hot.cc, FMRECALL_HOT=on: on a call of
+  one row every feature of it is hot), merged into the model when the call ends.
 
 A deliberate one-line bug in any of these must fail this file: tools/mutation_check.py plants such
 bugs one at a time in a private build and runs it (not part of the test suite).
@@ -300,7 +303,7 @@ def test_scores_match_reference(rng, arch, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_steps_match_reference(rng, arch, case):
+def test_steps_match_reference(rng, arch, copies, case):
     """Rows A, A, B one step each (partial_fit of one row): before each, the score of the row; after,
     every weight against one reference AdaGrad step from the library's previous weights, with the
     reference's own accumulators carried over from the earlier steps; the reported loss."""
@@ -411,7 +414,7 @@ FACTORED = [("fm", 4), ("ffm", 4), ("ffm", 12), ("hybrid-item", 4), ("hybrid-que
 
 
 @pytest.mark.parametrize("kind, k", FACTORED, ids=[f"{a}-k{b}" for a, b in FACTORED])
-def test_bpr_steps_match_reference(arch, kind, k):
+def test_bpr_steps_match_reference(arch, copies, kind, k):
     """BPR (collect of the positive and the negative row into one accumulator, then apply): three
     pair steps, each one AdaGrad step of the summed gradient of log(1 + e^{-(s+ - s-)})."""
     model, inter, p, aware, pos, neg = _world(kind, k, "bpr")
@@ -428,7 +431,7 @@ def test_bpr_steps_match_reference(arch, kind, k):
 
 
 @pytest.mark.parametrize("kind, k", FACTORED, ids=[f"{a}-k{b}" for a, b in FACTORED])
-def test_factored_logistic_steps_match_reference(arch, kind, k):
+def test_factored_logistic_steps_match_reference(arch, copies, kind, k):
     """Implicit Interactions, logistic loss, one negative: backward on the positive (label 1), then on
     the negative (label 0), each from the weights the previous step left; two epochs."""
     model, inter, p, aware, pos, neg = _world(kind, k, "logistic")

@@ -2,7 +2,7 @@
 """Mutation check of the row kernel: plant deliberate one-line bugs, one at a time, in a private
 copy of the repository, rebuild it, and check that the kernel tests (tests/test_kernels.py, plus
 test_seen_vectors.py, test_split.py and test_gather.py for the gather of rows, test_average.py for the moving
-average of the weights) fail for every one.
+average of the weights, test_hot.py for the threads' private copies of the hot parameters) fail for every one.
 
     python tools/mutation_check.py                      # every mutation (~40 s each on 2 cores, mostly rebuild)
     python tools/mutation_check.py --only pair_steps4   # the mutations whose name contains a word
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KI = "cpp/fmrecall/kernel_impl.h"
 LANES = "cpp/fmrecall/lanes.h"
 MODEL = "cpp/src/model.cc"
+HOT = "cpp/src/hot.cc"
 
 
 @dataclass
@@ -548,6 +549,42 @@ MUTATIONS = [
         "auto swap = [](float& s, float& c) { std::swap(s, c); };",
         "auto swap = [](float& s, float& c) { s = c; };",
     ),
+    # ---- private copies of the hot parameters (cpp/src/hot.cc; tests/test_hot.py, test_kernels.py)
+    Mutation(
+        "hot copy: AdaGrad state on the weight", HOT, "r.lg[p] = c + set_.lin_[h] + 1;", "r.lg[p] = c + set_.lin_[h];"
+    ),
+    Mutation(
+        "hot copy: single vector copied to the wrong place",
+        HOT,
+        "segs_.push_back({M_.vec(vr), at, M_.vs});",
+        "segs_.push_back({M_.vec(vr), at + 4, M_.vs});",
+    ),
+    Mutation(
+        "hot copy: last field's vector of a W block left out",
+        HOT,
+        "segs_.push_back({M_.wvec(wr, 0), at, static_cast<int32_t>(block)});",
+        "segs_.push_back({M_.wvec(wr, 0), at, static_cast<int32_t>(block) - M_.vs});",
+    ),
+    Mutation(
+        "hot copy: not taken from the model",
+        HOT,
+        "std::memcpy(copy_.data() + sg.local, sg.master, sg.len * sizeof(float));",
+        "std::memset(copy_.data() + sg.local, 0, sg.len * sizeof(float));",
+    ),
+    Mutation(
+        "hot merge: the other threads' changes overwritten",
+        HOT,
+        "const float v = m[i] == b[o] ? c[o] : m[i] + (c[o] - b[o]);",
+        "const float v = c[o];",
+    ),
+    Mutation("hot merge: base not moved on", HOT, "b[o] = v;", ";"),
+    Mutation(
+        "hot redirect: single vector left in the model, weights in the copy",
+        HOT,
+        "if (r.vrow[p] && set_.v_[h] >= 0) r.vrow[p] = c + set_.v_[h];",
+        "if (r.vrow[p] && set_.v_[h] >= 0) r.vrow[p] = c + set_.W_[h];",
+    ),
+    Mutation("hot redirect: bias state on the bias", HOT, "r.g0 = c + 1;", "r.g0 = c;"),
 ]
 
 
@@ -577,7 +614,7 @@ def main() -> int:
         "--tests",
         default=(
             "tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_gather.py "
-            "tests/test_average.py"
+            "tests/test_average.py tests/test_hot.py"
         ),
         help="pytest target(s), space separated",
     )

@@ -115,8 +115,9 @@ struct Row {
   std::vector<float> ax;
   // Where each node's parameters live, for the kernels: its linear weight and AdaGrad state, its
   // single vector (nullptr if none) and its W block (nullptr if none); and the bias and its state.
-  // gather points them into the model's tables. Writable: training writes through them (a row
-  // gathered from a const Model is only scored).
+  // gather points them into the model's tables; a training thread's HotCopy (hot.h) then points
+  // the hot features and the bias at its private copies. Writable: training writes through them
+  // (a row gathered from a const Model is only scored).
   std::vector<float*> lw, lg, vrow, wrow;
   float* w0 = nullptr;
   float* g0 = nullptr;

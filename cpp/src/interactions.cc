@@ -1,7 +1,10 @@
 #include "fmrecall/interactions.h"
 
+#include "fmrecall/hot.h"
+
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include <omp.h>
@@ -107,20 +110,25 @@ int32_t Factored::draw_negative(int32_t user, Rng& rng) const {
 
 namespace {
 // Gathers a sampled negative row for event e into `neg`: the best-scored of S.candidates draws.
+// With a HotCopy, the row (and every candidate scored) reads this thread's copies of the hot features.
 void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, int64_t e, Rng& rng,
-                     Row& neg, Run* runs, int32_t sf, int64_t sj, const Swap* sw, int nsw) {
+                     Row& neg, Run* runs, int32_t sf, int64_t sj, const Swap* sw, int nsw, HotCopy* mine) {
   const int32_t u = D.ev_user[e];
   int32_t pick = D.draw_negative(u, rng);
+  auto gather = [&](int32_t item) {
+    neg.gather(M, runs, D.runs(e, item, runs), sf, sj, sw, nsw);
+    if (mine) mine->redirect(neg);
+  };
   if (S.candidates > 1) {
     float best = -std::numeric_limits<float>::infinity();
     for (int c = 0; c < S.candidates; ++c) {
       const int32_t j = c ? D.draw_negative(u, rng) : pick;
-      neg.gather(M, runs, D.runs(e, j, runs), sf, sj, sw, nsw);
+      gather(j);
       const float s = K.score(M, neg);
       if (s > best) best = s, pick = j;
     }
   }
-  neg.gather(M, runs, D.runs(e, pick, runs), sf, sj, sw, nsw);
+  gather(pick);
 }
 }  // namespace
 
@@ -135,6 +143,19 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
+  const bool private_hot = HotSet::wanted(threads, count);
+  HotSet hot(M, threads);
+  if (private_hot) {  // counted on the events' own rows (user, context, item)
+    Run runs[3];
+    const int64_t stride = std::max<int64_t>(1, count / HotSet::kSampleRows);
+    for (int64_t i = 0; i < count; i += stride) {
+      const int64_t e = order[i];
+      const int nrun = D.runs(e, D.ev_item[e], runs);
+      for (int s = 0; s < nrun; ++s) hot.count(runs[s]);
+      hot.end_row();
+    }
+    hot.pick();
+  }
   double total = 0.0;
   int64_t terms = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total, terms)
@@ -142,6 +163,9 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
     Row pos, neg;
     GradAcc acc;
     Run runs[3];
+    std::optional<HotCopy> copy;
+    if (private_hot) copy.emplace(hot);
+    HotCopy* mine = copy ? &*copy : nullptr;  // this thread's copies of the hot parameters
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t e = order[i];
@@ -151,27 +175,28 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
       Swap sw[8];
       const int nsw = D.draw_swaps(rng, sw);
       pos.gather(M, runs, D.runs(e, D.ev_item[e], runs), sf, sj, sw, nsw);
+      if (mine) mine->redirect(pos);
       if (S.negatives == 0) {  // labelled events, pointwise
         total += K.step(M, pos, loss, D.label ? D.label[e] : 1.f, h);
         ++terms;
-        continue;
-      }
-      if (loss == Loss::bpr) {
+      } else if (loss == Loss::bpr) {
         for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw);
+          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
           total += K.bpr_step(M, pos, neg, h, acc);
           ++terms;
         }
-        continue;
-      }
-      total += K.step(M, pos, loss, 1.f, h);
-      ++terms;
-      for (int t = 0; t < S.negatives; ++t) {
-        sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw);
-        total += K.step(M, neg, loss, 0.f, h);
+      } else {
+        total += K.step(M, pos, loss, 1.f, h);
         ++terms;
+        for (int t = 0; t < S.negatives; ++t) {
+          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
+          total += K.step(M, neg, loss, 0.f, h);
+          ++terms;
+        }
       }
+      if (mine) mine->after_rows(S.negatives == 0 ? 1 : loss == Loss::bpr ? S.negatives : 1 + S.negatives);
     }
+    if (mine) mine->merge();
   }
   return {total, terms};
 }

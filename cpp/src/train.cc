@@ -1,9 +1,12 @@
 #include "fmrecall/train.h"
 
+#include "fmrecall/hot.h"
+
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace fmrecall {
@@ -118,18 +121,33 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
   if (!data.label) throw InputError("training needs labels");
   ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
   const KernelFns K = select_kernels(M.kp);
+  const bool private_hot = HotSet::wanted(threads, count);
+  HotSet hot(M, threads);
+  if (private_hot) {
+    const int64_t stride = std::max<int64_t>(1, count / HotSet::kSampleRows);
+    for (int64_t i = 0; i < count; i += stride) {
+      hot.count(data.row(order[i]));
+      hot.end_row();
+    }
+    hot.pick();
+  }
   double total = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
   {
     Row row;
+    std::optional<HotCopy> mine;
+    if (private_hot) mine.emplace(hot);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = order[i];
       prefetch_ahead(M, data, order, i, count);
       const Run run = data.row(r);
       row.gather(M, &run, 1);
+      if (mine) mine->redirect(row);
       total += K.step(M, row, loss, data.label[r], h);
+      if (mine) mine->after_rows(1);
     }
+    if (mine) mine->merge();
   }
   return total;
 }
