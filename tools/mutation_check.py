@@ -572,12 +572,19 @@ MUTATIONS = [
         "std::memset(copy_.data() + sg.local, 0, sg.len * sizeof(float));",
     ),
     Mutation(
-        "hot merge: the other threads' changes overwritten",
+        "hot merge: the other threads' changes overwritten (four lanes: vectors)",
         HOT,
-        "const float v = m[i] == b[o] ? c[o] : m[i] + (c[o] - b[o]);",
-        "const float v = c[o];",
+        "const f4 v = mv == bv ? cv : mv + (cv - bv);",
+        "const f4 v = cv;",
     ),
-    Mutation("hot merge: base not moved on", HOT, "b[o] = v;", ";"),
+    Mutation(
+        "hot merge: the other threads' changes overwritten (tail: bias, linear weights)",
+        HOT,
+        "const float v = m[i] == b[i] ? c[i] : m[i] + (c[i] - b[i]);",
+        "const float v = c[i];",
+    ),
+    Mutation("hot merge: base not moved on (four lanes)", HOT, "std::memcpy(b + i, &v, sizeof(f4));", ";"),
+    Mutation("hot merge: base not moved on (tail)", HOT, "b[i] = v;", ";"),
     Mutation(
         "hot redirect: single vector left in the model, weights in the copy",
         HOT,
