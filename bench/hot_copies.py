@@ -2,7 +2,8 @@
 
 In one process, per model (FFM k=4, FFM k=8, FM k=16 on the Criteo-shaped rows of bench/synth.py):
 three models with the same seed, one on 1 thread, one on T threads with FMRECALL_HOT=off (Hogwild on
-every parameter), one on T threads with the default copies. After one untimed epoch each, their
+every parameter), one on T threads with FMRECALL_HOT=on (the copies; the default for FFM, asked for
+FM). After one untimed epoch each, their
 ``partial_fit`` epochs run interleaved (1t, Hogwild, copies, then the reverse order), so every round
 compares the three under the same machine state. Prints per round wall / 1-thread wall, the
 medians, CPU seconds per epoch, the validation logloss after all epochs, and the other load.
@@ -55,7 +56,7 @@ def main() -> None:
         kind = cfg.rstrip("0123456789")
         k = int(cfg[len(kind) :])
         for t in threads:
-            sides = [("1t", 1, "auto"), ("hogwild", t, "off"), ("copies", t, "auto")]
+            sides = [("1t", 1, "auto"), ("hogwild", t, "off"), ("copies", t, "on")]
             models = {name: common.new_model(kind, k, th) for name, th, _ in sides}
             for name, _, mode in sides:
                 epoch(models[name], train, mode)
