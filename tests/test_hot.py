@@ -1,9 +1,8 @@
 """Training on several threads with private copies of the hot parameters (cpp/fmrecall/hot.h).
 
-A training call on more than one thread (by default for models with field-aware fields; any model
-with FMRECALL_HOT=on) gives each thread a copy of the bias and of the most frequent features'
-parameters (weights and AdaGrad state); rows point at the copy, and every 1024 / threads rows (at
-most 256) a thread adds what it changed since its last merge to the model. No update may be lost
+A training call on more than one thread gives each thread a copy of the bias and of the most
+frequent features' parameters (weights and AdaGrad state); rows point at the copy, and every
+1024 / threads rows (at most 256) a thread adds what it changed since its last merge to the model. No update may be lost
 and none counted twice. The per-row arithmetic through the copies is checked against numpy in
 tests/test_kernels.py (the `copies` fixture); here:
 
@@ -171,10 +170,7 @@ def _hottest_row(ds: fmrecall.Dataset) -> fmrecall.Dataset:
 @pytest.mark.parametrize("threads", [2, 4])
 @pytest.mark.parametrize("kind", ["fm", "ffm", "hybrid-item"])
 def test_threads_lose_no_adagrad_update(monkeypatch, rng, kind, threads):
-    if kind == "fm":  # a plain FM trains Hogwild by default: ask for the copies
-        monkeypatch.setenv("FMRECALL_HOT", "on")
-    else:  # the default: copies on more than one thread for models with field-aware fields
-        monkeypatch.delenv("FMRECALL_HOT", raising=False)
+    monkeypatch.delenv("FMRECALL_HOT", raising=False)  # the default: copies on more than one thread
     ds = _skewed_rows(rng, 20000)
     probe = _hottest_row(ds)
     want = _probe_steps(ds, probe, kind, 1)

@@ -8,7 +8,7 @@
 // Row::lw / vrow / wrow / w0), and every merge_rows rows adds what it changed since its last merge
 // to the model: master += copy − base, then copy = base = master (exact: no update is lost, and a
 // thread sees the others' updates about kStaleRows rows late). The other features stay Hogwild.
-// One thread, and a plain FM, train the model in place as before (one thread: deterministic).
+// One thread trains the model in place as before (no copies, deterministic).
 #pragma once
 
 #include <algorithm>
@@ -35,14 +35,12 @@ class HotSet {
   static int merge_rows(int threads) { return std::clamp(kStaleRows / std::max(threads, 1), 16, kMergeRows); }
 
   // Whether a training call of `count` rows on `threads` threads uses private copies: FMRECALL_HOT =
-  // auto (the default: when threads > 1, the model has field-aware fields, and each thread has at
-  // least 4 merges' worth of rows; a thread with fewer would train them all from the call's starting
-  // values. A plain FM's hot feature is one vector of 2 or so cache lines, and on 2 threads its
-  // copies cost more than the sharing they remove: bench/results.md), on (at any thread count and
-  // for every model: the kernel paths through the copies can be checked on one thread, where they
-  // give the in-place results exactly) or off (Hogwild on every parameter, for A/B benchmarks).
+  // auto (the default: when threads > 1 and each thread has at least 4 merges' worth of rows; a
+  // thread with fewer would train them all from the call's starting values), on (at any thread
+  // count: the kernel paths through the copies can be checked on one thread, where they give the
+  // in-place results exactly) or off (Hogwild on every parameter, as before; for A/B benchmarks).
   // Read at every call, like FMRECALL_ARCH.
-  static bool wanted(const Model& M, int threads, int64_t count);
+  static bool wanted(int threads, int64_t count);
 
   HotSet(Model& M, int threads) : M_(M), merge_rows_(merge_rows(threads)) {}
   // The features of one sampled row (call once per run of the row, then end_row).

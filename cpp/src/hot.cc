@@ -38,12 +38,12 @@ void merge_values(float* m, float* c, float* b, int32_t len) {
 }
 }  // namespace
 
-bool HotSet::wanted(const Model& M, int threads, int64_t count) {
+bool HotSet::wanted(int threads, int64_t count) {
   if (count <= 0) return false;
   const char* env = std::getenv("FMRECALL_HOT");
   if (env && !std::strcmp(env, "on")) return true;
   if (env && !std::strcmp(env, "off")) return false;
-  return threads > 1 && M.any_aware() && count >= int64_t{4} * threads * merge_rows(threads);
+  return threads > 1 && count >= int64_t{4} * threads * merge_rows(threads);
 }
 
 void HotSet::count(const Run& run) {

@@ -143,7 +143,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
-  const bool private_hot = HotSet::wanted(M, threads, count);
+  const bool private_hot = HotSet::wanted(threads, count);
   HotSet hot(M, threads);
   if (private_hot) {  // counted on the events' own rows (user, context, item)
     Run runs[3];

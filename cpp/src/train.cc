@@ -121,7 +121,7 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
   if (!data.label) throw InputError("training needs labels");
   ReadLock lock(M.mu);  // Hogwild writes values in place; only structural changes are exclusive
   const KernelFns K = select_kernels(M.kp);
-  const bool private_hot = HotSet::wanted(M, threads, count);
+  const bool private_hot = HotSet::wanted(threads, count);
   HotSet hot(M, threads);
   if (private_hot) {
     const int64_t stride = std::max<int64_t>(1, count / HotSet::kSampleRows);
