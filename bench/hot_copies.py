@@ -2,8 +2,8 @@
 
 In one process, per model (FFM k=4, FFM k=8, FM k=16 on the Criteo-shaped rows of bench/synth.py):
 three models with the same seed, one on 1 thread, one on T threads with FMRECALL_HOT=off (Hogwild on
-every parameter), one on T threads with FMRECALL_HOT=on (the copies; the default for FFM, asked for
-FM). After one untimed epoch each, their
+every parameter), one on T threads with FMRECALL_HOT=on (the copies, as the default uses them on
+several threads). After one untimed epoch each, their
 ``partial_fit`` epochs run interleaved (1t, Hogwild, copies, then the reverse order), so every round
 compares the three under the same machine state. Prints per round wall / 1-thread wall, the
 medians, CPU seconds per epoch, the validation logloss after all epochs, and the other load.
