@@ -27,6 +27,7 @@ class HotSet {
   static constexpr int kSampleRows = 4096;        // rows whose features are counted to pick the hot ones
   static constexpr double kMinShare = 1.0 / 512;  // a hot feature occurs in at least this share of rows
   static constexpr size_t kBytes = 256 << 10;     // at most this many bytes of parameters per copy
+  static constexpr size_t kAllBytes = 32 << 20;   // and of all threads' copies together (many threads)
   static constexpr size_t kMaxSlots = 1024;       // and at most this many features (the map stays in L1 / L2)
 
   // Rows of a thread between its merges on `threads` threads: kStaleRows / threads within [16,
@@ -42,12 +43,14 @@ class HotSet {
   // Read at every call, like FMRECALL_ARCH.
   static bool wanted(int threads, int64_t count);
 
-  HotSet(Model& M, int threads) : M_(M), merge_rows_(merge_rows(threads)) {}
+  HotSet(Model& M, int threads)
+      : M_(M), merge_rows_(merge_rows(threads)), bytes_(std::min(kBytes, kAllBytes / std::max(threads, 1))) {}
   // The features of one sampled row (call once per run of the row, then end_row).
   void count(const Run& run);
   void end_row() { ++rows_; }
   // Chooses the hot features among those counted: share of sampled rows >= kMinShare, most
-  // frequent first, while a copy stays within kBytes. Slot 0 is the bias.
+  // frequent first, while a copy stays within kBytes (and all threads' within kAllBytes). Slot 0 is
+  // the bias.
   void pick();
   int32_t slots() const { return static_cast<int32_t>(lin_.size()); }
   int32_t slot(int64_t j) const;  // slot of feature j, -1 if not hot
@@ -61,6 +64,7 @@ class HotSet {
   };
   Model& M_;
   int merge_rows_;
+  size_t bytes_;               // at most this many bytes per copy
   std::vector<int64_t> seen_;  // features of the sampled rows (with repeats)
   int64_t rows_ = 0;
   struct Key {

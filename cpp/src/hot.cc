@@ -83,7 +83,7 @@ void HotSet::pick() {
     const int64_t vr = M_.v.empty() ? -1 : M_.single_row_of(j);
     const int64_t wr = M_.W.empty() ? -1 : M_.aware_row_of(j);
     const size_t need = 4 + (vr >= 0 ? static_cast<size_t>(M_.vs) : 0) + (wr >= 0 ? block : 0);
-    if ((floats_ + need) * sizeof(float) > kBytes || feats.size() > kMaxSlots) break;
+    if ((floats_ + need) * sizeof(float) > bytes_ || feats.size() > kMaxSlots) break;
     size_t at = floats_;
     lin_.push_back(at);
     segs_.push_back({M_.w.data() + j, at, 1});
