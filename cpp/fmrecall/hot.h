@@ -45,18 +45,27 @@ class HotSet {
 
   HotSet(Model& M, int threads)
       : M_(M), merge_rows_(merge_rows(threads)), bytes_(std::min(kBytes, kAllBytes / std::max(threads, 1))) {}
-  // The features of one sampled row (call once per run of the row, then end_row).
-  void count(const Run& run);
-  void end_row() { ++rows_; }
-  // Chooses the hot features among those counted: share of sampled rows >= kMinShare, most
-  // frequent first, while a copy stays within kBytes (and all threads' within kAllBytes). Slot 0 is
-  // the bias.
-  void pick();
+  // Chooses the hot features of the call's rows order[0..count): counts the features of about
+  // kSampleRows of them, evenly spaced (runs_of(row, Run* out) gives a row's runs, at most 3, and
+  // returns how many), then takes those with a share of sampled rows >= kMinShare, most frequent
+  // first, while a copy stays within kBytes (and all threads' within kAllBytes). Slot 0 is the bias.
+  template <class RunsOf>
+  void pick(const int64_t* order, int64_t count, RunsOf runs_of) {
+    Run runs[3];
+    const int64_t stride = std::max<int64_t>(1, count / kSampleRows);
+    for (int64_t i = 0; i < count; i += stride, ++rows_) {
+      const int nrun = runs_of(order[i], runs);
+      for (int r = 0; r < nrun; ++r) count_run(runs[r]);
+    }
+    choose();
+  }
   int32_t slots() const { return static_cast<int32_t>(lin_.size()); }
   int32_t slot(int64_t j) const;  // slot of feature j, -1 if not hot
 
  private:
   friend class HotCopy;
+  void count_run(const Run& run);  // the features of one run of a sampled row
+  void choose();                   // the hot features among those counted
   struct Seg {
     float* master;  // in the model's tables
     size_t local;   // offset in a copy

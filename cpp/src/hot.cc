@@ -46,7 +46,7 @@ bool HotSet::wanted(int threads, int64_t count) {
   return threads > 1 && count >= int64_t{4} * threads * merge_rows(threads);
 }
 
-void HotSet::count(const Run& run) {
+void HotSet::count_run(const Run& run) {
   for (int64_t t = 0; t < run.len; ++t) {
     const int64_t j = run.feat[t];
     const int32_t f = run.field[t];
@@ -54,7 +54,7 @@ void HotSet::count(const Run& run) {
   }
 }
 
-void HotSet::pick() {
+void HotSet::choose() {
   // (count, feature) of every counted feature, most frequent first
   std::sort(seen_.begin(), seen_.end());
   std::vector<std::pair<int64_t, int64_t>> freq;

@@ -145,17 +145,8 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   const KernelFns K = select_kernels(M.kp);
   const bool private_hot = HotSet::wanted(threads, count);
   HotSet hot(M, threads);
-  if (private_hot) {  // counted on the events' own rows (user, context, item)
-    Run runs[3];
-    const int64_t stride = std::max<int64_t>(1, count / HotSet::kSampleRows);
-    for (int64_t i = 0; i < count; i += stride) {
-      const int64_t e = order[i];
-      const int nrun = D.runs(e, D.ev_item[e], runs);
-      for (int s = 0; s < nrun; ++s) hot.count(runs[s]);
-      hot.end_row();
-    }
-    hot.pick();
-  }
+  if (private_hot)  // counted on the events' own rows (user, context, item)
+    hot.pick(order, count, [&D](int64_t e, Run* runs) { return D.runs(e, D.ev_item[e], runs); });
   double total = 0.0;
   int64_t terms = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total, terms)

@@ -123,14 +123,11 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
   const KernelFns K = select_kernels(M.kp);
   const bool private_hot = HotSet::wanted(threads, count);
   HotSet hot(M, threads);
-  if (private_hot) {
-    const int64_t stride = std::max<int64_t>(1, count / HotSet::kSampleRows);
-    for (int64_t i = 0; i < count; i += stride) {
-      hot.count(data.row(order[i]));
-      hot.end_row();
-    }
-    hot.pick();
-  }
+  if (private_hot)
+    hot.pick(order, count, [&data](int64_t r, Run* runs) {
+      runs[0] = data.row(r);
+      return 1;
+    });
   double total = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
   {
