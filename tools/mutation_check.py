@@ -501,8 +501,22 @@ MUTATIONS = [
     Mutation(
         "gather one-hot pass: a node without a vector takes row 0",
         "cpp/src/row.cc",
-        "const int64_t r = M.single_row_of(j);",
-        "const int64_t r = std::max<int64_t>(M.single_row_of(j), 0);",
+        "const int64_t r = g.rows ? g.rows[t] : M.single_row_of(j);",
+        "const int64_t r = std::max<int64_t>(g.rows ? g.rows[t] : M.single_row_of(j), 0);",
+    ),
+    Mutation(
+        "row ring: the block stage hands on no W row",
+        "cpp/src/train.cc",
+        "rows[t] = static_cast<int32_t>(r);",
+        "rows[t] = -1;",
+        nth=1,
+    ),
+    Mutation(
+        "row ring: the block stage hands on no v row",
+        "cpp/src/train.cc",
+        "rows[t] = static_cast<int32_t>(r);",
+        "rows[t] = -1;",
+        nth=2,
     ),
     Mutation(
         "gather one-hot pass: repeated features not detected",

@@ -10,11 +10,15 @@
 namespace fmrecall {
 
 // A run of (field, feature, value) triples, e.g. one CSR row; val == nullptr means every value is 1.
+// rows, when given, holds each triple's vector row, looked up already (by the training loop's
+// prefetch stage): its W row in a field-aware field, its v row in a single field (-1: none, or a
+// triple outside the model). Used by the one-hot row build.
 struct Run {
   const int32_t* field;
   const int32_t* feat;
   const float* val;
   int64_t len;
+  const int32_t* rows = nullptr;
 };
 
 // Gradients summed per parameter (keyed by the parameter's address) before one AdaGrad step each:

@@ -90,7 +90,7 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
     slot_aware[n] = M.aware[f];
     point(M, n, j);
     if (M.aware[f]) {
-      const int64_t r = M.aware_row_of(j);
+      const int64_t r = g.rows ? g.rows[t] : M.aware_row_of(j);
       single_row[n] = -1;
       aware_row[n] = r;
       if (r >= 0) {
@@ -102,7 +102,7 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
         aware[na++] = n;
       }
     } else {
-      const int64_t r = M.single_row_of(j);
+      const int64_t r = g.rows ? g.rows[t] : M.single_row_of(j);
       single_row[n] = r;
       aware_row[n] = -1;
       if (r >= 0) {

@@ -45,24 +45,57 @@ inline void prefetch_maps(const Model& M, const Run& s) {
   }
 }
 
-inline void prefetch_blocks(const Model& M, const Run& s) {
+// Also keeps each node's vector row in rows (-1: none), for the row build two rows later (Run::rows).
+inline void prefetch_blocks(const Model& M, const Run& s, int32_t* rows) {
   const int64_t block = static_cast<int64_t>(M.F) * M.vs * static_cast<int64_t>(sizeof(float));
   for (int64_t t = 0; t < s.len; ++t) {
     const int64_t j = s.feat[t];
     const int32_t f = s.field[t];
+    rows[t] = -1;
     if (!in_model(M, j, f)) continue;
     if (M.aware[f]) {
       const int64_t r = M.aware_row_of(j);
-      if (r < 0) continue;
-      prefetch_lines<2>(M.wvec(r, 0), block);
-    } else if (M.single_row_of(j) >= 0) {
-      __builtin_prefetch(M.vec(M.single_row_of(j)), 1, 3);
+      rows[t] = static_cast<int32_t>(r);
+      if (r >= 0) prefetch_lines<2>(M.wvec(r, 0), block);
+    } else {
+      const int64_t r = M.single_row_of(j);
+      rows[t] = static_cast<int32_t>(r);
+      if (r >= 0) __builtin_prefetch(M.vec(r), 1, 3);
     }
   }
 }
 
+// The vector rows the block stage looked up for the rows in flight: slot i % kSlots holds row i's.
+// The row build reads them from here (a few KiB that stay in L1) instead of looking each feature up
+// in the model's row map again, a random read into a table of n int32 whose lines the parameter
+// blocks streaming through the caches have mostly evicted by then.
+class RowRing {
+ public:
+  static constexpr int64_t kSlots = 4;  // > kBlockAhead: rows i .. i + kBlockAhead are in flight
+  int32_t* fill(int64_t i, int64_t len) {
+    Slot& s = slots_[i % kSlots];
+    if (static_cast<int64_t>(s.rows.size()) < len) s.rows.resize(static_cast<size_t>(len));
+    s.owner = i;
+    return s.rows.data();
+  }
+  // Row i's vector rows, or nullptr when the block stage did not see row i (the first rows of a range).
+  const int32_t* get(int64_t i) const {
+    const Slot& s = slots_[i % kSlots];
+    return s.owner == i ? s.rows.data() : nullptr;
+  }
+
+ private:
+  struct Slot {
+    std::vector<int32_t> rows;
+    int64_t owner = -1;
+  };
+  Slot slots_[kSlots];
+};
+static_assert(RowRing::kSlots > kBlockAhead, "a slot must outlive its row's time in flight");
+
 // The prefetch stages for the rows ahead of position i of `order` (count rows in all).
-inline void prefetch_ahead(const Model& M, const Csr& data, const int64_t* order, int64_t i, int64_t count) {
+inline void prefetch_ahead(const Model& M, const Csr& data, const int64_t* order, int64_t i, int64_t count,
+                           RowRing& ring) {
   if (i + kIndptrAhead < count) __builtin_prefetch(data.indptr + order[i + kIndptrAhead], 0, 3);
   if (i + kNodesAhead < count) {
     const Run s = data.row(order[i + kNodesAhead]);
@@ -71,7 +104,10 @@ inline void prefetch_ahead(const Model& M, const Csr& data, const int64_t* order
     if (s.val) prefetch_lines<3>(s.val, s.len * static_cast<int64_t>(sizeof(float)));
   }
   if (i + kMapAhead < count) prefetch_maps(M, data.row(order[i + kMapAhead]));
-  if (i + kBlockAhead < count) prefetch_blocks(M, data.row(order[i + kBlockAhead]));
+  if (i + kBlockAhead < count) {
+    const Run s = data.row(order[i + kBlockAhead]);
+    prefetch_blocks(M, s, ring.fill(i + kBlockAhead, s.len));
+  }
 }
 }  // namespace
 
@@ -132,13 +168,15 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 #pragma omp parallel num_threads(threads) reduction(+ : total)
   {
     Row row;
+    RowRing ring;
     std::optional<HotCopy> mine;
     if (private_hot) mine.emplace(hot);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = order[i];
-      prefetch_ahead(M, data, order, i, count);
-      const Run run = data.row(r);
+      prefetch_ahead(M, data, order, i, count, ring);
+      Run run = data.row(r);
+      run.rows = ring.get(i);
       row.gather(M, &run, 1);
       if (mine) mine->redirect(row);
       total += K.step(M, row, loss, data.label[r], h);
