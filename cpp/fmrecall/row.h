@@ -21,6 +21,21 @@ struct Run {
   const int32_t* rows = nullptr;
 };
 
+// Field-aware CSR rows; val == nullptr means all values are 1, label may be nullptr for predict.
+struct Csr {
+  const int64_t* indptr = nullptr;
+  const int32_t* field = nullptr;
+  const int32_t* feat = nullptr;
+  const float* val = nullptr;
+  const float* label = nullptr;
+  int64_t rows = 0;
+
+  Run row(int64_t r) const {
+    const int64_t b = indptr[r];
+    return {field + b, feat + b, val ? val + b : nullptr, indptr[r + 1] - b};
+  }
+};
+
 // Gradients summed per parameter (keyed by the parameter's address) before one AdaGrad step each:
 // the exact step when parameters are shared between nodes of a row or between the two rows of a
 // BPR pair. Grow-only storage, stamped hash table (no clearing, no allocation once warmed up).

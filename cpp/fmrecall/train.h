@@ -3,23 +3,9 @@
 
 #include "kernel.h"
 #include "loss.h"
+#include "prefetch.h"
 
 namespace fmrecall {
-
-// Field-aware CSR rows; val == nullptr means all values are 1, label may be nullptr for predict.
-struct Csr {
-  const int64_t* indptr = nullptr;
-  const int32_t* field = nullptr;
-  const int32_t* feat = nullptr;
-  const float* val = nullptr;
-  const float* label = nullptr;
-  int64_t rows = 0;
-
-  Run row(int64_t r) const {
-    const int64_t b = indptr[r];
-    return {field + b, feat + b, val ? val + b : nullptr, indptr[r + 1] - b};
-  }
-};
 
 // Caller-given CSR arrays as a Csr, after the checks that keep the core from reading out of bounds
 // (InputError): lengths agree (n_indptr = rows + 1 >= 1; n_feat = n_field = nnz; n_val = nnz when
@@ -53,8 +39,9 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 void predict_rows(const Model& M, const Csr& data, float* out, int threads);
 
 // fn(row, score, r) for every row r of `data`, gathered and scored, over `threads` (the shared loop
-// of prediction and the query / item vector builders). Small batches (a single request) run on the
-// calling thread: waking the OpenMP team would leave its idle threads spinning while faiss searches.
+// of prediction and the query / item vector builders), with the rows ahead prefetched as in training
+// (prefetch.h). Small batches (a single request) run on the calling thread: waking the OpenMP team
+// would leave its idle threads spinning while faiss searches.
 constexpr int64_t kParallelRows = 64;
 
 template <class Fn>
@@ -63,9 +50,12 @@ void for_each_scored_row(const Model& M, const Csr& data, int threads, Fn&& fn) 
 #pragma omp parallel num_threads(threads) if (data.rows >= kParallelRows)
   {
     Row row;
+    RowRing ring;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < data.rows; ++r) {
-      const Run run = data.row(r);
+      prefetch_ahead<false>(M, data, [](int64_t at) { return at; }, r, data.rows, ring);
+      Run run = data.row(r);
+      run.rows = ring.get(r);
       row.gather(M, &run, 1);
       const float score = K.score(M, row);
       fn(row, score, r);
