@@ -73,10 +73,10 @@ def run(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
         cls = {"FM": fmrecall.FM, "FFM": fmrecall.FFM}[name]
         if kind.startswith("frappe"):
             train, stop, test = frappe_parts()
-            model = cls(k=params.pop("k", 8), **params).fit(train, stop)
+            model = cls(k=params.pop("k", 8), **params).fit(train, valid=stop)
         else:
             train, test = criteo_parts()
-            model = cls(k=params.pop("k", 4), **params).fit(train, test)
+            model = cls(k=params.pop("k", 4), **params).fit(train, valid=test)
         s = model.decision_function(test)
         out = {"logloss": logloss_from_scores(test.labels, s), "auc": auc(test.labels, s)}
     out.update(

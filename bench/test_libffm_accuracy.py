@@ -77,7 +77,7 @@ def run_fmrecall(train, valid) -> dict:
     import fmrecall
 
     t0 = time.perf_counter()
-    model = fmrecall.FFM(k=4, threads=1).fit(train, valid)
+    model = fmrecall.FFM(k=4, threads=1).fit(train, valid=valid)
     seconds = time.perf_counter() - t0
     res = _metrics(valid.labels, model.decision_function(valid))
     return dict(res, best_epoch=model.best_epoch_, epochs=len(model.history_), seconds=seconds, scale=model.scale_)
