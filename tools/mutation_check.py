@@ -506,14 +506,14 @@ MUTATIONS = [
     ),
     Mutation(
         "row ring: the block stage hands on no W row",
-        "cpp/src/train.cc",
+        "cpp/fmrecall/prefetch.h",
         "rows[t] = static_cast<int32_t>(r);",
         "rows[t] = -1;",
         nth=1,
     ),
     Mutation(
         "row ring: the block stage hands on no v row",
-        "cpp/src/train.cc",
+        "cpp/fmrecall/prefetch.h",
         "rows[t] = static_cast<int32_t>(r);",
         "rows[t] = -1;",
         nth=2,
