@@ -10,7 +10,9 @@ Which branch a row takes (worked out from kernel_impl.h and row.cc):
   the two-pairs-per-ymm loop plus an odd tail for K == 4 on AVX2 / AVX-512 (FMR_WIDE), a compile-time
   chunk loop for every other K > 0 (K = 4 on generic in f4 chunks; K = 8..64 in f8 chunks on AVX2; on
   AVX-512 K = 8 in f8 chunks and K = 16, 32, 64 in f16 chunks), four independent sums over groups of four
-  partners plus a remainder, and a run-time add_prod loop for K = 0.
+  partners plus a remainder, and a run-time add_prod loop for K = 0. The K == 4 wide loops (pair_dots,
+  pair_steps4) take the pair value out of the loop when every field-aware node has the same value
+  (`same_x`: the one-hot pass, `*-unit*` cases, value scale 1 or 0.7) and build it per pair otherwise.
 * K = padded k: k 1..4 -> K=4; 5..8 -> K=8; 13..16 -> K=16; 32 -> K=32; 64 -> K=64; 12 -> kp 12,
   K=0 (run time).
 * backward (the kernel's `step` runs it right after forward on the same row): a row with a repeated
@@ -61,6 +63,7 @@ class Case:
     shape: str  # onehot | multi | repeat | cross | one-aware
     unit: bool = False  # True: one-hot data without a values array (every value 1)
     normalize: bool = False
+    scale: float = 1.0  # the model's value scale (normalize="mean"): every value times it in gather
     labels: str = "logistic01"
     path: str = ""  # the kernel branch the rows take (see the module docstring)
 
@@ -86,6 +89,15 @@ CASES = [
     Case("ffm-onehot-k4", "ffm", 4, "onehot", path="as k1, no padding lanes"),
     Case("ffm-onehot-k4-unit", "ffm", 4, "onehot", unit=True, path="as k4, values array absent (all 1)"),
     Case("ffm-onehot-k4-norm", "ffm", 4, "onehot", normalize=True, path="as k4, values scaled by 1/||x|| in gather"),
+    Case(
+        "ffm-onehot-k4-unit-scale",
+        "ffm",
+        4,
+        "onehot",
+        unit=True,
+        scale=0.7,
+        path="as k4-unit, value scale 0.7: every pair value the same (same_x), taken out of the pair loops",
+    ),
     Case("ffm-onehot-k5", "ffm", 5, "onehot", path="K=8: pair_dots chunk loop (one f8 / two f4), pair_step<8>"),
     Case("ffm-onehot-k8-unit-squared", "ffm", 8, "onehot", unit=True, labels="squared", path="K=8, unit values"),
     Case("ffm-onehot-k12", "ffm", 12, "onehot", path="K=0 (kp 12): pair_dots add_prod loop, pair_step<0>"),
@@ -182,20 +194,20 @@ def _aware(kind: str) -> np.ndarray:
     return aware_flags(SIDES, kind.split("-")[1], N_FIELDS)
 
 
-def _start(rng, kind: str, k: int, **hyper):
-    """(library model, reference params) with the same random float32 weights; every feature has
-    field-aware vectors (a hybrid's aware_row are a shuffled order, so row != feature)."""
+def _start(rng, kind: str, k: int, scale: float = 1.0, **hyper):
+    """(library model, reference params) with the same random float32 weights and value scale;
+    every feature has field-aware vectors (a hybrid's aware_row are a shuffled order, so row != feature)."""
     f32 = lambda *shape: rng.normal(0.0, 0.4, size=shape).astype(np.float32)  # noqa: E731
     bias, linear = float(f32(1)[0]), f32(N_FEATURES)
     hyper = dict(learning_rate=LR, reg_linear=REG_LIN, reg_factors=REG_FAC, threads=1, **hyper)
     if kind == "fm":
         v = f32(N_FEATURES, k)
-        model = fmrecall.FM.from_weights({"bias": bias, "linear": linear, "factors": v}, n_fields=N_FIELDS, **hyper)
-        return model, ref.make_params(bias, linear, v=v)
+        w = {"bias": bias, "linear": linear, "factors": v, "scale": scale}
+        return fmrecall.FM.from_weights(w, n_fields=N_FIELDS, **hyper), ref.make_params(bias, linear, v=v)
     if kind == "ffm":
         W = f32(N_FEATURES, N_FIELDS, k)
-        model = fmrecall.FFM.from_weights({"bias": bias, "linear": linear, "factors": W}, **hyper)
-        return model, ref.make_params(bias, linear, W=W)
+        w = {"bias": bias, "linear": linear, "factors": W, "scale": scale}
+        return fmrecall.FFM.from_weights(w, **hyper), ref.make_params(bias, linear, W=W)
     rows = rng.permutation(N_FEATURES).astype(np.int32)
     w = {
         "bias": bias,
@@ -203,6 +215,7 @@ def _start(rng, kind: str, k: int, **hyper):
         "factors": f32(N_FEATURES, k),
         "field_factors": f32(N_FEATURES, N_FIELDS, k),
         "aware_row": rows,
+        "scale": scale,
     }
     model = fmrecall.HybridFM.from_weights(w, sides=fmrecall.Sides(**SIDES), field_aware=kind.split("-")[1], **hyper)
     return model, hybrid_ref_params(w)
@@ -288,7 +301,7 @@ def _assert_step(got, want, old, touched, what=""):
 # ---------------------------------------------------------------------------- rows
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_scores_match_reference(rng, arch, case):
-    model, p = _start(rng, case.kind, case.k, normalize=case.normalize)
+    model, p = _start(rng, case.kind, case.k, case.scale, normalize=case.normalize)
     rows = [_row(rng, case) for _ in range(12)]
     got = model.decision_function(_dataset(rows))
     aware = _aware(case.kind)
@@ -297,7 +310,7 @@ def test_scores_match_reference(rng, arch, case):
             got[r],
             p,
             aware,
-            *ref.row_nodes(f, j, x, N_FEATURES, N_FIELDS, case.normalize),
+            *ref.row_nodes(f, j, x, N_FEATURES, N_FIELDS, case.normalize, case.scale),
             what=f"row {r} [{case.path}]",
         )
 
@@ -307,12 +320,12 @@ def test_steps_match_reference(rng, arch, copies, case):
     """Rows A, A, B one step each (partial_fit of one row): before each, the score of the row; after,
     every weight against one reference AdaGrad step from the library's previous weights, with the
     reference's own accumulators carried over from the earlier steps; the reported loss."""
-    model, p = _start(rng, case.kind, case.k, normalize=case.normalize, loss=case.loss)
+    model, p = _start(rng, case.kind, case.k, case.scale, normalize=case.normalize, loss=case.loss)
     aware = _aware(case.kind)
     state = ref.fresh_state(p)
     a, b = _row(rng, case), _row(rng, case)
     for step, (row, y) in enumerate(zip([a, a, b], LABELS[case.labels])):
-        f, j, x = ref.row_nodes(*row, N_FEATURES, N_FIELDS, case.normalize)
+        f, j, x = ref.row_nodes(*row, N_FEATURES, N_FIELDS, case.normalize, case.scale)
         ds = _dataset([row], [y])
         what = f"step {step} [{case.path}]"
         _assert_score(model.decision_function(ds)[0], p, aware, f, j, x, what=what)

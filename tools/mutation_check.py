@@ -84,8 +84,8 @@ MUTATIONS = [
     Mutation(
         "pair_dots K=4 wide: second pair's value",
         KI,
-        "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));",
-        "const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c]), _mm_set1_ps(xb * ax[c]));",
+        "const __m256 x = Same ? same : _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));",
+        "const __m256 x = Same ? same : _mm256_set_m128(_mm_set1_ps(xb * ax[c]), _mm_set1_ps(xb * ax[c]));",
         cpu="avx2",
     ),
     Mutation(
@@ -96,6 +96,13 @@ MUTATIONS = [
         cpu="avx2",
     ),
     Mutation("pair_dots K=4 wide: odd tail dropped", KI, "if (c < count)", "if (c + 1 < count)", cpu="avx2"),
+    Mutation(
+        "pair_dots K=4 wide, one value (same_x): pair value without the values",
+        KI,
+        "const __m256 same = _mm256_set1_ps(count ? xb * ax[0] : 0.f);  // the pair value of every c when Same",
+        "const __m256 same = _mm256_set1_ps(count ? xb : 0.f);",
+        cpu="avx2",
+    ),
     Mutation(
         "pair_dots compile-time K: partner offset",
         KI,
@@ -134,10 +141,23 @@ MUTATIONS = [
     ),
     # ---- backward 2) aware x aware, one node per field: the fused in-place pair loop
     Mutation(
+        "pair_steps4, one value (same_x): kappa x_b without the partner's value",
+        KI,
+        "const __m256 same = _mm256_set1_ps(c < na ? kxb * ax[c] : 0.f);",
+        "const __m256 same = _mm256_set1_ps(c < na ? kxb : 0.f);",
+        cpu="avx2",
+    ),
+    Mutation(
+        "gather: rows whose values differ marked as one value (same_x)",
+        "cpp/src/row.cc",
+        "for (int a = 1; a < na; ++a) same_x = same_x && ax[a] == ax[0];",
+        ";",
+    ),
+    Mutation(
         "pair_steps4: second pair's value",
         KI,
-        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
-        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c]), _mm_set1_ps(kxb * ax[c]));",
+        "const __m256 kx = Same ? same : _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        "const __m256 kx = Same ? same : _mm256_set_m128(_mm_set1_ps(kxb * ax[c]), _mm_set1_ps(kxb * ax[c]));",
         cpu="avx2",
     ),
     Mutation(
@@ -185,8 +205,9 @@ MUTATIONS = [
     Mutation(
         "pair_steps4@avx512: second pair's value, AVX-512 variant only",
         KI,
-        "const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
-        f"const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[{AVX512} ? c : c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        "const __m256 kx = Same ? same : _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));",
+        f"const __m256 kx = Same ? same : _mm256_set_m128(_mm_set1_ps(kxb * ax[{AVX512} ? c : c + 1]), "
+        "_mm_set1_ps(kxb * ax[c]));",
         cpu="avx512",
     ),
     Mutation(

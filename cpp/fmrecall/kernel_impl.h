@@ -42,8 +42,9 @@ inline void add_prod(float* __restrict acc, float x, const float* a, const float
   for (int d = 0; d < kp; d += width<T>()) store(acc + d, load<T>(acc + d) + xv * load<T>(a + d) * load<T>(b + d));
 }
 
-// acc += Σ_c xb x_c <Wb[afo_c], blk_c[fb]>: one node against the later ones (forward pair loop)
-template <int K>
+// acc += Σ_c xb x_c <Wb[afo_c], blk_c[fb]>: one node against the later ones (forward pair loop).
+// Same: every x_c is ax[0] (Row::same_x), so the K = 4 loop takes the pair value out of the loop.
+template <int K, bool Same>
 inline void pair_dots(float* __restrict acc, float xb, const float* Wb, int32_t fb, float* const* blk,
                       const int32_t* afo, const float* ax, int count, int kp_rt) {
   using T = Chunk<K>;
@@ -52,8 +53,9 @@ inline void pair_dots(float* __restrict acc, float xb, const float* Wb, int32_t 
   if (K == 4) {  // two pairs per 256-bit register
     __m256 a = _mm256_setzero_ps();
     int c = 0;
+    const __m256 same = _mm256_set1_ps(count ? xb * ax[0] : 0.f);  // the pair value of every c when Same
     for (; c + 1 < count; c += 2) {
-      const __m256 x = _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));
+      const __m256 x = Same ? same : _mm256_set_m128(_mm_set1_ps(xb * ax[c + 1]), _mm_set1_ps(xb * ax[c]));
       const __m256 p = _mm256_loadu2_m128(Wb + afo[c + 1], Wb + afo[c]);
       const __m256 q = _mm256_loadu2_m128(blk[c + 1] + fb, blk[c] + fb);
       a = _mm256_fmadd_ps(_mm256_mul_ps(x, p), q, a);
@@ -152,7 +154,8 @@ float forward(const Model& M, Row& r) {
     const int32_t* afo = r.afo.data();
     const float* ax = r.ax.data();
     for (int b = 0; b < na; ++b)
-      pair_dots<K>(acc, ax[b], blk[b], afo[b], blk + b + 1, afo + b + 1, ax + b + 1, na - b - 1, kp);
+      (r.same_x ? pair_dots<K, true> : pair_dots<K, false>)(acc, ax[b], blk[b], afo[b], blk + b + 1, afo + b + 1,
+                                                            ax + b + 1, na - b - 1, kp);
   }
   float sum = 0.f;
   for (int d = 0; d < kp; d += L) sum += hsum(load<T>(acc + d));
@@ -261,16 +264,19 @@ inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
 }
 
 // K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
-// AdaGrad states. Returns the first c not done (the caller finishes an odd one).
+// AdaGrad states. Returns the first c not done (the caller finishes an odd one). Same: every ax[c]
+// is ax[b + 1] (Row::same_x), so the pair's kappa·x_b·x_c comes out of the loop.
+template <bool Same>
 inline int pair_steps4(float* Wb, int32_t fb, float* const* blk, const int32_t* afo, const float* ax, int c, int na,
                        float kxb, float eta, float l2) {
   const __m256 ev = _mm256_set1_ps(eta), lv = _mm256_set1_ps(l2);
+  const __m256 same = _mm256_set1_ps(c < na ? kxb * ax[c] : 0.f);
   for (; c + 1 < na; c += 2) {
     float* w1a = Wb + afo[c];
     float* w1b = Wb + afo[c + 1];
     float* w2a = blk[c] + fb;
     float* w2b = blk[c + 1] + fb;
-    const __m256 kx = _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));
+    const __m256 kx = Same ? same : _mm256_set_m128(_mm_set1_ps(kxb * ax[c + 1]), _mm_set1_ps(kxb * ax[c]));
     const __m256 a = _mm256_loadu2_m128(w1b, w1a), bq = _mm256_loadu2_m128(w2b, w2a);
     const __m256 g1 = _mm256_fmadd_ps(kx, bq, _mm256_mul_ps(lv, a));
     const __m256 g2 = _mm256_fmadd_ps(kx, a, _mm256_mul_ps(lv, bq));
@@ -336,7 +342,7 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
       const float kxb = kappa * ax[b];
       int c = b + 1;
 #if FMR_WIDE
-      if (K == 4) c = pair_steps4(Wb, fb, blk, afo, ax, c, na, kxb, eta, l2f);
+      if (K == 4) c = (r.same_x ? pair_steps4<true> : pair_steps4<false>)(Wb, fb, blk, afo, ax, c, na, kxb, eta, l2f);
 #endif
       for (; c < na; ++c) {
         float* w1 = Wb + afo[c];

@@ -125,6 +125,7 @@ struct Row {
   std::vector<uint8_t> slot_aware;     // (nf)
   int n_single = 0, n_aware = 0;
   bool one_per_slot = true;                 // no field holds two field-aware nodes (one-hot fields)
+  bool same_x = false;                      // every field-aware node has the same value (ax[b] == ax[0])
   bool shared = false;                      // some feature occurs in two nodes (its parameters are shared)
   std::vector<int32_t> single, aware;       // node ids of single nodes with a v row / field-aware nodes with a W row
   std::vector<int32_t> aw_begin, aw_nodes;  // field-aware nodes grouped by slot (CSR over slots)

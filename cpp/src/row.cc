@@ -116,6 +116,7 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
   n_single = ns;
   n_aware = na;
   one_per_slot = true;
+  same_x = true;  // every value is M.scale
   shared = any_repeated_feature();
   return true;
 }
@@ -214,6 +215,8 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
   int aware_slots = 0;
   for (int s = 0; s < nf; ++s) aware_slots += aw_begin[s + 1] > aw_begin[s];
   one_per_slot = aware_slots == na;
+  same_x = true;
+  for (int a = 1; a < na; ++a) same_x = same_x && ax[a] == ax[0];
   shared = any_repeated_feature();
 }
 
