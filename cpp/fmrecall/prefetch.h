@@ -73,7 +73,7 @@ inline void prefetch_blocks(const Model& M, const Run& s, int32_t* rows) {
 // the row at position i. The row build reads them from here (a few KiB that stay in L1) instead of
 // looking each feature up in the row map again: a random read into a table of n int32 whose lines
 // the parameter blocks streaming through the caches have mostly evicted by then (that second
-// lookup cost 14-19% of a 1-thread training epoch: bench/results.md, "The row maps read once").
+// lookup cost 14-21% of a 1-thread training epoch: bench/results.md, "The row maps read once").
 class RowRing {
  public:
   static constexpr int64_t kSlots = 4;  // > kBlockAhead: rows i .. i + kBlockAhead are in flight

@@ -10,8 +10,8 @@
 namespace fmrecall {
 
 // A run of (field, feature, value) triples, e.g. one CSR row; val == nullptr means every value is 1.
-// rows, when given, holds each triple's vector row, looked up already (by the training loop's
-// prefetch stage): its W row in a field-aware field, its v row in a single field (-1: none, or a
+// rows, when given, holds each triple's vector row, looked up already by the block prefetch stage
+// (prefetch.h): its W row in a field-aware field, its v row in a single field (-1: none, or a
 // triple outside the model). Used by the one-hot row build.
 struct Run {
   const int32_t* field;
