@@ -6,7 +6,8 @@ child processes (A B, then B A, ...), each child training FFM k=4, FFM k=8 and F
 Criteo-shaped rows (bench/synth.py): one untimed epoch (allocation, first touch), then EPOCHS timed
 ``partial_fit`` epochs; CPU = user + system of the child (os.times). Per side and model: the
 median over rounds of each child's fastest epoch, and the validation logloss after all epochs (the
-same seed on both sides, so it shows whether the change altered the arithmetic).
+same seed on both sides, so it shows whether the change altered the arithmetic); then the same for
+scoring the train rows once trained (``decision_function``, the faster of two calls).
 
     cp -r python /tmp/base && <change, ninja -C build/dev> &&
     PYTHONPATH=python python bench/ab_epoch.py /tmp/base python      # AB_ROUNDS=4 AB_EPOCHS=2
@@ -59,7 +60,17 @@ def child(epochs: int) -> None:
             m.partial_fit(train)
             c1 = os.times()
             cpu.append(c1.user + c1.system - c0.user - c0.system)
-        out[cfg] = {"cpu": cpu, "logloss": logloss_from_scores(valid.labels, m.decision_function(valid))}
+        score: List[float] = []  # scoring the train rows (decision_function), also 1 thread
+        for _ in range(2):
+            c0 = os.times()
+            m.decision_function(train)
+            c1 = os.times()
+            score.append(c1.user + c1.system - c0.user - c0.system)
+        out[cfg] = {
+            "cpu": cpu,
+            "score": score,
+            "logloss": logloss_from_scores(valid.labels, m.decision_function(valid)),
+        }
     print(json.dumps(out), flush=True)
 
 
@@ -71,6 +82,7 @@ def main() -> None:
     rounds = int(os.environ.get("AB_ROUNDS", "4"))
     epochs = int(os.environ.get("AB_EPOCHS", "2"))
     best: Dict[str, Dict[str, List[float]]] = {s: {c: [] for c in CONFIGS} for s in sides}
+    scoring: Dict[str, Dict[str, List[float]]] = {s: {c: [] for c in CONFIGS} for s in sides}
     loss: Dict[str, Dict[str, float]] = {s: {} for s in sides}
     t0 = time.time()
     with common.ForeignLoad() as load:
@@ -85,6 +97,7 @@ def main() -> None:
                 res = json.loads(p.stdout.strip().splitlines()[-1])
                 for c in CONFIGS:
                     best[s][c].append(min(res[c]["cpu"]))
+                    scoring[s][c].append(min(res[c]["score"]))
                     loss[s][c] = res[c]["logloss"]
             print(f"round {r + 1}/{rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     other = "?" if load.share is None else f"{load.share:.0%}"
@@ -98,6 +111,12 @@ def main() -> None:
             f"| {b:.3f} ({', '.join(f'{v:.2f}' for v in best['B'][c])}) | {b / a:.3f} "
             f"| {loss['A'][c]:.5f} | {loss['B'][c]:.5f} |"
         )
+    print("\nScoring the train rows (decision_function, 1 thread), CPU s: median over rounds of the faster of two")
+    print("| model | A | B | B / A |")
+    print("|---|---|---|---|")
+    for c in CONFIGS:
+        a, b = statistics.median(scoring["A"][c]), statistics.median(scoring["B"][c])
+        print(f"| {c} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
 
 
 if __name__ == "__main__":
