@@ -124,6 +124,8 @@ struct Model {
       if (a) return true;
     return false;
   }
+  // Feature j in field f is a node of this model (rows are scored and trained without the others).
+  bool holds(int64_t j, int32_t f) const { return j >= 0 && j < n && f >= 0 && f < F; }
   int64_t single_row_of(int64_t j) const { return single_row.empty() ? j : single_row[j]; }
   int64_t aware_row_of(int64_t j) const { return aware_row.empty() ? j : aware_row[j]; }
   float* vec(int64_t row) { return v.data() + row * vs; }  // row of v (single_row_of(feature))

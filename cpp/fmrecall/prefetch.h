@@ -31,15 +31,13 @@ inline void prefetch_lines(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(l), 0, Locality);
 }
 
-inline bool in_model(const Model& M, int64_t j, int32_t f) { return j >= 0 && j < M.n && f >= 0 && f < M.F; }
-
 // Stage 2. Training (Write) also fetches the AdaGrad state of the linear weights, for writing.
 template <bool Write>
 inline void prefetch_maps(const Model& M, const Run& s) {
   for (int64_t t = 0; t < s.len; ++t) {
     const int64_t j = s.feat[t];
     const int32_t f = s.field[t];
-    if (!in_model(M, j, f)) continue;
+    if (!M.holds(j, f)) continue;
     __builtin_prefetch(M.w.data() + j, Write, 3);
     if (Write) __builtin_prefetch(M.gw.data() + j, 1, 3);
     const std::vector<int32_t>& map = M.aware[f] ? M.aware_row : M.single_row;
@@ -56,7 +54,7 @@ inline void prefetch_blocks(const Model& M, const Run& s, int32_t* rows) {
     const int64_t j = s.feat[t];
     const int32_t f = s.field[t];
     rows[t] = -1;
-    if (!in_model(M, j, f)) continue;
+    if (!M.holds(j, f)) continue;
     if (M.aware[f]) {
       const int64_t r = M.aware_row_of(j);
       rows[t] = static_cast<int32_t>(r);

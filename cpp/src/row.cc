@@ -73,7 +73,7 @@ bool Row::gather_one_hot(const Model& M, const Run& g) {
   for (int64_t t = 0; t < g.len; ++t) {
     const int32_t f = g.field[t];
     const int64_t j = g.feat[t];
-    if (f < 0 || f >= M.F || j < 0 || j >= M.n) continue;  // outside the model: ignored, as in gather
+    if (!M.holds(j, f)) continue;  // outside the model: ignored, as in gather
     const uint64_t bit = uint64_t{1} << f;
     if (seen & bit) {  // a field met twice: the general path starts over (reset_slots clears these slots)
       nf = n;
@@ -150,7 +150,7 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
         if (swaps[w].field == f) j = swaps[w].feat;
       const float xv = g.val ? g.val[t] : 1.f;
       // Indices outside the model (unseen at training time) are ignored, as are zero values.
-      if (f < 0 || f >= M.F || j < 0 || j >= M.n || xv == 0.f) continue;
+      if (!M.holds(j, f) || xv == 0.f) continue;
       if (f == skip_field && j == skip_feat) continue;
       field[n] = f;
       feat[n] = j;
