@@ -191,15 +191,8 @@ MUTATIONS = [
     Mutation(
         "pair_steps4: w2 step scaled by w1's accumulator",
         KI,
-        "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));",
-        "_mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G1), bq));",
-        cpu="avx2",
-    ),
-    Mutation(
-        "rsqrt8: Newton step constant",
-        KI,
-        "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));",
-        "y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.4f)));",
+        "_mm256_storeu2_m128(w2b, w2a, ada_step<f8>(bq, g2, G2, ev));",
+        "_mm256_storeu2_m128(w2b, w2a, ada_step<f8>(bq, g2, G1, ev));",
         cpu="avx2",
     ),
     Mutation(
@@ -227,8 +220,8 @@ MUTATIONS = [
     Mutation(
         "pair_step: w2 step scaled by w1's accumulator",
         KI,
-        "store(w2 + d, b - ev * g2 * vrsqrt(G2v));",
-        "store(w2 + d, b - ev * g2 * vrsqrt(G1v));",
+        "store(w2 + d, ada_step(b, g2, G2v, ev));",
+        "store(w2 + d, ada_step(b, g2, G1v, ev));",
     ),
     Mutation(
         "pair_step@generic: w2's accumulator, generic variant only",
@@ -345,18 +338,31 @@ MUTATIONS = [
         "const T g = kv * load<T>(dscore + d);",
     ),
     Mutation(
-        "vrsqrt f8: no Newton step (12-bit estimate)",
+        "rsqrt_estimate f4: 1/v instead of 1/sqrt(v)",
         LANES,
-        "inline f8 vrsqrt(f8 v) { return newton_rsqrt(v, reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v)))); }",
-        "inline f8 vrsqrt(f8 v) { return reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v))); }",
+        "return reinterpret_cast<f4>(_mm_rsqrt_ps(reinterpret_cast<__m128>(v)));",
+        "return reinterpret_cast<f4>(_mm_rcp_ps(reinterpret_cast<__m128>(v)));",
+    ),
+    Mutation(
+        "rsqrt_estimate f8: 1/v instead of 1/sqrt(v)",
+        LANES,
+        "inline f8 rsqrt_estimate(f8 v) { return reinterpret_cast<f8>(_mm256_rsqrt_ps(reinterpret_cast<__m256>(v))); }",
+        "inline f8 rsqrt_estimate(f8 v) { return reinterpret_cast<f8>(_mm256_rcp_ps(reinterpret_cast<__m256>(v))); }",
         cpu="avx2",
     ),
     Mutation(
-        "vrsqrt f16: no Newton step (14-bit estimate)",
+        "rsqrt_estimate f16: 1/v instead of 1/sqrt(v)",
         LANES,
-        "return newton_rsqrt(v, reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v))));",
         "return reinterpret_cast<f16>(_mm512_maskz_rsqrt14_ps(0xFFFF, reinterpret_cast<__m512>(v)));",
+        "return reinterpret_cast<f16>(_mm512_maskz_rcp14_ps(0xFFFF, reinterpret_cast<__m512>(v)));",
         cpu="avx512",
+    ),
+    Mutation(
+        "ada_step@avx2 f8: no Newton step (the 12-bit estimate), AVX2 8-float chunks only",
+        LANES,
+        "return w - (g * y) * (e.e15 - (e.e05 * G * y) * y);",
+        f"return w - (g * y) * (e.e15 - ({AVX2} && sizeof(T) == 32 ? e.e05 : (e.e05 * G * y) * y));",
+        cpu="avx2",
     ),
     Mutation(
         "pair_dots@avx512 K=32: pair value, AVX-512 variant with K=32 only (two f16 chunks)",
@@ -367,10 +373,10 @@ MUTATIONS = [
         cpu="avx512",
     ),
     Mutation(
-        "newton_rsqrt: constant",
+        "ada_step: Newton step's second constant",
         LANES,
-        "return y * (1.5f - 0.5f * v * y * y);",
-        "return y * (1.5f - 0.49f * v * y * y);",
+        "explicit AdaRate(float eta) : e15(splat<T>(1.5f * eta)), e05(splat<T>(0.5f * eta)) {}",
+        "explicit AdaRate(float eta) : e15(splat<T>(1.5f * eta)), e05(splat<T>(0.49f * eta)) {}",
     ),
     # ---- backward 4) bias and linear weights
     Mutation("bias: accumulator", KI, "*r.g0 += kappa * kappa;", "*r.g0 += std::fabs(kappa);"),

@@ -169,20 +169,21 @@ inline void adagrad(float* __restrict w, float* __restrict G, const float* __res
                     float l2, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
-  const T kv = splat<T>(kappa), ev = splat<T>(eta), lv = splat<T>(l2);
+  const T kv = splat<T>(kappa), lv = splat<T>(l2);
+  const AdaRate<T> ev(eta);
   for (int d = 0; d < kp; d += width<T>()) {
     const T wv = load<T>(w + d);
     const T g = kv * load<T>(dscore + d) + lv * wv;
     const T Gv = load<T>(G + d) + g * g;
     store(G + d, Gv);
-    store(w + d, wv - ev * g * vrsqrt(Gv));
+    store(w + d, ada_step(wv, g, Gv, ev));
   }
 }
 
 // Both vectors of one pair (libffm's update): g1 = kx w2 + l2 w1, g2 = kx w1 + l2 w2, AdaGrad on each.
 template <int K>
 inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restrict G1, float* __restrict G2, float kx,
-                      Chunk<K> ev, Chunk<K> lv, int kp_rt) {
+                      const AdaRate<Chunk<K>>& ev, Chunk<K> lv, int kp_rt) {
   using T = Chunk<K>;
   const int kp = K ? K : kp_rt;
   const T kv = splat<T>(kx);
@@ -194,8 +195,8 @@ inline void pair_step(float* __restrict w1, float* __restrict w2, float* __restr
     const T G2v = load<T>(G2 + d) + g2 * g2;
     store(G1 + d, G1v);
     store(G2 + d, G2v);
-    store(w1 + d, a - ev * g1 * vrsqrt(G1v));
-    store(w2 + d, b - ev * g2 * vrsqrt(G2v));
+    store(w1 + d, ada_step(a, g1, G1v, ev));
+    store(w2 + d, ada_step(b, g2, G2v, ev));
   }
 }
 
@@ -257,19 +258,14 @@ void apply(GradAcc& acc, const Hyper& h) {
 }
 
 #if FMR_WIDE
-inline __m256 rsqrt8(__m256 v) {  // refined estimate, as vrsqrt in lanes.h
-  const __m256 y = _mm256_rsqrt_ps(v);
-  return _mm256_mul_ps(
-      y, _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));
-}
-
 // K = 4: pair_step on pairs (b, c) and (b, c + 1) in one 256-bit register each for w1, w2 and their
 // AdaGrad states. Returns the first c not done (the caller finishes an odd one). Same: every ax[c]
 // is ax[b + 1] (Row::same_x), so the pair's kappa·x_b·x_c comes out of the loop.
 template <bool Same>
 inline int pair_steps4(float* Wb, int32_t fb, float* const* blk, const int32_t* afo, const float* ax, int c, int na,
                        float kxb, float eta, float l2) {
-  const __m256 ev = _mm256_set1_ps(eta), lv = _mm256_set1_ps(l2);
+  const AdaRate<f8> ev(eta);
+  const __m256 lv = _mm256_set1_ps(l2);
   const __m256 same = _mm256_set1_ps(c < na ? kxb * ax[c] : 0.f);
   for (; c + 1 < na; c += 2) {
     float* w1a = Wb + afo[c];
@@ -284,8 +280,8 @@ inline int pair_steps4(float* Wb, int32_t fb, float* const* blk, const int32_t* 
     const __m256 G2 = _mm256_fmadd_ps(g2, g2, _mm256_loadu2_m128(w2b + 4, w2a + 4));
     _mm256_storeu2_m128(w1b + 4, w1a + 4, G1);
     _mm256_storeu2_m128(w2b + 4, w2a + 4, G2);
-    _mm256_storeu2_m128(w1b, w1a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g1), rsqrt8(G1), a));
-    _mm256_storeu2_m128(w2b, w2a, _mm256_fnmadd_ps(_mm256_mul_ps(ev, g2), rsqrt8(G2), bq));
+    _mm256_storeu2_m128(w1b, w1a, ada_step<f8>(a, g1, G1, ev));
+    _mm256_storeu2_m128(w2b, w2a, ada_step<f8>(bq, g2, G2, ev));
   }
   return c;
 }
@@ -335,7 +331,8 @@ void backward(Model& M, Row& r, float kappa, const Hyper& h) {
     float* const* blk = r.ablk.data();
     const int32_t* afo = r.afo.data();
     const float* ax = r.ax.data();
-    const T ev = splat<T>(eta), lv = splat<T>(l2f);
+    const AdaRate<T> ev(eta);
+    const T lv = splat<T>(l2f);
     for (int b = 0; b < na; ++b) {
       float* Wb = blk[b];
       const int32_t fb = afo[b];
