@@ -4,7 +4,7 @@
 // Both are bound by memory latency: a one-hot FFM row of 39 fields reads (and training writes) 39
 // blocks of F·2·kp floats (20 cache lines each at k = 4) at random places, plus its CSR nodes, the
 // features' vector rows (the row maps) and linear weights. Each address depends on the one before
-// (order -> indptr -> nodes -> row map -> block), so the rows ahead are prefetched in stages, each
+// (order -> [event ->] indptr -> nodes -> row map -> block), so the rows ahead are prefetched in stages, each
 // stage reading only what an earlier stage already brought in (no demand miss in the prefetch code
 // itself). The block stage also hands the vector rows it looked up to the row build (RowRing).
 #pragma once
@@ -20,7 +20,8 @@ namespace fmrecall {
 constexpr int64_t kBlockAhead = 2;    // stage 3: the parameter blocks, into L2 (L1 holds less than one row's)
 constexpr int64_t kMapAhead = 4;      // stage 2: row maps, linear weight and AdaGrad state of each feature
 constexpr int64_t kNodesAhead = 8;    // stage 1: the row's field / feature / value lines
-constexpr int64_t kIndptrAhead = 12;  // stage 0: the row's indptr entry
+constexpr int64_t kIndptrAhead = 12;  // stage 0: the row's indptr entry(ies)
+constexpr int64_t kLocateAhead = 16;  // stage -1: what locates them (an event's user and item rows)
 
 // Every cache line of [p, p + bytes), into L1 (Locality 3) or L2 (2).
 template <int Locality>
@@ -68,10 +69,11 @@ inline void prefetch_blocks(const Model& M, const Run& s, int32_t* rows) {
 }
 
 // The vector rows the block stage looked up for the rows in flight: slot i % kSlots holds those of
-// the row at position i. The row build reads them from here (a few KiB that stay in L1) instead of
-// looking each feature up in the row map again: a random read into a table of n int32 whose lines
-// the parameter blocks streaming through the caches have mostly evicted by then (that second
-// lookup cost 14-21% of a 1-thread training epoch: bench/results.md, "The row maps read once").
+// the row at position i, its runs' one after the other. The row build reads them from here (a few
+// KiB that stay in L1) instead of looking each feature up in the row map again: a random read into
+// a table of n int32 whose lines the parameter blocks streaming through the caches have mostly
+// evicted by then (that second lookup cost 14-21% of a 1-thread training epoch: bench/results.md,
+// "The row maps read once").
 class RowRing {
  public:
   static constexpr int64_t kSlots = 4;  // > kBlockAhead: rows i .. i + kBlockAhead are in flight
@@ -81,11 +83,16 @@ class RowRing {
     s.owner = i;
     return s.rows.data();
   }
-  // The vector rows of the row at position i, or nullptr when the block stage did not see it (the
-  // first rows of a thread's range): the row build then looks them up itself.
-  const int32_t* get(int64_t i) const {
+  // Points each of the k runs of the row at position i at its vector rows, or at nullptr when the
+  // block stage did not see that row (the first rows of a thread's range): the row build then
+  // looks them up itself.
+  void attach(int64_t i, Run* runs, int k) const {
     const Slot& s = slots_[i % kSlots];
-    return s.owner == i ? s.rows.data() : nullptr;
+    const int32_t* rows = s.owner == i ? s.rows.data() : nullptr;
+    for (int q = 0; q < k; ++q) {
+      runs[q].rows = rows;
+      if (rows) rows += runs[q].len;
+    }
   }
 
  private:
@@ -97,21 +104,56 @@ class RowRing {
 };
 static_assert(RowRing::kSlots > kBlockAhead, "a slot must outlive its row's time in flight");
 
-// The prefetch stages for the rows ahead of position i (count positions in all); row_at(i) is the
-// data row visited at position i (a permutation in training, i itself in scoring).
-template <bool Write, class RowAt>
-inline void prefetch_ahead(const Model& M, const Csr& data, RowAt row_at, int64_t i, int64_t count, RowRing& ring) {
-  if (i + kIndptrAhead < count) __builtin_prefetch(data.indptr + row_at(i + kIndptrAhead), 0, 3);
-  if (i + kNodesAhead < count) {
-    const Run s = data.row(row_at(i + kNodesAhead));
-    prefetch_lines<3>(s.field, s.len * static_cast<int64_t>(sizeof(int32_t)));
-    prefetch_lines<3>(s.feat, s.len * static_cast<int64_t>(sizeof(int32_t)));
-    if (s.val) prefetch_lines<3>(s.val, s.len * static_cast<int64_t>(sizeof(float)));
+// The rows of a loop as the stages see them: a Dataset's CSR rows, position i being data row
+// row_at(i) (a permutation in training, i itself in scoring). A source gives kMaxRuns (runs per
+// row), locate(i) (stage -1: prefetch what index(i) reads), index(i) (stage 0: prefetch what
+// runs(i) reads) and runs(i, out) (the row's runs; returns how many). EventRows (interactions.h)
+// is the other source: an event's user, context and item rows.
+template <class RowAt>
+struct CsrRows {
+  static constexpr int kMaxRuns = 1;
+  const Csr& data;
+  RowAt row_at;
+  void locate(int64_t) const {}  // row_at reads a sequential order, which the hardware prefetches
+  void index(int64_t i) const { __builtin_prefetch(data.indptr + row_at(i), 0, 3); }
+  int runs(int64_t i, Run* out) const {
+    out[0] = data.row(row_at(i));
+    return 1;
   }
-  if (i + kMapAhead < count) prefetch_maps<Write>(M, data.row(row_at(i + kMapAhead)));
+};
+template <class RowAt>
+CsrRows<RowAt> csr_rows(const Csr& data, RowAt row_at) {
+  return {data, row_at};
+}
+
+// The prefetch stages for the rows ahead of position i (count positions in all).
+template <bool Write, class Source>
+inline void prefetch_ahead(const Model& M, const Source& src, int64_t i, int64_t count, RowRing& ring) {
+  Run runs[Source::kMaxRuns];
+  if (i + kLocateAhead < count) src.locate(i + kLocateAhead);
+  if (i + kIndptrAhead < count) src.index(i + kIndptrAhead);
+  if (i + kNodesAhead < count) {
+    const int k = src.runs(i + kNodesAhead, runs);
+    for (int q = 0; q < k; ++q) {
+      const Run& s = runs[q];
+      prefetch_lines<3>(s.field, s.len * static_cast<int64_t>(sizeof(int32_t)));
+      prefetch_lines<3>(s.feat, s.len * static_cast<int64_t>(sizeof(int32_t)));
+      if (s.val) prefetch_lines<3>(s.val, s.len * static_cast<int64_t>(sizeof(float)));
+    }
+  }
+  if (i + kMapAhead < count) {
+    const int k = src.runs(i + kMapAhead, runs);
+    for (int q = 0; q < k; ++q) prefetch_maps<Write>(M, runs[q]);
+  }
   if (i + kBlockAhead < count) {
-    const Run s = data.row(row_at(i + kBlockAhead));
-    prefetch_blocks<Write>(M, s, ring.fill(i + kBlockAhead, s.len));
+    const int k = src.runs(i + kBlockAhead, runs);
+    int64_t len = 0;
+    for (int q = 0; q < k; ++q) len += runs[q].len;
+    int32_t* rows = ring.fill(i + kBlockAhead, len);
+    for (int q = 0; q < k; ++q) {
+      prefetch_blocks<Write>(M, runs[q], rows);
+      rows += runs[q].len;
+    }
   }
 }
 

@@ -12,7 +12,7 @@ namespace fmrecall {
 // A run of (field, feature, value) triples, e.g. one CSR row; val == nullptr means every value is 1.
 // rows, when given, holds each triple's vector row, looked up already by the block prefetch stage
 // (prefetch.h): its W row in a field-aware field, its v row in a single field (-1: none, or a
-// triple outside the model). Used by the one-hot row build.
+// triple outside the model). The row build reads it instead of the model's row maps.
 struct Run {
   const int32_t* field;
   const int32_t* feat;
@@ -163,6 +163,10 @@ struct Row {
   void reset_slots();
   void reserve_nodes(int64_t cap);
   bool any_repeated_feature();
+  // The general path's vector row of each node, from Run::rows, or kRowUnknown (none given, or
+  // the node's feature swapped): the second pass looks those up in the row maps.
+  static constexpr int32_t kRowUnknown = -2;
+  std::vector<int32_t> known_row_;
   // open-addressing set of the row's features (stamped, so it is never cleared)
   std::vector<int64_t> hkey_;
   std::vector<uint32_t> hstamp_;

@@ -53,9 +53,9 @@ void for_each_scored_row(const Model& M, const Csr& data, int threads, Fn&& fn) 
     RowRing ring;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < data.rows; ++r) {
-      prefetch_ahead<false>(M, data, [](int64_t at) { return at; }, r, data.rows, ring);
+      prefetch_ahead<false>(M, csr_rows(data, [](int64_t at) { return at; }), r, data.rows, ring);
       Run run = data.row(r);
-      run.rows = ring.get(r);
+      ring.attach(r, &run, 1);
       row.gather(M, &run, 1);
       const float score = K.score(M, row);
       fn(row, score, r);

@@ -27,7 +27,7 @@ void Row::reserve_nodes(int64_t cap) {
   cap = std::max<int64_t>(cap, 1);
   if (static_cast<int64_t>(field.size()) >= cap) return;
   const size_t c = static_cast<size_t>(std::max<int64_t>(cap, 2 * static_cast<int64_t>(field.size())));
-  for (auto* v : {&field, &slot, &slot_field, &single, &aware, &aw_nodes, &afo}) v->resize(c);
+  for (auto* v : {&field, &slot, &slot_field, &single, &aware, &aw_nodes, &afo, &known_row_}) v->resize(c);
   aw_begin.resize(c + 1);
   feat.resize(c);
   single_row.resize(c);
@@ -146,14 +146,16 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
     for (int64_t t = 0; t < g.len; ++t) {
       const int32_t f = g.field[t];
       int64_t j = g.feat[t];
+      int32_t known = g.rows ? g.rows[t] : kRowUnknown;
       for (int w = 0; w < nswap; ++w)
-        if (swaps[w].field == f) j = swaps[w].feat;
+        if (swaps[w].field == f) j = swaps[w].feat, known = kRowUnknown;
       const float xv = g.val ? g.val[t] : 1.f;
       // Indices outside the model (unseen at training time) are ignored, as are zero values.
       if (!M.holds(j, f) || xv == 0.f) continue;
       if (f == skip_field && j == skip_feat) continue;
       field[n] = f;
       feat[n] = j;
+      known_row_[n] = known;
       x[n] = xv;
       norm2 += static_cast<double>(xv) * xv;
       ++n;
@@ -180,7 +182,7 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
     // a feature with no vectors (not seen in training) contributes linearly only
     point(M, p, feat[p]);
     if (M.aware[f]) {
-      const int64_t r = M.aware_row_of(feat[p]);
+      const int64_t r = known_row_[p] != kRowUnknown ? known_row_[p] : M.aware_row_of(feat[p]);
       single_row[p] = -1;
       aware_row[p] = r;
       if (r >= 0) {
@@ -191,7 +193,7 @@ void Row::gather(const Model& M, const Run* runs, int nrun, int32_t skip_field, 
         aware[na++] = p;
       }
     } else {
-      const int64_t r = M.single_row_of(feat[p]);
+      const int64_t r = known_row_[p] != kRowUnknown ? known_row_[p] : M.single_row_of(feat[p]);
       single_row[p] = r;
       aware_row[p] = -1;
       if (r >= 0) {

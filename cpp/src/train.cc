@@ -74,9 +74,9 @@ double train_rows(Model& M, const Csr& data, const int64_t* order, int64_t count
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t r = order[i];
-      prefetch_ahead<true>(M, data, [order](int64_t at) { return order[at]; }, i, count, ring);
+      prefetch_ahead<true>(M, csr_rows(data, [order](int64_t at) { return order[at]; }), i, count, ring);
       Run run = data.row(r);
-      run.rows = ring.get(i);
+      ring.attach(i, &run, 1);
       row.gather(M, &run, 1);
       if (mine) mine->redirect(row);
       total += K.step(M, row, loss, data.label[r], h);
