@@ -162,6 +162,26 @@ def test_training_on_interactions_equals_training_on_rows(rng, kind, context):
     np.testing.assert_allclose(a.decision_function(t_inter), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["fm", "hybrid-query"])
+def test_cold_start_at_rate_one_equals_training_on_rows_of_an_unseen_item(rng, kind):
+    """cold_start={"item_id": 1.0} swaps every training row's item id for the field's reserved
+    "unseen" feature: training equals training on the joined rows with an item id the schema has
+    never seen. The swapped node must get the unseen feature's vectors, not the vector row of the
+    item id that the prefetch stages looked up for the event (Run::rows). Models whose item side
+    has single vectors only: rows give a reserved feature field-aware vectors only when cold-start
+    training asks for them, so there the two start from different models."""
+    users, items, events, schema = _toy(rng)
+    inter = Interactions(users, items, events, schema, label="y", cold_start={"item_id": 1.0})
+    rows = schema.transform(_joined_frame(users, items, events).assign(item_id=-1), label="y")
+    a = _make(kind, schema).fit(inter)
+    b = _make(kind, schema).fit(rows)
+    # a also holds (untrained) vectors for the item ids its tables list, so compare what both train
+    for key in ("bias", "linear"):
+        np.testing.assert_allclose(a.weights()[key], b.weights()[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(a.decision_function(rows), b.decision_function(rows), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a.decision_function(rows), _make(kind, schema, epochs=1).fit(rows).decision_function(rows))
+
+
 @pytest.mark.parametrize("kind", ["fm", "ffm"])
 def test_users_and_items_without_events_stay_neutral(rng, kind):
     """A user and an item that are in the tables but in no event never occur in a training row:

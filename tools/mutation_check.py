@@ -2,7 +2,8 @@
 """Mutation check of the row kernel: plant deliberate one-line bugs, one at a time, in a private
 copy of the repository, rebuild it, and check that the kernel tests (tests/test_kernels.py, plus
 test_seen_vectors.py, test_split.py and test_gather.py for the gather of rows, test_average.py for the moving
-average of the weights, test_hot.py for the threads' private copies of the hot parameters) fail for every one.
+average of the weights, test_hot.py for the threads' private copies of the hot parameters, test_interactions.py
+for the rows of events) fail for every one.
 
     python tools/mutation_check.py                      # every mutation (~40 s each on 2 cores, mostly rebuild)
     python tools/mutation_check.py --only pair_steps4   # the mutations whose name contains a word
@@ -484,6 +485,25 @@ MUTATIONS = [
         "shared = false;",
         nth=2,
     ),
+    # the general pass reads the vector rows the block stage looked up (Run::rows, RowRing::attach)
+    Mutation(
+        "gather: a node's looked-up vector row taken from the run's first node",
+        "cpp/src/row.cc",
+        "int32_t known = g.rows ? g.rows[t] : kRowUnknown;",
+        "int32_t known = g.rows ? g.rows[0] : kRowUnknown;",
+    ),
+    Mutation(
+        "gather: a swapped (cold-start) node keeps the vector row of its old feature",
+        "cpp/src/row.cc",
+        "if (swaps[w].field == f) j = swaps[w].feat, known = kRowUnknown;",
+        "if (swaps[w].field == f) j = swaps[w].feat;",
+    ),
+    Mutation(
+        "row ring: every run of an event gets the first run's vector rows",
+        "cpp/fmrecall/prefetch.h",
+        "if (rows) rows += runs[q].len;",
+        "if (false) rows += runs[q].len;",
+    ),
     # gather's one-hot pass (one run of unit values; tests/test_gather.py, the unit cases of test_kernels.py)
     Mutation(
         "gather one-hot pass: values array ignored",
@@ -561,8 +581,8 @@ MUTATIONS = [
     Mutation(
         "gather: a node without a vector takes row 0",
         "cpp/src/row.cc",
-        "const int64_t r = M.single_row_of(feat[p]);",
-        "const int64_t r = std::max<int64_t>(M.single_row_of(feat[p]), 0);",
+        "const int64_t r = known_row_[p] != kRowUnknown ? known_row_[p] : M.single_row_of(feat[p]);",
+        "const int64_t r = std::max<int64_t>(known_row_[p] != kRowUnknown ? known_row_[p] : M.single_row_of(feat[p]), 0);",
     ),
     # ---- the moving average of the weights (cpp/src/model.cc; tests/test_average.py)
     Mutation(
@@ -662,7 +682,7 @@ def main() -> int:
         "--tests",
         default=(
             "tests/test_kernels.py tests/test_seen_vectors.py tests/test_split.py tests/test_gather.py "
-            "tests/test_average.py tests/test_hot.py"
+            "tests/test_average.py tests/test_hot.py tests/test_interactions.py"
         ),
         help="pytest target(s), space separated",
     )

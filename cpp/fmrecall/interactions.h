@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "prefetch.h"
 #include "train.h"
 
 namespace fmrecall {
@@ -82,6 +83,37 @@ struct Factored {
     if (context.rows) out[k++] = context.row(e);
     out[k++] = items.row(item);
     return k;
+  }
+};
+
+// Events as a source of the prefetch stages (prefetch.h: CsrRows): position i is event order[i]
+// (or i when order is nullptr), joined with its own item or with items[e]. An event's user and
+// item rows sit at random places of ev_user / ev_item (items) and of the users' and items' indptr,
+// so locate brings in the former (and the label and context entries) and index the latter.
+// Training's positive rows only: the negatives are drawn when their row is built.
+struct EventRows {
+  static constexpr int kMaxRuns = 3;
+  const Factored& D;
+  const int64_t* order = nullptr;
+  const int32_t* items = nullptr;
+  int64_t event(int64_t i) const { return order ? order[i] : i; }
+  int32_t item(int64_t e) const { return items ? items[e] : D.ev_item[e]; }
+  void locate(int64_t i) const {
+    const int64_t e = event(i);
+    __builtin_prefetch(D.ev_user + e, 0, 3);
+    __builtin_prefetch((items ? items : D.ev_item) + e, 0, 3);
+    if (D.label) __builtin_prefetch(D.label + e, 0, 3);
+    if (D.context.rows) __builtin_prefetch(D.context.indptr + e, 0, 3);
+  }
+  void index(int64_t i) const {
+    const int64_t e = event(i);
+    __builtin_prefetch(D.users.indptr + D.ev_user[e], 0, 3);
+    __builtin_prefetch(D.items.indptr + item(e), 0, 3);
+    if (D.hist_feat) __builtin_prefetch(D.hist_feat + D.ev_item[e], 0, 3);
+  }
+  int runs(int64_t i, Run* out) const {
+    const int64_t e = event(i);
+    return D.runs(e, item(e), out);
   }
 };
 

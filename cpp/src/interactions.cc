@@ -154,18 +154,23 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
     Row pos, neg;
     GradAcc acc;
     Run runs[3];
+    RowRing ring;
+    const EventRows events{D, order, nullptr};
     std::optional<HotCopy> copy;
     if (private_hot) copy.emplace(hot);
     HotCopy* mine = copy ? &*copy : nullptr;  // this thread's copies of the hot parameters
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t e = order[i];
+      prefetch_ahead<true>(M, events, i, count, ring);
       const int32_t sf = D.skip_field();
       const int64_t sj = D.skip_feat(e);
       Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
       Swap sw[8];
       const int nsw = D.draw_swaps(rng, sw);
-      pos.gather(M, runs, D.runs(e, D.ev_item[e], runs), sf, sj, sw, nsw);
+      const int k = D.runs(e, D.ev_item[e], runs);
+      ring.attach(i, runs, k);
+      pos.gather(M, runs, k, sf, sj, sw, nsw);
       if (mine) mine->redirect(pos);
       if (S.negatives == 0) {  // labelled events, pointwise
         total += K.step(M, pos, loss, D.label ? D.label[e] : 1.f, h);
@@ -203,9 +208,14 @@ void score_factored(const Model& M, const Factored& D, const int32_t* items, int
   {
     Row row;
     Run runs[3];
+    RowRing ring;
+    const EventRows events{D, nullptr, items};
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < D.n_events; ++e) {
-      row.gather(M, runs, D.runs(e, items ? items[e] : D.ev_item[e], runs), D.skip_field(), D.skip_feat(e));
+      prefetch_ahead<false>(M, events, e, D.n_events, ring);
+      const int k = events.runs(e, runs);
+      ring.attach(e, runs, k);
+      row.gather(M, runs, k, D.skip_field(), D.skip_feat(e));
       out[e] = K.score(M, row);
     }
   }
