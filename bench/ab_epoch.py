@@ -13,7 +13,10 @@ scoring the train rows once trained (``decision_function``, the faster of two ca
     PYTHONPATH=python python bench/ab_epoch.py /tmp/base python      # AB_ROUNDS=4 AB_EPOCHS=2
 
 AB_MODELS picks the models (default ffm4,ffm8,fm16); AB_FOLD=1 trains on epoch_breakdown.py's
-folded rows (every field's ids folded onto one: the compute part of the epoch alone).
+folded rows (every field's ids folded onto one: the compute part of the epoch alone). A model named
+``ev-<model>`` (labelled events) or ``ev<n>-<model>`` (n sampled negatives per event) trains on an
+Interactions of synth_events.py's logs instead (AB_EVENTS events, default 2,000,000), e.g.
+``AB_MODELS=ev-ffm4,ev1-ffm4``.
 """
 
 from __future__ import annotations
@@ -36,22 +39,38 @@ CONFIGS = os.environ.get("AB_MODELS", "ffm4,ffm8,fm16").split(",")
 
 def child(epochs: int) -> None:
     """Train every config; print one JSON line {config: {"cpu": [...], "logloss": x}}."""
+    import numpy as np
     import synth
 
     from fmrecall.metrics import logloss_from_scores
 
-    rows = int(os.environ.get("FMRECALL_BENCH_ROWS", "300000"))
-    path, meta = synth.ensure(rows, verbose=False)
-    train, valid = synth.split_views(synth.load(path, meta))
-    fold = int(os.environ.get("AB_FOLD", "0"))
-    if fold:  # every field's ids folded onto `fold` values: the model stays in cache (compute only)
-        from epoch_breakdown import folded
-
-        train, valid = folded(train, fold), folded(valid, fold)
     out: Dict[str, Dict[str, object]] = {}
+    if any(not c.startswith("ev") for c in CONFIGS):
+        rows = int(os.environ.get("FMRECALL_BENCH_ROWS", "300000"))
+        path, meta = synth.ensure(rows, verbose=False)
+        csr_train, csr_valid = synth.split_views(synth.load(path, meta))
+        fold = int(os.environ.get("AB_FOLD", "0"))
+        if fold:  # every field's ids folded onto `fold` values: the model stays in cache (compute only)
+            from epoch_breakdown import folded
+
+            csr_train, csr_valid = folded(csr_train, fold), folded(csr_valid, fold)
+    if any(c.startswith("ev") for c in CONFIGS):
+        import synth_events
+
+        from fmrecall import Interactions
+
+        users, items, ev_train, ev_valid, schema = synth_events.events(int(os.environ.get("AB_EVENTS", "2000000")))
     for cfg in CONFIGS:
-        kind = cfg.rstrip("0123456789")
-        k = int(cfg[len(kind) :])
+        if cfg.startswith("ev"):  # ev-ffm4: labelled events; ev1-ffm4: one sampled negative per event
+            head, model = cfg.split("-")
+            neg = int(head[2:] or 0)
+            lab = None if neg else "click"
+            train = Interactions(users, items, ev_train, schema, label=lab, negatives=neg)
+            valid = train.with_events(ev_valid, label="click")
+        else:
+            model, train, valid = cfg, csr_train, csr_valid
+        kind = model.rstrip("0123456789")
+        k = int(model[len(kind) :])
         m = common.new_model(kind, k, 1)
         m.partial_fit(train)
         cpu: List[float] = []
@@ -69,7 +88,7 @@ def child(epochs: int) -> None:
         out[cfg] = {
             "cpu": cpu,
             "score": score,
-            "logloss": logloss_from_scores(valid.labels, m.decision_function(valid)),
+            "logloss": logloss_from_scores(np.asarray(valid.labels), m.decision_function(valid)),
         }
     print(json.dumps(out), flush=True)
 
