@@ -400,44 +400,6 @@ def test_hard_negatives_are_the_best_scored_of_the_draws(hard):
     assert plain > _chi2_bound(df), plain
 
 
-@pytest.mark.parametrize("kind", ["fm", "ffm"])
-@pytest.mark.parametrize("loss,hard", [("logistic", 1), ("logistic", 3), ("bpr", 2)])
-def test_draws_made_ahead_equal_draws_made_on_the_spot(rng, kind, loss, hard):
-    """In a long epoch the prefetch stages draw each event's cold-start swaps and negatives ten
-    events early (EventDraws), so that the negatives' rows are prefetched too; an epoch of one
-    event draws them on the spot. Training the same events in the same order, as one epoch or as
-    one-event epochs, gives the same weights bit for bit (one thread: the same updates in the same
-    order, so the same draws)."""
-    users, items, events, schema = _toy(rng, label=False, history=True, n_events=120)
-    inter = Interactions(
-        users,
-        items,
-        events,
-        schema,
-        negatives=3,
-        alpha=0.5,
-        hard_negatives=hard,
-        history="history",
-        cold_start={"item_id": 0.3, "age": 0.3},
-    )
-    a, b = (_make(kind, schema, loss=loss, epochs=1, seed=5).fit(inter) for _ in range(2))
-    fd = inter.core()
-    order = rng.permutation(len(events)).astype(np.int64)
-    code = _core.Loss.__members__[loss]
-    args = (code, 3, hard, 17, 0.05, 1e-4, 1e-4, 1)
-    a._core.train_factored(fd, order, *args)
-    for e in order:
-        b._core.train_factored(fd, np.array([e], np.int64), *args)
-    wa, wb = a._core.get_weights(), b._core.get_weights()
-    moved = _make(kind, schema, loss=loss, epochs=1, seed=5).fit(inter)._core.get_weights()
-    assert not np.array_equal(wa["linear"], moved["linear"])  # the epoch trained something
-    for key, x in wa.items():
-        if isinstance(x, np.ndarray):
-            np.testing.assert_array_equal(x, wb[key], err_msg=key)
-        else:
-            assert x == wb[key], key
-
-
 # ---------------------------------------------------------------------------- BPR gradient
 def _bpr_world(rng, kind):
     """One user, one event (item A, hour 2), two items: with exclude_positives the negative is B.

@@ -504,31 +504,6 @@ MUTATIONS = [
         "if (rows) rows += runs[q].len;",
         "if (false) rows += runs[q].len;",
     ),
-    # an event's draws made ahead by the draw stage (cpp/fmrecall/interactions.h; tests/test_interactions.py)
-    Mutation(
-        "draw stage: an event's draws made from the previous position's event",
-        "cpp/fmrecall/interactions.h",
-        "d.draw(D, event(i), negatives, candidates, seed);",
-        "d.draw(D, event(i > 0 ? i - 1 : i), negatives, candidates, seed);",
-    ),
-    Mutation(
-        "event draws: cold-start swaps never drawn",
-        "cpp/fmrecall/interactions.h",
-        "nsw = D.draw_swaps(rng, sw);",
-        "nsw = 0;",
-    ),
-    Mutation(
-        "sample_negative: every candidate gets the first draw's item run",
-        "cpp/src/interactions.cc",
-        "runs[kpos - 1] = n < n_cand ? cand[n] : D.items.row(d.items[n]);",
-        "runs[kpos - 1] = n < n_cand ? cand[0] : D.items.row(d.items[n]);",
-    ),
-    Mutation(
-        "row ring: rows handed to runs the block stage did not see (negatives drawn late)",
-        "cpp/fmrecall/prefetch.h",
-        "const int32_t* rows = s.owner == i && s.len == len ? s.rows.data() : nullptr;",
-        "const int32_t* rows = s.owner == i ? s.rows.data() : nullptr;",
-    ),
     # gather's one-hot pass (one run of unit values; tests/test_gather.py, the unit cases of test_kernels.py)
     Mutation(
         "gather one-hot pass: values array ignored",

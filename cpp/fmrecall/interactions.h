@@ -3,7 +3,6 @@
 // three runs of triples (user + context + item), so nothing is materialised per event.
 #pragma once
 
-#include <algorithm>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -66,9 +65,6 @@ struct Factored {
   // A negative item row for `user` from the sampler, redrawn (up to 32 times) while it is a positive.
   int32_t draw_negative(int32_t user, Rng& rng) const;
 
-  // The rows (user, context, item) of an event: 2 or 3.
-  int n_runs() const { return context.rows ? 3 : 2; }
-
   // The swaps drawn for one training row (at most 8 cold fields).
   int draw_swaps(Rng& rng, Swap* out) const {
     int k = 0;
@@ -90,51 +86,16 @@ struct Factored {
   }
 };
 
-// One event's random draws in the order training makes them, from the event's own generator
-// (seeded by the seed and the event alone): its cold-start swaps, then `negatives` times
-// `candidates` item rows (Factored::draw_negative; candidates < 1 counts as 1).
-struct EventDraws {
-  int64_t owner = -1;  // the position in the epoch they were drawn for
-  Swap sw[8];
-  int nsw = 0;
-  std::vector<int32_t> items;
-  void draw(const Factored& D, int64_t e, int negatives, int candidates, uint64_t seed) {
-    Rng rng(mix_seed(seed, static_cast<uint64_t>(e)));
-    nsw = D.draw_swaps(rng, sw);
-    items.resize(static_cast<size_t>(negatives) * static_cast<size_t>(std::max(candidates, 1)));
-    for (int32_t& j : items) j = D.draw_negative(D.ev_user[e], rng);
-  }
-};
-
-// The draws of the events in flight: the draw stage makes them kDrawAhead positions early (so
-// that the negatives' item rows go through the stages too); slot i % kSlots is position i's.
-class DrawRing {
- public:
-  static constexpr int64_t kSlots = 16;
-  EventDraws& operator[](int64_t i) { return slots_[i % kSlots]; }
-  const EventDraws& operator[](int64_t i) const { return slots_[i % kSlots]; }
-
- private:
-  EventDraws slots_[kSlots];
-};
-static_assert(DrawRing::kSlots > kDrawAhead, "a slot must outlive its event's time in flight");
-
 // Events as a source of the prefetch stages (prefetch.h: CsrRows): position i is event order[i]
 // (or i when order is nullptr), joined with its own item or with items[e]. An event's user and
 // item rows sit at random places of ev_user / ev_item (items) and of the users' and items' indptr,
 // so locate brings in the former (and the label and context entries) and index the latter.
-// Training also gives `draws` (this thread's DrawRing, with the negatives, candidates and seed of
-// its Sampling): the draw stage then makes each event's draws early (EventDraws), and the event's
-// runs are followed by the item runs of its first kNegativeRuns negative draws.
+// Training's positive rows only: the negatives are drawn when their row is built.
 struct EventRows {
-  static constexpr int kNegativeRuns = 16;
-  static constexpr int kMaxRuns = 3 + kNegativeRuns;
+  static constexpr int kMaxRuns = 3;
   const Factored& D;
   const int64_t* order = nullptr;
   const int32_t* items = nullptr;
-  DrawRing* draws = nullptr;
-  int negatives = 0, candidates = 1;
-  uint64_t seed = 0;
   int64_t event(int64_t i) const { return order ? order[i] : i; }
   int32_t item(int64_t e) const { return items ? items[e] : D.ev_item[e]; }
   void locate(int64_t i) const {
@@ -149,25 +110,10 @@ struct EventRows {
     __builtin_prefetch(D.users.indptr + D.ev_user[e], 0, 3);
     __builtin_prefetch(D.items.indptr + item(e), 0, 3);
     if (D.hist_feat) __builtin_prefetch(D.hist_feat + D.ev_item[e], 0, 3);
-    if (draws && D.pos_ptr) __builtin_prefetch(D.pos_ptr + D.ev_user[e], 0, 3);
-  }
-  void draw(int64_t i) const {
-    if (!draws) return;
-    EventDraws& d = (*draws)[i];
-    d.draw(D, event(i), negatives, candidates, seed);
-    d.owner = i;
-    const size_t m = std::min<size_t>(d.items.size(), kNegativeRuns);
-    for (size_t n = 0; n < m; ++n) __builtin_prefetch(D.items.indptr + d.items[n], 0, 3);
   }
   int runs(int64_t i, Run* out) const {
     const int64_t e = event(i);
-    int k = D.runs(e, item(e), out);
-    if (draws && (*draws)[i].owner == i) {
-      const std::vector<int32_t>& neg = (*draws)[i].items;
-      const size_t m = std::min<size_t>(neg.size(), kNegativeRuns);
-      for (size_t n = 0; n < m; ++n) out[k++] = D.items.row(neg[n]);
-    }
-    return k;
+    return D.runs(e, item(e), out);
   }
 };
 

@@ -20,7 +20,6 @@ namespace fmrecall {
 constexpr int64_t kBlockAhead = 2;    // stage 3: the parameter blocks, into L2 (L1 holds less than one row's)
 constexpr int64_t kMapAhead = 4;      // stage 2: row maps, linear weight and AdaGrad state of each feature
 constexpr int64_t kNodesAhead = 8;    // stage 1: the row's field / feature / value lines
-constexpr int64_t kDrawAhead = 10;    // stage 0.5: an event's random draws (its negatives' rows join it)
 constexpr int64_t kIndptrAhead = 12;  // stage 0: the row's indptr entry(ies)
 constexpr int64_t kLocateAhead = 16;  // stage -1: what locates them (an event's user and item rows)
 
@@ -82,17 +81,14 @@ class RowRing {
     Slot& s = slots_[i % kSlots];
     if (static_cast<int64_t>(s.rows.size()) < len) s.rows.resize(static_cast<size_t>(len));
     s.owner = i;
-    s.len = len;
     return s.rows.data();
   }
   // Points each of the k runs of the row at position i at its vector rows, or at nullptr when the
-  // block stage did not see these runs (the first rows of a thread's range, or an event whose
-  // negatives were drawn too late to join its runs): the row build then looks them up itself.
+  // block stage did not see that row (the first rows of a thread's range): the row build then
+  // looks them up itself.
   void attach(int64_t i, Run* runs, int k) const {
     const Slot& s = slots_[i % kSlots];
-    int64_t len = 0;
-    for (int q = 0; q < k; ++q) len += runs[q].len;
-    const int32_t* rows = s.owner == i && s.len == len ? s.rows.data() : nullptr;
+    const int32_t* rows = s.owner == i ? s.rows.data() : nullptr;
     for (int q = 0; q < k; ++q) {
       runs[q].rows = rows;
       if (rows) rows += runs[q].len;
@@ -103,7 +99,6 @@ class RowRing {
   struct Slot {
     std::vector<int32_t> rows;
     int64_t owner = -1;
-    int64_t len = 0;
   };
   Slot slots_[kSlots];
 };
@@ -112,9 +107,8 @@ static_assert(RowRing::kSlots > kBlockAhead, "a slot must outlive its row's time
 // The rows of a loop as the stages see them: a Dataset's CSR rows, position i being data row
 // row_at(i) (a permutation in training, i itself in scoring). A source gives kMaxRuns (runs per
 // row), locate(i) (stage -1: prefetch what index(i) reads), index(i) (stage 0: prefetch what
-// draw(i) and runs(i) read), draw(i) (stage 0.5: anything decided ahead that adds runs) and
-// runs(i, out) (the row's runs; returns how many). EventRows (interactions.h) is the other
-// source: an event's user, context and item rows, and its sampled negatives' item rows.
+// runs(i) reads) and runs(i, out) (the row's runs; returns how many). EventRows (interactions.h)
+// is the other source: an event's user, context and item rows.
 template <class RowAt>
 struct CsrRows {
   static constexpr int kMaxRuns = 1;
@@ -122,7 +116,6 @@ struct CsrRows {
   RowAt row_at;
   void locate(int64_t) const {}  // row_at reads a sequential order, which the hardware prefetches
   void index(int64_t i) const { __builtin_prefetch(data.indptr + row_at(i), 0, 3); }
-  void draw(int64_t) const {}
   int runs(int64_t i, Run* out) const {
     out[0] = data.row(row_at(i));
     return 1;
@@ -139,7 +132,6 @@ inline void prefetch_ahead(const Model& M, const Source& src, int64_t i, int64_t
   Run runs[Source::kMaxRuns];
   if (i + kLocateAhead < count) src.locate(i + kLocateAhead);
   if (i + kIndptrAhead < count) src.index(i + kIndptrAhead);
-  if (i + kDrawAhead < count) src.draw(i + kDrawAhead);
   if (i + kNodesAhead < count) {
     const int k = src.runs(i + kNodesAhead, runs);
     for (int q = 0; q < k; ++q) {

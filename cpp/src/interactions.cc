@@ -109,27 +109,23 @@ int32_t Factored::draw_negative(int32_t user, Rng& rng) const {
 }
 
 namespace {
-// Gathers an event's t-th sampled negative row into `neg`: the best-scored of its candidates, the
-// draws d.items[t·C, t·C + C) (C = S.candidates, at least 1). runs[0, kpos) are the event's
-// positive runs, whose last (the item's) is replaced by the candidate's; draw n's item run is
-// cand[n] (with the vector rows the block stage looked up) when n < n_cand, else built here. With
-// a HotCopy, the row (and every candidate scored) reads this thread's copies of the hot features.
-void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, const EventDraws& d,
-                     int t, const Run* cand, int n_cand, Row& neg, Run* runs, int kpos, int32_t sf, int64_t sj,
-                     HotCopy* mine) {
-  const int C = std::max(S.candidates, 1);
-  auto gather = [&](int n) {
-    runs[kpos - 1] = n < n_cand ? cand[n] : D.items.row(d.items[n]);
-    neg.gather(M, runs, kpos, sf, sj, d.sw, d.nsw);
+// Gathers a sampled negative row for event e into `neg`: the best-scored of S.candidates draws.
+// With a HotCopy, the row (and every candidate scored) reads this thread's copies of the hot features.
+void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, int64_t e, Rng& rng,
+                     Row& neg, Run* runs, int32_t sf, int64_t sj, const Swap* sw, int nsw, HotCopy* mine) {
+  const int32_t u = D.ev_user[e];
+  int32_t pick = D.draw_negative(u, rng);
+  auto gather = [&](int32_t item) {
+    neg.gather(M, runs, D.runs(e, item, runs), sf, sj, sw, nsw);
     if (mine) mine->redirect(neg);
   };
-  int pick = t * C;
-  if (C > 1) {
+  if (S.candidates > 1) {
     float best = -std::numeric_limits<float>::infinity();
-    for (int n = t * C; n < t * C + C; ++n) {
-      gather(n);
+    for (int c = 0; c < S.candidates; ++c) {
+      const int32_t j = c ? D.draw_negative(u, rng) : pick;
+      gather(j);
       const float s = K.score(M, neg);
-      if (s > best) best = s, pick = n;
+      if (s > best) best = s, pick = j;
     }
   }
   gather(pick);
@@ -157,11 +153,9 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   {
     Row pos, neg;
     GradAcc acc;
-    Run all[EventRows::kMaxRuns], runs[3];
+    Run runs[3];
     RowRing ring;
-    DrawRing draws;
-    const EventRows events{D, order, nullptr, &draws, S.negatives, S.candidates, S.seed};
-    const int kpos = D.n_runs();
+    const EventRows events{D, order, nullptr};
     std::optional<HotCopy> copy;
     if (private_hot) copy.emplace(hot);
     HotCopy* mine = copy ? &*copy : nullptr;  // this thread's copies of the hot parameters
@@ -171,22 +165,19 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
       prefetch_ahead<true>(M, events, i, count, ring);
       const int32_t sf = D.skip_field();
       const int64_t sj = D.skip_feat(e);
-      EventDraws& d = draws[i];  // per event: the same draws for any thread count
-      if (d.owner != i) {        // the first positions of this thread's range: not drawn ahead
-        d.draw(D, e, S.negatives, S.candidates, S.seed);
-        d.owner = i;
-      }
-      const int k = events.runs(i, all);  // the positive runs, then the negatives' item runs
-      ring.attach(i, all, k);
-      std::copy(all, all + kpos, runs);
-      pos.gather(M, runs, kpos, sf, sj, d.sw, d.nsw);
+      Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
+      Swap sw[8];
+      const int nsw = D.draw_swaps(rng, sw);
+      const int k = D.runs(e, D.ev_item[e], runs);
+      ring.attach(i, runs, k);
+      pos.gather(M, runs, k, sf, sj, sw, nsw);
       if (mine) mine->redirect(pos);
       if (S.negatives == 0) {  // labelled events, pointwise
         total += K.step(M, pos, loss, D.label ? D.label[e] : 1.f, h);
         ++terms;
       } else if (loss == Loss::bpr) {
         for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, d, t, all + kpos, k - kpos, neg, runs, kpos, sf, sj, mine);
+          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
           total += K.bpr_step(M, pos, neg, h, acc);
           ++terms;
         }
@@ -194,7 +185,7 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
         total += K.step(M, pos, loss, 1.f, h);
         ++terms;
         for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, d, t, all + kpos, k - kpos, neg, runs, kpos, sf, sj, mine);
+          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
           total += K.step(M, neg, loss, 0.f, h);
           ++terms;
         }
