@@ -182,6 +182,22 @@ def test_cold_start_at_rate_one_equals_training_on_rows_of_an_unseen_item(rng, k
     assert not np.allclose(a.decision_function(rows), _make(kind, schema, epochs=1).fit(rows).decision_function(rows))
 
 
+@pytest.mark.parametrize("loss", ["logistic", "bpr"])
+def test_cold_start_at_rate_one_swaps_every_sampled_row(rng, loss):
+    """With sampled negatives, cold_start={"item_id": 1.0} swaps the item id of every training row,
+    the positive's and each negative's (the swaps are drawn ahead with the negatives): no item id's
+    linear weight moves; the field's reserved "unseen" feature's does under the logistic loss (under
+    BPR the positive and the negative share it, so its gradient cancels)."""
+    users, items, events, schema = _toy(rng, label=False)
+    inter = Interactions(users, items, events, schema, negatives=2, cold_start={"item_id": 1.0})
+    linear = _make("fm", schema, loss=loss).fit(inter).weights()["linear"]
+    f = schema.index("item_id")
+    unseen = int(schema.feature(f, Categorical.UNSEEN))
+    ids = schema.feature(f, 2 + np.arange(len(schema.field("item_id").vocab)))  # local 0, 1: unseen, other
+    assert not np.any(linear[ids]), "an item id was trained though every row's item id is swapped"
+    assert (linear[unseen] != 0.0) == (loss == "logistic")
+
+
 @pytest.mark.parametrize("kind", ["fm", "ffm"])
 def test_users_and_items_without_events_stay_neutral(rng, kind):
     """A user and an item that are in the tables but in no event never occur in a training row:
@@ -398,6 +414,44 @@ def test_hard_negatives_are_the_best_scored_of_the_draws(hard):
     # and it differs from plain draws (the test can tell them apart)
     plain, _ = _chi2(got, law)
     assert plain > _chi2_bound(df), plain
+
+
+@pytest.mark.parametrize("kind", ["fm", "ffm"])
+@pytest.mark.parametrize("loss,hard", [("logistic", 1), ("logistic", 3), ("bpr", 2)])
+def test_draws_made_ahead_equal_draws_made_on_the_spot(rng, kind, loss, hard):
+    """In a long epoch the prefetch stages draw each event's cold-start swaps and negatives ten
+    events early (EventDraws), so that the negatives' rows are prefetched too; an epoch of one
+    event draws them on the spot. Training the same events in the same order, as one epoch or as
+    one-event epochs, gives the same weights bit for bit (one thread: the same updates in the same
+    order, so the same draws)."""
+    users, items, events, schema = _toy(rng, label=False, history=True, n_events=120)
+    inter = Interactions(
+        users,
+        items,
+        events,
+        schema,
+        negatives=3,
+        alpha=0.5,
+        hard_negatives=hard,
+        history="history",
+        cold_start={"item_id": 0.3, "age": 0.3},
+    )
+    a, b = (_make(kind, schema, loss=loss, epochs=1, seed=5).fit(inter) for _ in range(2))
+    fd = inter.core()
+    order = rng.permutation(len(events)).astype(np.int64)
+    code = _core.Loss.__members__[loss]
+    args = (code, 3, hard, 17, 0.05, 1e-4, 1e-4, 1)
+    a._core.train_factored(fd, order, *args)
+    for e in order:
+        b._core.train_factored(fd, np.array([e], np.int64), *args)
+    wa, wb = a._core.get_weights(), b._core.get_weights()
+    moved = _make(kind, schema, loss=loss, epochs=1, seed=5).fit(inter)._core.get_weights()
+    assert not np.array_equal(wa["linear"], moved["linear"])  # the epoch trained something
+    for key, x in wa.items():
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, wb[key], err_msg=key)
+        else:
+            assert x == wb[key], key
 
 
 # ---------------------------------------------------------------------------- BPR gradient

@@ -504,6 +504,44 @@ MUTATIONS = [
         "if (rows) rows += runs[q].len;",
         "if (false) rows += runs[q].len;",
     ),
+    Mutation(
+        "row ring: rows handed to runs the block stage did not see (negatives drawn late)",
+        "cpp/src/interactions.cc",
+        "t.ring.attach(i, t.runs, late ? kpos : k);",
+        "t.ring.attach(i, t.runs, k);",
+    ),
+    # an event's draws made ahead by the draw stage (cpp/src/interactions.cc; tests/test_interactions.py)
+    Mutation(
+        "draw stage: an event's draws made from the previous position's event",
+        "cpp/src/interactions.cc",
+        "d.draw(events.D, events.event(i), S);",
+        "d.draw(events.D, events.event(i > 0 ? i - 1 : i), S);",
+    ),
+    Mutation(
+        "event draws: cold-start swaps never drawn (sampled negatives)",
+        "cpp/src/interactions.cc",
+        "nsw = D.draw_swaps(rng, sw);",
+        "nsw = 0;",
+        nth=1,
+    ),
+    Mutation(
+        "event draws: cold-start swaps never drawn (labelled events)",
+        "cpp/src/interactions.cc",
+        "const int nsw = D.draw_swaps(rng, sw);",
+        "const int nsw = 0;",
+    ),
+    Mutation(
+        "sampled negatives: the event's cold-start swaps not applied to its negatives",
+        "cpp/src/interactions.cc",
+        "th.neg.gather(M, runs, kpos, sf, sj, d.sw, d.nsw);",
+        "th.neg.gather(M, runs, kpos, sf, sj, d.sw, 0);",
+    ),
+    Mutation(
+        "sampled negatives: every candidate gets the first draw's item run",
+        "cpp/src/interactions.cc",
+        "runs[kpos - 1] = n < n_drawn ? th.runs[kpos + n] : D.items.row(d.items[n]);",
+        "runs[kpos - 1] = n < n_drawn ? th.runs[kpos] : D.items.row(d.items[n]);",
+    ),
     # gather's one-hot pass (one run of unit values; tests/test_gather.py, the unit cases of test_kernels.py)
     Mutation(
         "gather one-hot pass: values array ignored",

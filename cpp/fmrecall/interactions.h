@@ -65,6 +65,9 @@ struct Factored {
   // A negative item row for `user` from the sampler, redrawn (up to 32 times) while it is a positive.
   int32_t draw_negative(int32_t user, Rng& rng) const;
 
+  // The runs (user, context, item) of an event's row: 2 or 3.
+  int n_runs() const { return context.rows ? 3 : 2; }
+
   // The swaps drawn for one training row (at most 8 cold fields).
   int draw_swaps(Rng& rng, Swap* out) const {
     int k = 0;
@@ -90,7 +93,7 @@ struct Factored {
 // (or i when order is nullptr), joined with its own item or with items[e]. An event's user and
 // item rows sit at random places of ev_user / ev_item (items) and of the users' and items' indptr,
 // so locate brings in the former (and the label and context entries) and index the latter.
-// Training's positive rows only: the negatives are drawn when their row is built.
+// Training with sampled negatives adds their item runs (SampledRows, interactions.cc).
 struct EventRows {
   static constexpr int kMaxRuns = 3;
   const Factored& D;
@@ -111,6 +114,7 @@ struct EventRows {
     __builtin_prefetch(D.items.indptr + item(e), 0, 3);
     if (D.hist_feat) __builtin_prefetch(D.hist_feat + D.ev_item[e], 0, 3);
   }
+  void draw(int64_t) const {}
   int runs(int64_t i, Run* out) const {
     const int64_t e = event(i);
     return D.runs(e, item(e), out);

@@ -20,6 +20,7 @@ namespace fmrecall {
 constexpr int64_t kBlockAhead = 2;    // stage 3: the parameter blocks, into L2 (L1 holds less than one row's)
 constexpr int64_t kMapAhead = 4;      // stage 2: row maps, linear weight and AdaGrad state of each feature
 constexpr int64_t kNodesAhead = 8;    // stage 1: the row's field / feature / value lines
+constexpr int64_t kDrawAhead = 10;    // stage 0.5: an event's random draws (its negatives' rows join it)
 constexpr int64_t kIndptrAhead = 12;  // stage 0: the row's indptr entry(ies)
 constexpr int64_t kLocateAhead = 16;  // stage -1: what locates them (an event's user and item rows)
 
@@ -107,8 +108,10 @@ static_assert(RowRing::kSlots > kBlockAhead, "a slot must outlive its row's time
 // The rows of a loop as the stages see them: a Dataset's CSR rows, position i being data row
 // row_at(i) (a permutation in training, i itself in scoring). A source gives kMaxRuns (runs per
 // row), locate(i) (stage -1: prefetch what index(i) reads), index(i) (stage 0: prefetch what
-// runs(i) reads) and runs(i, out) (the row's runs; returns how many). EventRows (interactions.h)
-// is the other source: an event's user, context and item rows.
+// draw(i) and runs(i) read), draw(i) (stage 0.5: what is decided ahead and adds runs) and
+// runs(i, out) (the row's runs; returns how many). EventRows (interactions.h) is the other
+// source: an event's user, context and item rows (and SampledRows, interactions.cc, its sampled
+// negatives' item rows).
 template <class RowAt>
 struct CsrRows {
   static constexpr int kMaxRuns = 1;
@@ -116,6 +119,7 @@ struct CsrRows {
   RowAt row_at;
   void locate(int64_t) const {}  // row_at reads a sequential order, which the hardware prefetches
   void index(int64_t i) const { __builtin_prefetch(data.indptr + row_at(i), 0, 3); }
+  void draw(int64_t) const {}
   int runs(int64_t i, Run* out) const {
     out[0] = data.row(row_at(i));
     return 1;
@@ -132,6 +136,7 @@ inline void prefetch_ahead(const Model& M, const Source& src, int64_t i, int64_t
   Run runs[Source::kMaxRuns];
   if (i + kLocateAhead < count) src.locate(i + kLocateAhead);
   if (i + kIndptrAhead < count) src.index(i + kIndptrAhead);
+  if (i + kDrawAhead < count) src.draw(i + kDrawAhead);
   if (i + kNodesAhead < count) {
     const int k = src.runs(i + kNodesAhead, runs);
     for (int q = 0; q < k; ++q) {

@@ -109,27 +109,203 @@ int32_t Factored::draw_negative(int32_t user, Rng& rng) const {
 }
 
 namespace {
-// Gathers a sampled negative row for event e into `neg`: the best-scored of S.candidates draws.
-// With a HotCopy, the row (and every candidate scored) reads this thread's copies of the hot features.
-void sample_negative(const Model& M, const Factored& D, const Sampling& S, const KernelFns& K, int64_t e, Rng& rng,
-                     Row& neg, Run* runs, int32_t sf, int64_t sj, const Swap* sw, int nsw, HotCopy* mine) {
-  const int32_t u = D.ev_user[e];
-  int32_t pick = D.draw_negative(u, rng);
-  auto gather = [&](int32_t item) {
-    neg.gather(M, runs, D.runs(e, item, runs), sf, sj, sw, nsw);
-    if (mine) mine->redirect(neg);
-  };
-  if (S.candidates > 1) {
-    float best = -std::numeric_limits<float>::infinity();
-    for (int c = 0; c < S.candidates; ++c) {
-      const int32_t j = c ? D.draw_negative(u, rng) : pick;
-      gather(j);
-      const float s = K.score(M, neg);
-      if (s > best) best = s, pick = j;
-    }
+// One event's random draws in the order training makes them, from the event's own generator
+// (seeded by the seed and the event alone, so the same draws for any thread count and whenever
+// they are made): its cold-start swaps, then S.negatives times C item rows (Factored::draw_negative;
+// C = S.candidates, at least 1).
+struct EventDraws {
+  int64_t owner = -1;  // the position in the epoch they were drawn for
+  Swap sw[8];
+  int nsw = 0;
+  std::vector<int32_t> items;
+  void draw(const Factored& D, int64_t e, const Sampling& S) {
+    Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));
+    nsw = D.draw_swaps(rng, sw);
+    items.resize(static_cast<size_t>(S.negatives) * static_cast<size_t>(std::max(S.candidates, 1)));
+    for (int32_t& j : items) j = D.draw_negative(D.ev_user[e], rng);
   }
-  gather(pick);
+};
+
+// The draws of the events in flight: the draw stage makes them kDrawAhead positions early; slot
+// i % kSlots is position i's.
+class DrawRing {
+ public:
+  static constexpr int64_t kSlots = 16;
+  EventDraws& operator[](int64_t i) { return slots_[i % kSlots]; }
+
+ private:
+  EventDraws slots_[kSlots];
+};
+static_assert(DrawRing::kSlots > kDrawAhead, "a slot must outlive its event's time in flight");
+
+// Events with sampled negatives as a source of the prefetch stages: EventRows, whose draw stage
+// makes each event's draws early (EventDraws) so that an event's runs are followed by the item runs
+// of its first kNegativeRuns draws, which so go through the node, map and block stages too.
+struct SampledRows {
+  static constexpr int kNegativeRuns = 16;
+  static constexpr int kMaxRuns = EventRows::kMaxRuns + kNegativeRuns;
+  EventRows events;
+  DrawRing* draws;
+  const Sampling& S;
+  void locate(int64_t i) const { events.locate(i); }
+  void index(int64_t i) const {
+    events.index(i);
+    if (events.D.pos_ptr) __builtin_prefetch(events.D.pos_ptr + events.D.ev_user[events.event(i)], 0, 3);
+  }
+  void draw(int64_t i) const {
+    EventDraws& d = (*draws)[i];
+    d.draw(events.D, events.event(i), S);
+    d.owner = i;
+    const size_t m = std::min<size_t>(d.items.size(), kNegativeRuns);
+    for (size_t n = 0; n < m; ++n) __builtin_prefetch(events.D.items.indptr + d.items[n], 0, 3);
+  }
+  // The event's runs, then those of its drawn items if they are drawn (else the event's runs alone).
+  int runs(int64_t i, Run* out) const {
+    int k = events.runs(i, out);
+    EventDraws& d = (*draws)[i];
+    if (d.owner != i) return k;
+    const size_t m = std::min<size_t>(d.items.size(), kNegativeRuns);
+    for (size_t n = 0; n < m; ++n) out[k++] = events.D.items.row(d.items[n]);
+    return k;
+  }
+};
+
+// The loop of one SGD pass over events order[0..count) on `threads` threads, Hogwild or with private
+// copies of the hot parameters (hot.h). Per thread a Mode::Thread (its row source for the prefetch
+// stages, rows, row ring), per position mode.train(thread, i, e, total), which adds the loss of the
+// rows it trained to total and returns how many it trained.
+template <class Mode>
+EpochStats event_epoch(Model& M, const Factored& D, const int64_t* order, int64_t count, int threads,
+                       const Mode& mode) {
+  const bool private_hot = HotSet::wanted(threads, count);
+  HotSet hot(M, threads);
+  if (private_hot)  // counted on the events' own rows (user, context, item)
+    hot.pick(order, count, [&D](int64_t e, Run* runs) { return D.runs(e, D.ev_item[e], runs); });
+  double total = 0.0;
+  int64_t terms = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total, terms)
+  {
+    typename Mode::Thread t(mode);
+    std::optional<HotCopy> copy;
+    if (private_hot) copy.emplace(hot);
+    t.mine = copy ? &*copy : nullptr;  // this thread's copies of the hot parameters
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < count; ++i) {
+      prefetch_ahead<true>(M, t.rows, i, count, t.ring);
+      const int n = mode.train(t, i, order[i], total);
+      terms += n;
+      if (t.mine) t.mine->after_rows(n);
+    }
+    if (t.mine) t.mine->merge();
+  }
+  return {total, terms};
 }
+
+// Labelled events, pointwise: each event's row (user, context, item) steps towards its label.
+struct Labelled {
+  Model& M;
+  const Factored& D;
+  const KernelFns& K;
+  Loss loss;
+  const Hyper& h;
+  uint64_t seed;
+  const int64_t* order;
+  struct Thread {
+    EventRows rows;
+    Run runs[EventRows::kMaxRuns];
+    RowRing ring;
+    Row pos;
+    HotCopy* mine = nullptr;
+    explicit Thread(const Labelled& m) : rows{m.D, m.order, nullptr} {}
+  };
+  int train(Thread& t, int64_t i, int64_t e, double& total) const {
+    Rng rng(mix_seed(seed, static_cast<uint64_t>(e)));  // per event: the same swaps for any thread count
+    Swap sw[8];
+    const int nsw = D.draw_swaps(rng, sw);
+    const int k = t.rows.runs(i, t.runs);
+    t.ring.attach(i, t.runs, k);
+    t.pos.gather(M, t.runs, k, D.skip_field(), D.skip_feat(e), sw, nsw);
+    if (t.mine) t.mine->redirect(t.pos);
+    total += K.step(M, t.pos, loss, D.label[e], h);
+    return 1;
+  }
+};
+
+// Implicit feedback: each event is a positive, then S.negatives sampled negatives (logistic: each
+// its own row; BPR: each a pair with the positive), each the best-scored of S.candidates draws.
+struct Sampled {
+  Model& M;
+  const Factored& D;
+  const KernelFns& K;
+  Loss loss;
+  const Hyper& h;
+  const Sampling& S;
+  const int64_t* order;
+  struct Thread {
+    DrawRing draws;
+    SampledRows rows;
+    Run runs[SampledRows::kMaxRuns];
+    RowRing ring;
+    Row pos, neg;
+    GradAcc acc;
+    HotCopy* mine = nullptr;
+    explicit Thread(const Sampled& m) : rows{{m.D, m.order, nullptr}, &draws, m.S} {}
+  };
+
+  // The t-th negative row of an event into thread.neg: the best-scored of its draws d.items[t·C,
+  // t·C + C) (C = S.candidates, at least 1). runs[0, kpos) are the event's runs, the last of which
+  // (the item's) becomes the draw's; draw n's item run is runs[kpos + n], with the vector rows the
+  // block stage looked up, when n < n_drawn runs came with the event, else it is built here.
+  void sample_negative(Thread& th, const EventDraws& d, int t, int kpos, int n_drawn, int32_t sf, int64_t sj) const {
+    const int C = std::max(S.candidates, 1);
+    Run runs[EventRows::kMaxRuns];
+    std::copy(th.runs, th.runs + kpos, runs);
+    auto gather = [&](int n) {
+      runs[kpos - 1] = n < n_drawn ? th.runs[kpos + n] : D.items.row(d.items[n]);
+      th.neg.gather(M, runs, kpos, sf, sj, d.sw, d.nsw);
+      if (th.mine) th.mine->redirect(th.neg);
+    };
+    int pick = t * C;
+    if (C > 1) {
+      float best = -std::numeric_limits<float>::infinity();
+      for (int n = t * C; n < t * C + C; ++n) {
+        gather(n);
+        const float s = K.score(M, th.neg);
+        if (s > best) best = s, pick = n;
+      }
+    }
+    gather(pick);
+  }
+
+  int train(Thread& t, int64_t i, int64_t e, double& total) const {
+    EventDraws& d = t.draws[i];
+    const bool late = d.owner != i;  // the first positions of this thread's range: not drawn ahead,
+    if (late) {                      // so the block stage saw (at most) the event's own runs
+      d.draw(D, e, S);
+      d.owner = i;
+    }
+    const int k = t.rows.runs(i, t.runs);  // the event's runs, then its draws' item runs
+    const int kpos = D.n_runs();
+    t.ring.attach(i, t.runs, late ? kpos : k);
+    const int32_t sf = D.skip_field();
+    const int64_t sj = D.skip_feat(e);
+    t.pos.gather(M, t.runs, kpos, sf, sj, d.sw, d.nsw);
+    if (t.mine) t.mine->redirect(t.pos);
+    if (loss == Loss::bpr) {
+      for (int n = 0; n < S.negatives; ++n) {
+        sample_negative(t, d, n, kpos, k - kpos, sf, sj);
+        total += K.bpr_step(M, t.pos, t.neg, h, t.acc);
+      }
+      return S.negatives;
+    }
+    total += K.step(M, t.pos, loss, 1.f, h);
+    for (int n = 0; n < S.negatives; ++n) {
+      sample_negative(t, d, n, kpos, k - kpos, sf, sj);
+      total += K.step(M, t.neg, loss, 0.f, h);
+    }
+    return 1 + S.negatives;
+  }
+};
 }  // namespace
 
 EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int64_t count, Loss loss,
@@ -143,58 +319,8 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
-  const bool private_hot = HotSet::wanted(threads, count);
-  HotSet hot(M, threads);
-  if (private_hot)  // counted on the events' own rows (user, context, item)
-    hot.pick(order, count, [&D](int64_t e, Run* runs) { return D.runs(e, D.ev_item[e], runs); });
-  double total = 0.0;
-  int64_t terms = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : total, terms)
-  {
-    Row pos, neg;
-    GradAcc acc;
-    Run runs[3];
-    RowRing ring;
-    const EventRows events{D, order, nullptr};
-    std::optional<HotCopy> copy;
-    if (private_hot) copy.emplace(hot);
-    HotCopy* mine = copy ? &*copy : nullptr;  // this thread's copies of the hot parameters
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t e = order[i];
-      prefetch_ahead<true>(M, events, i, count, ring);
-      const int32_t sf = D.skip_field();
-      const int64_t sj = D.skip_feat(e);
-      Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: same draws for any thread count
-      Swap sw[8];
-      const int nsw = D.draw_swaps(rng, sw);
-      const int k = D.runs(e, D.ev_item[e], runs);
-      ring.attach(i, runs, k);
-      pos.gather(M, runs, k, sf, sj, sw, nsw);
-      if (mine) mine->redirect(pos);
-      if (S.negatives == 0) {  // labelled events, pointwise
-        total += K.step(M, pos, loss, D.label ? D.label[e] : 1.f, h);
-        ++terms;
-      } else if (loss == Loss::bpr) {
-        for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
-          total += K.bpr_step(M, pos, neg, h, acc);
-          ++terms;
-        }
-      } else {
-        total += K.step(M, pos, loss, 1.f, h);
-        ++terms;
-        for (int t = 0; t < S.negatives; ++t) {
-          sample_negative(M, D, S, K, e, rng, neg, runs, sf, sj, sw, nsw, mine);
-          total += K.step(M, neg, loss, 0.f, h);
-          ++terms;
-        }
-      }
-      if (mine) mine->after_rows(S.negatives == 0 ? 1 : loss == Loss::bpr ? S.negatives : 1 + S.negatives);
-    }
-    if (mine) mine->merge();
-  }
-  return {total, terms};
+  if (S.negatives == 0) return event_epoch(M, D, order, count, threads, Labelled{M, D, K, loss, h, S.seed, order});
+  return event_epoch(M, D, order, count, threads, Sampled{M, D, K, loss, h, S, order});
 }
 
 void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out, int threads) {
