@@ -254,11 +254,15 @@ class Interactions:
         the rows of users with events, the context rows, the rows of items that are in events or can
         be drawn as negatives, and the reserved values of cold_start fields. Features of users or
         items that can never occur stay neutral, as with materialised rows."""
-        users = np.unique(self.ev_user)
-        items = np.unique(self.ev_item)
+        # presence masks, not np.unique: O(events) scatters instead of sorts (np.unique of both
+        # event columns took 5% of a partial_fit epoch on 1.8M events); sorted rows all the same
+        users = np.zeros(self.users.n_rows, dtype=bool)
+        users[self.ev_user] = True
+        items = np.zeros(self.items.n_rows, dtype=bool)
+        items[self.ev_item] = True
         if self.negatives > 0:
-            items = np.union1d(items, np.flatnonzero(self.sample_weights() > 0))
-        parts = [self.users.subset(users), self.items.subset(items)]
+            items |= self.sample_weights() > 0
+        parts = [self.users.subset(np.flatnonzero(users)), self.items.subset(np.flatnonzero(items))]
         if self.context is not None:
             parts.append(self.context)
         fields = np.concatenate([p.fields for p in parts] + [np.asarray([f for f, _, _ in self._cold], np.int32)])
