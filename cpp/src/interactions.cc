@@ -201,15 +201,20 @@ EpochStats event_epoch(Model& M, const Factored& D, const int64_t* order, int64_
   return {total, terms};
 }
 
-// Labelled events, pointwise: each event's row (user, context, item) steps towards its label.
-struct Labelled {
+// What both modes of event_epoch train with: the model, the data, the kernels, the loss, the
+// hyper-parameters, the sampling (its seed also seeds the cold-start swaps) and the event order.
+struct EventTraining {
   Model& M;
   const Factored& D;
   const KernelFns& K;
   Loss loss;
   const Hyper& h;
-  uint64_t seed;
+  const Sampling& S;
   const int64_t* order;
+};
+
+// Labelled events, pointwise: each event's row (user, context, item) steps towards its label.
+struct Labelled : EventTraining {
   struct Thread {
     EventRows rows;
     Run runs[EventRows::kMaxRuns];
@@ -219,7 +224,7 @@ struct Labelled {
     explicit Thread(const Labelled& m) : rows{m.D, m.order, nullptr} {}
   };
   int train(Thread& t, int64_t i, int64_t e, double& total) const {
-    Rng rng(mix_seed(seed, static_cast<uint64_t>(e)));  // per event: the same swaps for any thread count
+    Rng rng(mix_seed(S.seed, static_cast<uint64_t>(e)));  // per event: the same swaps for any thread count
     Swap sw[8];
     const int nsw = D.draw_swaps(rng, sw);
     const int k = t.rows.runs(i, t.runs);
@@ -233,14 +238,7 @@ struct Labelled {
 
 // Implicit feedback: each event is a positive, then S.negatives sampled negatives (logistic: each
 // its own row; BPR: each a pair with the positive), each the best-scored of S.candidates draws.
-struct Sampled {
-  Model& M;
-  const Factored& D;
-  const KernelFns& K;
-  Loss loss;
-  const Hyper& h;
-  const Sampling& S;
-  const int64_t* order;
+struct Sampled : EventTraining {
   struct Thread {
     DrawRing draws;
     SampledRows rows;
@@ -319,8 +317,9 @@ EpochStats train_factored(Model& M, const Factored& D, const int64_t* order, int
   if (S.negatives == 0 && !D.label) throw InputError("labelled training needs labels");
   ReadLock lock(M.mu);  // Hogwild: values change in place, the tables do not move
   const KernelFns K = select_kernels(M.kp);
-  if (S.negatives == 0) return event_epoch(M, D, order, count, threads, Labelled{M, D, K, loss, h, S.seed, order});
-  return event_epoch(M, D, order, count, threads, Sampled{M, D, K, loss, h, S, order});
+  const EventTraining with{M, D, K, loss, h, S, order};
+  if (S.negatives == 0) return event_epoch(M, D, order, count, threads, Labelled{with});
+  return event_epoch(M, D, order, count, threads, Sampled{with});
 }
 
 void score_factored(const Model& M, const Factored& D, const int32_t* items, int64_t n_items, float* out, int threads) {
